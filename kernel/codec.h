@@ -1,0 +1,56 @@
+/*
+** codec.h — Lua values <-> bytes. One format, used for every message,
+** spawn argument list and exit reason, locally and (later) on the wire.
+** The format is specified in doc/codec.md.
+**
+** Ownership: codec_encode fills a codec_buf whose `data` is malloc'ed and
+** belongs to the caller (free it with codec_buf_free, or hand it to a mailbox,
+** which then owns it). codec_decode never keeps a pointer to its input.
+**
+** Safety contract of the decoder: for ANY byte string it returns either the
+** decoded values or an error; it never reads outside [p, p+len), never
+** allocates more than a small constant times `len`, and never recurses
+** deeper than `max_depth`. Function values (Lua bytecode) are only accepted
+** when `allow_functions` is set, because lua_load does not verify bytecode:
+** callers set it only for buffers produced by codec_encode in this OS process.
+*/
+#ifndef erlangen_codec_h
+#define erlangen_codec_h
+
+#include <stddef.h>
+#include <lua.h>
+
+typedef struct codec_buf {
+  unsigned char *data;  /* malloc'ed; NULL when empty */
+  size_t len, cap;
+} codec_buf;
+
+typedef struct codec_limits {
+  size_t max_size;      /* largest encoded message in bytes */
+  int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH) */
+  int allow_functions;  /* encode/decode Lua functions as bytecode */
+} codec_limits;
+
+#define CODEC_DEFAULT_MAX_SIZE  (64u << 20)
+#define CODEC_DEFAULT_MAX_DEPTH 100
+#define CODEC_HARD_DEPTH        1000   /* bounded so recursion fits a 64 KiB C stack */
+
+/* Encodes the `n` values at stack slots first..first+n-1 as one message, so
+** shared references and cycles across them are preserved. nil is allowed
+** among them. `root` names the values in error paths: "msg" for n == 1,
+** "root[i]" otherwise ... see doc/codec.md.
+** Returns 0 on success. On failure returns -1, leaves `out` empty, and pushes
+** one error string onto L naming the path, e.g. "msg.conn: cannot send userdata".
+** Does not otherwise change the stack. May raise only on memory errors of L. */
+int codec_encode(lua_State *L, int first, int n, const char *root,
+                 const codec_limits *lim, codec_buf *out);
+
+/* Decodes a message and pushes its values. Returns the number of values
+** pushed (>= 0), or -1 after pushing one error string ("codec: ...").
+** On failure nothing else is left on the stack. */
+int codec_decode(lua_State *L, const unsigned char *p, size_t len,
+                 const codec_limits *lim);
+
+void codec_buf_free(codec_buf *b);
+
+#endif

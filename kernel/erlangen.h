@@ -72,6 +72,12 @@ lua_State *erlangen_attach(void);
 /* Ends the attached process with reason "normal" and closes its state. */
 void erlangen_detach(lua_State *L);
 
+/* Interrupts the process whose state is L (attached or spawned): if it is
+** waiting in erlangen.receive or erlangen.sleep that call raises the error
+** "interrupted"; if it runs Lua code, the next instruction raises it.
+** Async-signal-safe: a SIGINT handler may call it (the REPL does). */
+void erlangen_interrupt(lua_State *L);
+
 /* Pushes the pid `pid` as a Lua value. [-0, +1] */
 void erlangen_pushpid(lua_State *L, erlangen_pid pid);
 

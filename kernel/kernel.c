@@ -1,0 +1,202 @@
+/*
+** kernel.c — the node: configuration, well-known reasons, start and stop.
+*/
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include "erlangen_config.h"
+#include "kernel.h"
+#include "links.h"
+#include "process.h"
+#include "registry.h"
+#include "state.h"
+
+static const char *const kern_reason_text[KR_COUNT] = {
+  "normal", "kill", "killed", "shutdown", "noproc", "memory", "interrupted"
+};
+
+/* The module's one global. `cfg` is guarded by `lock`; `running` is atomic;
+** `reasons` are written before `running` is set and never after. */
+static struct {
+  pthread_mutex_t lock;
+  kern_config cfg;
+  _Atomic int running;
+  struct { unsigned char *p; size_t len; } reasons[KR_COUNT];
+} K = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int encode_reasons(void) {
+  if (K.reasons[0].p) return 0;
+  lua_State *L = luaL_newstate();
+  if (!L) return -1;
+  codec_limits lim = { CODEC_DEFAULT_MAX_SIZE, CODEC_DEFAULT_MAX_DEPTH, 0 };
+  for (int i = 0; i < KR_COUNT; i++) {
+    codec_buf b = {0};
+    lua_pushstring(L, kern_reason_text[i]);
+    if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) { lua_close(L); return -1; }
+    K.reasons[i].p = b.data;
+    K.reasons[i].len = b.len;
+    lua_pop(L, 1);
+  }
+  lua_close(L);
+  return 0;
+}
+
+const unsigned char *kern_reason(enum kern_reason r, size_t *len) {
+  *len = K.reasons[r].len;
+  return K.reasons[r].p;
+}
+
+int kern_reason_is(const unsigned char *p, size_t len, enum kern_reason r) {
+  return len == K.reasons[r].len && memcmp(p, K.reasons[r].p, len) == 0;
+}
+
+int kern_start(const erlangen_config *c) {
+  pthread_mutex_lock(&K.lock);
+  if (atomic_load(&K.running)) { pthread_mutex_unlock(&K.lock); return -1; }
+  kern_config cfg = {
+    ERLANGEN_DEFAULT_STACK, ERLANGEN_DEFAULT_MAILBOX, CODEC_DEFAULT_MAX_SIZE,
+    CODEC_DEFAULT_MAX_DEPTH, NULL, NULL
+  };
+  if (c) {
+    if (c->stack_size) cfg.stack_size = c->stack_size < 65536 ? 65536 : c->stack_size;
+    if (c->mailbox_capacity) cfg.mailbox = c->mailbox_capacity;
+    if (c->max_message) cfg.max_message = c->max_message;
+    if (c->max_depth > 0) cfg.max_depth = c->max_depth > CODEC_HARD_DEPTH ? CODEC_HARD_DEPTH : c->max_depth;
+    cfg.open_libs = c->open_libs;
+    cfg.open_libs_ud = c->open_libs_ud;
+  }
+  K.cfg = cfg;
+  int rc = (encode_reasons() == 0 && proc_init() == 0 && reg_init() == 0) ? 0 : -1;
+  if (rc == 0) {
+    state_init_signals();
+    atomic_store(&K.running, 1);
+  }
+  pthread_mutex_unlock(&K.lock);
+  return rc;
+}
+
+int kern_ensure(void) {
+  if (atomic_load(&K.running)) return 0;
+  kern_start(NULL);
+  return atomic_load(&K.running) ? 0 : -1;
+}
+
+int kern_running(void) { return atomic_load(&K.running); }
+
+kern_config kern_config_get(void) {
+  pthread_mutex_lock(&K.lock);
+  kern_config c = K.cfg;
+  pthread_mutex_unlock(&K.lock);
+  return c;
+}
+
+void kern_config_set(const kern_config *c) {
+  pthread_mutex_lock(&K.lock);
+  K.cfg = *c;
+  pthread_mutex_unlock(&K.lock);
+}
+
+codec_limits kern_limits(int allow_functions) {
+  kern_config c = kern_config_get();
+  codec_limits lim = { c.max_message, c.max_depth, allow_functions };
+  return lim;
+}
+
+/* ---- stopping ---- */
+
+typedef struct stop_walk {
+  proc *self;
+  enum kern_reason reason;
+  size_t spawned;   /* live processes not attached */
+  int kill;         /* doom instead of signalling */
+  int killed;
+} stop_walk;
+
+static void stop_visit(proc *p, void *ud) {
+  stop_walk *w = ud;
+  if (p == w->self) return;
+  if (p->attached) return;
+  w->spawned++;
+  size_t len;
+  const unsigned char *r = kern_reason(w->reason, &len);
+  if (w->kill) { proc_doom(p, r, len); w->killed++; }
+  else sig_exit(p->pid, (term_id){0, 0, 0}, r, len, 0);
+}
+
+/* Attached processes: the caller's own is ended here; other host threads
+** are doomed and end themselves when they next call into the kernel (their
+** mailbox may be in use by them right now). */
+static void detach_visit(proc *p, void *ud) {
+  size_t len;
+  const unsigned char *r = kern_reason(KR_SHUTDOWN, &len);
+  if (!p->attached) return;
+  if (p == ud) proc_exit(p, r, len); else proc_doom(p, r, len);
+}
+
+static void count_visit(proc *p, void *ud) {
+  stop_walk *w = ud;
+  if (p != w->self && !p->attached) w->spawned++;
+}
+
+static size_t spawned_alive(proc *self) {
+  stop_walk w = { self, KR_NORMAL, 0, 0, 0 };
+  proc_foreach(count_visit, &w);
+  return w.spawned;
+}
+
+static void nap(void) {
+  struct timespec ts = {0, 2000000};
+  nanosleep(&ts, NULL);
+}
+
+int kern_stop(double grace) {
+  if (!atomic_load(&K.running)) return 0;
+  proc *self = proc_self();
+  stop_walk w = { self, KR_SHUTDOWN, 0, 0, 0 };
+  proc_foreach(stop_visit, &w);
+  double deadline = mbox_now() + grace;
+  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+  stop_walk k = { self, KR_KILLED, 0, 1, 0 };
+  proc_foreach(stop_visit, &k);
+  deadline = mbox_now() + 2.0;  /* killed processes blocked in C may take a moment */
+  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+  proc_foreach(detach_visit, self);
+  proc_shutdown_pool();
+  atomic_store(&K.running, 0);
+  return k.killed;
+}
+
+/* ---- the public API (erlangen.h) that needs no Lua binding ---- */
+
+int erlangen_start(const erlangen_config *cfg) { return kern_start(cfg); }
+int erlangen_stop(double grace) { return kern_stop(grace); }
+int erlangen_running(void) { return kern_running(); }
+
+static int spawn_text(proc_entry e, const char *text, const char *name, erlangen_pid *pid) {
+  if (!kern_running()) return -1;
+  size_t len = strlen(text);
+  unsigned char *payload = malloc(len + 1);
+  if (!payload) return -1;
+  memcpy(payload, text, len + 1);
+  proc_opts o = {0};
+  term_id id, ref;
+  if (proc_spawn(NULL, &o, e, payload, len, name, &id, &ref)) return -1;
+  if (pid) *pid = id.n;
+  return 0;
+}
+
+int erlangen_spawn_file(const char *path, erlangen_pid *pid) {
+  return spawn_text(ENTRY_FILE, path, path, pid);
+}
+
+int erlangen_spawn_string(const char *code, const char *chunkname, erlangen_pid *pid) {
+  return spawn_text(ENTRY_STRING, code, chunkname ? chunkname : "=spawn", pid);
+}
+
+void erlangen_pushpid(lua_State *L, erlangen_pid pid) {
+  term_push(L, TERM_PID, (term_id){pid, 0, 0});
+}

@@ -1,0 +1,40 @@
+/*
+** links.h — links, monitors and exit signals between local processes.
+**
+** Links are kept on both ends and monitors on both ends, each end under its
+** own proc.lock; no operation holds two proc locks at once. An exit signal
+** that arrives through a link the receiver no longer has is ignored (so
+** unlink guarantees no later signal from that link).
+*/
+#ifndef erlangen_links_h
+#define erlangen_links_h
+
+#include <stddef.h>
+#include "term.h"
+
+struct proc;
+
+/* Delivers an exit signal from `from` to `to` with the encoded reason,
+** following Erlang: "kill" (not via a link) kills with "killed"; a trapping
+** target gets {"EXIT", from, reason}; "normal" is ignored by a non-trapping
+** target unless it sent the signal to itself; anything else kills it. */
+void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int via_link);
+
+/* Links self and other. Returns 0, or -1 if other is not alive. */
+int sig_link(struct proc *self, term_id other);
+void sig_unlink(struct proc *self, term_id other);
+
+/* Monitors target; returns the ref. A dead target yields DOWN "noproc" at once. */
+term_id sig_monitor(struct proc *self, term_id target);
+
+/* Removes the monitor `ref`; with flush also a queued DOWN. Returns 1 if the
+** monitor was still active. */
+int sig_demonitor(struct proc *self, term_id ref, int flush);
+
+/* Delivers {"DOWN", ref, from, reason} to watcher if it still holds ref. */
+void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *reason, size_t len);
+
+/* Sets trap_exit; returns the previous value. */
+int sig_trap_exit(struct proc *self, int flag);
+
+#endif

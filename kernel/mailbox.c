@@ -1,0 +1,220 @@
+/*
+** mailbox.c — bounded FIFO of encoded messages, with futex parking.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "mailbox.h"
+
+/* Iterations of the owner's spin before it parks: a reply that comes back
+** within a few microseconds then costs no system call on either side. */
+#define MBOX_SPIN 2000
+
+double mbox_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void futex_wait(_Atomic uint32_t *w, uint32_t seen, double deadline) {
+  struct timespec ts, *tp = NULL;
+  if (isfinite(deadline)) {
+    double left = deadline - mbox_now();
+    if (left <= 0) return;
+    ts.tv_sec = (time_t)left;
+    ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+    tp = &ts;
+  }
+  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, seen, tp, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *w, int n) {
+  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+void mbox_init(mbox *mb, unsigned capacity) {
+  pthread_mutex_init(&mb->lock, NULL);
+  mb->head = mb->tail = NULL;
+  mb->count = 0;
+  mb->capacity = capacity;
+  mb->dropped = 0;
+  mb->closed = mb->waiting = mb->space_waiters = 0;
+  atomic_init(&mb->wake, 0);
+  atomic_init(&mb->space, 0);
+}
+
+static void free_list(mbox_msg *m) {
+  while (m) { mbox_msg *n = m->next; mbox_msg_free(m); m = n; }
+}
+
+void mbox_destroy(mbox *mb) {
+  free_list(mb->head);
+  mb->head = mb->tail = NULL;
+  pthread_mutex_destroy(&mb->lock);
+}
+
+mbox_msg *mbox_msg_new(mbox_kind kind, unsigned char *data, size_t len) {
+  mbox_msg *m = malloc(sizeof *m);
+  if (!m) { free(data); return NULL; }
+  m->next = NULL;
+  m->kind = kind;
+  m->from = (term_id){0, 0, 0};
+  m->ref = (term_id){0, 0, 0};
+  m->len = len;
+  m->data = data;
+  return m;
+}
+
+void mbox_msg_free(mbox_msg *m) {
+  free(m->data);
+  free(m);
+}
+
+/* Appends under the lock; returns 1 if the owner must be woken. */
+static int append_locked(mbox *mb, mbox_msg *m) {
+  if (mb->tail) mb->tail->next = m; else mb->head = m;
+  mb->tail = m;
+  if (mb->waiting) {
+    atomic_fetch_add_explicit(&mb->wake, 1, memory_order_release);
+    return 1;
+  }
+  return 0;
+}
+
+int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud) {
+  int rc, wake = 0;
+  pthread_mutex_lock(&mb->lock);
+  for (;;) {
+    if (mb->closed) { rc = MBOX_CLOSED; break; }
+    if (mb->count < mb->capacity) {
+      mb->count++;
+      wake = append_locked(mb, m);
+      m = NULL;
+      rc = MBOX_OK;
+      break;
+    }
+    if (!(deadline > mbox_now())) { mb->dropped++; rc = MBOX_FULL; break; }
+    if (cancelled && cancelled(ud)) { rc = MBOX_CANCELLED; break; }
+    /* Wait for the owner to free a slot; wake up now and then to notice
+    ** our own cancellation. */
+    uint32_t seen = atomic_load_explicit(&mb->space, memory_order_acquire);
+    mb->space_waiters++;
+    pthread_mutex_unlock(&mb->lock);
+    double slice = mbox_now() + 0.02;
+    futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
+    pthread_mutex_lock(&mb->lock);
+    mb->space_waiters--;
+  }
+  pthread_mutex_unlock(&mb->lock);
+  if (m) mbox_msg_free(m);
+  if (wake) futex_wake(&mb->wake, 1);
+  return rc;
+}
+
+int mbox_put_signal(mbox *mb, mbox_msg *m) {
+  int wake = 0, rc = MBOX_OK;
+  pthread_mutex_lock(&mb->lock);
+  if (mb->closed) rc = MBOX_CLOSED;
+  else { wake = append_locked(mb, m); m = NULL; }
+  pthread_mutex_unlock(&mb->lock);
+  if (m) mbox_msg_free(m);
+  if (wake) futex_wake(&mb->wake, 1);
+  return rc;
+}
+
+mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
+  pthread_mutex_lock(&mb->lock);
+  mbox_msg *m = after ? after->next : mb->head;
+  if (!m) {
+    mb->waiting = 1;
+    *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+  }
+  pthread_mutex_unlock(&mb->lock);
+  return m;
+}
+
+int mbox_park(mbox *mb, uint32_t seq, double deadline) {
+  int woke = 0;
+  int spin = !(isfinite(deadline) && mbox_now() >= deadline) ? MBOX_SPIN : 0;
+  for (int i = 0; i < spin; i++) {
+    if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) { woke = 1; break; }
+    cpu_relax();
+  }
+  while (!woke) {
+    if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) { woke = 1; break; }
+    if (isfinite(deadline) && mbox_now() >= deadline) break;
+    futex_wait(&mb->wake, seq, deadline);
+  }
+  pthread_mutex_lock(&mb->lock);
+  mb->waiting = 0;
+  pthread_mutex_unlock(&mb->lock);
+  return woke ? 0 : -1;
+}
+
+void mbox_take(mbox *mb, mbox_msg *prev, mbox_msg *m) {
+  int wake_senders = 0;
+  pthread_mutex_lock(&mb->lock);
+  if (prev) prev->next = m->next; else mb->head = m->next;
+  if (mb->tail == m) mb->tail = prev;
+  m->next = NULL;
+  if (m->kind == MBOX_MSG) {
+    mb->count--;
+    if (mb->space_waiters) {
+      atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
+      wake_senders = 1;
+    }
+  }
+  pthread_mutex_unlock(&mb->lock);
+  if (wake_senders) futex_wake(&mb->space, INT_MAX);
+}
+
+void mbox_remove_down(mbox *mb, term_id ref) {
+  mbox_msg *prev = NULL, *found = NULL;
+  pthread_mutex_lock(&mb->lock);
+  for (mbox_msg *m = mb->head; m; prev = m, m = m->next)
+    if (m->kind == MBOX_DOWN && term_eq(m->ref, ref)) { found = m; break; }
+  if (found) {
+    if (prev) prev->next = found->next; else mb->head = found->next;
+    if (mb->tail == found) mb->tail = prev;
+  }
+  pthread_mutex_unlock(&mb->lock);
+  if (found) mbox_msg_free(found);
+}
+
+void mbox_wake(mbox *mb) {
+  atomic_fetch_add_explicit(&mb->wake, 1, memory_order_release);
+  futex_wake(&mb->wake, 1);
+}
+
+void mbox_close(mbox *mb) {
+  pthread_mutex_lock(&mb->lock);
+  mbox_msg *list = mb->head;
+  mb->head = mb->tail = NULL;
+  mb->count = 0;
+  mb->closed = 1;
+  int senders = mb->space_waiters;
+  if (senders) atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
+  pthread_mutex_unlock(&mb->lock);
+  if (senders) futex_wake(&mb->space, INT_MAX);
+  free_list(list);
+}
+
+void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting) {
+  pthread_mutex_lock(&mb->lock);
+  *count = mb->count;
+  *capacity = mb->capacity;
+  *dropped = mb->dropped;
+  *waiting = mb->waiting;
+  pthread_mutex_unlock(&mb->lock);
+}

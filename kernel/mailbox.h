@@ -1,0 +1,93 @@
+/*
+** mailbox.h — a process's bounded message queue and its parking word.
+**
+** Invariants (all under `lock` unless marked atomic):
+** - `count` is the number of MBOX_MSG entries queued; it never exceeds
+**   `capacity`. EXIT and DOWN entries are never dropped and not counted
+**   (there is at most one per link or monitor, so they stay bounded).
+** - Entries leave the queue only through the owner (mbox_take,
+**   mbox_remove_down, mbox_close), so the owner may hold a pointer to a
+**   queued entry across unlocked stretches; producers only append at `tail`.
+** - Entries from one producer keep their order (FIFO under the lock).
+** Ownership: every mbox_put* takes ownership of the entry and its `data`,
+** whether it is queued or refused (then it is freed at once).
+*/
+#ifndef erlangen_mailbox_h
+#define erlangen_mailbox_h
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "term.h"
+
+typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
+
+typedef struct mbox_msg {
+  struct mbox_msg *next;
+  mbox_kind kind;
+  term_id from;          /* EXIT/DOWN: the pid that exited */
+  term_id ref;           /* DOWN: the monitor's ref */
+  size_t len;
+  unsigned char *data;   /* codec bytes (message or reason); malloc'ed */
+} mbox_msg;
+
+typedef struct mbox {
+  pthread_mutex_t lock;
+  mbox_msg *head, *tail;   /* lock */
+  unsigned count;          /* lock: queued MBOX_MSG entries */
+  unsigned capacity;       /* lock */
+  uint64_t dropped;        /* lock: messages refused because the box was full */
+  int closed;              /* lock: the owner exited; puts are refused */
+  int waiting;             /* lock: the owner is parked (or about to park) on `wake` */
+  int space_waiters;       /* lock: senders parked on `space` */
+  _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
+  _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
+} mbox;
+
+enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };
+
+void mbox_init(mbox *mb, unsigned capacity);
+void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
+
+/* A new entry owning `data`; NULL when out of memory (data is then freed). */
+mbox_msg *mbox_msg_new(mbox_kind kind, unsigned char *data, size_t len);
+void mbox_msg_free(mbox_msg *m);
+
+/* Queues a regular message. When the box is full and `deadline` (monotonic
+** seconds) is in the future, waits for space until then; `cancelled(ud)` is
+** polled while waiting so a sender that is being killed stops waiting.
+** Returns MBOX_OK, MBOX_FULL (counted in `dropped`), MBOX_CLOSED or
+** MBOX_CANCELLED. */
+int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud);
+
+/* Queues an EXIT or DOWN entry; never dropped. Returns MBOX_OK or MBOX_CLOSED. */
+int mbox_put_signal(mbox *mb, mbox_msg *m);
+
+/* Owner only. Returns the entry after `after` (the head when NULL). When
+** there is none it arms parking and stores the wake sequence in *seq. */
+mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
+
+/* Owner only. Parks until a put, an mbox_wake, or `deadline`. Spins briefly
+** first. Returns 0 on wake-up, -1 on timeout. */
+int mbox_park(mbox *mb, uint32_t seq, double deadline);
+
+/* Owner only. Unlinks `m`, whose predecessor is `prev` (NULL for the head). */
+void mbox_take(mbox *mb, mbox_msg *prev, mbox_msg *m);
+
+/* Owner only. Removes a queued DOWN carrying `ref`, if any. */
+void mbox_remove_down(mbox *mb, term_id ref);
+
+/* Wakes the owner if parked. Async-signal-safe (atomic add + futex). */
+void mbox_wake(mbox *mb);
+
+/* Refuses further puts and frees what is queued. */
+void mbox_close(mbox *mb);
+
+/* Snapshot for introspection. */
+void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting);
+
+/* Monotonic clock in seconds. */
+double mbox_now(void);
+
+#endif

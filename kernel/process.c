@@ -1,0 +1,457 @@
+/*
+** process.c — the process table, the thread pool, spawn and exit.
+*/
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernel.h"
+#include "process.h"
+#include "registry.h"
+#include "links.h"
+#include "state.h"
+
+#define SHARDS 64          /* table shards, each under its own lock */
+#define POOL_MAX 256       /* parked threads kept for reuse; more exit */
+
+typedef struct shard {
+  pthread_mutex_t lock;
+  proc **buckets;          /* lock: chained through proc.hnext */
+  size_t nbuckets, n;      /* lock */
+} shard;
+
+typedef struct worker {
+  pthread_t thread;
+  pthread_cond_t cv;
+  proc *job;               /* pool lock */
+  size_t stack;            /* immutable */
+  struct worker *next;     /* pool lock: idle or dead list */
+} worker;
+
+/* The module's one global. */
+static struct {
+  shard shards[SHARDS];
+  _Atomic uint64_t next_id;      /* pid serials; never reused */
+  _Atomic size_t live;           /* processes in the table */
+  _Atomic size_t running;        /* spawned processes whose thread has not finished them */
+  pthread_mutex_t pool_lock;
+  worker *idle, *dead;           /* pool_lock */
+  size_t nidle, nthreads;        /* pool_lock: parked; all worker threads alive */
+  int stopping;                  /* pool_lock */
+  int ready;
+} P = { .pool_lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* The process run by the calling thread (kernel thread or attached host thread). */
+static __thread proc *P_self;
+
+proc *proc_self(void) { return P_self; }
+
+int proc_init(void) {
+  if (P.ready) {
+    pthread_mutex_lock(&P.pool_lock);
+    P.stopping = 0;
+    pthread_mutex_unlock(&P.pool_lock);
+    return 0;
+  }
+  for (int i = 0; i < SHARDS; i++) {
+    pthread_mutex_init(&P.shards[i].lock, NULL);
+    P.shards[i].nbuckets = 16;
+    P.shards[i].buckets = calloc(16, sizeof(proc *));
+    if (!P.shards[i].buckets) return -1;
+  }
+  atomic_init(&P.next_id, 1);
+  P.ready = 1;
+  return 0;
+}
+
+/* ---- vectors ---- */
+
+int proc_vec_push(proc_vec *v, const void *item, size_t size) {
+  if (v->n == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 4;
+    void *items = realloc(v->items, cap * size);
+    if (!items) return -1;
+    v->items = items;
+    v->cap = cap;
+  }
+  memcpy((char *)v->items + v->n * size, item, size);
+  v->n++;
+  return 0;
+}
+
+void proc_vec_free(proc_vec *v) {
+  free(v->items);
+  v->items = NULL;
+  v->n = v->cap = 0;
+}
+
+/* ---- the table ---- */
+
+static shard *shard_of(term_id pid) { return &P.shards[pid.n % SHARDS]; }
+static size_t bucket_of(shard *s, term_id pid) { return (pid.n / SHARDS) & (s->nbuckets - 1); }
+
+static void table_insert(proc *p) {
+  shard *s = shard_of(p->pid);
+  pthread_mutex_lock(&s->lock);
+  if (s->n >= s->nbuckets) {  /* grow; on failure keep chaining */
+    size_t nb = s->nbuckets * 2;
+    proc **b = calloc(nb, sizeof *b);
+    if (b) {
+      for (size_t i = 0; i < s->nbuckets; i++)
+        for (proc *q = s->buckets[i], *next; q; q = next) {
+          next = q->hnext;
+          size_t h = (q->pid.n / SHARDS) & (nb - 1);
+          q->hnext = b[h];
+          b[h] = q;
+        }
+      free(s->buckets);
+      s->buckets = b;
+      s->nbuckets = nb;
+    }
+  }
+  size_t h = bucket_of(s, p->pid);
+  p->hnext = s->buckets[h];
+  s->buckets[h] = p;
+  s->n++;
+  pthread_mutex_unlock(&s->lock);
+  atomic_fetch_add(&P.live, 1);
+}
+
+static int table_remove(proc *p) {
+  shard *s = shard_of(p->pid);
+  int found = 0;
+  pthread_mutex_lock(&s->lock);
+  for (proc **q = &s->buckets[bucket_of(s, p->pid)]; *q; q = &(*q)->hnext)
+    if (*q == p) { *q = p->hnext; s->n--; found = 1; break; }
+  pthread_mutex_unlock(&s->lock);
+  if (found) atomic_fetch_sub(&P.live, 1);
+  return found;
+}
+
+proc *proc_get(term_id pid) {
+  if (pid.node != 0 || !P.ready) return NULL;
+  shard *s = shard_of(pid);
+  proc *found = NULL;
+  pthread_mutex_lock(&s->lock);
+  for (proc *q = s->buckets[bucket_of(s, pid)]; q; q = q->hnext)
+    if (q->pid.n == pid.n) { found = q; proc_retain(q); break; }
+  pthread_mutex_unlock(&s->lock);
+  return found;
+}
+
+void proc_retain(proc *p) { atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); }
+
+void proc_release(proc *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1) return;
+  mbox_destroy(&p->mb);
+  pthread_mutex_destroy(&p->lock);
+  proc_vec_free(&p->links);
+  proc_vec_free(&p->monitors);
+  proc_vec_free(&p->monitored_by);
+  free(p->doom_reason);
+  free(p->payload);
+  free(p->chunkname);
+  free(p);
+}
+
+size_t proc_count(void) { return atomic_load(&P.live); }
+
+void proc_foreach(void (*fn)(proc *, void *), void *ud) {
+  for (int i = 0; i < SHARDS; i++) {
+    shard *s = &P.shards[i];
+    pthread_mutex_lock(&s->lock);
+    size_t n = 0;
+    proc **snap = malloc((s->n + 1) * sizeof *snap);
+    if (snap)
+      for (size_t b = 0; b < s->nbuckets; b++)
+        for (proc *q = s->buckets[b]; q; q = q->hnext) { proc_retain(q); snap[n++] = q; }
+    pthread_mutex_unlock(&s->lock);
+    for (size_t k = 0; k < n; k++) { fn(snap[k], ud); proc_release(snap[k]); }
+    free(snap);
+  }
+}
+
+/* ---- creation ---- */
+
+static proc *proc_new(unsigned capacity) {
+  proc *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->pid.n = atomic_fetch_add(&P.next_id, 1);
+  atomic_init(&p->refs, 1);  /* the table's reference */
+  mbox_init(&p->mb, capacity);
+  pthread_mutex_init(&p->lock, NULL);
+  p->status = PROC_ALIVE;
+  return p;
+}
+
+void proc_doom(proc *p, const unsigned char *reason, size_t len) {
+  int wake = 0;
+  pthread_mutex_lock(&p->lock);
+  if (!p->doom_reason && p->status == PROC_ALIVE) {
+    p->doom_reason = malloc(len ? len : 1);
+    if (p->doom_reason) {
+      memcpy(p->doom_reason, reason, len);
+      p->doom_len = len;
+    } else {  /* out of memory: die as killed, whose bytes are static */
+      size_t klen;
+      const unsigned char *k = kern_reason(KR_KILLED, &klen);
+      p->doom_reason = malloc(klen);
+      if (p->doom_reason) { memcpy(p->doom_reason, k, klen); p->doom_len = klen; }
+    }
+    atomic_store_explicit(&p->doomed, 1, memory_order_release);
+    wake = 1;
+    /* The thread cannot leave the process while we hold the lock (it
+    ** clears has_thread under it), so the signal reaches a live thread. */
+    if (atomic_load(&p->has_thread)) pthread_kill(p->thread, STATE_SIGNAL);
+  }
+  pthread_mutex_unlock(&p->lock);
+  if (wake) mbox_wake(&p->mb);
+}
+
+static void clear_thread(proc *p) {
+  pthread_mutex_lock(&p->lock);
+  atomic_store(&p->has_thread, 0);
+  pthread_mutex_unlock(&p->lock);
+}
+
+static void run_process(proc *p) {
+  P_self = p;
+  pthread_mutex_lock(&p->lock);
+  p->thread = pthread_self();
+  atomic_store(&p->has_thread, 1);
+  pthread_mutex_unlock(&p->lock);
+  unsigned char *reason = NULL;
+  size_t len = 0;
+  state_run(p, &reason, &len);
+  clear_thread(p);
+  if (reason) proc_exit(p, reason, len);
+  else {
+    const unsigned char *r = kern_reason(KR_MEMORY, &len);
+    proc_exit(p, r, len);
+  }
+  free(reason);
+  P_self = NULL;
+  proc_release(p);  /* the thread's reference */
+  atomic_fetch_sub(&P.running, 1);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);   /* Ctrl-C belongs to the REPL's thread */
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  for (;;) {
+    proc *p = w->job;
+    run_process(p);
+    pthread_mutex_lock(&P.pool_lock);
+    w->job = NULL;
+    if (P.stopping || P.nidle >= POOL_MAX || w->stack != kern_config_get().stack_size) break;
+    w->next = P.idle;
+    P.idle = w;
+    P.nidle++;
+    while (!w->job && !P.stopping) pthread_cond_wait(&w->cv, &P.pool_lock);
+    if (!w->job) {  /* stopping: unlink ourselves from the idle list */
+      for (worker **q = &P.idle; *q; q = &(*q)->next)
+        if (*q == w) { *q = w->next; P.nidle--; break; }
+      break;
+    }
+    pthread_mutex_unlock(&P.pool_lock);
+  }
+  /* Still under pool_lock: become joinable garbage. */
+  w->next = P.dead;
+  P.dead = w;
+  P.nthreads--;
+  pthread_mutex_unlock(&P.pool_lock);
+  return NULL;
+}
+
+/* Joins threads that have left the pool (pool_lock held). */
+static void reap_locked(void) {
+  while (P.dead) {
+    worker *w = P.dead;
+    P.dead = w->next;
+    pthread_join(w->thread, NULL);  /* it is past its last lock: returns at once */
+    pthread_cond_destroy(&w->cv);
+    free(w);
+  }
+}
+
+static int dispatch(proc *p) {
+  size_t stack = kern_config_get().stack_size;
+  pthread_mutex_lock(&P.pool_lock);
+  reap_locked();
+  worker *w = P.idle;
+  if (w) {
+    P.idle = w->next;
+    P.nidle--;
+    w->job = p;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&P.pool_lock);
+    return 0;
+  }
+  w = calloc(1, sizeof *w);
+  int rc = -1;
+  if (w) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, stack);
+    pthread_cond_init(&w->cv, NULL);
+    w->job = p;
+    w->stack = stack;
+    rc = pthread_create(&w->thread, &attr, worker_main, w);
+    pthread_attr_destroy(&attr);
+    if (rc == 0) P.nthreads++;
+    else { pthread_cond_destroy(&w->cv); free(w); rc = -1; }
+  }
+  pthread_mutex_unlock(&P.pool_lock);
+  return rc;
+}
+
+void proc_shutdown_pool(void) {
+  pthread_mutex_lock(&P.pool_lock);
+  P.stopping = 1;
+  for (worker *w = P.idle; w; w = w->next) pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&P.pool_lock);
+  for (int i = 0; i < 2000; i++) {  /* parked threads leave at once; bound the wait at 2 s */
+    pthread_mutex_lock(&P.pool_lock);
+    reap_locked();
+    size_t left = P.nthreads;
+    pthread_mutex_unlock(&P.pool_lock);
+    if (left == 0 || atomic_load(&P.running) == left) break;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+static void add_link(proc *p, term_id other) {
+  proc_link l = { other };
+  pthread_mutex_lock(&p->lock);
+  proc_vec_push(&p->links, &l, sizeof l);
+  pthread_mutex_unlock(&p->lock);
+}
+
+static void add_mon(proc *p, proc_vec *v, term_id ref, term_id pid) {
+  proc_mon m = { ref, pid };
+  pthread_mutex_lock(&p->lock);
+  proc_vec_push(v, &m, sizeof m);
+  pthread_mutex_unlock(&p->lock);
+}
+
+const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
+                       unsigned char *payload, size_t len, const char *chunkname,
+                       term_id *pid, term_id *ref) {
+  kern_config cfg = kern_config_get();
+  proc *p = proc_new(o->mailbox ? o->mailbox : cfg.mailbox);
+  if (!p || (chunkname && !(p->chunkname = strdup(chunkname)))) {
+    free(payload);
+    if (p) proc_release(p);
+    return "out of memory";
+  }
+  p->entry = entry;
+  p->payload = payload;
+  p->payload_len = len;
+  p->mem_limit = o->max_memory;
+  p->trap_exit = o->trap_exit;
+  table_insert(p);
+  if (o->name) {
+    int rc = reg_register(o->name, p);
+    if (rc != REG_OK) {
+      table_remove(p);
+      proc_release(p);
+      return rc == REG_TAKEN ? "name already registered" : "out of memory";
+    }
+  }
+  if (parent && o->link) {
+    add_link(p, parent->pid);
+    add_link(parent, p->pid);
+  }
+  if (parent && o->monitor) {
+    *ref = term_new_ref();
+    add_mon(p, &p->monitored_by, *ref, parent->pid);
+    add_mon(parent, &parent->monitors, *ref, p->pid);
+  }
+  *pid = p->pid;
+  proc_retain(p);  /* the thread's reference */
+  atomic_fetch_add(&P.running, 1);
+  if (dispatch(p) != 0) {
+    atomic_fetch_sub(&P.running, 1);
+    size_t rlen;
+    const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
+    proc_exit(p, r, rlen);
+    proc_release(p);
+    return "cannot create thread";
+  }
+  return NULL;
+}
+
+proc *proc_attach(lua_State *L) {
+  proc *p = proc_new(kern_config_get().mailbox);
+  if (!p) return NULL;
+  p->attached = 1;
+  p->L = L;
+  p->thread = pthread_self();
+  atomic_store(&p->has_thread, 1);
+  proc_retain(p);  /* the attached thread's reference */
+  table_insert(p);
+  P_self = p;
+  return p;
+}
+
+void proc_detach(proc *p, const unsigned char *reason, size_t len) {
+  clear_thread(p);
+  proc_exit(p, reason, len);
+  if (P_self == p) P_self = NULL;
+  proc_release(p);
+}
+
+static void forget_monitor(term_id target, term_id ref) {
+  proc *q = proc_get(target);
+  if (!q) return;
+  pthread_mutex_lock(&q->lock);
+  proc_mon *m = q->monitored_by.items;
+  for (size_t i = 0; i < q->monitored_by.n; i++)
+    if (term_eq(m[i].ref, ref)) { m[i] = m[--q->monitored_by.n]; break; }
+  pthread_mutex_unlock(&q->lock);
+  proc_release(q);
+}
+
+void proc_exit(proc *p, const unsigned char *reason, size_t len) {
+  pthread_mutex_lock(&p->lock);
+  if (p->status != PROC_ALIVE) { pthread_mutex_unlock(&p->lock); return; }
+  p->status = PROC_EXITING;
+  proc_vec links = p->links, monitors = p->monitors, watchers = p->monitored_by;
+  memset(&p->links, 0, sizeof p->links);
+  memset(&p->monitors, 0, sizeof p->monitors);
+  memset(&p->monitored_by, 0, sizeof p->monitored_by);
+  pthread_mutex_unlock(&p->lock);
+
+  reg_remove(p);
+  int in_table = table_remove(p);
+  mbox_close(&p->mb);
+
+  proc_link *l = links.items;
+  for (size_t i = 0; i < links.n; i++) sig_exit(l[i].pid, p->pid, reason, len, 1);
+  proc_mon *w = watchers.items;
+  for (size_t i = 0; i < watchers.n; i++) sig_down(w[i].pid, w[i].ref, p->pid, reason, len);
+  proc_mon *m = monitors.items;
+  for (size_t i = 0; i < monitors.n; i++) forget_monitor(m[i].pid, m[i].ref);
+  proc_vec_free(&links);
+  proc_vec_free(&watchers);
+  proc_vec_free(&monitors);
+  if (in_table) proc_release(p);  /* the table's reference */
+}
+
+void proc_exit_doomed(proc *p) {
+  pthread_mutex_lock(&p->lock);
+  size_t len = p->doom_len;
+  unsigned char *r = malloc(len ? len : 1);
+  if (r) memcpy(r, p->doom_reason, len);
+  pthread_mutex_unlock(&p->lock);
+  if (r) proc_exit(p, r, len);
+  else {
+    const unsigned char *k = kern_reason(KR_KILLED, &len);
+    proc_exit(p, k, len);
+  }
+  free(r);
+}

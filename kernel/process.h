@@ -1,0 +1,131 @@
+/*
+** process.h — processes: the table of live processes, their threads, and
+** their lifecycle from spawn to exit.
+**
+** A process is one OS thread running one lua_State that is created for it
+** and closed when it exits (a state is never reused; parked threads are).
+** A `proc` is reference counted: the table holds one reference while the
+** process is alive, and anyone who looks a process up holds one until
+** proc_release. Lock order: registry lock -> proc.lock -> proc.mb.lock; never
+** two proc locks at once.
+*/
+#ifndef erlangen_process_h
+#define erlangen_process_h
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include "mailbox.h"
+#include "term.h"
+
+typedef enum proc_status { PROC_ALIVE, PROC_EXITING } proc_status;
+
+/* What the new process runs. */
+typedef enum proc_entry { ENTRY_CODEC, ENTRY_FILE, ENTRY_STRING } proc_entry;
+
+typedef struct proc_link { term_id pid; } proc_link;
+typedef struct proc_mon { term_id ref; term_id pid; } proc_mon;
+
+typedef struct proc_vec {      /* a small growable array of T */
+  void *items;
+  size_t n, cap;
+} proc_vec;
+
+typedef struct proc {
+  term_id pid;                     /* immutable */
+  _Atomic int refs;
+  struct proc *hnext;              /* table shard lock */
+
+  mbox mb;
+
+  pthread_mutex_t lock;
+  proc_status status;              /* lock */
+  int trap_exit;                   /* lock */
+  proc_vec links;                  /* lock: proc_link */
+  proc_vec monitors;               /* lock: proc_mon, targets this process monitors */
+  proc_vec monitored_by;           /* lock: proc_mon, watchers of this process */
+  unsigned char *doom_reason;      /* lock: set once by the first fatal signal */
+  size_t doom_len;                 /* lock */
+
+  _Atomic int doomed;              /* set (after doom_reason) when the process must die */
+  _Atomic int interrupt;           /* erlangen_interrupt: raise "interrupted" once */
+  _Atomic int in_c;                /* reserved */
+
+  char *name;                      /* registry lock */
+
+  /* Owned by the process's own thread. */
+  lua_State *L;
+  int attached;                    /* a host thread, not a kernel thread */
+  int in_receive;                  /* a match function is running */
+  pthread_t thread;                /* set before the thread runs the process */
+  _Atomic int has_thread;
+
+  /* Memory of the state: `mem` is written by the owner's allocator only and
+  ** published with a relaxed store for readers; `mem_limit` is immutable. */
+  size_t mem;
+  _Atomic size_t mem_pub;
+  size_t mem_limit;                /* 0: unlimited */
+
+  /* Spawn payload, consumed by the thread. */
+  proc_entry entry;
+  unsigned char *payload;
+  size_t payload_len;
+  char *chunkname;
+} proc;
+
+typedef struct proc_opts {
+  int link, monitor, trap_exit;
+  unsigned mailbox;                /* 0: node default */
+  size_t max_memory;               /* 0: unlimited */
+  const char *name;                /* NULL: none */
+} proc_opts;
+
+/* Module lifecycle. */
+int proc_init(void);
+void proc_shutdown_pool(void);     /* joins parked threads; call when no process runs */
+
+/* Creates and starts a process. `payload` is owned by the callee in every
+** case. `parent` (may be NULL) receives the link/monitor asked for in opts;
+** *ref gets the monitor's ref. Returns 0, or an error string (static):
+** "name already registered", "out of memory", "cannot create thread". */
+const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
+                       unsigned char *payload, size_t len, const char *chunkname,
+                       term_id *pid, term_id *ref);
+
+/* Makes the calling thread a process running `L` (not created by the kernel
+** when `foreign`). */
+proc *proc_attach(lua_State *L);
+
+/* Ends an attached process with `reason` and drops the thread's reference. */
+void proc_detach(proc *p, const unsigned char *reason, size_t len);
+
+/* Runs the exit of an attached process that was doomed, with its doom reason. */
+void proc_exit_doomed(proc *p);
+
+/* Looks up a live local process; the caller must proc_release it. */
+proc *proc_get(term_id pid);
+void proc_retain(proc *p);
+void proc_release(proc *p);
+
+/* Runs the exit of `p` with the encoded `reason`: removes it from the table
+** and the registry, then delivers its exit signals and DOWN messages. */
+void proc_exit(proc *p, const unsigned char *reason, size_t len);
+
+/* Calls fn(p, ud) for every live process (holding a reference during the call). */
+void proc_foreach(void (*fn)(proc *, void *), void *ud);
+size_t proc_count(void);
+
+/* The process of the calling thread, or NULL. */
+proc *proc_self(void);
+
+/* Marks `p` to die with `reason` (copied) unless already doomed, then makes
+** it notice: wakes it if parked, and signals its thread if it runs Lua. */
+void proc_doom(proc *p, const unsigned char *reason, size_t len);
+
+/* Vector helpers (lock held by caller). */
+int proc_vec_push(proc_vec *v, const void *item, size_t size);
+void proc_vec_free(proc_vec *v);
+
+#endif

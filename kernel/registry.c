@@ -1,0 +1,142 @@
+/*
+** registry.c — registered names: a chained hash table under one lock.
+*/
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include "process.h"
+#include "registry.h"
+
+typedef struct reg_entry {
+  struct reg_entry *next;
+  proc *p;                  /* holds a reference while registered */
+  char name[];
+} reg_entry;
+
+/* The module's one global. Everything in it is guarded by `lock`. */
+static struct {
+  pthread_mutex_t lock;
+  reg_entry **buckets;
+  size_t nbuckets, n;
+} R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
+
+static size_t hash(const char *s) {
+  size_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+int reg_init(void) {
+  pthread_mutex_lock(&R.lock);
+  if (!R.buckets) {
+    R.nbuckets = 64;
+    R.buckets = calloc(R.nbuckets, sizeof *R.buckets);
+  }
+  int ok = R.buckets != NULL;
+  pthread_mutex_unlock(&R.lock);
+  return ok ? 0 : -1;
+}
+
+static reg_entry **find_locked(const char *name) {
+  reg_entry **e = &R.buckets[hash(name) & (R.nbuckets - 1)];
+  while (*e && strcmp((*e)->name, name) != 0) e = &(*e)->next;
+  return e;
+}
+
+static void grow_locked(void) {
+  size_t nb = R.nbuckets * 2;
+  reg_entry **b = calloc(nb, sizeof *b);
+  if (!b) return;  /* keep the old table: slower, still correct */
+  for (size_t i = 0; i < R.nbuckets; i++)
+    for (reg_entry *e = R.buckets[i], *next; e; e = next) {
+      next = e->next;
+      size_t h = hash(e->name) & (nb - 1);
+      e->next = b[h];
+      b[h] = e;
+    }
+  free(R.buckets);
+  R.buckets = b;
+  R.nbuckets = nb;
+}
+
+int reg_register(const char *name, proc *p) {
+  int rc = REG_OK;
+  pthread_mutex_lock(&R.lock);
+  if (*find_locked(name)) rc = REG_TAKEN;
+  else if (p->name) rc = REG_HAS_NAME;
+  else {
+    pthread_mutex_lock(&p->lock);
+    int alive = p->status == PROC_ALIVE;
+    pthread_mutex_unlock(&p->lock);
+    size_t len = strlen(name);
+    reg_entry *e = alive ? malloc(sizeof *e + len + 1) : NULL;
+    if (!alive) rc = REG_DEAD;
+    else if (!e || !(p->name = strdup(name))) { free(e); rc = REG_DEAD; }
+    else {
+      memcpy(e->name, name, len + 1);
+      e->p = p;
+      proc_retain(p);
+      reg_entry **slot = find_locked(name);
+      e->next = *slot;
+      *slot = e;
+      if (++R.n > R.nbuckets) grow_locked();
+    }
+  }
+  pthread_mutex_unlock(&R.lock);
+  return rc;
+}
+
+static proc *unlink_locked(const char *name) {
+  reg_entry **slot = find_locked(name), *e = *slot;
+  if (!e) return NULL;
+  *slot = e->next;
+  R.n--;
+  proc *p = e->p;
+  free(p->name);
+  p->name = NULL;
+  free(e);
+  return p;
+}
+
+int reg_unregister(const char *name) {
+  pthread_mutex_lock(&R.lock);
+  proc *p = unlink_locked(name);
+  pthread_mutex_unlock(&R.lock);
+  if (!p) return -1;
+  proc_release(p);
+  return 0;
+}
+
+int reg_whereis(const char *name, term_id *pid) {
+  pthread_mutex_lock(&R.lock);
+  reg_entry *e = R.buckets ? *find_locked(name) : NULL;
+  if (e) *pid = e->p->pid;
+  pthread_mutex_unlock(&R.lock);
+  return e != NULL;
+}
+
+void reg_remove(proc *p) {
+  pthread_mutex_lock(&R.lock);
+  proc *q = p->name ? unlink_locked(p->name) : NULL;
+  pthread_mutex_unlock(&R.lock);
+  if (q) proc_release(q);
+}
+
+void reg_foreach(void (*fn)(const char *, void *), void *ud) {
+  pthread_mutex_lock(&R.lock);
+  for (size_t i = 0; i < R.nbuckets; i++)
+    for (reg_entry *e = R.buckets[i]; e; e = e->next) fn(e->name, ud);
+  pthread_mutex_unlock(&R.lock);
+}
+
+int reg_name_of(proc *p, char *buf, size_t n) {
+  int has = 0;
+  pthread_mutex_lock(&R.lock);
+  if (p->name && n) {
+    strncpy(buf, p->name, n - 1);
+    buf[n - 1] = '\0';
+    has = 1;
+  }
+  pthread_mutex_unlock(&R.lock);
+  return has;
+}

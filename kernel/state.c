@@ -1,0 +1,360 @@
+/*
+** state.c — a process's lua_State: allocator and memory limit, libraries,
+** the doom hook, and running the process's entry.
+*/
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include "erlangen_config.h"
+#include "kernel.h"
+#include "process.h"
+#include "state.h"
+
+#define HOOK_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+#define DOOM_SLACK (1u << 20)   /* a doomed state may exceed its limit by this to unwind */
+
+/* The module's one global: the state the calling thread runs, read by the
+** signal handler of that same thread. */
+static __thread lua_State *volatile S_current;
+
+static const char exit_mt_key = 'x';   /* registry key of the exit object's metatable */
+static const char trace_key = 't';     /* registry key of the last crash traceback */
+static const char kernel_key = 'k';    /* registry key set in states the kernel opened */
+
+int state_is_kernel(lua_State *L) {
+  int ours = lua_rawgetp(L, LUA_REGISTRYINDEX, &kernel_key) != LUA_TNIL;
+  lua_pop(L, 1);
+  return ours;
+}
+
+void state_set_current(lua_State *L) { S_current = L; }
+
+/* ---- the hook that makes a doomed process die ---- */
+
+static void doom_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  proc *p = proc_self();
+  if (!p) { lua_sethook(L, NULL, 0, 0); return; }
+  if (atomic_load_explicit(&p->doomed, memory_order_acquire)) {
+    if (p->attached) {  /* raise once; the host's code goes on under a new pid */
+      lua_sethook(L, NULL, 0, 0);
+      proc_exit_doomed(p);
+    }
+    state_raise_doom(L, p);
+  }
+  if (atomic_exchange(&p->interrupt, 0)) {
+    lua_sethook(L, NULL, 0, 0);
+    lua_pushliteral(L, "interrupted");
+    lua_error(L);
+  }
+  lua_sethook(L, NULL, 0, 0);
+}
+
+void state_arm_hook(lua_State *L) { lua_sethook(L, doom_hook, HOOK_MASK, 1); }
+
+static void on_signal(int sig) {
+  (void)sig;
+  lua_State *L = S_current;
+  if (L) state_arm_hook(L);
+}
+
+void state_init_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(STATE_SIGNAL, &sa, NULL);
+}
+
+/* ---- exit objects ---- */
+
+static int exit_tostring(lua_State *L) {
+  lua_getfield(L, 1, "reason");
+  luaL_tolstring(L, -1, NULL);
+  lua_pushfstring(L, "exit: %s", lua_tostring(L, -1));
+  return 1;
+}
+
+/* Pushes the metatable of exit objects. */
+static void exit_mt(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &exit_mt_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, exit_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "erlangen.exit");
+  lua_setfield(L, -2, "__name");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &exit_mt_key);
+}
+
+/* Raises an exit object carrying the value at the top of the stack. */
+static int raise_exit(lua_State *L) {
+  lua_createtable(L, 0, 1);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "reason");
+  exit_mt(L);
+  lua_setmetatable(L, -2);
+  return lua_error(L);
+}
+
+int state_raise_doom(lua_State *L, proc *p) {
+  pthread_mutex_lock(&p->lock);
+  size_t len = p->doom_len;
+  unsigned char *copy = malloc(len ? len : 1);
+  if (copy) memcpy(copy, p->doom_reason, len);
+  pthread_mutex_unlock(&p->lock);
+  codec_limits lim = kern_limits(1);
+  int n = copy ? codec_decode(L, copy, len, &lim) : -1;
+  free(copy);
+  if (n != 1) {
+    lua_settop(L, lua_gettop(L) - (n < 0 ? 1 : n));
+    lua_pushliteral(L, "killed");
+  }
+  return raise_exit(L);
+}
+
+int state_exit_reason(lua_State *L, proc *p) {
+  if (atomic_load(&p->doomed)) return 0;  /* the doom reason wins; see state_run */
+  if (lua_type(L, -1) != LUA_TTABLE || !lua_getmetatable(L, -1)) return 0;
+  exit_mt(L);
+  int is_exit = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (!is_exit) return 0;
+  lua_getfield(L, -1, "reason");
+  return 1;
+}
+
+/* erlangen.exit(reason) for the binding: raises an exit object. */
+int state_exit(lua_State *L) { return raise_exit(L); }
+
+/* ---- allocation ---- */
+
+static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  proc *p = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    p->mem -= old;
+    atomic_store_explicit(&p->mem_pub, p->mem, memory_order_relaxed);
+    return NULL;
+  }
+  if (p->mem_limit && nsize > old) {
+    size_t want = p->mem + (nsize - old);
+    int doomed = atomic_load_explicit(&p->doomed, memory_order_relaxed);
+    if (want > p->mem_limit + (doomed ? DOOM_SLACK : 0)) {
+      if (!doomed) {
+        size_t len;
+        const unsigned char *r = kern_reason(KR_MEMORY, &len);
+        proc_doom(p, r, len);   /* signals our own thread: the hook is armed */
+      }
+      return NULL;
+    }
+  }
+  void *q = realloc(ptr, nsize);
+  if (!q) return NULL;
+  p->mem = p->mem - old + nsize;
+  atomic_store_explicit(&p->mem_pub, p->mem, memory_order_relaxed);
+  return q;
+}
+
+static void no_warnings(void *ud, const char *msg, int tocont) {
+  (void)ud; (void)msg; (void)tocont;
+}
+
+/* Where stdlib/ lives: $ERLANGEN_STDLIB, else the source tree when this
+** code runs from the build tree, else the install prefix. */
+static const char *stdlib_dir(void) {
+  const char *env = getenv("ERLANGEN_STDLIB");
+  if (env && *env) return env;
+  Dl_info info;
+  static const char build[] = ERLANGEN_STDLIB_BUILD;
+  size_t root = sizeof build - 1 - strlen("/stdlib");
+  if (dladdr((void *)stdlib_dir, &info) && info.dli_fname &&
+      strncmp(info.dli_fname, build, root) == 0)
+    return ERLANGEN_STDLIB_BUILD;
+  return ERLANGEN_STDLIB_INSTALL;
+}
+
+/* Puts stdlib/ first on package.path unless it is already there. */
+static void add_stdlib_path(lua_State *L) {
+  const char *dir = stdlib_dir();
+  lua_getglobal(L, "package");
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
+  lua_getfield(L, -1, "path");
+  const char *path = lua_tostring(L, -1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, dir);
+  luaL_addstring(&b, "/?.lua;");
+  luaL_pushresult(&b);
+  if (!path || !strstr(path, lua_tostring(L, -1))) {
+    lua_pushfstring(L, "%s%s/?/init.lua;%s", lua_tostring(L, -1), dir, path ? path : "");
+    lua_setfield(L, -4, "path");
+  }
+  lua_pop(L, 3);
+}
+
+void state_add_stdlib_path(lua_State *L) { add_stdlib_path(L); }
+
+void state_open(lua_State *L) {
+  lua_pushboolean(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kernel_key);
+  luaL_openlibs(L);
+  luaL_requiref(L, "erlangen", luaopen_erlangen, 1);
+  lua_pop(L, 1);
+  add_stdlib_path(L);
+  kern_config c = kern_config_get();
+  if (c.open_libs) c.open_libs(L, c.open_libs_ud);
+}
+
+static int open_protected(lua_State *L) {
+  state_open(L);
+  return 0;
+}
+
+lua_State *state_new(proc *p) {
+  lua_State *L = lua_newstate(state_alloc, p);
+  if (!L) return NULL;
+  lua_setwarnf(L, no_warnings, NULL);
+  lua_pushcfunction(L, open_protected);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) { lua_close(L); return NULL; }
+  return L;
+}
+
+/* ---- running ---- */
+
+/* Message handler: keeps the error value, records a traceback for the report. */
+static int msgh(lua_State *L) {
+  proc *p = proc_self();
+  if (!(p && atomic_load(&p->doomed))) {
+    lua_pushvalue(L, 1);
+    if (!state_exit_reason(L, p)) {
+      const char *msg = luaL_tolstring(L, 1, NULL);
+      luaL_traceback(L, L, msg, 1);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &trace_key);
+      lua_pop(L, 1);
+    } else lua_pop(L, 1);
+    lua_settop(L, 1);
+  }
+  return 1;
+}
+
+/* Pushes the function named "module.function", or an error string; returns 1 if found. */
+static int resolve(lua_State *L, const char *name) {
+  const char *dot = strrchr(name, '.');
+  if (!dot || dot == name || !dot[1]) {
+    lua_pushfstring(L, "bad function name '%s' (expected \"module.function\")", name);
+    return 0;
+  }
+  lua_getglobal(L, "require");
+  lua_pushlstring(L, name, (size_t)(dot - name));
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 0;
+  if (!lua_istable(L, -1)) {
+    lua_pushfstring(L, "module '%s' did not return a table", lua_tostring(L, -1));
+    return 0;
+  }
+  lua_getfield(L, -1, dot + 1);
+  lua_remove(L, -2);
+  if (lua_isfunction(L, -1)) return 1;
+  lua_pop(L, 1);
+  lua_pushfstring(L, "'%s' is not a function", name);
+  return 0;
+}
+
+/* Leaves the entry function and its arguments on the stack; returns the
+** argument count, or -1 with an error value on the stack. */
+static int load_entry(lua_State *L, proc *p) {
+  int n;
+  switch (p->entry) {
+  case ENTRY_FILE:
+    return luaL_loadfile(L, (const char *)p->payload) == LUA_OK ? 0 : -1;
+  case ENTRY_STRING:
+    return luaL_loadbuffer(L, (const char *)p->payload, p->payload_len,
+                           p->chunkname ? p->chunkname : "=spawn") == LUA_OK ? 0 : -1;
+  case ENTRY_CODEC:
+  default: {
+    codec_limits lim = kern_limits(1);
+    n = codec_decode(L, p->payload, p->payload_len, &lim);
+    free(p->payload);
+    p->payload = NULL;
+    if (n < 1) return -1;
+    if (lua_type(L, -n) == LUA_TSTRING) {
+      const char *name = lua_tostring(L, -n);
+      if (!resolve(L, name)) return -1;
+      lua_replace(L, -n - 1);
+    }
+    return n - 1;
+  }
+  }
+}
+
+static void encode_reason(lua_State *L, unsigned char **reason, size_t *len) {
+  codec_limits lim = kern_limits(1);
+  codec_buf b = {0};
+  if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) {
+    lua_pop(L, 1);                          /* the codec's error message */
+    luaL_tolstring(L, -1, NULL);            /* send what can be sent */
+    if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) lua_pop(L, 1);
+    lua_pop(L, 1);
+  }
+  *reason = b.data;
+  *len = b.len;
+}
+
+static void copy_doom(proc *p, unsigned char **reason, size_t *len) {
+  pthread_mutex_lock(&p->lock);
+  *reason = malloc(p->doom_len ? p->doom_len : 1);
+  if (*reason) { memcpy(*reason, p->doom_reason, p->doom_len); *len = p->doom_len; }
+  pthread_mutex_unlock(&p->lock);
+}
+
+static void crash_report(lua_State *L, proc *p) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &trace_key);
+  const char *trace = lua_tostring(L, -1);
+  fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> crashed\n%s\n",
+          (int)p->pid.node, (unsigned long long)p->pid.n,
+          trace ? trace : luaL_tolstring(L, -2, NULL));
+  fflush(stderr);
+  lua_pop(L, trace ? 1 : 2);
+}
+
+void state_run(proc *p, unsigned char **reason, size_t *len) {
+  *reason = NULL;
+  *len = 0;
+  lua_State *L = state_new(p);
+  if (!L) return;  /* the caller reports "memory" */
+  p->L = L;
+  *(proc **)lua_getextraspace(L) = p;
+  state_set_current(L);
+  if (atomic_load(&p->doomed)) state_arm_hook(L);
+  lua_pushcfunction(L, msgh);
+  int base = lua_gettop(L);
+  int n = load_entry(L, p);
+  int status = n < 0 ? LUA_ERRRUN : lua_pcall(L, n, 0, base);
+  if (atomic_load(&p->doomed)) {
+    copy_doom(p, reason, len);
+  } else if (status == LUA_OK) {
+    const unsigned char *r = kern_reason(KR_NORMAL, len);
+    *reason = malloc(*len);
+    if (*reason) memcpy(*reason, r, *len);
+  } else if (state_exit_reason(L, p)) {
+    encode_reason(L, reason, len);
+  } else {
+    if (n >= 0) crash_report(L, p);
+    else fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> could not start: %s\n",
+                 (int)p->pid.node, (unsigned long long)p->pid.n, luaL_tolstring(L, -1, NULL)),
+         lua_pop(L, 1);
+    encode_reason(L, reason, len);
+  }
+  state_set_current(NULL);
+  lua_sethook(L, NULL, 0, 0);
+  lua_close(L);
+  p->L = NULL;
+  if (!*reason) copy_doom(p, reason, len);
+}

@@ -1,0 +1,60 @@
+/*
+** state.h — a process's lua_State: its allocator with the memory limit, its
+** libraries, the hook that makes a doomed process die, and running the
+** process's entry from its spawn payload.
+**
+** The hook is installed from other threads only through a signal delivered
+** to the process's own thread (SIGURG), whose handler calls lua_sethook on
+** the thread's current state: Lua allows lua_sethook from a signal handler.
+*/
+#ifndef erlangen_state_h
+#define erlangen_state_h
+
+#include <signal.h>
+#include <lua.h>
+
+struct proc;
+
+#define STATE_SIGNAL SIGURG
+
+/* Installs the STATE_SIGNAL handler (once per OS process). */
+void state_init_signals(void);
+
+/* Sets or clears the calling thread's current process state (for the
+** signal handler). */
+void state_set_current(lua_State *L);
+
+/* Installs the doom/interrupt hook on L. Async-signal-safe. */
+void state_arm_hook(lua_State *L);
+
+/* Runs process p on the calling thread: creates its state, runs its entry,
+** closes the state. Returns the encoded exit reason (malloc'ed) in *reason. */
+void state_run(struct proc *p, unsigned char **reason, size_t *len);
+
+/* Creates a state for `p` with the kernel's allocator (memory accounting),
+** the standard libraries, `erlangen`, package.path and the host hook.
+** Returns NULL when memory is short. */
+lua_State *state_new(struct proc *p);
+
+/* Opens what every process state has: std libs, erlangen (also as a global),
+** stdlib on package.path, then the host's open_libs hook. */
+void state_open(lua_State *L);
+
+/* If the error value at the top of L is an exit object (erlangen.exit or a
+** doom), pushes the reason it carries and returns 1; otherwise returns 0. */
+int state_exit_reason(lua_State *L, struct proc *p);
+
+/* Raises the exit object for `p`'s doom reason. Does not return. */
+int state_raise_doom(lua_State *L, struct proc *p);
+
+/* erlangen.exit(reason): raises an exit object carrying the value at the
+** top of the stack. Does not return. */
+int state_exit(lua_State *L);
+
+/* 1 if L was opened by state_open (a process state or an attached one). */
+int state_is_kernel(lua_State *L);
+
+/* Puts stdlib/ on package.path of L unless it is there (for stock lua). */
+void state_add_stdlib_path(lua_State *L);
+
+#endif

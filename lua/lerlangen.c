@@ -1,0 +1,645 @@
+/*
+** lerlangen.c — the `erlangen` Lua module: processes, messages, signals,
+** names and introspection, over the kernel in kernel/.
+*/
+#include <dlfcn.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "erlangen_config.h"
+#include "codec.h"
+#include "erlangen.h"
+#include "kernel.h"
+#include "links.h"
+#include "process.h"
+#include "registry.h"
+#include "state.h"
+#include "term.h"
+
+static const char sentinel_key = 's';      /* registry: stops the kernel when a stock lua closes */
+
+/* ---- the calling process ---- */
+
+static void set_extra(lua_State *L, proc *p) { *(proc **)lua_getextraspace(L) = p; }
+
+static int raise_doom(lua_State *L, proc *p) {
+  if (p->attached) proc_exit_doomed(p);
+  return state_raise_doom(L, p);
+}
+
+/* The process of the calling thread. A host thread that is not a process
+** yet (stock lua) is attached; an attached process that has exited is
+** replaced by a fresh one, as the Erlang shell does. */
+static proc *cur(lua_State *L) {
+  proc *p = proc_self();
+  if (p && p->attached && p->status != PROC_ALIVE) {
+    size_t len;
+    const unsigned char *r = kern_reason(KR_NORMAL, &len);
+    proc_detach(p, r, len);
+    p = NULL;
+  }
+  if (!p) {
+    if (kern_ensure() != 0) luaL_error(L, "erlangen: the kernel is not running");
+    lua_State *main;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    p = proc_attach(main);
+    if (!p) luaL_error(L, "erlangen: out of memory");
+    set_extra(main, p);
+    state_set_current(main);
+  }
+  if (atomic_load_explicit(&p->doomed, memory_order_acquire)) raise_doom(L, p);
+  if (atomic_exchange(&p->interrupt, 0)) luaL_error(L, "interrupted");
+  return p;
+}
+
+static int cancelled(void *ud) {
+  proc *p = ud;
+  return atomic_load(&p->doomed) || atomic_load(&p->interrupt);
+}
+
+static double opt_deadline(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return INFINITY;
+  lua_Number t = luaL_checknumber(L, arg);
+  luaL_argcheck(L, t >= 0 && t == t, arg, "timeout must be a non-negative number");
+  return mbox_now() + t;
+}
+
+/* ---- encoding helpers ---- */
+
+/* Encodes n values at `first` or raises the codec's error. */
+static codec_buf encode_or_raise(lua_State *L, int first, int n, const char *root, int fns) {
+  codec_limits lim = kern_limits(fns);
+  codec_buf b = {0};
+  if (codec_encode(L, first, n, root, &lim, &b) != 0) lua_error(L);
+  return b;
+}
+
+/* Decodes one value or raises. */
+static void decode_one(lua_State *L, const unsigned char *p, size_t len) {
+  codec_limits lim = kern_limits(1);
+  int n = codec_decode(L, p, len, &lim);
+  if (n < 0) lua_error(L);
+  if (n != 1) { lua_pop(L, n); lua_pushnil(L); }
+}
+
+/* ---- spawning ---- */
+
+static void check_entry(lua_State *L, int arg) {
+  int t = lua_type(L, arg);
+  if (t != LUA_TFUNCTION && t != LUA_TSTRING)
+    luaL_typeerror(L, arg, "function or \"module.function\"");
+}
+
+/* Spawns with the function at `fn` and the values above it as arguments;
+** pushes pid (and ref when monitoring). */
+static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
+  proc *self = cur(L);
+  check_entry(L, fn);
+  int nargs = lua_gettop(L) - fn;
+  codec_buf f = encode_or_raise(L, fn, 1, "fn", 1);
+  codec_buf a = {0};
+  if (nargs > 0) {
+    codec_limits lim = kern_limits(1);
+    if (codec_encode(L, fn + 1, nargs, "args", &lim, &a) != 0) { codec_buf_free(&f); lua_error(L); }
+  }
+  /* payload: 8-byte length of the function part, then both parts */
+  size_t len = 8 + f.len + a.len;
+  unsigned char *payload = malloc(len);
+  if (!payload) { codec_buf_free(&f); codec_buf_free(&a); return luaL_error(L, "spawn: out of memory"); }
+  for (int i = 0; i < 8; i++) payload[i] = (unsigned char)((uint64_t)f.len >> (8 * i));
+  memcpy(payload + 8, f.data, f.len);
+  if (a.len) memcpy(payload + 8 + f.len, a.data, a.len);
+  codec_buf_free(&f);
+  codec_buf_free(&a);
+  term_id pid, ref;
+  const char *err = proc_spawn(self, o, ENTRY_CODEC, payload, len, NULL, &pid, &ref);
+  if (err) {
+    if (o->name) return luaL_error(L, "spawn: name '%s' %s", o->name, err);
+    return luaL_error(L, "spawn: %s", err);
+  }
+  term_push(L, TERM_PID, pid);
+  if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
+  return 1;
+}
+
+static int l_spawn(lua_State *L) { proc_opts o = {0}; return do_spawn(L, 1, &o); }
+static int l_spawn_link(lua_State *L) { proc_opts o = {0}; o.link = 1; return do_spawn(L, 1, &o); }
+static int l_spawn_monitor(lua_State *L) { proc_opts o = {0}; o.monitor = 1; return do_spawn(L, 1, &o); }
+
+static lua_Integer positive_option(lua_State *L, const char *key) {
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, -1, &isnum);
+  if (!isnum || v <= 0) luaL_error(L, "spawn_opt: option '%s' must be a positive integer", key);
+  return v;
+}
+
+static int l_spawn_opt(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  proc_opts o = {0};
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "spawn_opt: option names must be strings");
+    const char *k = lua_tostring(L, -2);
+    if (!strcmp(k, "link")) o.link = lua_toboolean(L, -1);
+    else if (!strcmp(k, "monitor")) o.monitor = lua_toboolean(L, -1);
+    else if (!strcmp(k, "trap_exit")) o.trap_exit = lua_toboolean(L, -1);
+    else if (!strcmp(k, "mailbox")) {
+      lua_Integer v = positive_option(L, k);
+      if (v > 0x7fffffff) return luaL_error(L, "spawn_opt: option 'mailbox' is too large");
+      o.mailbox = (unsigned)v;
+    } else if (!strcmp(k, "max_memory")) o.max_memory = (size_t)positive_option(L, k);
+    else if (!strcmp(k, "name")) {
+      if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        return luaL_error(L, "spawn_opt: option 'name' must be a non-empty string");
+      o.name = lua_tostring(L, -1);  /* kept alive by the options table */
+    } else if (!strcmp(k, "node")) {
+      return luaL_error(L, "spawn_opt: option 'node' needs distribution, which is not available yet");
+    } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
+    lua_pop(L, 1);
+  }
+  return do_spawn(L, 2, &o);
+}
+
+static int l_self(lua_State *L) {
+  term_push(L, TERM_PID, cur(L)->pid);
+  return 1;
+}
+
+/* ---- exit signals ---- */
+
+static int l_exit(lua_State *L) {
+  proc *self = cur(L);
+  term_id to;
+  if (lua_gettop(L) >= 2 && term_test(L, 1, &to) == TERM_PID) {
+    luaL_argcheck(L, !lua_isnil(L, 2), 2, "reason expected, got nil");
+    codec_buf r = encode_or_raise(L, 2, 1, "reason", 1);
+    sig_exit(to, self->pid, r.data, r.len, 0);
+    codec_buf_free(&r);
+    cur(L);  /* an exit to ourselves takes effect now */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lua_gettop(L) >= 2) term_check(L, 1, TERM_PID);
+  luaL_argcheck(L, !lua_isnoneornil(L, 1), 1, "reason expected");
+  lua_settop(L, 1);
+  return state_exit(L);
+}
+
+static int l_trap_exit(lua_State *L) {
+  proc *self = cur(L);
+  if (lua_isnone(L, 1)) {
+    pthread_mutex_lock(&self->lock);
+    int v = self->trap_exit;
+    pthread_mutex_unlock(&self->lock);
+    lua_pushboolean(L, v);
+    return 1;
+  }
+  lua_pushboolean(L, sig_trap_exit(self, lua_toboolean(L, 1)));
+  return 1;
+}
+
+/* ---- messages ---- */
+
+/* Resolves a pid or a registered name at `arg`; returns 0 if no such process. */
+static int dest_pid(lua_State *L, int arg, term_id *pid) {
+  if (lua_type(L, arg) == LUA_TSTRING) return reg_whereis(lua_tostring(L, arg), pid);
+  if (term_test(L, arg, pid) != TERM_PID) luaL_typeerror(L, arg, "pid or name");
+  return 1;
+}
+
+static int l_send(lua_State *L) {
+  proc *self = cur(L);
+  term_id pid;
+  int known = dest_pid(L, 1, &pid);
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
+  double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
+  proc *p = known ? proc_get(pid) : NULL;
+  if (!p) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "noproc");
+    return 2;
+  }
+  codec_limits lim = kern_limits(1);
+  codec_buf b = {0};
+  if (codec_encode(L, 2, 1, "msg", &lim, &b) != 0) { proc_release(p); return lua_error(L); }
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, b.data, b.len);
+  int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
+  proc_release(p);
+  if (rc == MBOX_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == MBOX_CANCELLED) cur(L);
+  lua_pushboolean(L, 0);
+  if (rc == MBOX_CLOSED) lua_pushliteral(L, "noproc");
+  else lua_pushliteral(L, "full");
+  return 2;
+}
+
+/* Pushes the Lua value of a queued entry; raises if it cannot be decoded. */
+static void push_entry(lua_State *L, mbox_msg *m) {
+  if (m->kind == MBOX_MSG) { decode_one(L, m->data, m->len); return; }
+  lua_createtable(L, m->kind == MBOX_DOWN ? 4 : 3, 0);
+  lua_pushstring(L, m->kind == MBOX_DOWN ? "DOWN" : "EXIT");
+  lua_rawseti(L, -2, 1);
+  int i = 2;
+  if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, m->ref); lua_rawseti(L, -2, i++); }
+  term_push(L, TERM_PID, m->from);
+  lua_rawseti(L, -2, i++);
+  decode_one(L, m->data, m->len);
+  lua_rawseti(L, -2, i);
+}
+
+static int l_receive(lua_State *L) {
+  proc *self = cur(L);
+  int match = lua_type(L, 1) == LUA_TFUNCTION || lua_type(L, 1) == LUA_TTABLE;
+  if (!match && !lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TNUMBER)
+    luaL_typeerror(L, 1, "match function or timeout");
+  double deadline = opt_deadline(L, match ? 2 : 1);
+  if (self->in_receive) return luaL_error(L, "receive: called inside a match function");
+  mbox_msg *prev = NULL;
+  for (;;) {
+    uint32_t seq;
+    mbox_msg *m = mbox_next(&self->mb, prev, &seq);
+    if (m) {
+      int top = lua_gettop(L);
+      int ok;
+      push_entry(L, m);
+      if (!match) ok = 1;
+      else {
+        lua_pushvalue(L, 1);
+        lua_pushvalue(L, -2);
+        self->in_receive = 1;
+        int st = lua_pcall(L, 1, 1, 0);
+        self->in_receive = 0;
+        if (st != LUA_OK) return lua_error(L);
+        ok = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+      }
+      if (ok) {
+        mbox_take(&self->mb, prev, m);
+        mbox_msg_free(m);
+        return 1;
+      }
+      lua_settop(L, top);
+      prev = m;
+      continue;
+    }
+    int timed_out = mbox_park(&self->mb, seq, deadline) != 0;
+    cur(L);  /* a doom or an interrupt ends the wait */
+    if (timed_out) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+  }
+}
+
+static int l_sleep(lua_State *L) {
+  proc *self = cur(L);
+  double deadline = mbox_now() + luaL_checknumber(L, 1);
+  for (;;) {
+    uint32_t seq = atomic_load(&self->mb.wake);
+    cur(L);
+    if (mbox_now() >= deadline) return 0;
+    mbox_park(&self->mb, seq, deadline);
+  }
+}
+
+static int l_now(lua_State *L) { lua_pushnumber(L, mbox_now()); return 1; }
+
+/* ---- links and monitors ---- */
+
+static int l_link(lua_State *L) {
+  proc *self = cur(L);
+  term_id pid = term_check(L, 1, TERM_PID);
+  if (sig_link(self, pid) == 0) { lua_pushboolean(L, 1); return 1; }
+  pthread_mutex_lock(&self->lock);
+  int trapping = self->trap_exit;
+  pthread_mutex_unlock(&self->lock);
+  if (!trapping) { lua_pushliteral(L, "noproc"); return lua_error(L); }
+  size_t len;
+  const unsigned char *r = kern_reason(KR_NOPROC, &len);
+  sig_exit(self->pid, pid, r, len, 0);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_unlink(lua_State *L) {
+  proc *self = cur(L);
+  sig_unlink(self, term_check(L, 1, TERM_PID));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_monitor(lua_State *L) {
+  proc *self = cur(L);
+  term_id pid;
+  if (!dest_pid(L, 1, &pid)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
+  term_push(L, TERM_REF, sig_monitor(self, pid));
+  return 1;
+}
+
+static int l_demonitor(lua_State *L) {
+  proc *self = cur(L);
+  term_id ref = term_check(L, 1, TERM_REF);
+  int flush = lua_toboolean(L, 2);
+  if (flush && self->in_receive) return luaL_error(L, "demonitor: flush inside a match function");
+  sig_demonitor(self, ref, flush);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_ref(lua_State *L) {
+  term_push(L, TERM_REF, term_new_ref());
+  return 1;
+}
+
+/* ---- names ---- */
+
+static const char *check_name(lua_State *L, int arg) {
+  size_t len;
+  const char *name = luaL_checklstring(L, arg, &len);
+  luaL_argcheck(L, len > 0 && strlen(name) == len, arg, "name must be a non-empty string without NUL");
+  return name;
+}
+
+static int l_register(lua_State *L) {
+  cur(L);
+  const char *name = check_name(L, 1);
+  term_id pid = term_check(L, 2, TERM_PID);
+  proc *p = proc_get(pid);
+  int rc = p ? reg_register(name, p) : REG_DEAD;
+  if (p) proc_release(p);
+  switch (rc) {
+  case REG_OK: lua_pushboolean(L, 1); return 1;
+  case REG_TAKEN: return luaL_error(L, "register: name '%s' is already registered", name);
+  case REG_HAS_NAME: return luaL_error(L, "register: %s already has a name", luaL_tolstring(L, 2, NULL));
+  default: return luaL_error(L, "register: %s is not alive", luaL_tolstring(L, 2, NULL));
+  }
+}
+
+static int l_unregister(lua_State *L) {
+  cur(L);
+  const char *name = check_name(L, 1);
+  if (reg_unregister(name) != 0) return luaL_error(L, "unregister: name '%s' is not registered", name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_whereis(lua_State *L) {
+  term_id pid;
+  if (reg_whereis(check_name(L, 1), &pid)) term_push(L, TERM_PID, pid);
+  else lua_pushnil(L);
+  return 1;
+}
+
+static void push_name(const char *name, void *ud) {
+  lua_State *L = ud;
+  lua_pushstring(L, name);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int l_registered(lua_State *L) {
+  lua_newtable(L);
+  reg_foreach(push_name, L);
+  return 1;
+}
+
+/* ---- introspection ---- */
+
+static void push_pid_of(proc *p, void *ud) {
+  lua_State *L = ud;
+  term_push(L, TERM_PID, p->pid);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int l_processes(lua_State *L) {
+  lua_newtable(L);
+  proc_foreach(push_pid_of, L);
+  return 1;
+}
+
+static int l_is_alive(lua_State *L) {
+  proc *p = proc_get(term_check(L, 1, TERM_PID));
+  int alive = 0;
+  if (p) {
+    pthread_mutex_lock(&p->lock);
+    alive = p->status == PROC_ALIVE;
+    pthread_mutex_unlock(&p->lock);
+    proc_release(p);
+  }
+  lua_pushboolean(L, alive);
+  return 1;
+}
+
+static void push_pids(lua_State *L, term_id *ids, size_t n, const char *field) {
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    term_push(L, TERM_PID, ids[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, field);
+}
+
+static int l_info(lua_State *L) {
+  proc *p = proc_get(term_check(L, 1, TERM_PID));
+  if (!p) { lua_pushnil(L); return 1; }
+  pthread_mutex_lock(&p->lock);
+  int alive = p->status == PROC_ALIVE, trap = p->trap_exit;
+  size_t nl = p->links.n, nm = p->monitors.n, nw = p->monitored_by.n;
+  term_id *ids = malloc((nl + nm + nw + 1) * sizeof *ids);
+  if (ids) {
+    for (size_t i = 0; i < nl; i++) ids[i] = ((proc_link *)p->links.items)[i].pid;
+    for (size_t i = 0; i < nm; i++) ids[nl + i] = ((proc_mon *)p->monitors.items)[i].pid;
+    for (size_t i = 0; i < nw; i++) ids[nl + nm + i] = ((proc_mon *)p->monitored_by.items)[i].pid;
+  }
+  pthread_mutex_unlock(&p->lock);
+  if (!alive || !ids) { free(ids); proc_release(p); lua_pushnil(L); return 1; }
+  unsigned count, capacity;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&p->mb, &count, &capacity, &dropped, &waiting);
+  char name[256];
+  int named = reg_name_of(p, name, sizeof name);
+  size_t mem = atomic_load_explicit(&p->mem_pub, memory_order_relaxed);
+  proc_release(p);
+  lua_createtable(L, 0, 11);
+  lua_pushstring(L, waiting ? "waiting" : "running"); lua_setfield(L, -2, "status");
+  if (named) { lua_pushstring(L, name); lua_setfield(L, -2, "name"); }
+  lua_pushinteger(L, count); lua_setfield(L, -2, "mailbox");
+  lua_pushinteger(L, capacity); lua_setfield(L, -2, "capacity");
+  lua_pushinteger(L, (lua_Integer)dropped); lua_setfield(L, -2, "dropped");
+  lua_pushboolean(L, trap); lua_setfield(L, -2, "trap_exit");
+  lua_pushinteger(L, (lua_Integer)mem); lua_setfield(L, -2, "memory");
+  push_pids(L, ids, nl, "links");
+  push_pids(L, ids + nl, nm, "monitors");
+  push_pids(L, ids + nl + nm, nw, "monitored_by");
+  free(ids);
+  return 1;
+}
+
+/* ---- configuration and the codec ---- */
+
+static int l_configure(lua_State *L) {
+  kern_ensure();
+  kern_config c = kern_config_get();
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, c.mailbox); lua_setfield(L, -2, "mailbox");
+  lua_pushinteger(L, (lua_Integer)c.max_message); lua_setfield(L, -2, "max_message");
+  lua_pushinteger(L, c.max_depth); lua_setfield(L, -2, "max_depth");
+  lua_pushinteger(L, (lua_Integer)c.stack_size); lua_setfield(L, -2, "stack_size");
+  if (lua_isnoneornil(L, 1)) return 1;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    int isnum;
+    lua_Integer v = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || v <= 0) return luaL_error(L, "configure: '%s' must be a positive integer", k);
+    if (!strcmp(k, "mailbox") && v <= 0x7fffffff) c.mailbox = (unsigned)v;
+    else if (!strcmp(k, "max_message")) c.max_message = (size_t)v;
+    else if (!strcmp(k, "max_depth") && v <= CODEC_HARD_DEPTH) c.max_depth = (int)v;
+    else if (!strcmp(k, "stack_size") && v >= 65536) c.stack_size = (size_t)v;
+    else if (!strcmp(k, "mailbox") || !strcmp(k, "max_depth") || !strcmp(k, "stack_size"))
+      return luaL_error(L, "configure: '%s' is out of range", k);
+    else return luaL_error(L, "configure: unknown key '%s'", k);
+    lua_pop(L, 1);
+  }
+  kern_config_set(&c);
+  lua_settop(L, 2);
+  return 1;
+}
+
+static int l_encode(lua_State *L) {
+  codec_buf b = encode_or_raise(L, 1, lua_gettop(L), "value", 0);
+  lua_pushlstring(L, (const char *)b.data, b.len);
+  codec_buf_free(&b);
+  return 1;
+}
+
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  codec_limits lim = kern_limits(0);
+  int n = codec_decode(L, (const unsigned char *)s, len, &lim);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+/* ---- the module ---- */
+
+static int stop_at_close(lua_State *L) {
+  (void)L;
+  proc *p = proc_self();
+  if (p && p->attached) {
+    size_t len;
+    const unsigned char *r = kern_reason(KR_NORMAL, &len);
+    proc_detach(p, r, len);
+  }
+  state_set_current(NULL);
+  kern_stop(1.0);
+  return 0;
+}
+
+static const luaL_Reg funcs[] = {
+  {"spawn", l_spawn}, {"spawn_link", l_spawn_link}, {"spawn_monitor", l_spawn_monitor},
+  {"spawn_opt", l_spawn_opt}, {"self", l_self},
+  {"exit", l_exit}, {"trap_exit", l_trap_exit},
+  {"send", l_send}, {"receive", l_receive}, {"sleep", l_sleep}, {"now", l_now},
+  {"link", l_link}, {"unlink", l_unlink}, {"monitor", l_monitor}, {"demonitor", l_demonitor},
+  {"ref", l_ref},
+  {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
+  {"registered", l_registered},
+  {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},
+  {"configure", l_configure}, {"encode", l_encode}, {"decode", l_decode},
+  {NULL, NULL}
+};
+
+/* In a stock lua: keep this library mapped for good (kernel threads run its
+** code until the kernel stops), start the kernel, and stop it when the
+** state closes. */
+static void open_in_foreign_state(lua_State *L) {
+  Dl_info info;
+  if (dladdr((void *)luaopen_erlangen, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_GLOBAL);
+  if (kern_ensure() != 0) luaL_error(L, "erlangen: cannot start the kernel");
+  state_add_stdlib_path(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &sentinel_key) == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, stop_at_close);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &sentinel_key);
+  }
+  lua_pop(L, 1);
+  cur(L);
+}
+
+int luaopen_erlangen(lua_State *L) {
+  if (!state_is_kernel(L)) open_in_foreign_state(L);
+  luaL_newlib(L, funcs);
+  lua_pushstring(L, ERLANGEN_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}
+
+/* ---- the rest of the public C API ---- */
+
+int erlangen_spawn(lua_State *L, int nargs, erlangen_pid *pid) {
+  int fn = lua_gettop(L) - nargs;
+  if (!kern_running() || fn < 1) {
+    lua_pushliteral(L, "erlangen_spawn: the kernel is not running, or no function given");
+    return -1;
+  }
+  lua_pushcfunction(L, l_spawn);
+  lua_insert(L, fn);
+  if (lua_pcall(L, nargs + 1, 1, 0) != LUA_OK) return -1;
+  term_id id = {0, 0, 0};
+  term_test(L, -1, &id);
+  lua_pop(L, 1);
+  if (pid) *pid = id.n;
+  return 0;
+}
+
+static int open_all(lua_State *L) {
+  state_open(L);
+  return 0;
+}
+
+lua_State *erlangen_attach(void) {
+  if (!kern_running() || proc_self()) return NULL;
+  lua_State *L = luaL_newstate();
+  if (!L) return NULL;
+  proc *p = proc_attach(L);
+  if (!p) { lua_close(L); return NULL; }
+  set_extra(L, p);
+  state_set_current(L);
+  lua_pushcfunction(L, open_all);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    erlangen_detach(L);
+    return NULL;
+  }
+  return L;
+}
+
+void erlangen_detach(lua_State *L) {
+  proc *p = proc_self();
+  if (p && p->attached) {
+    size_t len;
+    const unsigned char *r = kern_reason(KR_NORMAL, &len);
+    proc_detach(p, r, len);
+  }
+  state_set_current(NULL);
+  lua_close(L);
+}
+
+void erlangen_interrupt(lua_State *L) {
+  proc *p = *(proc **)lua_getextraspace(L);
+  if (p) {
+    atomic_store(&p->interrupt, 1);
+    mbox_wake(&p->mb);
+  }
+  state_arm_hook(L);
+}

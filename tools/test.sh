@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# tools/test.sh [--tsan]
+# Installs what is missing, builds, and runs every test twice: the plain
+# build (busted under the stock lua5.4, plus the C tests) and an
+# AddressSanitizer+UndefinedBehaviorSanitizer build (busted inside its
+# erlangen interpreter). Ends with one line "N passed, N failed" over all of
+# it; exits non-zero on any failure.
+# --tsan instead runs the specs against a ThreadSanitizer build.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+total_pass=0; total_fail=0
+suite() {  # suite NAME BUILD [spec/run args...]
+  local name=$1 build=$2; shift 2
+  echo "== $name" >&2
+  local out
+  out=$(spec/run "$build" "$@" 2>&1 | tee /dev/stderr | tail -1)
+  local p f
+  p=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+  f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+  if [ -z "$p" ]; then p=0; f=1; fi
+  total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+}
+if [ "${1:-}" = "--tsan" ]; then
+  bash tools/setup.sh build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug || exit 1
+  TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" suite tsan build-tsan --via-erlangen --exclude-tags=stress
+else
+  bash tools/setup.sh build || { echo "0 passed, 1 failed"; exit 1; }
+  bash tools/setup.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+    || { echo "0 passed, 1 failed"; exit 1; }
+  suite plain build
+  ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+    suite asan+ubsan build-asan --via-erlangen --exclude-tags=stress
+fi
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

@@ -241,6 +241,7 @@ static void *worker_main(void *arg) {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);   /* Ctrl-C belongs to the REPL's thread */
   pthread_sigmask(SIG_BLOCK, &set, NULL);
+  state_set_current(NULL);   /* allocate this thread's TLS before any signal can come */
   for (;;) {
     proc *p = w->job;
     run_process(p);
@@ -390,6 +391,7 @@ proc *proc_attach(lua_State *L) {
   if (!p) return NULL;
   p->attached = 1;
   p->L = L;
+  state_set_current(NULL);   /* allocate this thread's TLS before any signal can come */
   p->thread = pthread_self();
   atomic_store(&p->has_thread, 1);
   proc_retain(p);  /* the attached thread's reference */

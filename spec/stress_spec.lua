@@ -1,0 +1,116 @@
+-- Stress: bounded memory under a flood, many live processes, and no leak of
+-- threads, processes or memory over many spawn/exit cycles. Each test is
+-- meant to finish well within a minute on two cores.
+local erlangen = require "erlangen"
+local H = require "spec.helpers"
+
+local self = erlangen.self
+
+local MiB = 1024  -- in KiB, the unit of H.rss_kb()
+
+local function settle()
+  collectgarbage(); collectgarbage()
+end
+
+describe("under stress", function()
+  before_each(H.before)
+  after_each(H.after)
+
+  it("a slow receiver flooded with 1,000,000 messages stays at capacity and RSS stays flat", function()
+    local SLACK = 16 * MiB
+    local pid = erlangen.spawn(function()
+      while true do
+        erlangen.receive()
+        erlangen.sleep(0.001)   -- the slow consumer
+      end
+    end)
+    local capacity = erlangen.info(pid).capacity
+    local ok_count, full_count, baseline = 0, 0, nil
+    for i = 1, 1000000 do
+      local ok, why = erlangen.send(pid, {seq = i, pad = "0123456789abcdef"})
+      if ok then ok_count = ok_count + 1
+      else
+        assert.are.equal("full", why)
+        full_count = full_count + 1
+      end
+      if i % 100000 == 0 then
+        local info = erlangen.info(pid)
+        assert.is_true(info.mailbox <= capacity,
+          ("mailbox holds %d, over its capacity %d"):format(info.mailbox, capacity))
+        if i == 100000 then settle(); baseline = H.rss_kb() end
+      end
+    end
+    local info = erlangen.info(pid)
+    assert.is_true(info.mailbox >= capacity - 50,
+      ("expected the mailbox near its capacity %d, it holds %d"):format(capacity, info.mailbox))
+    assert.are.equal(full_count, info.dropped)
+    assert.are.equal(1000000, ok_count + full_count)
+    settle()
+    local grown = H.rss_kb() - baseline
+    assert.is_true(grown < SLACK,
+      ("RSS grew by %d KiB from 100,000 to 1,000,000 messages (slack %d KiB)"):format(grown, SLACK))
+  end)
+
+  it("keeps 10,000 processes alive at once, all answering", function()
+    local N, BATCH = 10000, 500
+    local base = #erlangen.processes()
+    local pids = {}
+    for i = 1, N do
+      pids[i] = erlangen.spawn(function()
+        while true do
+          local m = erlangen.receive()
+          if m == "stop" then return end
+          erlangen.send(m[2], {"pong", m[3]})
+        end
+      end)
+    end
+    assert.are.equal(base + N, #erlangen.processes())
+    -- Ping in batches so the replies never overflow our own mailbox.
+    for first = 1, N, BATCH do
+      for i = first, first + BATCH - 1 do erlangen.send(pids[i], {"ping", self(), i}) end
+      for _ = 1, BATCH do H.recv(H.tagged("pong"), "the pongs of batch " .. first, 30) end
+    end
+    local refs = {}
+    for i = 1, N do
+      refs[i] = erlangen.monitor(pids[i])
+      erlangen.send(pids[i], "stop")
+    end
+    for i = 1, N do
+      assert.are.equal("normal", H.await_down(refs[i], "the DOWN of process " .. i, 30))
+    end
+    assert.are.equal(base, #erlangen.processes())
+  end)
+
+  it("leaves no growth in threads, processes or RSS after 100,000 spawn/exit cycles", function()
+    local CYCLES, WAVE = 100000, 100
+    local THREAD_SLACK, RSS_SLACK = 8, 16 * MiB
+    local procs0 = #erlangen.processes()
+    local function wave()
+      local refs = {}
+      for i = 1, WAVE do
+        local _, ref = erlangen.spawn_monitor(function(x) return x end, i)
+        refs[i] = ref
+      end
+      for i = 1, WAVE do
+        local reason = H.await_down(refs[i], "the DOWN of a short-lived process", 30)
+        if reason ~= "normal" then
+          error("a short-lived process ended with " .. H.show(reason) .. ", expected \"normal\"")
+        end
+      end
+    end
+    local t0 = erlangen.now()
+    for _ = 1, 10000 // WAVE do wave() end           -- warm-up: fills any thread pool
+    settle()
+    local threads0, rss0 = H.threads(), H.rss_kb()
+    for _ = 1, (CYCLES - 10000) // WAVE do wave() end
+    settle()
+    local threads1, rss1 = H.threads(), H.rss_kb()
+    local elapsed = erlangen.now() - t0
+    assert.is_true(threads1 <= threads0 + THREAD_SLACK,
+      ("threads went from %d to %d"):format(threads0, threads1))
+    assert.are.equal(procs0, #erlangen.processes())
+    assert.is_true(rss1 - rss0 < RSS_SLACK,
+      ("RSS grew by %d KiB (slack %d KiB)"):format(rss1 - rss0, RSS_SLACK))
+    assert.is_true(elapsed < 60, ("100,000 cycles took %.1f s"):format(elapsed))
+  end)
+end)

@@ -192,6 +192,18 @@ function H.rss_kb() return status_field("VmRSS") end
 -- /proc/self/task; read from the Threads line of /proc/self/status).
 function H.threads() return status_field("Threads") end
 
+-- "asan" or "tsan" when this process runs with a sanitizer runtime (seen in
+-- /proc/self/maps), else nil. Sanitizers keep freed memory in quarantine and
+-- run several times slower, so stress specs scale down and skip RSS checks.
+function H.sanitizer()
+  if H._sanitizer == nil then
+    local f = assert(io.open("/proc/self/maps"))
+    local maps = f:read("a"); f:close()
+    H._sanitizer = maps:match("lib(asan)") or maps:match("lib(tsan)") or false
+  end
+  return H._sanitizer or nil
+end
+
 -- Test isolation -------------------------------------------------------------
 
 local before_procs, before_names = {}, {}

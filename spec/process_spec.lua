@@ -535,7 +535,10 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
     end)
 
     it("reports the memory of a spawned process's state in bytes", function()
-      local mem = erlangen.info(H.idle()).memory
+      local pid = H.idle()
+      H.eventually(function() return erlangen.info(pid).status == "waiting" end,
+        "the process to be running its function")
+      local mem = erlangen.info(pid).memory
       assert.are.equal("integer", math.type(mem))
       assert.is_true(mem > 0, "expected memory > 0, got " .. mem)
     end)

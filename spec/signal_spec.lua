@@ -20,9 +20,11 @@ local function check_reason(ending, reason)
   end
 end
 
--- The child of the matrix: ends as `ending` says. For "kill" it waits to be
--- killed by the observer.
+-- The child of the matrix: waits for "go" (so that the observer can report
+-- it before a link kills the observer), then ends as `ending` says. For
+-- "kill" it waits to be killed by the observer.
 local function child_body(ending)
+  erlangen.receive(function(m) return m == "go" end)
   if ending == "error" then error("child failed")
   elseif ending == "shutdown" then erlangen.exit("shutdown")
   elseif ending == "kill" then erlangen.receive(function() return false end)
@@ -44,7 +46,7 @@ local function observer(parent, kind, trapping, ending)
     child, ref = erlangen.spawn_monitor(child_body, ending)
   end
   erlangen.send(parent, {"child", child, ref})
-  if ending == "kill" then erlangen.exit(child, "kill") end
+  if ending == "kill" then erlangen.exit(child, "kill") else erlangen.send(child, "go") end
   local function is_signal(m) return type(m) == "table" and (m[1] == "EXIT" or m[1] == "DOWN") end
   local m = erlangen.receive(function(x) return x == "ping" or is_signal(x) end)
   if m == "ping" then m = erlangen.receive(is_signal, 0.5) or "ping" end

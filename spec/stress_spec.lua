@@ -8,6 +8,12 @@ local self = erlangen.self
 
 local MiB = 1024  -- in KiB, the unit of H.rss_kb()
 
+-- Under a sanitizer (see H.sanitizer) the counts shrink tenfold: those runs
+-- look for memory errors, not for leaks measured in RSS.
+local function scaled(n)
+  return H.sanitizer() and n // 10 or n
+end
+
 local function settle()
   collectgarbage(); collectgarbage()
 end
@@ -25,34 +31,36 @@ describe("under stress", function()
       end
     end)
     local capacity = erlangen.info(pid).capacity
-    local ok_count, full_count, baseline = 0, 0, nil
-    for i = 1, 1000000 do
+    local N = scaled(1000000)
+    local ok_count, full_count, other, baseline = 0, 0, nil, nil
+    for i = 1, N do
       local ok, why = erlangen.send(pid, {seq = i, pad = "0123456789abcdef"})
       if ok then ok_count = ok_count + 1
-      else
-        assert.are.equal("full", why)
-        full_count = full_count + 1
-      end
-      if i % 100000 == 0 then
+      elseif why == "full" then full_count = full_count + 1
+      else other = other or why end
+      if i % (N // 10) == 0 then
         local info = erlangen.info(pid)
         assert.is_true(info.mailbox <= capacity,
           ("mailbox holds %d, over its capacity %d"):format(info.mailbox, capacity))
-        if i == 100000 then settle(); baseline = H.rss_kb() end
+        if i == N // 10 then settle(); baseline = H.rss_kb() end
       end
     end
+    assert.is_nil(other, "a send failed for another reason than \"full\"")
     local info = erlangen.info(pid)
     assert.is_true(info.mailbox >= capacity - 50,
       ("expected the mailbox near its capacity %d, it holds %d"):format(capacity, info.mailbox))
     assert.are.equal(full_count, info.dropped)
-    assert.are.equal(1000000, ok_count + full_count)
-    settle()
-    local grown = H.rss_kb() - baseline
-    assert.is_true(grown < SLACK,
-      ("RSS grew by %d KiB from 100,000 to 1,000,000 messages (slack %d KiB)"):format(grown, SLACK))
+    assert.are.equal(N, ok_count + full_count)
+    if not H.sanitizer() then
+      settle()
+      local grown = H.rss_kb() - baseline
+      assert.is_true(grown < SLACK,
+        ("RSS grew by %d KiB from %d to %d messages (slack %d KiB)"):format(grown, N // 10, N, SLACK))
+    end
   end)
 
   it("keeps 10,000 processes alive at once, all answering", function()
-    local N, BATCH = 10000, 500
+    local N, BATCH = scaled(10000), 500
     local base = #erlangen.processes()
     local pids = {}
     for i = 1, N do
@@ -82,8 +90,13 @@ describe("under stress", function()
   end)
 
   it("leaves no growth in threads, processes or RSS after 100,000 spawn/exit cycles", function()
-    local CYCLES, WAVE = 100000, 100
-    local THREAD_SLACK, RSS_SLACK = 8, 16 * MiB
+    -- Processes are spawned in waves of WAVE and each wave is awaited, so at
+    -- most WAVE run at once. A parked-thread pool may keep threads for reuse;
+    -- it can grow by one thread for each process that is still exiting when
+    -- the next wave spawns, so up to 2 * WAVE threads over the warm-up count
+    -- are allowed. A leak of one thread per 1,000 cycles would show as +90.
+    local CYCLES, WARMUP, WAVE = scaled(100000), scaled(10000), 10
+    local THREAD_SLACK, RSS_SLACK = 2 * WAVE, 8 * MiB
     local procs0 = #erlangen.processes()
     local function wave()
       local refs = {}
@@ -99,18 +112,20 @@ describe("under stress", function()
       end
     end
     local t0 = erlangen.now()
-    for _ = 1, 10000 // WAVE do wave() end           -- warm-up: fills any thread pool
+    for _ = 1, WARMUP // WAVE do wave() end
     settle()
     local threads0, rss0 = H.threads(), H.rss_kb()
-    for _ = 1, (CYCLES - 10000) // WAVE do wave() end
+    for _ = 1, (CYCLES - WARMUP) // WAVE do wave() end
     settle()
     local threads1, rss1 = H.threads(), H.rss_kb()
     local elapsed = erlangen.now() - t0
     assert.is_true(threads1 <= threads0 + THREAD_SLACK,
-      ("threads went from %d to %d"):format(threads0, threads1))
+      ("threads went from %d to %d (slack %d)"):format(threads0, threads1, THREAD_SLACK))
     assert.are.equal(procs0, #erlangen.processes())
-    assert.is_true(rss1 - rss0 < RSS_SLACK,
-      ("RSS grew by %d KiB (slack %d KiB)"):format(rss1 - rss0, RSS_SLACK))
-    assert.is_true(elapsed < 60, ("100,000 cycles took %.1f s"):format(elapsed))
+    if not H.sanitizer() then
+      assert.is_true(rss1 - rss0 < RSS_SLACK,
+        ("RSS grew by %d KiB (slack %d KiB)"):format(rss1 - rss0, RSS_SLACK))
+    end
+    assert.is_true(elapsed < 60, ("%d cycles took %.1f s"):format(CYCLES, elapsed))
   end)
 end)

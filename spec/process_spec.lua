@@ -61,6 +61,21 @@ describe("a process", function()
       assert.is_nil(child_only_global)
     end)
 
+    it("gives every process a fresh state, even when its thread is reused", function()
+      local leftovers = {}
+      for i = 1, 20 do
+        local _, ref = erlangen.spawn_monitor(function(parent)
+          erlangen.send(parent, {"leftover", rawget(_G, "spawned_leftover")})
+          spawned_leftover = "dirty"
+          package.loaded.spawned_leftover = true
+        end, self())
+        local m = H.recv(H.tagged("leftover"), "process " .. i .. "'s report")
+        if m[2] ~= nil then leftovers[#leftovers + 1] = i end
+        H.await_down(ref)
+      end
+      assert.are.same({}, leftovers)
+    end)
+
     it("binds an _ENV upvalue to the new process's globals", function()
       erlangen.spawn(function(parent)
         erlangen.send(parent, {"env", _ENV == _G, type(rawget(_G, "erlangen")),
@@ -308,7 +323,10 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
 ]])
       f:close()
       finally(function() os.remove(script) end)
-      local p = assert(io.popen("lua5.4 " .. script .. " 2>&1"))
+      -- spec/run names the build's interpreter (needed for sanitizer builds,
+      -- whose module a stock lua5.4 cannot load); else the stock lua5.4.
+      local lua = os.getenv("ERLANGEN_BIN") or "lua5.4"
+      local p = assert(io.popen(lua .. " " .. script .. " 2>&1"))
       local out = p:read("a"); p:close()
       local pid = out:match("PID (<[%d.]+>)")
       assert.is_truthy(pid, "the script did not print its child's pid; output:\n" .. out)

@@ -1,0 +1,841 @@
+/*
+** erlangen.c — the erlangen interpreter: lua5.4's command line, run as a process.
+**
+** usage: erlangen [options] [script [args]]
+** The options, the global `arg`, LUA_INIT_5_4 / LUA_INIT and the exit status
+** are those of lua5.4 (-E also hides LUA_PATH and LUA_CPATH from every
+** process). The main thread is attached to the kernel, so the main chunk and
+** the REPL are a process: they can spawn, send and receive. Uncaught errors
+** print "erlangen: " and a traceback; erlangen.exit("normal") is no error.
+**
+** When the main chunk returns (or the REPL ends) every remaining process gets
+** exit signal "shutdown"; those still alive after the grace period are killed.
+** The grace period is ERLANGEN_GRACE seconds (default 2).
+**
+** The REPL reads with readline (history in ~/.erlangen_history) when stdin is
+** a terminal, and with plain getline otherwise. Ctrl-C interrupts the running
+** expression (erlangen_interrupt), or clears the line at the prompt.
+*/
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <unistd.h>
+
+#include <readline/readline.h>
+#include <readline/history.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "erlangen.h"
+#include "erlangen_config.h"
+
+#define PROGNAME        "erlangen"
+#define GRACE_DEFAULT   2.0         /* seconds; see ERLANGEN_GRACE */
+#define HISTORY_FILE    ".erlangen_history"
+#define HISTORY_MAX     1000        /* entries kept in the history file */
+#define PROMPT1         "> "
+#define PROMPT2         ">> "
+#define EOF_MARK        "<eof>"     /* how the parser ends "incomplete" errors */
+
+/* Flags collected from the command line. */
+enum {
+  OPT_BAD = 1,      /* an unknown option, or -e/-l without its argument */
+  OPT_EXEC = 2,     /* -e */
+  OPT_INTERACT = 4, /* -i */
+  OPT_VERSION = 8,  /* -v (and -i) */
+  OPT_NOENV = 16    /* -E */
+};
+
+/* What reading a line of the REPL can give. */
+enum { LINE_OK, LINE_EOF, LINE_INTERRUPTED };
+
+/* Results of repl_load besides the lua status codes. */
+#define REPL_EOF   (-1)
+#define REPL_SKIP  (-2)   /* Ctrl-C at the prompt: nothing to run */
+
+typedef struct cmdline {
+  int argc;
+  char **argv;
+  int flags;
+  int script;   /* argv index of the script; argc if none; the bad option if OPT_BAD */
+} cmdline;
+
+/* Prefix of error messages: the program name, none in the REPL (as lua). */
+static const char *msg_prefix = PROGNAME;
+
+/* The main process's state, the target of Ctrl-C while it evaluates. */
+static lua_State *main_L;
+static atomic_int evaluating;
+
+/* Self-pipe telling the prompt that Ctrl-C was pressed. */
+static int sigpipe_fd[2] = { -1, -1 };
+
+static int use_readline;      /* the REPL reads a terminal */
+static char *history_path;    /* NULL: no history file */
+
+/* Registry keys of the printer's functions (see printer_source). */
+static int show_key, render_key, flush_key;
+
+
+/* {================= messages, calls and the message handler */
+
+static void message(const char *msg) {
+  if (msg_prefix != NULL) fprintf(stderr, "%s: ", msg_prefix);
+  fprintf(stderr, "%s\n", msg);
+  fflush(stderr);
+}
+
+/* Prints the error on top of the stack (if status is an error) and pops it. */
+static int report(lua_State *L, int status) {
+  if (status != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    message(msg != NULL ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+/* Is the value at idx the error object of erlangen.exit("normal")? */
+static int is_normal_exit(lua_State *L, int idx) {
+  int normal = 0;
+  if (lua_type(L, idx) != LUA_TTABLE) return 0;
+  idx = lua_absindex(L, idx);
+  if (luaL_getmetafield(L, idx, "__name") != LUA_TNIL) {
+    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "erlangen.exit") == 0) {
+      lua_pushliteral(L, "reason");
+      lua_rawget(L, idx);
+      normal = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "normal") == 0;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  return normal;
+}
+
+/* Pushes a description of the (non-string) error object at idx: its type
+** and, when the printer is loaded, its value. */
+static const char *push_error_object(lua_State *L, int idx) {
+  const char *type = luaL_typename(L, idx);
+  if (!lua_isnil(L, idx)) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &render_key) == LUA_TFUNCTION) {
+      lua_pushvalue(L, idx);
+      if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+        return lua_pushfstring(L, "(error object is a %s value: %s)", type, lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);  /* no printer, or its error */
+  }
+  return lua_pushfstring(L, "(error object is a %s value)", type);
+}
+
+/* Message handler: adds a traceback to the error. */
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (is_normal_exit(L, 1)) return 1;  /* not an error; see docall */
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;  /* the object describes itself */
+    msg = push_error_object(L, 1);
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Calls the function below `narg` arguments under the traceback handler;
+** Ctrl-C interrupts it. erlangen.exit("normal") ends the chunk without an
+** error (and without results). */
+static int docall(lua_State *L, int narg, int nres) {
+  int base = lua_gettop(L) - narg;
+  int status;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  atomic_store(&evaluating, 1);
+  status = lua_pcall(L, narg, nres, base);
+  atomic_store(&evaluating, 0);
+  lua_remove(L, base);
+  if (status != LUA_OK && is_normal_exit(L, -1)) {
+    lua_pop(L, 1);
+    if (nres != LUA_MULTRET) {
+      luaL_checkstack(L, nres, NULL);
+      for (; nres > 0; nres--) lua_pushnil(L);
+    }
+    status = LUA_OK;
+  }
+  return status;
+}
+
+static int dostring(lua_State *L, const char *s, const char *name) {
+  int status = luaL_loadbuffer(L, s, strlen(s), name);
+  if (status == LUA_OK) status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+/* Runs the file `name`, or stdin if name is NULL. */
+static int dofile(lua_State *L, const char *name) {
+  int status = luaL_loadfile(L, name);
+  if (status == LUA_OK) status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+static void print_version(void) {
+  fputs(PROGNAME " " ERLANGEN_VERSION " on " LUA_COPYRIGHT "\n", stdout);
+  fflush(stdout);
+}
+
+/* }================= */
+
+
+/* {================= the command line */
+
+static void print_usage(const char *bad) {
+  if (bad[1] == 'e' || bad[1] == 'l')
+    fprintf(stderr, "%s: '%s' needs argument\n", PROGNAME, bad);
+  else
+    fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, bad);
+  fputs("usage: " PROGNAME " [options] [script [args]]\n"
+        "Available options are:\n"
+        "  -e stat   execute string 'stat'\n"
+        "  -i        enter interactive mode after executing 'script'\n"
+        "  -l mod    require library 'mod' into global 'mod'\n"
+        "  -l g=mod  require library 'mod' into global 'g'\n"
+        "  -v        show version information\n"
+        "  -E        ignore environment variables\n"
+        "  -W        turn warnings on\n"
+        "  --        stop handling options\n"
+        "  -         stop handling options and execute stdin\n"
+        "Environment: ERLANGEN_GRACE  seconds processes get to handle \"shutdown\""
+        " at exit (default 2)\n", stderr);
+  fflush(stderr);
+}
+
+/* Scans the options; stops at the script (or "-"), after "--", or at the
+** first bad option. */
+static void parse_cmdline(cmdline *c) {
+  int i;
+  c->flags = 0;
+  for (i = 1; i < c->argc; i++) {
+    const char *a = c->argv[i];
+    c->script = i;
+    if (a[0] != '-' || a[1] == '\0') return;  /* the script, or "-" (stdin) */
+    switch (a[1]) {
+      case '-':
+        if (a[2] != '\0') { c->flags = OPT_BAD; return; }
+        c->script = i + 1;
+        return;
+      case 'E': case 'W': case 'i': case 'v':
+        if (a[2] != '\0') { c->flags = OPT_BAD; return; }
+        if (a[1] == 'E') c->flags |= OPT_NOENV;
+        else if (a[1] == 'i') c->flags |= OPT_INTERACT | OPT_VERSION;
+        else if (a[1] == 'v') c->flags |= OPT_VERSION;
+        break;
+      case 'e': case 'l':
+        if (a[1] == 'e') c->flags |= OPT_EXEC;
+        if (a[2] == '\0') {  /* the argument is the next word */
+          if (i + 1 >= c->argc || c->argv[i + 1][0] == '-') { c->flags = OPT_BAD; return; }
+          i++;
+        }
+        break;
+      default:
+        c->flags = OPT_BAD;
+        return;
+    }
+  }
+  c->script = c->argc;
+}
+
+/* The global `arg`: the script at 0, its arguments above, the interpreter
+** and options below. Without a script, the interpreter is at 0. */
+static void create_arg_table(lua_State *L, const cmdline *c) {
+  int script = (c->script == c->argc) ? 0 : c->script;
+  int i;
+  lua_createtable(L, c->argc - script - 1 > 0 ? c->argc - script - 1 : 0, script + 1);
+  for (i = 0; i < c->argc; i++) {
+    lua_pushstring(L, c->argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+/* -l [g=]mod: g = require "mod". Without "=", the global is the module name
+** up to a '-' (so "-l mod-v2" sets `mod`). */
+static int dolibrary(lua_State *L, const char *spec) {
+  const char *eq = strchr(spec, '=');
+  const char *modname = (eq != NULL) ? eq + 1 : spec;
+  size_t globlen = (eq != NULL) ? (size_t)(eq - spec) : strcspn(spec, "-");
+  int status;
+  lua_pushlstring(L, spec, globlen);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, modname);
+  status = docall(L, 1, 1);
+  if (status == LUA_OK) {
+    lua_setglobal(L, lua_tostring(L, -2));
+    lua_pop(L, 1);  /* the global's name */
+  }
+  else
+    lua_remove(L, -2);  /* the global's name, under the error */
+  return report(L, status);
+}
+
+/* Runs -e and -l (and -W) in their order. Returns 0 on the first error. */
+static int run_options(lua_State *L, const cmdline *c) {
+  int last = c->script;
+  int i;
+  for (i = 1; i < last; i++) {
+    const char *a = c->argv[i];
+    int opt = a[1];
+    if (opt == 'e' || opt == 'l') {
+      const char *extra = (a[2] != '\0') ? a + 2 : c->argv[++i];
+      int status = (opt == 'e') ? dostring(L, extra, "=(command line)")
+                                : dolibrary(L, extra);
+      if (status != LUA_OK) return 0;
+    }
+    else if (opt == 'W')
+      lua_warning(L, "@on", 0);
+  }
+  return 1;
+}
+
+static int run_luainit(lua_State *L) {
+  const char *name = "=LUA_INIT_" LUA_VERSION_MAJOR "_" LUA_VERSION_MINOR;
+  const char *init = getenv(name + 1);
+  if (init == NULL) {
+    name = "=LUA_INIT";
+    init = getenv(name + 1);
+  }
+  if (init == NULL) return LUA_OK;
+  if (init[0] == '@') return dofile(L, init + 1);
+  return dostring(L, init, name);
+}
+
+/* Pushes arg[1..n]; returns n. */
+static int push_script_args(lua_State *L) {
+  int i, n;
+  if (lua_getglobal(L, "arg") != LUA_TTABLE)
+    luaL_error(L, "'arg' is not a table");
+  n = (int)luaL_len(L, -1);
+  luaL_checkstack(L, n + 3, "too many arguments to script");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+  lua_remove(L, -i);  /* the table */
+  return n;
+}
+
+static int run_script(lua_State *L, const cmdline *c) {
+  const char *fname = c->argv[c->script];
+  int status;
+  if (strcmp(fname, "-") == 0 && strcmp(c->argv[c->script - 1], "--") != 0)
+    fname = NULL;  /* stdin */
+  status = luaL_loadfile(L, fname);
+  if (status == LUA_OK) {
+    int n = push_script_args(L);
+    status = docall(L, n, LUA_MULTRET);
+  }
+  return report(L, status);
+}
+
+/* -E: the environment must not reach any process's package paths either. */
+static void ignore_environment(void) {
+  static const char *const vars[] = {
+    "LUA_INIT", "LUA_INIT_5_4", "LUA_PATH", "LUA_PATH_5_4", "LUA_CPATH", "LUA_CPATH_5_4"
+  };
+  size_t i;
+  for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
+}
+
+/* }================= */
+
+
+/* {================= Ctrl-C */
+
+static void on_sigint(int sig) {
+  int saved = errno;
+  (void)sig;
+  if (atomic_load(&evaluating))
+    erlangen_interrupt(main_L);
+  else if (sigpipe_fd[1] >= 0) {
+    ssize_t r = write(sigpipe_fd[1], "", 1);
+    (void)r;
+  }
+  errno = saved;
+}
+
+/* Returns 1 if Ctrl-C was pressed since the last call. */
+static int take_sigint(void) {
+  char buf[64];
+  int got = 0;
+  while (read(sigpipe_fd[0], buf, sizeof buf) > 0) got = 1;
+  return got;
+}
+
+static void catch_sigint(int on) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sigemptyset(&sa.sa_mask);
+  if (on) {
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESTART;
+  }
+  else
+    sa.sa_handler = SIG_DFL;
+  sigaction(SIGINT, &sa, NULL);
+}
+
+/* }================= */
+
+
+/* {================= reading lines */
+
+static char *rl_result;
+static int rl_finished;
+
+static void on_readline(char *line) {
+  rl_result = line;
+  rl_finished = 1;
+  rl_callback_handler_remove();  /* leaves the terminal as it found it */
+}
+
+/* readline's callback interface, so that Ctrl-C at the prompt can be seen
+** (through the self-pipe) without longjmp out of a signal handler. */
+static char *read_terminal(const char *prompt, int *how) {
+  int maxfd = sigpipe_fd[0] > STDIN_FILENO ? sigpipe_fd[0] : STDIN_FILENO;
+  take_sigint();  /* a Ctrl-C pressed while printing is not for this line */
+  rl_finished = 0;
+  rl_result = NULL;
+  rl_callback_handler_install(prompt, on_readline);
+  for (;;) {
+    fd_set fds;
+    FD_ZERO(&fds);
+    FD_SET(STDIN_FILENO, &fds);
+    if (sigpipe_fd[0] >= 0) FD_SET(sigpipe_fd[0], &fds);
+    if (select(maxfd + 1, &fds, NULL, NULL, NULL) < 0) {
+      if (errno == EINTR) continue;
+      rl_callback_handler_remove();
+      *how = LINE_EOF;
+      return NULL;
+    }
+    if (sigpipe_fd[0] >= 0 && FD_ISSET(sigpipe_fd[0], &fds) && take_sigint()) {
+      rl_free_line_state();
+      rl_callback_sigcleanup();
+      rl_cleanup_after_signal();
+      rl_callback_handler_remove();
+      fputs("\n", stdout);
+      fflush(stdout);
+      *how = LINE_INTERRUPTED;
+      return NULL;
+    }
+    if (FD_ISSET(STDIN_FILENO, &fds)) {
+      rl_callback_read_char();
+      if (rl_finished) {
+        *how = (rl_result != NULL) ? LINE_OK : LINE_EOF;
+        return rl_result;
+      }
+    }
+  }
+}
+
+/* Not a terminal: print the prompt and read a plain line. */
+static char *read_plain(const char *prompt, int *how) {
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  fputs(prompt, stdout);
+  fflush(stdout);
+  n = getline(&line, &cap, stdin);
+  if (n < 0) {
+    free(line);
+    *how = LINE_EOF;
+    return NULL;
+  }
+  if (n > 0 && line[n - 1] == '\n') line[n - 1] = '\0';
+  *how = LINE_OK;
+  return line;
+}
+
+static void save_line(const char *line) {
+  if (!use_readline || line[0] == '\0') return;
+  add_history(line);
+  if (history_path != NULL && append_history(1, history_path) != 0)
+    write_history(history_path);  /* the file did not exist yet */
+}
+
+/* Pushes the prompt: _PROMPT / _PROMPT2 through tostring, or the default. */
+static const char *push_prompt(lua_State *L, int first) {
+  if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return lua_pushstring(L, first ? PROMPT1 : PROMPT2);
+  }
+  luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
+/* Reads a line and pushes it (on LINE_OK only). A first line "=expr" means
+** "return expr", as in lua 5.4. */
+static int push_line(lua_State *L, int first) {
+  const char *prompt = push_prompt(L, first);
+  int how;
+  char *b = use_readline ? read_terminal(prompt, &how) : read_plain(prompt, &how);
+  lua_pop(L, 1);  /* the prompt */
+  if (b == NULL) return how;
+  if (first && b[0] == '=')
+    lua_pushfstring(L, "return %s", b + 1);
+  else
+    lua_pushstring(L, b);
+  free(b);
+  return LINE_OK;
+}
+
+/* }================= */
+
+
+/* {================= the REPL */
+
+/* The printer, in Lua. It returns show(...), which prints the REPL's
+** results; render(v), which describes error objects; and flush(), the REPL's
+** global. Values look like Lua literals: strings quoted, tables nested up to
+** MAX_DEPTH levels and MAX_ITEMS entries, cycles marked, anything with
+** __tostring (pids, refs) through tostring. */
+static const char printer_source[] =
+  "local erlangen = require 'erlangen'\n"
+  "local MAX_DEPTH, MAX_ITEMS, WIDTH, MAX_SORT = 3, 50, 78, 1000\n"
+  "local keywords = {}\n"
+  "for w in ('and break do else elseif end false for function goto if in local '..\n"
+  "          'nil not or repeat return then true until while'):gmatch('%a+') do\n"
+  "  keywords[w] = true\n"
+  "end\n"
+  "local escapes = { ['\"'] = '\\\\\"', ['\\\\'] = '\\\\\\\\', ['\\a'] = '\\\\a',\n"
+  "  ['\\b'] = '\\\\b', ['\\f'] = '\\\\f', ['\\n'] = '\\\\n', ['\\r'] = '\\\\r',\n"
+  "  ['\\t'] = '\\\\t', ['\\v'] = '\\\\v' }\n"
+  "local function quote(s)\n"
+  "  return '\"' .. s:gsub('[%c\"\\\\]', function(c)\n"
+  "    return escapes[c] or string.format('\\\\%03d', c:byte())\n"
+  "  end) .. '\"'\n"
+  "end\n"
+  "local rank = { number = 1, string = 2, boolean = 3 }\n"
+  "local function before(a, b)\n"
+  "  local ta, tb = type(a), type(b)\n"
+  "  if ta ~= tb then\n"
+  "    local ra, rb = rank[ta] or 4, rank[tb] or 4\n"
+  "    if ra ~= rb then return ra < rb end\n"
+  "    return ta < tb\n"
+  "  end\n"
+  "  if ta == 'number' or ta == 'string' then return a < b end\n"
+  "  if ta == 'boolean' then return b and not a end\n"
+  "  return tostring(a) < tostring(b)\n"
+  "end\n"
+  "local render\n"
+  "local function render_key(k, depth, path, indent)\n"
+  "  if type(k) == 'string' and k:match('^[%a_][%w_]*$') and not keywords[k] then\n"
+  "    return k\n"
+  "  end\n"
+  "  return '[' .. render(k, depth, path, indent) .. ']'\n"
+  "end\n"
+  "function render(v, depth, path, indent)\n"
+  "  local t = type(v)\n"
+  "  if t == 'string' then return quote(v) end\n"
+  "  if t ~= 'table' then return tostring(v) end\n"
+  "  local mt = getmetatable(v)\n"
+  "  if type(mt) == 'table' and rawget(mt, '__tostring') then return tostring(v) end\n"
+  "  if path[v] then return '<cycle>' end\n"
+  "  if next(v) == nil then return '{}' end\n"
+  "  if depth >= MAX_DEPTH then return '{...}' end\n"
+  "  path[v] = true\n"
+  "  local n, keys = rawlen(v), {}\n"
+  "  for k in next, v do\n"
+  "    if not (math.type(k) == 'integer' and k >= 1 and k <= n) then keys[#keys + 1] = k end\n"
+  "  end\n"
+  "  if #keys <= MAX_SORT then pcall(table.sort, keys, before) end\n"
+  "  local total = n + #keys\n"
+  "  local shown = math.min(total, MAX_ITEMS)\n"
+  "  local items = {}\n"
+  "  for i = 1, math.min(n, shown) do\n"
+  "    items[i] = render(rawget(v, i), depth + 1, path, indent + 2)\n"
+  "  end\n"
+  "  for i = 1, shown - n do\n"
+  "    local k = keys[i]\n"
+  "    items[#items + 1] = render_key(k, depth + 1, path, indent + 2) .. ' = ' ..\n"
+  "                        render(rawget(v, k), depth + 1, path, indent + 2)\n"
+  "  end\n"
+  "  if total > shown then items[#items + 1] = '... (' .. (total - shown) .. ' more)' end\n"
+  "  path[v] = nil\n"
+  "  local line = '{' .. table.concat(items, ', ') .. '}'\n"
+  "  if #line + indent <= WIDTH and not line:find('\\n', 1, true) then return line end\n"
+  "  local pad, lines, run = string.rep(' ', indent + 2), {}, nil\n"
+  "  for i, item in ipairs(items) do\n"
+  "    if i <= n and not item:find('\\n', 1, true) then\n"
+  "      if run and indent + #run + #item + 4 <= WIDTH then\n"
+  "        run = run .. ', ' .. item\n"
+  "      else\n"
+  "        lines[#lines + 1] = run\n"
+  "        run = item\n"
+  "      end\n"
+  "    else\n"
+  "      lines[#lines + 1] = run\n"
+  "      lines[#lines + 1] = item\n"
+  "      run = nil\n"
+  "    end\n"
+  "  end\n"
+  "  lines[#lines + 1] = run\n"
+  "  return '{\\n' .. pad .. table.concat(lines, ',\\n' .. pad) .. '\\n' ..\n"
+  "         string.rep(' ', indent) .. '}'\n"
+  "end\n"
+  "local function show(...)\n"
+  "  local out = table.pack(...)\n"
+  "  for i = 1, out.n do out[i] = render(out[i], 0, {}, 0) end\n"
+  "  print(table.unpack(out, 1, out.n))\n"
+  "end\n"
+  "local function flush()\n"
+  "  while true do\n"
+  "    local msg = erlangen.receive(0)\n"
+  "    if msg == nil then return end\n"
+  "    print('Shell got ' .. render(msg, 0, {}, 10))\n"
+  "  end\n"
+  "end\n"
+  "return show, function(v) return render(v, 0, {}, 0) end, flush\n";
+
+/* Loads the printer's functions into the registry. */
+static void open_printer(lua_State *L) {
+  if (luaL_loadbuffer(L, printer_source, sizeof printer_source - 1, "=printer") != LUA_OK)
+    lua_error(L);
+  lua_call(L, 0, 3);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &flush_key);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &render_key);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &show_key);
+}
+
+static void repl_open_history(void) {
+  const char *home = getenv("HOME");
+  rl_readline_name = PROGNAME;
+  rl_catch_signals = 0;   /* Ctrl-C is ours */
+  rl_catch_sigwinch = 0;
+  rl_bind_key('\t', rl_insert);  /* indent, no file-name completion */
+  using_history();
+  stifle_history(HISTORY_MAX);
+  if (home != NULL && home[0] != '\0') {
+    size_t len = strlen(home) + sizeof("/" HISTORY_FILE);
+    history_path = malloc(len);
+    if (history_path != NULL) {
+      snprintf(history_path, len, "%s/%s", home, HISTORY_FILE);
+      read_history(history_path);
+    }
+  }
+}
+
+static void repl_close_history(void) {
+  if (history_path != NULL) {
+    history_truncate_file(history_path, HISTORY_MAX);
+    free(history_path);
+    history_path = NULL;
+  }
+}
+
+/* A syntax error at <eof> means the chunk goes on in the next line. */
+static int incomplete(lua_State *L, int status) {
+  size_t len;
+  const char *msg;
+  if (status != LUA_ERRSYNTAX) return 0;
+  msg = lua_tolstring(L, -1, &len);
+  return len >= sizeof(EOF_MARK) - 1 &&
+         strcmp(msg + len - (sizeof(EOF_MARK) - 1), EOF_MARK) == 0;
+}
+
+/* Stack [line] -> [line, function] on success; [line] otherwise. */
+static int load_expression(lua_State *L) {
+  const char *line = lua_tostring(L, 1);
+  const char *retline = lua_pushfstring(L, "return %s;", line);
+  int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
+  if (status == LUA_OK) {
+    lua_remove(L, -2);
+    save_line(line);
+  }
+  else
+    lua_pop(L, 2);
+  return status;
+}
+
+/* Stack [line] -> [chunk, function or error], reading more lines while the
+** chunk is incomplete. */
+static int load_statements(lua_State *L) {
+  for (;;) {
+    size_t len;
+    const char *chunk = lua_tolstring(L, 1, &len);
+    int status = luaL_loadbuffer(L, chunk, len, "=stdin");
+    int how;
+    if (!incomplete(L, status)) {
+      save_line(chunk);
+      return status;
+    }
+    how = push_line(L, 0);
+    if (how == LINE_EOF) {  /* report the incomplete chunk's error */
+      save_line(chunk);
+      return status;
+    }
+    if (how == LINE_INTERRUPTED) return REPL_SKIP;
+    lua_remove(L, -2);  /* the error */
+    lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    lua_concat(L, 3);
+  }
+}
+
+/* Reads and compiles one input. Leaves the function (LUA_OK) or the error on
+** an otherwise empty stack; REPL_EOF and REPL_SKIP leave it empty. */
+static int repl_load(lua_State *L) {
+  int status;
+  lua_settop(L, 0);
+  switch (push_line(L, 1)) {
+    case LINE_EOF: return REPL_EOF;
+    case LINE_INTERRUPTED: return REPL_SKIP;
+    default: break;
+  }
+  status = load_expression(L);
+  if (status != LUA_OK) status = load_statements(L);
+  if (status == REPL_SKIP) {
+    lua_settop(L, 0);
+    return status;
+  }
+  lua_remove(L, 1);  /* the line */
+  return status;
+}
+
+static void repl_print(lua_State *L) {
+  int n = lua_gettop(L);
+  if (n == 0) return;
+  luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &show_key);
+  lua_insert(L, 1);
+  if (lua_pcall(L, n, 0, 0) != LUA_OK)
+    message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+}
+
+static void repl(lua_State *L) {
+  const char *saved_prefix = msg_prefix;
+  int status;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &flush_key);
+  lua_setglobal(L, "flush");
+  use_readline = isatty(STDIN_FILENO);
+  if (use_readline) repl_open_history();
+  msg_prefix = NULL;
+  while ((status = repl_load(L)) != REPL_EOF) {
+    if (status == REPL_SKIP) continue;
+    if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
+    if (status == LUA_OK) repl_print(L);
+    else report(L, status);
+  }
+  lua_settop(L, 0);
+  fputs("\n", stdout);
+  fflush(stdout);
+  msg_prefix = saved_prefix;
+  repl_close_history();
+}
+
+/* }================= */
+
+
+static double grace_period(void) {
+  const char *s = getenv("ERLANGEN_GRACE");
+  char *end;
+  double g;
+  if (s == NULL || s[0] == '\0') return GRACE_DEFAULT;
+  g = strtod(s, &end);
+  return (*end == '\0' && g >= 0) ? g : GRACE_DEFAULT;
+}
+
+/* Ends the main process and stops the kernel: every remaining process gets
+** "shutdown", and "kill" after the grace period. */
+static void finish(void) {
+  catch_sigint(0);  /* from here on Ctrl-C ends the program */
+  repl_close_history();
+  erlangen_detach(main_L);
+  main_L = NULL;
+  erlangen_stop(grace_period());
+}
+
+/* os.exit of the main state: the kernel shuts down first, as at the end of
+** the main chunk. The state is always closed. */
+static int os_exit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1))
+    status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  fflush(stdout);
+  finish();
+  exit(status);
+}
+
+/* Runs the command line in the attached state, as lua5.4 does. Pushes true
+** if everything ran without error. */
+static int run_main(lua_State *L) {
+  const cmdline *c = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+  open_printer(L);
+  if (c->flags & OPT_VERSION) print_version();
+  create_arg_table(L, c);
+  if (!(c->flags & OPT_NOENV) && run_luainit(L) != LUA_OK) return 0;
+  if (!run_options(L, c)) return 0;
+  if (c->script < c->argc && run_script(L, c) != LUA_OK) return 0;
+  if (c->flags & OPT_INTERACT)
+    repl(L);
+  else if (c->script == c->argc && !(c->flags & (OPT_EXEC | OPT_VERSION))) {
+    if (isatty(STDIN_FILENO)) {
+      print_version();
+      repl(L);
+    }
+    else if (dofile(L, NULL) != LUA_OK)
+      return 0;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  cmdline c;
+  lua_State *L;
+  int status, ok;
+  c.argc = argc;
+  c.argv = argv;
+  if (argc < 1) {  /* no program name: nothing to parse */
+    static char *none[] = { PROGNAME, NULL };
+    c.argc = 1;
+    c.argv = none;
+  }
+  parse_cmdline(&c);
+  if (c.flags & OPT_BAD) {
+    print_usage(c.argv[c.script]);
+    return EXIT_FAILURE;
+  }
+  if (c.flags & OPT_NOENV) ignore_environment();
+  if (erlangen_start(NULL) != 0) {
+    message("cannot start the kernel");
+    return EXIT_FAILURE;
+  }
+  L = erlangen_attach();
+  if (L == NULL) {
+    message("cannot attach the main thread to the kernel");
+    erlangen_stop(0);
+    return EXIT_FAILURE;
+  }
+  main_L = L;
+  if (pipe2(sigpipe_fd, O_NONBLOCK | O_CLOEXEC) != 0)
+    sigpipe_fd[0] = sigpipe_fd[1] = -1;
+  catch_sigint(1);
+  lua_pushcfunction(L, run_main);
+  lua_pushlightuserdata(L, &c);
+  status = lua_pcall(L, 1, 1, 0);
+  ok = (status == LUA_OK) && lua_toboolean(L, -1);
+  report(L, status);
+  finish();
+  return ok ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,469 @@
+-- spec/interpreter_spec.lua — the `erlangen` executable: options, `arg`, exit
+-- status, shutdown, and the REPL (through -i with piped input, and through a
+-- real terminal made by util-linux `script`).
+--
+-- The executable is $ERLANGEN_BIN (default build/erlangen). Every run is
+-- bounded by coreutils `timeout`, so a hang fails the spec instead of
+-- stalling it; terminal output is awaited by blocking reads on a FIFO that
+-- end when the bounded session ends.
+
+local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
+local LIMIT = 20  -- seconds any one run of the executable may take
+
+-- Shell quoting.
+local function q(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+local function make_dir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. q(dir)))
+  return dir
+end
+
+local function remove_dir(dir)
+  os.execute("rm -rf " .. q(dir))
+end
+
+-- Runs the executable with `args` (a list of words), feeding `input` on
+-- stdin (none: /dev/null) and setting `env` (a table), for at most `limit`
+-- seconds (timeout's status 124 after that). Returns the exit code, stdout
+-- and stderr.
+local function run(args, input, env, limit)
+  local dir = make_dir()
+  local words = {}
+  for k, v in pairs(env or {}) do words[#words + 1] = k .. "=" .. q(v) end
+  words[#words + 1] = "timeout -k 2 " .. (limit or LIMIT) .. " " .. q(BIN)
+  for _, a in ipairs(args or {}) do words[#words + 1] = q(a) end
+  local stdin = "/dev/null"
+  if input then
+    stdin = dir .. "/in"
+    write_file(stdin, input)
+  end
+  local cmd = string.format("env %s < %s > %s 2> %s", table.concat(words, " "),
+                            q(stdin), q(dir .. "/out"), q(dir .. "/err"))
+  local _, _, code = os.execute(cmd)
+  local out, err = read_file(dir .. "/out"), read_file(dir .. "/err")
+  remove_dir(dir)
+  return code, out, err
+end
+
+-- Runs a REPL through -i on piped input; returns stdout and stderr.
+local function repl(input)
+  local code, out, err = run({ "-i" }, input)
+  assert.are.equal(0, code, "the REPL exited with " .. tostring(code) .. ": " .. err)
+  return out, err
+end
+
+local function contains(haystack, needle)
+  return haystack:find(needle, 1, true) ~= nil
+end
+
+-- Asserts that `text` contains `needle`, naming both when it does not.
+local function assert_contains(text, needle)
+  assert(contains(text, needle),
+         string.format("expected to find %q in:\n%s", needle, text))
+end
+
+describe("the erlangen interpreter", function()
+  local dir
+
+  before_each(function() dir = make_dir() end)
+  after_each(function() remove_dir(dir) end)
+
+  local function script(text)
+    local path = dir .. "/script.lua"
+    write_file(path, text)
+    return path
+  end
+
+  it("prints its version with -v", function()
+    local code, out = run({ "-v" })
+    assert.are.equal(0, code)
+    assert.truthy(out:match("^erlangen %d+%.%d+"), out)
+    assert_contains(out, "Lua 5.4")
+  end)
+
+  it("runs the statement given with -e", function()
+    local code, out = run({ "-e", "print(6 * 7)" })
+    assert.are.equal(0, code)
+    assert.are.equal("42\n", out)
+  end)
+
+  it("runs several -e options in order", function()
+    local _, out = run({ "-e", "x = 1", "-ex = x + 1", "-e", "print(x)" })
+    assert.are.equal("2\n", out)
+  end)
+
+  it("requires a module into a global of the same name with -l", function()
+    write_file(dir .. "/greeting.lua", "return { text = 'hello' }")
+    local code, out = run({ "-l", "greeting", "-e", "print(greeting.text)" }, nil,
+                          { LUA_PATH = dir .. "/?.lua;;" })
+    assert.are.equal(0, code)
+    assert.are.equal("hello\n", out)
+  end)
+
+  it("requires a module into another global with -l g=mod", function()
+    write_file(dir .. "/greeting.lua", "return { text = 'hello' }")
+    local _, out = run({ "-lg=greeting", "-e", "print(g.text, greeting)" }, nil,
+                       { LUA_PATH = dir .. "/?.lua;;" })
+    assert.are.equal("hello\tnil\n", out)
+  end)
+
+  it("provides the erlangen module as a global", function()
+    local _, out = run({ "-e", "print(erlangen == require 'erlangen')" })
+    assert.are.equal("true\n", out)
+  end)
+
+  it("puts the script at arg[0] and its arguments above it", function()
+    local path = script("print(arg[0], arg[1], arg[2], #arg)")
+    local _, out = run({ path, "a", "b" })
+    assert.are.equal(path .. "\ta\tb\t2\n", out)
+  end)
+
+  it("puts the interpreter and its options at negative indices of arg", function()
+    local path = script("print(arg[-3], arg[-2], arg[-1])")
+    local _, out = run({ "-e", "x = 1", path })
+    assert.are.equal(BIN .. "\t-e\tx = 1\n", out)
+  end)
+
+  it("passes the script's arguments as the chunk's varargs", function()
+    local path = script("print(select('#', ...), ...)")
+    local _, out = run({ path, "x", "y" })
+    assert.are.equal("2\tx\ty\n", out)
+  end)
+
+  it("reads the script from stdin given -", function()
+    local code, out = run({ "-", "p" }, "print('from stdin', arg[0], ...)")
+    assert.are.equal(0, code)
+    assert.are.equal("from stdin\t-\tp\n", out)
+  end)
+
+  it("runs stdin when it is not a terminal and there is no script", function()
+    local _, out = run({}, "print('piped')")
+    assert.are.equal("piped\n", out)
+  end)
+
+  it("stops handling options after --", function()
+    local path = script("print(...)")
+    local code, out = run({ "--", path, "-e", "-v" })
+    assert.are.equal(0, code)
+    assert.are.equal("-e\t-v\n", out)
+  end)
+
+  it("runs LUA_INIT before the script", function()
+    local _, out = run({ "-e", "print(greeting)" }, nil, { LUA_INIT = "greeting = 'set'" })
+    assert.are.equal("set\n", out)
+  end)
+
+  it("ignores LUA_INIT given -E", function()
+    local _, out = run({ "-E", "-e", "print(greeting)" }, nil, { LUA_INIT = "greeting = 'set'" })
+    assert.are.equal("nil\n", out)
+  end)
+
+  it("exits with status 0 when the main chunk succeeds", function()
+    local code, _, err = run({ script("local x = 1") })
+    assert.are.equal(0, code)
+    assert.are.equal("", err)
+  end)
+
+  it("exits with status 1 and a traceback on stderr when the main chunk raises", function()
+    local path = script("local function f() error('boom') end\nf()")
+    local code, out, err = run({ path })
+    assert.are.equal(1, code)
+    assert.are.equal("", out)
+    assert.truthy(err:match("^erlangen: .*script%.lua:1: boom"), err)
+    assert_contains(err, "stack traceback:")
+  end)
+
+  it("exits with status 1 for an error in -e", function()
+    local code, _, err = run({ "-e", "error('bad')" })
+    assert.are.equal(1, code)
+    assert_contains(err, "(command line):1: bad")
+  end)
+
+  it("exits with status 1 for a missing script", function()
+    local code, _, err = run({ dir .. "/missing.lua" })
+    assert.are.equal(1, code)
+    assert_contains(err, "cannot open")
+  end)
+
+  it("treats erlangen.exit('normal') in the main chunk as success", function()
+    local code, _, err = run({ "-e", "erlangen.exit('normal')" })
+    assert.are.equal(0, code)
+    assert.are.equal("", err)
+  end)
+
+  it("exits with the status given to os.exit", function()
+    local code = run({ "-e", "os.exit(3)" })
+    assert.are.equal(3, code)
+  end)
+
+  it("prints a usage message and fails for an unknown option", function()
+    local code, out, err = run({ "-x" })
+    assert.are_not.equal(0, code)
+    assert.are.equal("", out)
+    assert_contains(err, "unrecognized option '-x'")
+    assert_contains(err, "usage: erlangen [options] [script [args]]")
+  end)
+
+  it("prints a usage message and fails when -e has no statement", function()
+    local code, _, err = run({ "-e" })
+    assert.are_not.equal(0, code)
+    assert_contains(err, "'-e' needs argument")
+  end)
+end)
+
+describe("the erlangen interpreter at exit", function()
+  local dir
+
+  before_each(function() dir = make_dir() end)
+  after_each(function() remove_dir(dir) end)
+
+  -- A script whose spawned process traps exits, writes what it receives to
+  -- `report`, and then ignores everything (so only "kill" ends it).
+  local function trapping_script(report)
+    local path = dir .. "/main.lua"
+    write_file(path, string.format([[
+      local erlangen = require "erlangen"
+      local main, report = erlangen.self(), %q
+      erlangen.spawn(function()
+        erlangen.trap_exit(true)
+        erlangen.send(main, "trapping")
+        local msg = erlangen.receive()
+        local f = io.open(report, "w")
+        f:write(tostring(msg[1]), " ", tostring(msg[3]))
+        f:close()
+        while true do erlangen.receive() end
+      end)
+      assert(erlangen.receive(5) == "trapping", "the process did not start")
+    ]], report))
+    return path
+  end
+
+  it("sends shutdown to a process left running when the main chunk returns", function()
+    local report = dir .. "/report"
+    local code, _, err = run({ trapping_script(report) }, nil, { ERLANGEN_GRACE = "0.5" })
+    assert.are.equal(0, code, err)
+    assert.are.equal("EXIT shutdown", read_file(report))
+  end)
+
+  it("kills a process that ignores shutdown once the grace period is over", function()
+    -- The process never ends by itself: without the kill `timeout` would end
+    -- the run after 5 s with status 124.
+    local code, _, err = run({ trapping_script(dir .. "/report") }, nil,
+                             { ERLANGEN_GRACE = "0.5" }, 5)
+    assert.are.equal(0, code, err)
+  end)
+end)
+
+describe("the erlangen REPL with piped input", function()
+  it("evaluates an expression and prints its value", function()
+    local out = repl("1+1\n")
+    assert_contains(out, "> 2\n")
+  end)
+
+  it("prints the version first, as lua -i does", function()
+    local out = repl("")
+    assert.truthy(out:match("^erlangen %d+%.%d+"), out)
+  end)
+
+  it("prints every value of a multiple-value expression", function()
+    local out = repl("1, 'two', nil\n")
+    assert_contains(out, '> 1\t"two"\tnil\n')
+  end)
+
+  it("evaluates a statement and prints nothing", function()
+    local out = repl("x = 5\nx\n")
+    assert_contains(out, "> > 5\n")
+  end)
+
+  it("prints a nested table readably", function()
+    local out = repl("{1, {2, {3}}, name = 'x', [true] = false}\n")
+    assert_contains(out, '> {1, {2, {3}}, name = "x", [true] = false}\n')
+  end)
+
+  it("limits the depth of nested tables", function()
+    local out = repl("{{{{{1}}}}}\n")
+    assert_contains(out, "> {{{{...}}}}\n")
+  end)
+
+  it("elides the tail of a long table", function()
+    local out = repl("t = {} for i = 1, 1000 do t[i] = i end\nt\n")
+    assert_contains(out, "(950 more)")
+  end)
+
+  it("marks a cycle instead of following it", function()
+    local out = repl("t = {} t.self = t\nt\n")
+    assert_contains(out, "{self = <cycle>}")
+  end)
+
+  it("quotes strings", function()
+    local out = repl([["a\nb" .. '"']] .. "\n")
+    assert_contains(out, [["a\nb\""]])
+  end)
+
+  it("prints a pid readably", function()
+    local out = repl("erlangen.self()\n")
+    assert.truthy(out:match("> <%d+%.%d+>\n"), out)
+  end)
+
+  it("prints pids inside tables readably", function()
+    local out = repl("{erlangen.self()}\n")
+    assert.truthy(out:match("> {<%d+%.%d+>}\n"), out)
+  end)
+
+  it("is a live process", function()
+    local out = repl("erlangen.is_alive(erlangen.self())\n")
+    assert_contains(out, "> true\n")
+  end)
+
+  it("receives messages sent to itself", function()
+    local out = repl("erlangen.send(erlangen.self(), 'ping')\nerlangen.receive(0)\n")
+    assert_contains(out, '> "ping"\n')
+  end)
+
+  it("prints and empties the mailbox with flush()", function()
+    local out = repl("erlangen.send(erlangen.self(), 'hi')\nflush()\nerlangen.receive(0)\n")
+    assert_contains(out, 'Shell got "hi"\n')
+    assert_contains(out, '> nil\t"timeout"\n')
+  end)
+
+  it("continues a multi-line function definition", function()
+    local out = repl("function double(x)\nreturn x * 2\nend\ndouble(21)\n")
+    assert_contains(out, ">> ")
+    assert_contains(out, "> 42\n")
+  end)
+
+  it("reports an error in one line and goes on with the next", function()
+    local out, err = repl("error('oops')\n1+2\n")
+    assert_contains(err, "stdin:1: oops")
+    assert_contains(out, "> 3\n")
+  end)
+
+  it("reports a syntax error and goes on with the next line", function()
+    local out, err = repl("1 +* 2\n3\n")
+    assert_contains(err, "stdin:1:")
+    assert_contains(out, "> 3\n")
+  end)
+
+  it("evaluates =expr as return expr", function()
+    local out = repl("=3*3\n")
+    assert_contains(out, "> 9\n")
+  end)
+end)
+
+describe("the erlangen REPL on a terminal", function()
+  if not os.execute("command -v script > /dev/null 2>&1") then
+    it("needs util-linux script to make a terminal", function()
+      pending("util-linux script is not installed")
+    end)
+    return
+  end
+  local session
+
+  -- Starts the REPL under `script` (a pty), with HOME in a fresh directory so
+  -- that the history file stays there. Output arrives through a FIFO.
+  local function start()
+    local dir = make_dir()
+    local fifo = dir .. "/out"
+    assert(os.execute("mkfifo " .. q(fifo)))
+    local inner = q(BIN) .. "; echo REPL-ENDED $?"
+    local cmd = string.format("HOME=%s TERM=dumb timeout -k 2 %d script -qfec %s /dev/null > %s 2>&1",
+                              q(dir), LIMIT, q(inner), q(fifo))
+    local s = { dir = dir, seen = "" }
+    s.input = assert(io.popen(cmd, "w"))
+    s.output = assert(io.open(fifo, "rb"))
+    function s.send(text)
+      s.input:write(text)
+      s.input:flush()
+    end
+    -- Reads until `needle` appears after what earlier waits consumed; fails
+    -- if the session ends first (at the latest when `timeout` ends it).
+    function s.wait_for(needle)
+      local got = ""
+      while not contains(got, needle) do
+        local c = s.output:read(1)
+        if c == nil then
+          error(string.format("the terminal never showed %q; it showed:\n%s", needle, s.seen .. got))
+        end
+        got = got .. c
+      end
+      s.seen = s.seen .. got
+      return got
+    end
+    function s.close()  -- closing the FIFO first ends a REPL that still runs
+      s.output:close()
+      s.input:close()
+      remove_dir(dir)
+    end
+    return s
+  end
+
+  before_each(function() session = start() end)
+  after_each(function() session.close() end)
+
+  it("interrupts a running loop on Ctrl-C and keeps answering", function()
+    session.wait_for("> ")
+    session.send("io.write('spin' .. 'ning\\n') io.flush() while true do end\n")
+    session.wait_for("spinning")
+    session.send("\3")
+    local shown = session.wait_for("> ")
+    assert_contains(shown, "interrupted")
+    session.send("print(20 + 22)\n")
+    session.wait_for("42")
+  end)
+
+  it("interrupts a receive that would wait forever on Ctrl-C", function()
+    session.wait_for("> ")
+    session.send("io.write('wait' .. 'ing\\n') io.flush() erlangen.receive()\n")
+    session.wait_for("waiting")
+    session.send("\3")
+    local shown = session.wait_for("> ")
+    assert_contains(shown, "interrupted")
+    session.send("erlangen.is_alive(erlangen.self())\n")
+    session.wait_for("true")
+  end)
+
+  it("clears the line on Ctrl-C at the prompt", function()
+    session.wait_for("> ")
+    session.send("undefined_name")
+    session.wait_for("undefined_name")
+    session.send("\3")
+    session.wait_for("> ")
+    session.send("'kept' .. 'going'\n")
+    local shown = session.wait_for("keptgoing")
+    assert.is_nil(shown:find("undefined_name", 1, true), shown)
+  end)
+
+  it("ends on Ctrl-D at the prompt with status 0", function()
+    session.wait_for("> ")
+    session.send("\4")
+    session.wait_for("REPL-ENDED 0")
+  end)
+
+  it("keeps the history in ~/.erlangen_history", function()
+    session.wait_for("> ")
+    session.send("'remember' .. 'me'\n")
+    session.wait_for("rememberme")
+    session.wait_for("> ")  -- Ctrl-D reaches readline only at the prompt
+    session.send("\4")
+    session.wait_for("REPL-ENDED 0")
+    assert_contains(read_file(session.dir .. "/.erlangen_history") or "", "'remember' .. 'me'")
+  end)
+end)

@@ -26,19 +26,21 @@ typedef struct codec_buf {
 } codec_buf;
 
 typedef struct codec_limits {
-  size_t max_size;      /* largest encoded message in bytes */
-  int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH) */
+  size_t max_size;      /* largest encoded message in bytes; 0: the default */
+  int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH); 0: the default */
   int allow_functions;  /* encode/decode Lua functions as bytecode */
 } codec_limits;
 
 #define CODEC_DEFAULT_MAX_SIZE  (64u << 20)
 #define CODEC_DEFAULT_MAX_DEPTH 100
-#define CODEC_HARD_DEPTH        1000   /* bounded so recursion fits a 64 KiB C stack */
+#define CODEC_HARD_DEPTH        1000   /* cap on max_depth; nesting uses explicit frames,
+                                          ** not C recursion, so any C stack suffices */
 
 /* Encodes the `n` values at stack slots first..first+n-1 as one message, so
 ** shared references and cycles across them are preserved. nil is allowed
 ** among them. `root` names the values in error paths: "msg" for n == 1,
 ** "root[i]" otherwise ... see doc/codec.md.
+** `out`'s previous contents are overwritten, not freed.
 ** Returns 0 on success. On failure returns -1, leaves `out` empty, and pushes
 ** one error string onto L naming the path, e.g. "msg.conn: cannot send userdata".
 ** Does not otherwise change the stack. May raise only on memory errors of L. */

@@ -103,7 +103,8 @@ static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
   codec_buf a = {0};
   if (nargs > 0) {
     codec_limits lim = kern_limits(1);
-    if (codec_encode(L, fn + 1, nargs, "args", &lim, &a) != 0) { codec_buf_free(&f); lua_error(L); }
+    /* one message for all arguments (sharing survives); paths read args[i] */
+    if (codec_encode(L, fn + 1, nargs, nargs == 1 ? "args[1]" : "args", &lim, &a) != 0) { codec_buf_free(&f); lua_error(L); }
   }
   /* payload: 8-byte length of the function part, then both parts */
   size_t len = 8 + f.len + a.len;

@@ -347,7 +347,10 @@ static void path_step(enc *e, const enc_frame *f, path_out *o) {
   lua_State *L = e->L;
   switch (f->kind) {
   case EF_ROOT:
-    if (f->n == 1) path_put(o, "%s", e->root);
+    if (strcmp(e->root, CODEC_ROOT_SPAWN) == 0) {  /* the function, then its arguments */
+      if (f->i == 1) path_put(o, "fn");
+      else path_put(o, "args[%lld]", (long long)f->i - 1);
+    } else if (f->n == 1) path_put(o, "%s", e->root);
     else path_put(o, "%s[%lld]", e->root, (long long)f->i);
     break;
   case EF_ARRAY: path_put(o, "[%lld]", (long long)f->i); break;

@@ -36,6 +36,10 @@ typedef struct codec_limits {
 #define CODEC_HARD_DEPTH        1000   /* cap on max_depth; nesting uses explicit frames,
                                           ** not C recursion, so any C stack suffices */
 
+/* As `root`: the values are a function and its arguments, named "fn" and
+** "args[1]", "args[2]", ... in error paths. */
+#define CODEC_ROOT_SPAWN "(spawn)"
+
 /* Encodes the `n` values at stack slots first..first+n-1 as one message, so
 ** shared references and cycles across them are preserved. nil is allowed
 ** among them. `root` names the values in error paths: "msg" for n == 1,

@@ -279,25 +279,18 @@ static int load_entry(lua_State *L, proc *p) {
                            p->chunkname ? p->chunkname : "=spawn") == LUA_OK ? 0 : -1;
   case ENTRY_CODEC:
   default: {
-    /* payload: 8-byte little-endian length of the function part, the
-    ** function (or its "module.function" name), then the arguments */
+    /* one message: the function (or its "module.function" name), then the arguments */
     codec_limits lim = kern_limits(1);
-    uint64_t flen = 0;
-    if (p->payload_len < 8) { lua_pushliteral(L, "spawn: bad payload"); return -1; }
-    for (int i = 0; i < 8; i++) flen |= (uint64_t)p->payload[i] << (8 * i);
-    if (flen > p->payload_len - 8) { lua_pushliteral(L, "spawn: bad payload"); return -1; }
-    n = codec_decode(L, p->payload + 8, (size_t)flen, &lim);
-    if (n != 1) { if (n > 1) lua_pop(L, n); if (n != -1) lua_pushliteral(L, "spawn: bad payload"); return -1; }
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *name = lua_tostring(L, -1);
-      if (!resolve(L, name)) return -1;
-      lua_remove(L, -2);
-    }
-    size_t rest = p->payload_len - 8 - (size_t)flen;
-    n = rest ? codec_decode(L, p->payload + 8 + flen, rest, &lim) : 0;
+    n = codec_decode(L, p->payload, p->payload_len, &lim);
     free(p->payload);
     p->payload = NULL;
-    return n;
+    if (n < 1) { if (n == 0) lua_pushliteral(L, "spawn: no function"); return -1; }
+    if (lua_type(L, -n) == LUA_TSTRING) {
+      const char *name = lua_tostring(L, -n);
+      if (!resolve(L, name)) return -1;
+      lua_replace(L, -n - 1);
+    }
+    return n - 1;
   }
   }
 }

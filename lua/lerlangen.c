@@ -98,23 +98,11 @@ static void check_entry(lua_State *L, int arg) {
 static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
   proc *self = cur(L);
   check_entry(L, fn);
-  int nargs = lua_gettop(L) - fn;
-  codec_buf f = encode_or_raise(L, fn, 1, "fn", 1);
-  codec_buf a = {0};
-  if (nargs > 0) {
-    codec_limits lim = kern_limits(1);
-    /* one message for all arguments (sharing survives); paths read args[i] */
-    if (codec_encode(L, fn + 1, nargs, nargs == 1 ? "args[1]" : "args", &lim, &a) != 0) { codec_buf_free(&f); lua_error(L); }
-  }
-  /* payload: 8-byte length of the function part, then both parts */
-  size_t len = 8 + f.len + a.len;
-  unsigned char *payload = malloc(len);
-  if (!payload) { codec_buf_free(&f); codec_buf_free(&a); return luaL_error(L, "spawn: out of memory"); }
-  for (int i = 0; i < 8; i++) payload[i] = (unsigned char)((uint64_t)f.len >> (8 * i));
-  memcpy(payload + 8, f.data, f.len);
-  if (a.len) memcpy(payload + 8 + f.len, a.data, a.len);
-  codec_buf_free(&f);
-  codec_buf_free(&a);
+  /* One message for the function and its arguments, so that sharing
+  ** between them survives. */
+  codec_buf b = encode_or_raise(L, fn, lua_gettop(L) - fn + 1, CODEC_ROOT_SPAWN, 1);
+  unsigned char *payload = b.data;
+  size_t len = b.len;
   term_id pid, ref;
   const char *err = proc_spawn(self, o, ENTRY_CODEC, payload, len, NULL, &pid, &ref);
   if (err) {

@@ -885,7 +885,8 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
   enc e;
   first = lua_absindex(L, first);
   e.L = L;
-  e.buf = NULL; e.cap = 0;
+  unsigned char *const given = out->data;   /* reused scratch storage, or NULL */
+  e.buf = out->data; e.cap = out->data ? out->cap : 0;
   e.set = NULL;
   e.fr = e.infr; e.frcap = ENC_INLINE_FRAMES;
   codec_limits_of(lim, &e.max_size, &e.max_depth, &e.allow_functions);
@@ -920,7 +921,8 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
     out->data = e.buf; out->len = e.len; out->cap = e.cap;
     return 0;
   }
-  free(e.buf);
+  if (given) { out->data = e.buf; out->cap = e.cap; }  /* the caller's storage stays theirs */
+  else free(e.buf);
   if (e.status == ENC_RAISE) {        /* a memory error inside the module map: re-raise */
     lua_copy(L, -1, base + 1);
     lua_settop(L, base + 1);

@@ -44,8 +44,10 @@ typedef struct codec_limits {
 ** shared references and cycles across them are preserved. nil is allowed
 ** among them. `root` names the values in error paths: "msg" for n == 1,
 ** "root[i]" otherwise ... see doc/codec.md.
-** `out`'s previous contents are overwritten, not freed.
-** Returns 0 on success. On failure returns -1, leaves `out` empty, and pushes
+** When out->data is NULL the buffer is allocated; otherwise out's storage
+** (out->cap bytes) is reused as scratch and may be reallocated, and on
+** failure it stays in `out` with len 0 (the caller still owns and frees it).
+** Returns 0 on success. On failure returns -1, leaves `out` empty (len 0), and pushes
 ** one error string onto L naming the path, e.g. "msg.conn: cannot send userdata".
 ** Does not otherwise change the stack. May raise only on memory errors of L. */
 int codec_encode(lua_State *L, int first, int n, const char *root,

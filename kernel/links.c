@@ -32,16 +32,9 @@ static int mon_remove(proc_vec *v, term_id ref, proc_mon *out) {
   return 0;
 }
 
-static unsigned char *dup_bytes(const unsigned char *p, size_t len) {
-  unsigned char *d = malloc(len ? len : 1);
-  if (d) memcpy(d, p, len);
-  return d;
-}
-
 /* Queues {"EXIT", from, reason} into p's mailbox (p->lock held). */
 static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len) {
-  unsigned char *d = dup_bytes(reason, len);
-  mbox_msg *m = d ? mbox_msg_new(MBOX_EXIT, d, len) : NULL;
+  mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len);
   if (!m) return;  /* out of memory: the signal is lost, as on a dead link */
   m->from = from;
   mbox_put_signal(&p->mb, m);
@@ -160,8 +153,7 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
   if (!p) return;
   pthread_mutex_lock(&p->lock);
   if (p->status == PROC_ALIVE && mon_remove(&p->monitors, ref, NULL)) {
-    unsigned char *d = dup_bytes(reason, len);
-    mbox_msg *m = d ? mbox_msg_new(MBOX_DOWN, d, len) : NULL;
+    mbox_msg *m = mbox_msg_new(MBOX_DOWN, reason, len);
     if (m) {
       m->from = from;
       m->ref = ref;

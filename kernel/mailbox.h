@@ -9,8 +9,9 @@
 **   mbox_remove_down, mbox_close), so the owner may hold a pointer to a
 **   queued entry across unlocked stretches; producers only append at `tail`.
 ** - Entries from one producer keep their order (FIFO under the lock).
-** Ownership: every mbox_put* takes ownership of the entry and its `data`,
-** whether it is queued or refused (then it is freed at once).
+** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
+** takes ownership of the entry, whether it is queued or refused (then it is
+** freed at once).
 */
 #ifndef erlangen_mailbox_h
 #define erlangen_mailbox_h
@@ -29,7 +30,7 @@ typedef struct mbox_msg {
   term_id from;          /* EXIT/DOWN: the pid that exited */
   term_id ref;           /* DOWN: the monitor's ref */
   size_t len;
-  unsigned char *data;   /* codec bytes (message or reason); malloc'ed */
+  unsigned char data[];  /* codec bytes (message or reason) */
 } mbox_msg;
 
 typedef struct mbox {
@@ -39,7 +40,8 @@ typedef struct mbox {
   unsigned capacity;       /* lock */
   uint64_t dropped;        /* lock: messages refused because the box was full */
   int closed;              /* lock: the owner exited; puts are refused */
-  int waiting;             /* lock: the owner is parked (or about to park) on `wake` */
+  int waiting;             /* lock: the owner is spinning or parked on `wake` */
+  _Atomic int parked;      /* the owner sleeps in the kernel: a put must FUTEX_WAKE */
   int space_waiters;       /* lock: senders parked on `space` */
   _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
   _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
@@ -50,8 +52,8 @@ enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };
 void mbox_init(mbox *mb, unsigned capacity);
 void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 
-/* A new entry owning `data`; NULL when out of memory (data is then freed). */
-mbox_msg *mbox_msg_new(mbox_kind kind, unsigned char *data, size_t len);
+/* A new entry holding a copy of `data`; NULL when out of memory. */
+mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len);
 void mbox_msg_free(mbox_msg *m);
 
 /* Queues a regular message. When the box is full and `deadline` (monotonic

@@ -149,6 +149,7 @@ void proc_release(proc *p) {
   proc_vec_free(&p->monitors);
   proc_vec_free(&p->monitored_by);
   free(p->doom_reason);
+  codec_buf_free(&p->scratch);
   free(p->payload);
   free(p->chunkname);
   free(p);

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <lua.h>
+#include "codec.h"
 #include "mailbox.h"
 #include "term.h"
 
@@ -57,6 +58,7 @@ typedef struct proc {
 
   /* Owned by the process's own thread. */
   lua_State *L;
+  codec_buf scratch;               /* reused encode buffer for send */
   int attached;                    /* a host thread, not a kernel thread */
   int in_receive;                  /* a match function is running */
   pthread_t thread;                /* set before the thread runs the process */

@@ -167,6 +167,8 @@ static void no_warnings(void *ud, const char *msg, int tocont) {
   (void)ud; (void)msg; (void)tocont;
 }
 
+static void wrap_coroutines(lua_State *L);
+
 /* Where stdlib/ lives: $ERLANGEN_STDLIB, else the source tree when this
 ** code runs from the build tree, else the install prefix. */
 static const char *stdlib_dir(void) {
@@ -206,11 +208,65 @@ void state_open(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &kernel_key);
   luaL_openlibs(L);
+  wrap_coroutines(L);
   luaL_requiref(L, "erlangen", luaopen_erlangen, 1);
   lua_pop(L, 1);
   add_stdlib_path(L);
   kern_config c = kern_config_get();
   if (c.open_libs) c.open_libs(L, c.open_libs_ud);
+}
+
+/* ---- coroutines ----
+** A hook belongs to one Lua thread, so the signal handler must arm the
+** coroutine that is running, not the process's main state: resume keeps
+** S_current pointing at the running coroutine. After every switch the doom
+** flag is checked again, so a signal that armed the thread just left is not
+** lost. */
+
+static int co_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  proc *p = proc_self();
+  lua_State *prev = S_current;
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));   /* the original coroutine.resume */
+  lua_insert(L, 1);
+  S_current = co;
+  if (p && atomic_load(&p->doomed)) state_arm_hook(co);
+  int st = lua_pcall(L, n, LUA_MULTRET, 0);
+  S_current = prev;
+  if (p && (atomic_load(&p->doomed) || atomic_load(&p->interrupt))) state_arm_hook(L);
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L);
+}
+
+/* coroutine.wrap over the resume above, keeping 5.4's behaviour: errors are
+** re-raised (strings with the position of the call), and a dead coroutine
+** is closed so its to-be-closed variables run. */
+static const char co_wrap_lua[] =
+  "local create, resume, status, close, error = coroutine.create, coroutine.resume,"
+  " coroutine.status, coroutine.close, error\n"
+  "local function pass(co, ok, ...)\n"
+  "  if ok then return ... end\n"
+  "  local err = ...\n"
+  "  if status(co) == 'dead' then close(co) end\n"
+  "  error(err, type(err) == 'string' and 2 or 0)\n"
+  "end\n"
+  "coroutine.wrap = function(f)\n"
+  "  local co = create(f)\n"
+  "  return function(...) return pass(co, resume(co, ...)) end\n"
+  "end\n";
+
+static void wrap_coroutines(lua_State *L) {
+  lua_getglobal(L, "coroutine");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, co_resume, 1);
+    lua_setfield(L, -2, "resume");
+    if (luaL_loadbufferx(L, co_wrap_lua, sizeof co_wrap_lua - 1, "=coroutine.wrap", "t") == LUA_OK)
+      lua_call(L, 0, 0);
+  }
+  lua_pop(L, 1);
 }
 
 static int open_protected(lua_State *L) {

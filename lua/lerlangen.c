@@ -19,6 +19,8 @@
 
 static const char sentinel_key = 's';      /* registry: stops the kernel when a stock lua closes */
 
+#define SCRATCH_KEEP (64u * 1024u)   /* largest send buffer kept for reuse */
+
 /* ---- the calling process ---- */
 
 static void set_extra(lua_State *L, proc *p) { *(proc **)lua_getextraspace(L) = p; }
@@ -73,7 +75,7 @@ static double opt_deadline(lua_State *L, int arg) {
 static codec_buf encode_or_raise(lua_State *L, int first, int n, const char *root, int fns) {
   codec_limits lim = kern_limits(fns);
   codec_buf b = {0};
-  if (codec_encode(L, first, n, root, &lim, &b) != 0) lua_error(L);
+  if (codec_encode(L, first, n, root, &lim, &b) != 0) lua_error(L);  /* b stays empty */
   return b;
 }
 
@@ -212,9 +214,10 @@ static int l_send(lua_State *L) {
     return 2;
   }
   codec_limits lim = kern_limits(1);
-  codec_buf b = {0};
-  if (codec_encode(L, 2, 1, "msg", &lim, &b) != 0) { proc_release(p); return lua_error(L); }
-  mbox_msg *m = mbox_msg_new(MBOX_MSG, b.data, b.len);
+  codec_buf *b = &self->scratch;
+  if (codec_encode(L, 2, 1, "msg", &lim, b) != 0) { proc_release(p); return lua_error(L); }
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
+  if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
   proc_release(p);
   if (rc == MBOX_OK) { lua_pushboolean(L, 1); return 1; }

@@ -45,6 +45,7 @@ typedef struct mbox {
   int space_waiters;       /* lock: senders parked on `space` */
   _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
   _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
+  unsigned spin;           /* owner only: current spin before parking (adaptive) */
 } mbox;
 
 enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };

@@ -14,6 +14,14 @@
 #define SHARDS 64          /* table shards, each under its own lock */
 #define POOL_MAX 256       /* parked threads kept for reuse; more exit */
 
+/* Sanitizers make stack frames several times larger: their builds give
+** every process thread proportionally more stack. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define STACK_SCALE 4
+#else
+#define STACK_SCALE 1
+#endif
+
 typedef struct shard {
   pthread_mutex_t lock;
   proc **buckets;          /* lock: chained through proc.hnext */
@@ -297,7 +305,7 @@ static int dispatch(proc *p) {
   if (w) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, stack);
+    pthread_attr_setstacksize(&attr, stack * STACK_SCALE);
     pthread_cond_init(&w->cv, NULL);
     w->job = p;
     w->stack = stack;

@@ -195,6 +195,14 @@ function H.threads() return status_field("Threads") end
 -- "asan" or "tsan" when this process runs with a sanitizer runtime (seen in
 -- /proc/self/maps), else nil. Sanitizers keep freed memory in quarantine and
 -- run several times slower, so stress specs scale down and skip RSS checks.
+-- Marks the running test pending under ThreadSanitizer, which delivers
+-- asynchronous signals only when the thread next calls into libc: a kill or
+-- Ctrl-C aimed at a pure Lua loop (or a raw futex wait) never arrives there.
+-- Use as: if H.under_tsan() then return pending("...") end
+function H.under_tsan()
+  return H.sanitizer() == "tsan"
+end
+
 function H.sanitizer()
   if H._sanitizer == nil then
     local f = assert(io.open("/proc/self/maps"))

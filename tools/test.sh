@@ -23,7 +23,7 @@ suite() {  # suite NAME BUILD [spec/run args...]
 }
 if [ "${1:-}" = "--tsan" ]; then
   bash tools/setup.sh build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug || exit 1
-  TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" suite tsan build-tsan --via-erlangen --exclude-tags=stress
+  ERLANGEN_SANITIZER=tsan TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" suite tsan build-tsan --via-erlangen --exclude-tags=stress
 else
   bash tools/setup.sh build || { echo "0 passed, 1 failed"; exit 1; }
   bash tools/setup.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \

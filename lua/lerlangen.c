@@ -256,7 +256,17 @@ static int l_receive(lua_State *L) {
     if (m) {
       int top = lua_gettop(L);
       int ok;
-      push_entry(L, m);
+      if (m->kind == MBOX_MSG) {  /* a message that cannot be decoded here is dropped, not retried */
+        codec_limits lim = kern_limits(1);
+        int n = codec_decode(L, m->data, m->len, &lim);
+        if (n != 1) {
+          mbox_take(&self->mb, prev, m);
+          mbox_msg_free(m);
+          if (n >= 0) { lua_pop(L, n); lua_pushliteral(L, "receive: a message held no value"); }
+          return luaL_error(L, "receive: dropped a message that cannot be decoded here: %s",
+                            lua_tostring(L, -1));
+        }
+      } else push_entry(L, m);
       if (!match) ok = 1;
       else {
         lua_pushvalue(L, 1);

@@ -132,6 +132,26 @@ describe("messages", function()
   end)
 
   describe("erlangen.receive", function()
+    it("drops a message that cannot be decoded in the receiver, raises, and goes on with the next", function()
+      -- A module that exists only in this state: a message holding it (with
+      -- a function, so modules travel by name) cannot be rebuilt elsewhere.
+      package.loaded["only_in_the_sender"] = {answer = 42}
+      local mod = package.loaded["only_in_the_sender"]
+      local pid = erlangen.spawn(function(parent)
+        local ok, err = pcall(erlangen.receive, 5)
+        erlangen.send(parent, {"first", ok, tostring(err)})
+        erlangen.send(parent, {"second", erlangen.receive(5)})
+      end, self())
+      erlangen.send(pid, {mod = mod, f = function() return mod.answer end})
+      erlangen.send(pid, "plain")
+      local first = H.recv(H.tagged("first"), "the receiver's first result")
+      package.loaded["only_in_the_sender"] = nil
+      assert.is_false(first[2])
+      assert.matches("dropped a message that cannot be decoded", first[3], 1, true)
+      assert.matches("only_in_the_sender", first[3], 1, true)
+      assert.are.same({"second", "plain"}, H.recv(H.tagged("second"), "the receiver's second result"))
+    end)
+
     it("takes the oldest message first", function()
       for i = 1, 5 do erlangen.send(self(), i) end
       local got = {}

@@ -3,6 +3,7 @@
 */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -26,6 +27,7 @@ static struct {
   kern_config cfg;
   _Atomic int running;
   struct { unsigned char *p; size_t len; } reasons[KR_COUNT];
+  char stdlib[4096];   /* written by kern_start before `running` is set */
 } K = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static int encode_reasons(void) {
@@ -54,6 +56,20 @@ int kern_reason_is(const unsigned char *p, size_t len, enum kern_reason r) {
   return len == K.reasons[r].len && memcmp(p, K.reasons[r].p, len) == 0;
 }
 
+/* Where stdlib/ lives: $ERLANGEN_STDLIB, else the source tree when this
+** code runs from the build tree, else the install prefix. */
+static const char *find_stdlib_dir(void) {
+  const char *env = getenv("ERLANGEN_STDLIB");
+  if (env && *env) return env;
+  Dl_info info;
+  static const char build[] = ERLANGEN_STDLIB_BUILD;
+  size_t root = sizeof build - 1 - strlen("/stdlib");
+  if (dladdr((void *)find_stdlib_dir, &info) && info.dli_fname &&
+      strncmp(info.dli_fname, build, root) == 0)
+    return ERLANGEN_STDLIB_BUILD;
+  return ERLANGEN_STDLIB_INSTALL;
+}
+
 int kern_start(const erlangen_config *c) {
   pthread_mutex_lock(&K.lock);
   if (atomic_load(&K.running)) { pthread_mutex_unlock(&K.lock); return -1; }
@@ -70,6 +86,7 @@ int kern_start(const erlangen_config *c) {
     cfg.open_libs_ud = c->open_libs_ud;
   }
   K.cfg = cfg;
+  snprintf(K.stdlib, sizeof K.stdlib, "%s", find_stdlib_dir());
   int rc = (encode_reasons() == 0 && proc_init() == 0 && reg_init() == 0) ? 0 : -1;
   if (rc == 0) {
     state_init_signals();
@@ -105,6 +122,8 @@ codec_limits kern_limits(int allow_functions) {
   codec_limits lim = { c.max_message, c.max_depth, allow_functions };
   return lim;
 }
+
+const char *kern_stdlib_dir(void) { return K.stdlib; }
 
 /* ---- stopping ---- */
 

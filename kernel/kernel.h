@@ -37,6 +37,9 @@ kern_config kern_config_get(void);
 void kern_config_set(const kern_config *c);
 codec_limits kern_limits(int allow_functions);
 
+/* The directory holding stdlib/'s modules (found once at start). */
+const char *kern_stdlib_dir(void);
+
 const unsigned char *kern_reason(enum kern_reason r, size_t *len);
 int kern_reason_is(const unsigned char *p, size_t len, enum kern_reason r);
 

@@ -29,6 +29,7 @@ typedef struct shard {
 } shard;
 
 typedef struct worker {
+  state_slot slot;         /* thread only: the state prepared for the next job */
   pthread_t thread;
   pthread_cond_t cv;
   proc *job;               /* pool lock */
@@ -223,7 +224,7 @@ static void clear_thread(proc *p) {
   pthread_mutex_unlock(&p->lock);
 }
 
-static void run_process(proc *p) {
+static void run_process(proc *p, state_slot *slot) {
   P_self = p;
   pthread_mutex_lock(&p->lock);
   p->thread = pthread_self();
@@ -231,7 +232,7 @@ static void run_process(proc *p) {
   pthread_mutex_unlock(&p->lock);
   unsigned char *reason = NULL;
   size_t len = 0;
-  state_run(p, &reason, &len);
+  state_run(p, slot, &reason, &len);
   clear_thread(p);
   if (reason) proc_exit(p, reason, len);
   else {
@@ -253,7 +254,8 @@ static void *worker_main(void *arg) {
   state_set_current(NULL);   /* allocate this thread's TLS before any signal can come */
   for (;;) {
     proc *p = w->job;
-    run_process(p);
+    run_process(p, &w->slot);
+    state_prepare(&w->slot);   /* off the critical path: the next spawn finds it ready */
     pthread_mutex_lock(&P.pool_lock);
     w->job = NULL;
     if (P.stopping || P.nidle >= POOL_MAX || w->stack != kern_config_get().stack_size) break;
@@ -268,6 +270,9 @@ static void *worker_main(void *arg) {
     }
     pthread_mutex_unlock(&P.pool_lock);
   }
+  pthread_mutex_unlock(&P.pool_lock);
+  state_slot_close(&w->slot);
+  pthread_mutex_lock(&P.pool_lock);
   /* Still under pool_lock: become joinable garbage. */
   w->next = P.dead;
   P.dead = w;

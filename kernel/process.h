@@ -64,9 +64,8 @@ typedef struct proc {
   pthread_t thread;                /* set before the thread runs the process */
   _Atomic int has_thread;
 
-  /* Memory of the state: `mem` is written by the owner's allocator only and
-  ** published with a relaxed store for readers; `mem_limit` is immutable. */
-  size_t mem;
+  /* Memory of the state, published by its allocator (state_slot) with a
+  ** relaxed store for readers; `mem_limit` is immutable. */
   _Atomic size_t mem_pub;
   size_t mem_limit;                /* 0: unlimited */
 

@@ -135,19 +135,24 @@ int state_exit(lua_State *L) { return raise_exit(L); }
 
 /* ---- allocation ---- */
 
+static void publish(state_slot *s) {
+  if (s->owner) atomic_store_explicit(&s->owner->mem_pub, s->used, memory_order_relaxed);
+}
+
 static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  proc *p = ud;
+  state_slot *s = ud;
+  proc *p = s->owner;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
     free(ptr);
-    p->mem -= old;
-    atomic_store_explicit(&p->mem_pub, p->mem, memory_order_relaxed);
+    s->used -= old;
+    publish(s);
     return NULL;
   }
-  if (p->mem_limit && nsize > old) {
-    size_t want = p->mem + (nsize - old);
+  if (s->limit && p && nsize > old) {
+    size_t want = s->used + (nsize - old);
     int doomed = atomic_load_explicit(&p->doomed, memory_order_relaxed);
-    if (want > p->mem_limit + (doomed ? DOOM_SLACK : 0)) {
+    if (want > s->limit + (doomed ? DOOM_SLACK : 0)) {
       if (!doomed) {
         size_t len;
         const unsigned char *r = kern_reason(KR_MEMORY, &len);
@@ -158,8 +163,8 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   void *q = realloc(ptr, nsize);
   if (!q) return NULL;
-  p->mem = p->mem - old + nsize;
-  atomic_store_explicit(&p->mem_pub, p->mem, memory_order_relaxed);
+  s->used = s->used - old + nsize;
+  publish(s);
   return q;
 }
 
@@ -169,23 +174,9 @@ static void no_warnings(void *ud, const char *msg, int tocont) {
 
 static void wrap_coroutines(lua_State *L);
 
-/* Where stdlib/ lives: $ERLANGEN_STDLIB, else the source tree when this
-** code runs from the build tree, else the install prefix. */
-static const char *stdlib_dir(void) {
-  const char *env = getenv("ERLANGEN_STDLIB");
-  if (env && *env) return env;
-  Dl_info info;
-  static const char build[] = ERLANGEN_STDLIB_BUILD;
-  size_t root = sizeof build - 1 - strlen("/stdlib");
-  if (dladdr((void *)stdlib_dir, &info) && info.dli_fname &&
-      strncmp(info.dli_fname, build, root) == 0)
-    return ERLANGEN_STDLIB_BUILD;
-  return ERLANGEN_STDLIB_INSTALL;
-}
-
 /* Puts stdlib/ first on package.path unless it is already there. */
 static void add_stdlib_path(lua_State *L) {
-  const char *dir = stdlib_dir();
+  const char *dir = kern_stdlib_dir();
   lua_getglobal(L, "package");
   if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
   lua_getfield(L, -1, "path");
@@ -241,30 +232,50 @@ static int co_resume(lua_State *L) {
 }
 
 /* coroutine.wrap over the resume above, keeping 5.4's behaviour: errors are
-** re-raised (strings with the position of the call), and a dead coroutine
-** is closed so its to-be-closed variables run. */
-static const char co_wrap_lua[] =
-  "local create, resume, status, close, error = coroutine.create, coroutine.resume,"
-  " coroutine.status, coroutine.close, error\n"
-  "local function pass(co, ok, ...)\n"
-  "  if ok then return ... end\n"
-  "  local err = ...\n"
-  "  if status(co) == 'dead' then close(co) end\n"
-  "  error(err, type(err) == 'string' and 2 or 0)\n"
-  "end\n"
-  "coroutine.wrap = function(f)\n"
-  "  local co = create(f)\n"
-  "  return function(...) return pass(co, resume(co, ...)) end\n"
-  "end\n";
+** re-raised (strings with the position of the call), and a coroutine that
+** died of an error is reset so its to-be-closed variables run.
+** Upvalues: 1 the coroutine, 2 co_resume. */
+static int co_wrap_call(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 2);
+  lua_call(L, n + 1, LUA_MULTRET);
+  if (lua_toboolean(L, 1)) return lua_gettop(L) - 1;
+  int st = lua_status(co);
+  if (st != LUA_OK && st != LUA_YIELD) {
+    lua_resetthread(co);
+  }
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, 2);
+    lua_concat(L, 2);
+  }
+  lua_settop(L, 2);
+  return lua_error(L);
+}
+
+/* Upvalue 1: co_resume. */
+static int co_wrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, co_wrap_call, 2);
+  return 1;
+}
 
 static void wrap_coroutines(lua_State *L) {
   lua_getglobal(L, "coroutine");
   if (lua_istable(L, -1)) {
     lua_getfield(L, -1, "resume");
     lua_pushcclosure(L, co_resume, 1);
-    lua_setfield(L, -2, "resume");
-    if (luaL_loadbufferx(L, co_wrap_lua, sizeof co_wrap_lua - 1, "=coroutine.wrap", "t") == LUA_OK)
-      lua_call(L, 0, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "resume");
+    lua_pushcclosure(L, co_wrap, 1);
+    lua_setfield(L, -2, "wrap");
   }
   lua_pop(L, 1);
 }
@@ -274,8 +285,8 @@ static int open_protected(lua_State *L) {
   return 0;
 }
 
-lua_State *state_new(proc *p) {
-  lua_State *L = lua_newstate(state_alloc, p);
+static lua_State *state_new(state_slot *s) {
+  lua_State *L = lua_newstate(state_alloc, s);
   if (!L) return NULL;
   lua_setwarnf(L, no_warnings, NULL);
   lua_pushcfunction(L, open_protected);
@@ -381,11 +392,29 @@ static void crash_report(lua_State *L, proc *p) {
   lua_pop(L, trace ? 1 : 2);
 }
 
-void state_run(proc *p, unsigned char **reason, size_t *len) {
+void state_prepare(state_slot *s) {
+  if (!s->L) {
+    s->owner = NULL;
+    s->limit = 0;
+    s->L = state_new(s);
+  }
+}
+
+void state_slot_close(state_slot *s) {
+  if (s->L) lua_close(s->L);
+  s->L = NULL;
+  s->owner = NULL;
+}
+
+void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
   *reason = NULL;
   *len = 0;
-  lua_State *L = state_new(p);
-  if (!L) return;  /* the caller reports "memory" */
+  s->owner = p;   /* bind first: the limit and the published size apply from here */
+  s->limit = p->mem_limit;
+  publish(s);
+  lua_State *L = s->L ? s->L : state_new(s);
+  s->L = NULL;
+  if (!L) { s->owner = NULL; return; }  /* the caller reports "memory" */
   p->L = L;
   *(proc **)lua_getextraspace(L) = p;
   state_set_current(L);
@@ -413,5 +442,6 @@ void state_run(proc *p, unsigned char **reason, size_t *len) {
   lua_sethook(L, NULL, 0, 0);
   lua_close(L);
   p->L = NULL;
+  s->owner = NULL;
   if (!*reason) copy_doom(p, reason, len);
 }

@@ -27,14 +27,28 @@ void state_set_current(lua_State *L);
 /* Installs the doom/interrupt hook on L. Async-signal-safe. */
 void state_arm_hook(lua_State *L);
 
-/* Runs process p on the calling thread: creates its state, runs its entry,
-** closes the state. Returns the encoded exit reason (malloc'ed) in *reason. */
-void state_run(struct proc *p, unsigned char **reason, size_t *len);
+/* A kernel thread's state slot: the state it will run next, prepared while
+** the thread is parked so that a spawn does not wait for it, and the memory
+** accounting of that state. Owned by one thread; `owner` is the process
+** the state is bound to (NULL while prepared), and the allocator publishes
+** its byte count to owner->mem_pub. */
+typedef struct state_slot {
+  lua_State *L;       /* NULL: none prepared */
+  size_t used;        /* bytes allocated by L */
+  size_t limit;       /* 0: unlimited */
+  struct proc *owner;
+} state_slot;
 
-/* Creates a state for `p` with the kernel's allocator (memory accounting),
-** the standard libraries, `erlangen`, package.path and the host hook.
-** Returns NULL when memory is short. */
-lua_State *state_new(struct proc *p);
+/* Prepares s->L if there is none (quietly leaves it NULL when memory is short). */
+void state_prepare(state_slot *s);
+
+/* Closes a prepared state (thread exit). */
+void state_slot_close(state_slot *s);
+
+/* Runs process p on the calling thread in the slot's state (prepared or
+** made now), then closes that state. Returns the encoded exit reason
+** (malloc'ed) in *reason. */
+void state_run(struct proc *p, state_slot *s, unsigned char **reason, size_t *len);
 
 /* Opens what every process state has: std libs, erlangen (also as a global),
 ** stdlib on package.path, then the host's open_libs hook. */

@@ -35,13 +35,18 @@ static int raise_doom(lua_State *L, proc *p) {
 ** replaced by a fresh one, as the Erlang shell does. */
 static proc *cur(lua_State *L) {
   proc *p = proc_self();
-  if (p && p->attached && p->status != PROC_ALIVE) {
+  int replace = p && p->attached && p->status != PROC_ALIVE;
+  if (replace) {
     size_t len;
     const unsigned char *r = kern_reason(KR_NORMAL, &len);
     proc_detach(p, r, len);
     p = NULL;
   }
   if (!p) {
+    /* A kernel thread preparing a state for its next process (the host's
+    ** open_libs runs then) has no process to act as. */
+    if (!replace && state_is_kernel(L))
+      luaL_error(L, "erlangen: no process yet (called while a process state is being prepared)");
     if (kern_ensure() != 0) luaL_error(L, "erlangen: the kernel is not running");
     lua_State *main;
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);

@@ -154,6 +154,35 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
   return m;
 }
 
+/* Removes m, the head, under the lock; returns 1 if blocked senders must be woken. */
+static int unlink_head_locked(mbox *mb, mbox_msg *m) {
+  mb->head = m->next;
+  if (mb->tail == m) mb->tail = NULL;
+  m->next = NULL;
+  if (m->kind != MBOX_MSG) return 0;
+  mb->count--;
+  /* Blocked senders are woken in batches: once a quarter of the box is free. */
+  if (mb->space_waiters && mb->count <= mb->capacity - (mb->capacity + 3) / 4) {
+    atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
+    return 1;
+  }
+  return 0;
+}
+
+mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
+  int wake_senders = 0;
+  pthread_mutex_lock(&mb->lock);
+  mbox_msg *m = mb->head;
+  if (m) wake_senders = unlink_head_locked(mb, m);
+  else {
+    mb->waiting = 1;
+    *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+  }
+  pthread_mutex_unlock(&mb->lock);
+  if (wake_senders) futex_wake(&mb->space, INT_MAX);
+  return m;
+}
+
 int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   int woke = 0;
   unsigned spin = !(isfinite(deadline) && mbox_now() >= deadline) ? mb->spin : 0;

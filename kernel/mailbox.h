@@ -71,6 +71,10 @@ int mbox_put_signal(mbox *mb, mbox_msg *m);
 ** there is none it arms parking and stores the wake sequence in *seq. */
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 
+/* Owner only. Unlinks and returns the head in one locked step, or arms
+** parking (as mbox_next) and returns NULL. */
+mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
+
 /* Owner only. Parks until a put, an mbox_wake, or `deadline`. Spins briefly
 ** first. Returns 0 on wake-up, -1 on timeout. */
 int mbox_park(mbox *mb, uint32_t seq, double deadline);

@@ -233,7 +233,8 @@ static int l_send(lua_State *L) {
   return 2;
 }
 
-/* Pushes the Lua value of a queued entry; raises if it cannot be decoded. */
+/* Pushes the Lua value of a queued entry. A message that cannot be decoded
+** raises; an EXIT or DOWN never does (its reason is replaced). */
 static void push_entry(lua_State *L, mbox_msg *m) {
   if (m->kind == MBOX_MSG) { decode_one(L, m->data, m->len); return; }
   lua_createtable(L, m->kind == MBOX_DOWN ? 4 : 3, 0);
@@ -243,7 +244,12 @@ static void push_entry(lua_State *L, mbox_msg *m) {
   if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, m->ref); lua_rawseti(L, -2, i++); }
   term_push(L, TERM_PID, m->from);
   lua_rawseti(L, -2, i++);
-  decode_one(L, m->data, m->len);
+  codec_limits lim = kern_limits(1);
+  int n = codec_decode(L, m->data, m->len, &lim);  /* never raises for a signal */
+  if (n != 1) {
+    lua_pop(L, n < 0 ? 1 : n);
+    lua_pushliteral(L, "(an exit reason that cannot be decoded here)");
+  }
   lua_rawseti(L, -2, i);
 }
 
@@ -257,6 +263,25 @@ static int l_receive(lua_State *L) {
   mbox_msg *prev = NULL;
   for (;;) {
     uint32_t seq;
+    if (!match) {  /* the common case: take the head in one locked step */
+      mbox_msg *m = mbox_pop(&self->mb, &seq);
+      if (m) {
+        if (m->kind != MBOX_MSG) push_entry(L, m);
+        else {
+          codec_limits lim = kern_limits(1);
+          int n = codec_decode(L, m->data, m->len, &lim);
+          if (n != 1) {
+            mbox_msg_free(m);
+            if (n >= 0) { lua_pop(L, n); lua_pushliteral(L, "receive: a message held no value"); }
+            return luaL_error(L, "receive: dropped a message that cannot be decoded here: %s",
+                              lua_tostring(L, -1));
+          }
+        }
+        mbox_msg_free(m);
+        return 1;
+      }
+      goto wait;
+    }
     mbox_msg *m = mbox_next(&self->mb, prev, &seq);
     if (m) {
       int top = lua_gettop(L);
@@ -292,6 +317,7 @@ static int l_receive(lua_State *L) {
       prev = m;
       continue;
     }
+  wait:;
     int timed_out = mbox_park(&self->mb, seq, deadline) != 0;
     cur(L);  /* a doom or an interrupt ends the wait */
     if (timed_out) {

@@ -57,17 +57,19 @@ int kern_reason_is(const unsigned char *p, size_t len, enum kern_reason r) {
 }
 
 /* Where stdlib/ lives: $ERLANGEN_STDLIB, else the source tree when this
-** code runs from the build tree, else the install prefix. */
+** code runs from its build tree, else the install prefix. */
 static const char *find_stdlib_dir(void) {
   const char *env = getenv("ERLANGEN_STDLIB");
   if (env && *env) return env;
   Dl_info info;
-  static const char build[] = ERLANGEN_STDLIB_BUILD;
-  size_t root = sizeof build - 1 - strlen("/stdlib");
-  if (dladdr((void *)find_stdlib_dir, &info) && info.dli_fname &&
-      strncmp(info.dli_fname, build, root) == 0)
-    return ERLANGEN_STDLIB_BUILD;
-  return ERLANGEN_STDLIB_INSTALL;
+  static const char build[] = ERLANGEN_BUILD_ROOT;
+  const char *where = ERLANGEN_STDLIB_INSTALL;
+  char *self = NULL;
+  if (dladdr((void *)find_stdlib_dir, &info) && info.dli_fname)
+    self = realpath(info.dli_fname, NULL);   /* dli_fname may be relative */
+  if (self && strncmp(self, build, sizeof build - 1) == 0) where = ERLANGEN_STDLIB_BUILD;
+  free(self);
+  return where;
 }
 
 int kern_start(const erlangen_config *c) {

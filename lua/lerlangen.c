@@ -562,8 +562,8 @@ static int l_decode(lua_State *L) {
 
 /* ---- the module ---- */
 
-static int stop_at_close(lua_State *L) {
-  (void)L;
+/* Ends the calling host thread's process, if it has one, with "normal". */
+static void detach_self(void) {
   proc *p = proc_self();
   if (p && p->attached) {
     size_t len;
@@ -571,6 +571,11 @@ static int stop_at_close(lua_State *L) {
     proc_detach(p, r, len);
   }
   state_set_current(NULL);
+}
+
+static int stop_at_close(lua_State *L) {
+  (void)L;
+  detach_self();
   kern_stop(1.0);
   return 0;
 }
@@ -658,13 +663,7 @@ lua_State *erlangen_attach(void) {
 }
 
 void erlangen_detach(lua_State *L) {
-  proc *p = proc_self();
-  if (p && p->attached) {
-    size_t len;
-    const unsigned char *r = kern_reason(KR_NORMAL, &len);
-    proc_detach(p, r, len);
-  }
-  state_set_current(NULL);
+  detach_self();
   lua_close(L);
 }
 

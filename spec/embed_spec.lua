@@ -24,6 +24,14 @@ describe("the embedding example host", function()
     assert.are.equal(want, got)
   end)
 
+  it("spawns \"module.function\" with arguments through erlangen_spawn", function()
+    assert.matches("module.function: by name", out, 1, true)
+  end)
+
+  it("spawns a Lua file through erlangen_spawn_file", function()
+    assert.matches("file: from a file", out, 1, true)
+  end)
+
   it("stops the kernel with nothing left to kill", function()
     assert.matches("stopped, 0 killed", out, 1, true)
   end)

@@ -2,10 +2,12 @@
 ** host.c — a host program embedding the erlangen kernel.
 **
 ** It starts the kernel, gives every process a `host` library with one C
-** function, spawns an actor from a string, talks to it from the host's own
-** thread (attached as a process), and shuts down cleanly.
+** function, spawns actors from a string, from "module.function" with
+** arguments and from a file, talks to them from the host's own thread
+** (attached as a process), and shuts down cleanly.
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <lauxlib.h>
 #include <erlangen.h>
 
@@ -59,7 +61,41 @@ int main(void) {
   lua_rawgeti(L, -1, 2);
   printf("reply: %lld (expected %d)\n", (long long)lua_tointeger(L, -1),
          (int)(((((unsigned)'h' * 31 + 'e') * 31 + 'l') * 31 + 'l') * 31 + 'o'));
-  lua_pop(L, 3);
+  lua_pop(L, 2);      /* keep the erlangen table */
+
+  /* Spawn by "module.function" with arguments: erlangen.send(self, "by name"). */
+  lua_pushliteral(L, "erlangen.send");
+  lua_getfield(L, -2, "self");
+  lua_call(L, 0, 1);
+  lua_pushliteral(L, "by name");
+  erlangen_pid sender;
+  if (erlangen_spawn(L, 2, &sender) != 0) { fprintf(stderr, "spawn: %s\n", lua_tostring(L, -1)); return 1; }
+  lua_getfield(L, -1, "receive");
+  lua_pushnumber(L, 5);
+  lua_call(L, 1, 1);
+  printf("module.function: %s\n", lua_tostring(L, -1));
+  lua_pop(L, 1);
+
+  /* Spawn from a file: it sends its own chunk name back to us. */
+  char path[] = "/tmp/erlangen-embed-XXXXXX";
+  int fd = mkstemp(path);
+  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  if (!f) { perror("mkstemp"); return 1; }
+  fprintf(f, "erlangen.send(erlangen.whereis('host'), 'from a file')\n");
+  fclose(f);
+  lua_getfield(L, -1, "register");
+  lua_pushliteral(L, "host");
+  lua_getfield(L, -3, "self");
+  lua_call(L, 0, 1);
+  lua_call(L, 2, 0);
+  erlangen_pid filer;
+  if (erlangen_spawn_file(path, &filer) != 0) { fprintf(stderr, "spawn_file failed\n"); return 1; }
+  lua_getfield(L, -1, "receive");
+  lua_pushnumber(L, 5);
+  lua_call(L, 1, 1);
+  printf("file: %s\n", lua_tostring(L, -1));
+  lua_pop(L, 2);
+  remove(path);
 
   erlangen_detach(L);
   int killed = erlangen_stop(1.0);

@@ -17,10 +17,10 @@
 ** microseconds costs no system call on either side. The spin adapts per
 ** mailbox: it doubles when a spin caught a message and halves when it did
 ** not, so a process that waits long (one of a ring) stops burning the core
-** that its peers need. Iterations of `pause`, roughly 30 ns each. */
+** that its peers need; from 0 it probes now and then to notice a change. Iterations of `pause`, roughly 30 ns each. */
 #define MBOX_SPIN_MAX 1000
 #define MBOX_SPIN_START 100
-#define MBOX_SPIN_MIN 16
+#define MBOX_SPIN_PROBE 64   /* when the spin has decayed to 0, every 32nd park probes with this */
 
 double mbox_now(void) {
   struct timespec ts;
@@ -60,6 +60,7 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->parked, 0);
   mb->spin = MBOX_SPIN_START;
+  mb->probe = 0;
   atomic_init(&mb->space, 0);
 }
 
@@ -185,15 +186,17 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
 
 int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   int woke = 0;
-  unsigned spin = !(isfinite(deadline) && mbox_now() >= deadline) ? mb->spin : 0;
+  unsigned spin = mb->spin;
+  if (spin == 0 && (++mb->probe & 31) == 0) spin = MBOX_SPIN_PROBE;
+  if (isfinite(deadline) && mbox_now() >= deadline) spin = 0;
   for (unsigned i = 0; i < spin; i++) {
     if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) { woke = 1; break; }
     if ((i & 63) == 63) sched_yield();  /* the peer may be waiting for this very core */
     else cpu_relax();
   }
   if (spin) {
-    if (woke) mb->spin = mb->spin * 2 > MBOX_SPIN_MAX ? MBOX_SPIN_MAX : mb->spin * 2;
-    else mb->spin = mb->spin / 2 < MBOX_SPIN_MIN ? MBOX_SPIN_MIN : mb->spin / 2;
+    if (woke) mb->spin = spin * 2 > MBOX_SPIN_MAX ? MBOX_SPIN_MAX : spin * 2;
+    else mb->spin /= 2;
   }
   if (!woke) atomic_store(&mb->parked, 1);
   while (!woke) {

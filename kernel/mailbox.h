@@ -46,6 +46,7 @@ typedef struct mbox {
   _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
   _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
   unsigned spin;           /* owner only: current spin before parking (adaptive) */
+  unsigned probe;          /* owner only: parks since the spin reached 0 */
 } mbox;
 
 enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };

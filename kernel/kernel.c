@@ -17,7 +17,8 @@
 #include "state.h"
 
 static const char *const kern_reason_text[KR_COUNT] = {
-  "normal", "kill", "killed", "shutdown", "noproc", "memory", "interrupted"
+  "normal", "kill", "killed", "shutdown", "noproc", "memory", "interrupted",
+  "bad exit reason"
 };
 
 /* The module's one global. `cfg` is guarded by `lock`; `running` is atomic;

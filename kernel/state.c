@@ -362,17 +362,62 @@ static int load_entry(lua_State *L, proc *p) {
   }
 }
 
-static void encode_reason(lua_State *L, unsigned char **reason, size_t *len) {
+/* What state_run learns from the protected steps. */
+typedef struct run_result {
+  int started;            /* the entry was found and called */
+  unsigned char *reason;  /* encoded exit reason (malloc'ed) */
+  size_t len;
+} run_result;
+
+/* Protected: finds the entry and calls it. Args: proc, run_result. */
+static int run_entry(lua_State *L) {
+  proc *p = lua_touserdata(L, 1);
+  run_result *r = lua_touserdata(L, 2);
+  lua_settop(L, 0);
+  int n = load_entry(L, p);
+  if (n < 0) return lua_error(L);
+  r->started = 1;
+  lua_call(L, n, 0);
+  return 0;
+}
+
+/* Encodes the value at the top as a reason; a value that cannot be sent is
+** replaced by its tostring. May raise (a __tostring that fails, memory). */
+static void encode_reason(lua_State *L, run_result *r) {
   codec_limits lim = kern_limits(1);
   codec_buf b = {0};
   if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) {
     lua_pop(L, 1);                          /* the codec's error message */
-    luaL_tolstring(L, -1, NULL);            /* send what can be sent */
-    if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) lua_pop(L, 1);
-    lua_pop(L, 1);
+    luaL_tolstring(L, -1, NULL);
+    if (codec_encode(L, -1, 1, "reason", &lim, &b) != 0) luaL_error(L, "unsendable reason");
   }
-  *reason = b.data;
-  *len = b.len;
+  r->reason = b.data;
+  r->len = b.len;
+}
+
+/* Protected: turns how the entry ended into a reason, reporting crashes.
+** Args: proc, run_result, status, error value. */
+static int conclude(lua_State *L) {
+  proc *p = lua_touserdata(L, 1);
+  run_result *r = lua_touserdata(L, 2);
+  int status = (int)lua_tointeger(L, 3);
+  lua_settop(L, 4);
+  if (status == LUA_OK) return 0;              /* the caller uses "normal" */
+  if (state_exit_reason(L, p)) { encode_reason(L, r); return 0; }
+  if (r->started) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &trace_key);
+    const char *trace = lua_tostring(L, -1);
+    fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> crashed\n%s\n",
+            (int)p->pid.node, (unsigned long long)p->pid.n,
+            trace ? trace : luaL_tolstring(L, 4, NULL));
+  } else {
+    fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> could not start: %s\n",
+            (int)p->pid.node, (unsigned long long)p->pid.n, luaL_tolstring(L, 4, NULL));
+  }
+  fflush(stderr);
+  lua_settop(L, 4);
+  encode_reason(L, r);
+  return 0;
 }
 
 static void copy_doom(proc *p, unsigned char **reason, size_t *len) {
@@ -382,14 +427,10 @@ static void copy_doom(proc *p, unsigned char **reason, size_t *len) {
   pthread_mutex_unlock(&p->lock);
 }
 
-static void crash_report(lua_State *L, proc *p) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &trace_key);
-  const char *trace = lua_tostring(L, -1);
-  fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> crashed\n%s\n",
-          (int)p->pid.node, (unsigned long long)p->pid.n,
-          trace ? trace : luaL_tolstring(L, -2, NULL));
-  fflush(stderr);
-  lua_pop(L, trace ? 1 : 2);
+static void copy_reason(enum kern_reason k, unsigned char **reason, size_t *len) {
+  const unsigned char *r = kern_reason(k, len);
+  *reason = malloc(*len);
+  if (*reason) memcpy(*reason, r, *len);
 }
 
 void state_prepare(state_slot *s) {
@@ -419,24 +460,35 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
   *(proc **)lua_getextraspace(L) = p;
   state_set_current(L);
   if (atomic_load(&p->doomed)) state_arm_hook(L);
+  /* Everything that runs Lua code runs protected: a state without a panic
+  ** handler must never raise outside a pcall, or the OS process aborts. */
+  run_result r = {0, NULL, 0};
   lua_pushcfunction(L, msgh);
   int base = lua_gettop(L);
-  int n = load_entry(L, p);
-  int status = n < 0 ? LUA_ERRRUN : lua_pcall(L, n, 0, base);
+  lua_pushcfunction(L, run_entry);
+  lua_pushlightuserdata(L, p);
+  lua_pushlightuserdata(L, &r);
+  int status = lua_pcall(L, 2, 0, base);
+  if (status != LUA_OK && !atomic_load(&p->doomed)) {
+    lua_pushcfunction(L, conclude);
+    lua_pushlightuserdata(L, p);
+    lua_pushlightuserdata(L, &r);
+    lua_pushinteger(L, status);
+    lua_pushvalue(L, -5);                 /* the error value */
+    if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+      free(r.reason);
+      r.reason = NULL;
+      copy_reason(KR_BADREASON, &r.reason, &r.len);
+    }
+  }
   if (atomic_load(&p->doomed)) {
+    free(r.reason);
     copy_doom(p, reason, len);
   } else if (status == LUA_OK) {
-    const unsigned char *r = kern_reason(KR_NORMAL, len);
-    *reason = malloc(*len);
-    if (*reason) memcpy(*reason, r, *len);
-  } else if (state_exit_reason(L, p)) {
-    encode_reason(L, reason, len);
+    copy_reason(KR_NORMAL, reason, len);
   } else {
-    if (n >= 0) crash_report(L, p);
-    else fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> could not start: %s\n",
-                 (int)p->pid.node, (unsigned long long)p->pid.n, luaL_tolstring(L, -1, NULL)),
-         lua_pop(L, 1);
-    encode_reason(L, reason, len);
+    *reason = r.reason;
+    *len = r.len;
   }
   state_set_current(NULL);
   lua_sethook(L, NULL, 0, 0);

@@ -140,6 +140,21 @@ describe("exit signals", function()
   end)
 
   describe("erlangen.exit(reason)", function()
+    it("replaces a reason that can be neither sent nor printed by \"bad exit reason\"", function()
+      local _, ref = erlangen.spawn_monitor(function()
+        erlangen.exit(setmetatable({co = coroutine.create(print)},
+                                   {__tostring = function() error("no way") end}))
+      end)
+      assert.are.equal("bad exit reason", H.await_down(ref))
+    end)
+
+    it("sends a reason that cannot be sent as its tostring", function()
+      local _, ref = erlangen.spawn_monitor(function()
+        erlangen.exit(setmetatable({co = coroutine.create(print)}, {__tostring = function() return "printable" end}))
+      end)
+      assert.are.equal("printable", H.await_down(ref))
+    end)
+
     it("ends the caller with the reason", function()
       local _, ref = erlangen.spawn_monitor(function() erlangen.exit("bye") end)
       assert.are.equal("bye", H.await_down(ref))
@@ -443,6 +458,12 @@ describe("exit signals", function()
   end)
 
   describe("max_memory", function()
+    it("ends a process whose spawn arguments do not fit with reason \"memory\", and the node lives on", function()
+      local _, ref = erlangen.spawn_opt({monitor = true, max_memory = 300000},
+        function(s) return #s end, string.rep("x", 3000000))
+      assert.are.equal("memory", H.await_down(ref, "the DOWN of the process that could not start"))
+    end)
+
     it("ends a process that allocates past it with reason \"memory\"", function()
       local _, ref = erlangen.spawn_opt({monitor = true, max_memory = 4 * 1024 * 1024}, function()
         local hog = {}

@@ -184,6 +184,12 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
   return m;
 }
 
+void mbox_disarm(mbox *mb) {
+  pthread_mutex_lock(&mb->lock);
+  mb->waiting = 0;
+  pthread_mutex_unlock(&mb->lock);
+}
+
 int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   int woke = 0;
   unsigned spin = mb->spin;

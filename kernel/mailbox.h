@@ -76,6 +76,9 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 ** parking (as mbox_next) and returns NULL. */
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 
+/* Owner only. Undoes the arming of mbox_next/mbox_pop without parking. */
+void mbox_disarm(mbox *mb);
+
 /* Owner only. Parks until a put, an mbox_wake, or `deadline`. Spins briefly
 ** first. Returns 0 on wake-up, -1 on timeout. */
 int mbox_park(mbox *mb, uint32_t seq, double deadline);

@@ -159,6 +159,7 @@ void proc_release(proc *p) {
   proc_vec_free(&p->monitored_by);
   free(p->doom_reason);
   codec_buf_free(&p->scratch);
+  if (p->held) mbox_msg_free(p->held);
   free(p->payload);
   free(p->chunkname);
   free(p);

@@ -42,7 +42,9 @@ static void doom_hook(lua_State *L, lua_Debug *ar) {
   if (atomic_load_explicit(&p->doomed, memory_order_acquire)) {
     if (p->attached) {  /* raise once; the host's code goes on under a new pid */
       lua_sethook(L, NULL, 0, 0);
-      proc_exit_doomed(p);
+      /* Inside a selective receive the exit waits until receive lets go
+      ** of its queue entries (it calls back when the match returns). */
+      if (!p->in_receive) proc_exit_doomed(p);
     }
     state_raise_doom(L, p);
   }
@@ -52,6 +54,9 @@ static void doom_hook(lua_State *L, lua_Debug *ar) {
     lua_error(L);
   }
   lua_sethook(L, NULL, 0, 0);
+  /* A doom that landed after the check above armed the hook again, and we
+  ** just cleared it: arm it once more. */
+  if (atomic_load_explicit(&p->doomed, memory_order_acquire)) state_arm_hook(L);
 }
 
 void state_arm_hook(lua_State *L) { lua_sethook(L, doom_hook, HOOK_MASK, 1); }

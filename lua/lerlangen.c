@@ -39,6 +39,9 @@ static proc *cur(lua_State *L) {
   if (replace) {
     size_t len;
     const unsigned char *r = kern_reason(KR_NORMAL, &len);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    set_extra(lua_tothread(L, -1), NULL);   /* erlangen_interrupt must not see it freed */
+    lua_pop(L, 1);
     proc_detach(p, r, len);
     p = NULL;
   }
@@ -84,13 +87,6 @@ static codec_buf encode_or_raise(lua_State *L, int first, int n, const char *roo
   return b;
 }
 
-/* Decodes one value or raises. */
-static void decode_one(lua_State *L, const unsigned char *p, size_t len) {
-  codec_limits lim = kern_limits(1);
-  int n = codec_decode(L, p, len, &lim);
-  if (n < 0) lua_error(L);
-  if (n != 1) { lua_pop(L, n); lua_pushnil(L); }
-}
 
 /* ---- spawning ---- */
 
@@ -212,15 +208,15 @@ static int l_send(lua_State *L) {
   int known = dest_pid(L, 1, &pid);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
   double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
+  codec_limits lim = kern_limits(1);
+  codec_buf *b = &self->scratch;
+  if (codec_encode(L, 2, 1, "msg", &lim, b) != 0) return lua_error(L);  /* before proc_get: may raise */
   proc *p = known ? proc_get(pid) : NULL;
   if (!p) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "noproc");
     return 2;
   }
-  codec_limits lim = kern_limits(1);
-  codec_buf *b = &self->scratch;
-  if (codec_encode(L, 2, 1, "msg", &lim, b) != 0) { proc_release(p); return lua_error(L); }
   mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
@@ -233,10 +229,17 @@ static int l_send(lua_State *L) {
   return 2;
 }
 
-/* Pushes the Lua value of a queued entry. A message that cannot be decoded
-** raises; an EXIT or DOWN never does (its reason is replaced). */
-static void push_entry(lua_State *L, mbox_msg *m) {
-  if (m->kind == MBOX_MSG) { decode_one(L, m->data, m->len); return; }
+/* Pushes the Lua value of a queued entry and returns 0, or pushes an error
+** message and returns -1 when a message cannot be decoded here. An EXIT or
+** DOWN always succeeds (a reason that cannot be decoded is replaced). */
+static int push_entry(lua_State *L, mbox_msg *m) {
+  codec_limits lim = kern_limits(1);
+  if (m->kind == MBOX_MSG) {
+    int n = codec_decode(L, m->data, m->len, &lim);
+    if (n == 1) return 0;
+    if (n >= 0) { lua_pop(L, n); lua_pushliteral(L, "a message held no value"); }
+    return -1;
+  }
   lua_createtable(L, m->kind == MBOX_DOWN ? 4 : 3, 0);
   lua_pushstring(L, m->kind == MBOX_DOWN ? "DOWN" : "EXIT");
   lua_rawseti(L, -2, 1);
@@ -244,13 +247,46 @@ static void push_entry(lua_State *L, mbox_msg *m) {
   if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, m->ref); lua_rawseti(L, -2, i++); }
   term_push(L, TERM_PID, m->from);
   lua_rawseti(L, -2, i++);
-  codec_limits lim = kern_limits(1);
-  int n = codec_decode(L, m->data, m->len, &lim);  /* never raises for a signal */
+  int n = codec_decode(L, m->data, m->len, &lim);
   if (n != 1) {
     lua_pop(L, n < 0 ? 1 : n);
     lua_pushliteral(L, "(an exit reason that cannot be decoded here)");
   }
   lua_rawseti(L, -2, i);
+  return 0;
+}
+
+static int dropped(lua_State *L) {
+  return luaL_error(L, "receive: dropped a message that cannot be decoded here: %s",
+                    lua_tostring(L, -1));
+}
+
+/* Protected step of selective receive. Args: entry, match function.
+** Returns true, the value, the verdict; or false, a message when the entry
+** cannot be decoded. Errors of the match function propagate. */
+static int select_step(lua_State *L) {
+  mbox_msg *m = lua_touserdata(L, 1);
+  if (push_entry(L, m) != 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 1);
+  lua_pushboolean(L, 1);
+  lua_rotate(L, -3, 1);
+  return 3;
+}
+
+/* Before parking: a doom or interrupt that arrived after the last check
+** may already be counted in `seq`, so look once more (the flags are stored
+** before the wake word is bumped). */
+static void check_before_park(lua_State *L, proc *self) {
+  if (atomic_load(&self->doomed) || atomic_load(&self->interrupt)) {
+    mbox_disarm(&self->mb);
+    cur(L);
+  }
 }
 
 static int l_receive(lua_State *L) {
@@ -260,64 +296,52 @@ static int l_receive(lua_State *L) {
     luaL_typeerror(L, 1, "match function or timeout");
   double deadline = opt_deadline(L, match ? 2 : 1);
   if (self->in_receive) return luaL_error(L, "receive: called inside a match function");
+  if (self->held) { mbox_msg_free(self->held); self->held = NULL; }
   mbox_msg *prev = NULL;
   for (;;) {
     uint32_t seq;
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
       if (m) {
-        if (m->kind != MBOX_MSG) push_entry(L, m);
-        else {
-          codec_limits lim = kern_limits(1);
-          int n = codec_decode(L, m->data, m->len, &lim);
-          if (n != 1) {
-            mbox_msg_free(m);
-            if (n >= 0) { lua_pop(L, n); lua_pushliteral(L, "receive: a message held no value"); }
-            return luaL_error(L, "receive: dropped a message that cannot be decoded here: %s",
-                              lua_tostring(L, -1));
-          }
-        }
+        self->held = m;   /* if decoding raises (memory), the next receive frees it */
+        int rc = push_entry(L, m);
+        self->held = NULL;
         mbox_msg_free(m);
-        return 1;
+        return rc == 0 ? 1 : dropped(L);
       }
-      goto wait;
-    }
-    mbox_msg *m = mbox_next(&self->mb, prev, &seq);
-    if (m) {
-      int top = lua_gettop(L);
-      int ok;
-      if (m->kind == MBOX_MSG) {  /* a message that cannot be decoded here is dropped, not retried */
-        codec_limits lim = kern_limits(1);
-        int n = codec_decode(L, m->data, m->len, &lim);
-        if (n != 1) {
+    } else {
+      mbox_msg *m = mbox_next(&self->mb, prev, &seq);
+      if (m) {
+        /* While we hold m and prev, no Lua code of ours (the match, or a
+        ** module the decoder requires) may take entries: in_receive forbids
+        ** receive and demonitor-flush, and defers an attached process's exit. */
+        int top = lua_gettop(L);
+        lua_pushcfunction(L, select_step);
+        lua_pushlightuserdata(L, m);
+        lua_pushvalue(L, 1);
+        self->in_receive = 1;
+        int st = lua_pcall(L, 2, 3, 0);
+        self->in_receive = 0;
+        if (atomic_load(&self->doomed)) cur(L);  /* raises; m and prev are not touched again */
+        if (st != LUA_OK) return lua_error(L);   /* the match raised: the message stays */
+        if (!lua_toboolean(L, -3)) {             /* cannot be decoded: drop it */
           mbox_take(&self->mb, prev, m);
           mbox_msg_free(m);
-          if (n >= 0) { lua_pop(L, n); lua_pushliteral(L, "receive: a message held no value"); }
-          return luaL_error(L, "receive: dropped a message that cannot be decoded here: %s",
-                            lua_tostring(L, -1));
+          lua_pushvalue(L, -2);
+          return dropped(L);
         }
-      } else push_entry(L, m);
-      if (!match) ok = 1;
-      else {
-        lua_pushvalue(L, 1);
-        lua_pushvalue(L, -2);
-        self->in_receive = 1;
-        int st = lua_pcall(L, 1, 1, 0);
-        self->in_receive = 0;
-        if (st != LUA_OK) return lua_error(L);
-        ok = lua_toboolean(L, -1);
-        lua_pop(L, 1);
+        if (lua_toboolean(L, -1)) {
+          mbox_take(&self->mb, prev, m);
+          mbox_msg_free(m);
+          lua_pop(L, 1);
+          return 1;
+        }
+        lua_settop(L, top);
+        prev = m;
+        continue;
       }
-      if (ok) {
-        mbox_take(&self->mb, prev, m);
-        mbox_msg_free(m);
-        return 1;
-      }
-      lua_settop(L, top);
-      prev = m;
-      continue;
     }
-  wait:;
+    check_before_park(L, self);
     int timed_out = mbox_park(&self->mb, seq, deadline) != 0;
     cur(L);  /* a doom or an interrupt ends the wait */
     if (timed_out) {

@@ -32,12 +32,16 @@ static int mon_remove(proc_vec *v, term_id ref, proc_mon *out) {
   return 0;
 }
 
-/* Queues {"EXIT", from, reason} into p's mailbox (p->lock held). */
-static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len) {
+/* Queues {"EXIT", from, reason} into p's mailbox (p->lock held). An EXIT
+** of a link is never dropped (there is one per link); those sent with
+** exit/2 have a bound of their own (see mbox_put_exit). */
+static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len,
+                              int via_link) {
   mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len);
   if (!m) return;  /* out of memory: the signal is lost, as on a dead link */
   m->from = from;
-  mbox_put_signal(&p->mb, m);
+  if (via_link) mbox_put_signal(&p->mb, m);
+  else mbox_put_exit(&p->mb, m);
 }
 
 void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int via_link) {
@@ -49,7 +53,7 @@ void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len,
   pthread_mutex_lock(&p->lock);
   if (p->status == PROC_ALIVE && (!via_link || link_remove(&p->links, from))) {
     if (kill) doom = 1;
-    else if (p->trap_exit) queue_exit_locked(p, from, reason, len);
+    else if (p->trap_exit) queue_exit_locked(p, from, reason, len, via_link);
     else if (!normal || term_eq(to, from)) doom = 1;
   }
   pthread_mutex_unlock(&p->lock);

@@ -54,6 +54,7 @@ void mbox_init(mbox *mb, unsigned capacity) {
   pthread_mutex_init(&mb->lock, NULL);
   mb->head = mb->tail = NULL;
   mb->count = 0;
+  mb->exits = 0;
   mb->capacity = capacity;
   mb->dropped = 0;
   mb->closed = mb->waiting = mb->space_waiters = 0;
@@ -79,6 +80,7 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
   if (!m) return NULL;
   m->next = NULL;
   m->kind = kind;
+  m->counted = 0;
   m->from = (term_id){0, 0, 0};
   m->ref = (term_id){0, 0, 0};
   m->len = len;
@@ -110,6 +112,7 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
     if (mb->closed) { rc = MBOX_CLOSED; break; }
     if (mb->count < mb->capacity) {
       mb->count++;
+      m->counted = MBOX_COUNT_MSG;
       wake = append_locked(mb, m);
       m = NULL;
       rc = MBOX_OK;
@@ -144,6 +147,23 @@ int mbox_put_signal(mbox *mb, mbox_msg *m) {
   return rc;
 }
 
+int mbox_put_exit(mbox *mb, mbox_msg *m) {
+  int wake = 0, rc = MBOX_OK;
+  pthread_mutex_lock(&mb->lock);
+  if (mb->closed) rc = MBOX_CLOSED;
+  else if (mb->exits >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
+  else {
+    mb->exits++;
+    m->counted = MBOX_COUNT_EXIT;
+    wake = append_locked(mb, m);
+    m = NULL;
+  }
+  pthread_mutex_unlock(&mb->lock);
+  if (m) mbox_msg_free(m);
+  if (wake) futex_wake(&mb->wake, 1);
+  return rc;
+}
+
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
   pthread_mutex_lock(&mb->lock);
   mbox_msg *m = after ? after->next : mb->head;
@@ -160,7 +180,8 @@ static int unlink_head_locked(mbox *mb, mbox_msg *m) {
   mb->head = m->next;
   if (mb->tail == m) mb->tail = NULL;
   m->next = NULL;
-  if (m->kind != MBOX_MSG) return 0;
+  if (m->counted == MBOX_COUNT_EXIT) mb->exits--;
+  if (m->counted != MBOX_COUNT_MSG) return 0;
   mb->count--;
   /* Blocked senders are woken in batches: once a quarter of the box is free. */
   if (mb->space_waiters && mb->count <= mb->capacity - (mb->capacity + 3) / 4) {
@@ -223,7 +244,8 @@ void mbox_take(mbox *mb, mbox_msg *prev, mbox_msg *m) {
   if (prev) prev->next = m->next; else mb->head = m->next;
   if (mb->tail == m) mb->tail = prev;
   m->next = NULL;
-  if (m->kind == MBOX_MSG) {
+  if (m->counted == MBOX_COUNT_EXIT) mb->exits--;
+  if (m->counted == MBOX_COUNT_MSG) {
     mb->count--;
     /* Blocked senders are woken in batches: once a quarter of the box is free. */
     if (mb->space_waiters && mb->count <= mb->capacity - (mb->capacity + 3) / 4) {
@@ -258,6 +280,7 @@ void mbox_close(mbox *mb) {
   mbox_msg *list = mb->head;
   mb->head = mb->tail = NULL;
   mb->count = 0;
+  mb->exits = 0;
   mb->closed = 1;
   int senders = mb->space_waiters;
   if (senders) atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);

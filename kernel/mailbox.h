@@ -27,6 +27,7 @@ typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
 typedef struct mbox_msg {
   struct mbox_msg *next;
   mbox_kind kind;
+  int counted;           /* lock: MBOX_COUNT_* — which bound the entry counts against */
   term_id from;          /* EXIT/DOWN: the pid that exited */
   term_id ref;           /* DOWN: the monitor's ref */
   size_t len;
@@ -36,7 +37,8 @@ typedef struct mbox_msg {
 typedef struct mbox {
   pthread_mutex_t lock;
   mbox_msg *head, *tail;   /* lock */
-  unsigned count;          /* lock: queued MBOX_MSG entries */
+  unsigned count;          /* lock: queued messages (MBOX_COUNT_MSG) */
+  unsigned exits;          /* lock: queued EXITs of exit/2 (MBOX_COUNT_EXIT) */
   unsigned capacity;       /* lock */
   uint64_t dropped;        /* lock: messages refused because the box was full */
   int closed;              /* lock: the owner exited; puts are refused */
@@ -49,6 +51,7 @@ typedef struct mbox {
   unsigned probe;          /* owner only: parks since the spin reached 0 */
 } mbox;
 
+enum { MBOX_COUNT_NONE = 0, MBOX_COUNT_MSG = 1, MBOX_COUNT_EXIT = 2 };
 enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };
 
 void mbox_init(mbox *mb, unsigned capacity);
@@ -65,8 +68,16 @@ void mbox_msg_free(mbox_msg *m);
 ** MBOX_CANCELLED. */
 int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud);
 
-/* Queues an EXIT or DOWN entry; never dropped. Returns MBOX_OK or MBOX_CLOSED. */
+/* Queues an EXIT or DOWN of a link or monitor; never dropped and not
+** counted. Returns MBOX_OK or MBOX_CLOSED. */
 int mbox_put_signal(mbox *mb, mbox_msg *m);
+
+/* Queues an EXIT sent with exit/2. It does not count against the capacity
+** (a full mailbox still takes it), but such EXITs have their own bound of
+** `capacity` entries, so a flood of exit/2 cannot grow memory for ever;
+** past it they are dropped and counted. Returns MBOX_OK, MBOX_FULL or
+** MBOX_CLOSED. */
+int mbox_put_exit(mbox *mb, mbox_msg *m);
 
 /* Owner only. Returns the entry after `after` (the head when NULL). When
 ** there is none it arms parking and stores the wake sequence in *seq. */

@@ -122,11 +122,22 @@ void reg_remove(proc *p) {
   if (q) proc_release(q);
 }
 
-void reg_foreach(void (*fn)(const char *, void *), void *ud) {
+size_t reg_snapshot(char *buf, size_t cap) {
+  size_t need = 0;
   pthread_mutex_lock(&R.lock);
   for (size_t i = 0; i < R.nbuckets; i++)
-    for (reg_entry *e = R.buckets[i]; e; e = e->next) fn(e->name, ud);
+    for (reg_entry *e = R.buckets[i]; e; e = e->next) need += strlen(e->name) + 1;
+  if (need <= cap) {
+    char *w = buf;
+    for (size_t i = 0; i < R.nbuckets; i++)
+      for (reg_entry *e = R.buckets[i]; e; e = e->next) {
+        size_t n = strlen(e->name) + 1;
+        memcpy(w, e->name, n);
+        w += n;
+      }
+  }
   pthread_mutex_unlock(&R.lock);
+  return need;
 }
 
 int reg_name_of(proc *p, char *buf, size_t n) {

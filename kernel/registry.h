@@ -17,9 +17,9 @@ int reg_register(const char *name, struct proc *p);   /* REG_* */
 int reg_unregister(const char *name);                 /* 0, or -1 if not registered */
 int reg_whereis(const char *name, term_id *pid);      /* 1 if found */
 void reg_remove(struct proc *p);                      /* on exit */
-/* Calls fn(name, ud) for every registered name (under the lock: fn must not
-** call back into the registry). */
-void reg_foreach(void (*fn)(const char *, void *), void *ud);
+/* Copies every registered name, each followed by a NUL, into buf if they
+** fit in `cap` bytes. Returns the bytes needed (copied only if <= cap). */
+size_t reg_snapshot(char *buf, size_t cap);
 /* Copies p's name into buf (size n); returns 0 if p has none. */
 int reg_name_of(struct proc *p, char *buf, size_t n);
 

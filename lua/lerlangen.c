@@ -451,29 +451,52 @@ static int l_whereis(lua_State *L) {
   return 1;
 }
 
-static void push_name(const char *name, void *ud) {
-  lua_State *L = ud;
-  lua_pushstring(L, name);
-  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-}
-
+/* Names and pids are copied out under the kernel's locks into Lua-owned
+** memory, and only then turned into Lua values (which may raise). */
 static int l_registered(lua_State *L) {
+  size_t cap = 256, need;
+  char *buf;
+  for (;;) {
+    buf = lua_newuserdatauv(L, cap, 0);
+    need = reg_snapshot(buf, cap);
+    if (need <= cap) break;
+    lua_pop(L, 1);
+    cap = need + 256;
+  }
   lua_newtable(L);
-  reg_foreach(push_name, L);
+  lua_Integer i = 0;
+  for (size_t at = 0; at < need; at += strlen(buf + at) + 1) {
+    lua_pushstring(L, buf + at);
+    lua_rawseti(L, -2, ++i);
+  }
   return 1;
 }
 
 /* ---- introspection ---- */
 
-static void push_pid_of(proc *p, void *ud) {
-  lua_State *L = ud;
-  term_push(L, TERM_PID, p->pid);
-  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+typedef struct pid_list { term_id *ids; size_t n, cap; int overflow; } pid_list;
+
+static void collect_pid(proc *p, void *ud) {
+  pid_list *c = ud;
+  if (c->n < c->cap) c->ids[c->n++] = p->pid; else c->overflow = 1;
 }
 
 static int l_processes(lua_State *L) {
-  lua_newtable(L);
-  proc_foreach(push_pid_of, L);
+  pid_list c;
+  for (;;) {
+    c.cap = proc_count() + 64;
+    c.ids = lua_newuserdatauv(L, c.cap * sizeof *c.ids, 0);
+    c.n = 0;
+    c.overflow = 0;
+    proc_foreach(collect_pid, &c);
+    if (!c.overflow) break;
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, (int)c.n, 0);
+  for (size_t i = 0; i < c.n; i++) {
+    term_push(L, TERM_PID, c.ids[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
   return 1;
 }
 

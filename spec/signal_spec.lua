@@ -499,6 +499,21 @@ describe("exit signals", function()
   end)
 
   describe("a full mailbox", function()
+    it("still bounds the EXITs of exit/2 to a trapping process, dropping and counting the rest", function()
+      local pid = erlangen.spawn_opt({mailbox = 4, trap_exit = true}, function(parent)
+        erlangen.receive(function(m) return m == "go" end)
+        local exits = 0
+        while erlangen.receive(function(m) return type(m) == "table" and m[1] == "EXIT" end, 0) do
+          exits = exits + 1
+        end
+        erlangen.send(parent, {"exits", exits})
+      end, self())
+      for i = 1, 50 do erlangen.exit(pid, "flood " .. i) end
+      assert.are.equal(46, erlangen.info(pid).dropped)
+      erlangen.send(pid, "go")
+      assert.are.same({"exits", 4}, H.recv(H.tagged("exits"), "the count of EXITs"))
+    end)
+
     -- The middle process traps exits, links to and monitors a grandchild,
     -- then its mailbox (capacity 2) is filled before the grandchild dies.
     local function middle(parent)

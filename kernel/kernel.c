@@ -27,6 +27,7 @@ static struct {
   pthread_mutex_t lock;
   kern_config cfg;
   _Atomic int running;
+  _Atomic int stopping;
   struct { unsigned char *p; size_t len; } reasons[KR_COUNT];
   char stdlib[4096];   /* written by kern_start before `running` is set */
 } K = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -92,6 +93,7 @@ int kern_start(const erlangen_config *c) {
   snprintf(K.stdlib, sizeof K.stdlib, "%s", find_stdlib_dir());
   int rc = (encode_reasons() == 0 && proc_init() == 0 && reg_init() == 0) ? 0 : -1;
   if (rc == 0) {
+    atomic_store(&K.stopping, 0);
     state_init_signals();
     atomic_store(&K.running, 1);
   }
@@ -106,6 +108,7 @@ int kern_ensure(void) {
 }
 
 int kern_running(void) { return atomic_load(&K.running); }
+int kern_stopping(void) { return atomic_load(&K.stopping); }
 
 kern_config kern_config_get(void) {
   pthread_mutex_lock(&K.lock);
@@ -145,7 +148,10 @@ static void stop_visit(proc *p, void *ud) {
   w->spawned++;
   size_t len;
   const unsigned char *r = kern_reason(w->reason, &len);
-  if (w->kill) { proc_doom(p, r, len); w->killed++; }
+  if (w->kill) {
+    if (!atomic_load(&p->doomed)) w->killed++;
+    proc_doom(p, r, len);
+  }
   else sig_exit(p->pid, (term_id){0, 0, 0}, r, len, 0);
 }
 
@@ -178,14 +184,17 @@ static void nap(void) {
 int kern_stop(double grace) {
   if (!atomic_load(&K.running)) return 0;
   proc *self = proc_self();
+  atomic_store(&K.stopping, 1);   /* from here on spawns fail, so the passes below see everyone */
   stop_walk w = { self, KR_SHUTDOWN, 0, 0, 0 };
   proc_foreach(stop_visit, &w);
   double deadline = mbox_now() + grace;
   while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
   stop_walk k = { self, KR_KILLED, 0, 1, 0 };
-  proc_foreach(stop_visit, &k);
   deadline = mbox_now() + 2.0;  /* killed processes blocked in C may take a moment */
-  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+  do {  /* repeat: a process may have spawned during a pass */
+    proc_foreach(stop_visit, &k);
+    nap();
+  } while (spawned_alive(self) > 0 && mbox_now() < deadline);
   proc_foreach(detach_visit, self);
   proc_shutdown_pool();
   atomic_store(&K.running, 0);

@@ -31,6 +31,7 @@ enum kern_reason { KR_NORMAL, KR_KILL, KR_KILLED, KR_SHUTDOWN, KR_NOPROC,
 int kern_start(const erlangen_config *cfg);   /* 0, or -1 if already running */
 int kern_ensure(void);                        /* starts with defaults if needed; 0 or -1 */
 int kern_running(void);
+int kern_stopping(void);                      /* 1 while kern_stop runs: spawns are refused */
 int kern_stop(double grace);                  /* see erlangen_stop */
 
 kern_config kern_config_get(void);

@@ -168,6 +168,13 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
   proc_release(p);
 }
 
+void sig_forget(proc *self, term_id other, const term_id *ref) {
+  pthread_mutex_lock(&self->lock);
+  link_remove(&self->links, other);
+  if (ref) mon_remove(&self->monitors, *ref, NULL);
+  pthread_mutex_unlock(&self->lock);
+}
+
 int sig_trap_exit(proc *self, int flag) {
   pthread_mutex_lock(&self->lock);
   int old = self->trap_exit;

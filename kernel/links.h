@@ -34,6 +34,10 @@ int sig_demonitor(struct proc *self, term_id ref, int flush);
 /* Delivers {"DOWN", ref, from, reason} to watcher if it still holds ref. */
 void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *reason, size_t len);
 
+/* Removes, on self's side only, its link to `other` and (if ref is not
+** NULL) its monitor `*ref`: undoes a spawn that could not start. */
+void sig_forget(struct proc *self, term_id other, const term_id *ref);
+
 /* Sets trap_exit; returns the previous value. */
 int sig_trap_exit(struct proc *self, int flag);
 

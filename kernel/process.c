@@ -256,10 +256,11 @@ static void *worker_main(void *arg) {
   for (;;) {
     proc *p = w->job;
     run_process(p, &w->slot);
-    state_prepare(&w->slot);   /* off the critical path: the next spawn finds it ready */
+    size_t stack = kern_config_get().stack_size;  /* not under pool_lock: lock order */
+    if (stack == w->stack) state_prepare(&w->slot);  /* off the critical path */
     pthread_mutex_lock(&P.pool_lock);
     w->job = NULL;
-    if (P.stopping || P.nidle >= POOL_MAX || w->stack != kern_config_get().stack_size) break;
+    if (P.stopping || P.nidle >= POOL_MAX || w->stack != stack) break;
     w->next = P.idle;
     P.idle = w;
     P.nidle++;
@@ -357,6 +358,7 @@ static void add_mon(proc *p, proc_vec *v, term_id ref, term_id pid) {
 const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
                        unsigned char *payload, size_t len, const char *chunkname,
                        term_id *pid, term_id *ref) {
+  if (kern_stopping()) { free(payload); return "the node is stopping"; }
   kern_config cfg = kern_config_get();
   proc *p = proc_new(o->mailbox ? o->mailbox : cfg.mailbox);
   if (!p || (chunkname && !(p->chunkname = strdup(chunkname)))) {
@@ -373,8 +375,11 @@ const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
   if (o->name) {
     int rc = reg_register(o->name, p);
     if (rc != REG_OK) {
-      table_remove(p);
-      proc_release(p);
+      /* It was visible in the table for a moment: exit properly, so that
+      ** anyone who linked to it or monitored it hears of it. */
+      size_t rlen;
+      const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
+      proc_exit(p, r, rlen);
       return rc == REG_TAKEN ? "name already registered" : "out of memory";
     }
   }
@@ -391,7 +396,14 @@ const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
   proc_retain(p);  /* the thread's reference */
   atomic_fetch_add(&P.running, 1);
   if (dispatch(p) != 0) {
+    /* The caller gets an error, so no link or monitor may outlive it:
+    ** forget both sides before the exit, which then signals no one. */
     atomic_fetch_sub(&P.running, 1);
+    if (parent && (o->link || o->monitor)) sig_forget(parent, p->pid, o->monitor ? ref : NULL);
+    pthread_mutex_lock(&p->lock);
+    p->links.n = 0;
+    p->monitored_by.n = 0;
+    pthread_mutex_unlock(&p->lock);
     size_t rlen;
     const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
     proc_exit(p, r, rlen);

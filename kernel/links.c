@@ -71,10 +71,13 @@ int sig_link(proc *self, term_id other) {
   int added = link_index(&self->links, other) < 0;
   if (added) {
     proc_link l = { other };
-    proc_vec_push(&self->links, &l, sizeof l);
+    if (proc_vec_push(&self->links, &l, sizeof l) != 0) {
+      pthread_mutex_unlock(&self->lock);
+      return SIG_NOMEM;
+    }
   }
   pthread_mutex_unlock(&self->lock);
-  int alive = 0;
+  int alive = 0, nomem = 0;
   proc *q = proc_get(other);
   if (q) {
     pthread_mutex_lock(&q->lock);
@@ -82,18 +85,18 @@ int sig_link(proc *self, term_id other) {
       alive = 1;
       if (link_index(&q->links, self->pid) < 0) {
         proc_link l = { self->pid };
-        proc_vec_push(&q->links, &l, sizeof l);
+        nomem = proc_vec_push(&q->links, &l, sizeof l) != 0;
       }
     }
     pthread_mutex_unlock(&q->lock);
     proc_release(q);
   }
-  if (!alive && added) {
+  if ((!alive || nomem) && added) {
     pthread_mutex_lock(&self->lock);
     link_remove(&self->links, other);
     pthread_mutex_unlock(&self->lock);
   }
-  return alive ? 0 : -1;
+  return nomem ? SIG_NOMEM : alive ? SIG_OK : SIG_NOPROC;
 }
 
 void sig_unlink(proc *self, term_id other) {
@@ -109,29 +112,37 @@ void sig_unlink(proc *self, term_id other) {
   }
 }
 
-term_id sig_monitor(proc *self, term_id target) {
+int sig_monitor(proc *self, term_id target, term_id *out) {
   term_id ref = term_new_ref();
   proc_mon mine = { ref, target }, theirs = { ref, self->pid };
   pthread_mutex_lock(&self->lock);
-  proc_vec_push(&self->monitors, &mine, sizeof mine);
+  int nomem = proc_vec_push(&self->monitors, &mine, sizeof mine) != 0;
   pthread_mutex_unlock(&self->lock);
+  if (nomem) return SIG_NOMEM;
   int alive = 0;
   proc *q = proc_get(target);
   if (q) {
     pthread_mutex_lock(&q->lock);
     if (q->status == PROC_ALIVE) {
       alive = 1;
-      proc_vec_push(&q->monitored_by, &theirs, sizeof theirs);
+      nomem = proc_vec_push(&q->monitored_by, &theirs, sizeof theirs) != 0;
     }
     pthread_mutex_unlock(&q->lock);
     proc_release(q);
   }
+  if (nomem) {
+    pthread_mutex_lock(&self->lock);
+    mon_remove(&self->monitors, ref, NULL);
+    pthread_mutex_unlock(&self->lock);
+    return SIG_NOMEM;
+  }
+  *out = ref;
   if (!alive) {
     size_t len;
     const unsigned char *noproc = kern_reason(KR_NOPROC, &len);
     sig_down(self->pid, ref, target, noproc, len);
   }
-  return ref;
+  return SIG_OK;
 }
 
 int sig_demonitor(proc *self, term_id ref, int flush) {

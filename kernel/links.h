@@ -20,12 +20,16 @@ struct proc;
 ** target unless it sent the signal to itself; anything else kills it. */
 void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int via_link);
 
-/* Links self and other. Returns 0, or -1 if other is not alive. */
+enum { SIG_OK = 0, SIG_NOPROC = -1, SIG_NOMEM = -2 };
+
+/* Links self and other. Returns SIG_OK, SIG_NOPROC if other is not alive,
+** or SIG_NOMEM (then no side is linked). */
 int sig_link(struct proc *self, term_id other);
 void sig_unlink(struct proc *self, term_id other);
 
-/* Monitors target; returns the ref. A dead target yields DOWN "noproc" at once. */
-term_id sig_monitor(struct proc *self, term_id target);
+/* Monitors target and stores the ref in *ref. A dead target yields DOWN
+** "noproc" at once. Returns SIG_OK or SIG_NOMEM (then nothing is set up). */
+int sig_monitor(struct proc *self, term_id target, term_id *ref);
 
 /* Removes the monitor `ref`; with flush also a queued DOWN. Returns 1 if the
 ** monitor was still active. */

@@ -341,18 +341,37 @@ void proc_shutdown_pool(void) {
   }
 }
 
-static void add_link(proc *p, term_id other) {
+/* Both return 0, or -1 when out of memory. */
+static int add_link(proc *p, term_id other) {
   proc_link l = { other };
   pthread_mutex_lock(&p->lock);
-  proc_vec_push(&p->links, &l, sizeof l);
+  int rc = proc_vec_push(&p->links, &l, sizeof l);
   pthread_mutex_unlock(&p->lock);
+  return rc;
 }
 
-static void add_mon(proc *p, proc_vec *v, term_id ref, term_id pid) {
+static int add_mon(proc *p, proc_vec *v, term_id ref, term_id pid) {
   proc_mon m = { ref, pid };
   pthread_mutex_lock(&p->lock);
-  proc_vec_push(v, &m, sizeof m);
+  int rc = proc_vec_push(v, &m, sizeof m);
   pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+/* Undoes a spawn that cannot go on: the caller gets an error, so no link
+** or monitor may outlive it. Forgets both sides, then exits the process
+** (which then signals no one). */
+static const char *abort_spawn(proc *p, proc *parent, const proc_opts *o, term_id *ref,
+                               const char *why) {
+  if (parent && (o->link || o->monitor)) sig_forget(parent, p->pid, o->monitor ? ref : NULL);
+  pthread_mutex_lock(&p->lock);
+  p->links.n = 0;
+  p->monitored_by.n = 0;
+  pthread_mutex_unlock(&p->lock);
+  size_t rlen;
+  const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
+  proc_exit(p, r, rlen);
+  return why;
 }
 
 const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
@@ -383,31 +402,22 @@ const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
       return rc == REG_TAKEN ? "name already registered" : "out of memory";
     }
   }
-  if (parent && o->link) {
-    add_link(p, parent->pid);
-    add_link(parent, p->pid);
-  }
+  int nomem = 0;
+  if (parent && o->link)
+    nomem |= add_link(p, parent->pid) | add_link(parent, p->pid);
   if (parent && o->monitor) {
     *ref = term_new_ref();
-    add_mon(p, &p->monitored_by, *ref, parent->pid);
-    add_mon(parent, &parent->monitors, *ref, p->pid);
+    nomem |= add_mon(p, &p->monitored_by, *ref, parent->pid) |
+             add_mon(parent, &parent->monitors, *ref, p->pid);
   }
+  if (nomem) return abort_spawn(p, parent, o, ref, "out of memory");
   *pid = p->pid;
   proc_retain(p);  /* the thread's reference */
   atomic_fetch_add(&P.running, 1);
   if (dispatch(p) != 0) {
-    /* The caller gets an error, so no link or monitor may outlive it:
-    ** forget both sides before the exit, which then signals no one. */
     atomic_fetch_sub(&P.running, 1);
-    if (parent && (o->link || o->monitor)) sig_forget(parent, p->pid, o->monitor ? ref : NULL);
-    pthread_mutex_lock(&p->lock);
-    p->links.n = 0;
-    p->monitored_by.n = 0;
-    pthread_mutex_unlock(&p->lock);
-    size_t rlen;
-    const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
-    proc_exit(p, r, rlen);
-    proc_release(p);
+    abort_spawn(p, parent, o, ref, NULL);
+    proc_release(p);  /* the thread's reference */
     return "cannot create thread";
   }
   return NULL;

@@ -370,7 +370,9 @@ static int l_now(lua_State *L) { lua_pushnumber(L, mbox_now()); return 1; }
 static int l_link(lua_State *L) {
   proc *self = cur(L);
   term_id pid = term_check(L, 1, TERM_PID);
-  if (sig_link(self, pid) == 0) { lua_pushboolean(L, 1); return 1; }
+  int rc = sig_link(self, pid);
+  if (rc == SIG_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == SIG_NOMEM) return luaL_error(L, "link: out of memory");
   pthread_mutex_lock(&self->lock);
   int trapping = self->trap_exit;
   pthread_mutex_unlock(&self->lock);
@@ -393,7 +395,9 @@ static int l_monitor(lua_State *L) {
   proc *self = cur(L);
   term_id pid;
   if (!dest_pid(L, 1, &pid)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
-  term_push(L, TERM_REF, sig_monitor(self, pid));
+  term_id ref;
+  if (sig_monitor(self, pid, &ref) != SIG_OK) return luaL_error(L, "monitor: out of memory");
+  term_push(L, TERM_REF, ref);
   return 1;
 }
 

@@ -295,7 +295,7 @@ static int l_receive(lua_State *L) {
   if (!match && !lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TNUMBER)
     luaL_typeerror(L, 1, "match function or timeout");
   double deadline = opt_deadline(L, match ? 2 : 1);
-  if (self->in_receive) return luaL_error(L, "receive: called inside a match function");
+  if (self->in_receive) return luaL_error(L, "receive: called inside a match function (or while its message is decoded)");
   if (self->held) { mbox_msg_free(self->held); self->held = NULL; }
   mbox_msg *prev = NULL;
   for (;;) {

@@ -132,6 +132,23 @@ describe("messages", function()
   end)
 
   describe("erlangen.receive", function()
+    it("keeps its mailbox intact when decoding loads a module that itself calls receive", function()
+      local pid = erlangen.spawn(function(parent)
+        erlangen.receive(function(m) return m == "go" end)
+        local m = erlangen.receive(function(m) return type(m) == "table" end, 5)
+        local mod = m.f()   -- loaded in this process while m was being decoded
+        erlangen.send(parent, {"result", mod.ok, tostring(mod.err), erlangen.receive(0)})
+      end, self())
+      local mod = require "receives_on_load"
+      erlangen.send(pid, "go")
+      erlangen.send(pid, "passed over")
+      erlangen.send(pid, {f = function() return mod end})
+      local r = H.recv(H.tagged("result"), "the receiver's result")
+      assert.is_false(r[2], "the nested receive should have been refused")
+      assert.matches("receive: called inside a match function", r[3], 1, true)
+      assert.are.equal("passed over", r[4])
+    end)
+
     it("drops a message that cannot be decoded in the receiver, raises, and goes on with the next", function()
       -- A module that exists only in this state: a message holding it (with
       -- a function, so modules travel by name) cannot be rebuilt elsewhere.

@@ -162,4 +162,19 @@ describe("the registry", function()
       assert.are.equal(new, erlangen.whereis("reg_reused"))
     end)
   end)
+
+  it("survives a process that runs out of memory while listing the names", function()
+    local long = {}
+    for i = 1, 20 do
+      long[i] = string.rep("n", 100000) .. i
+      erlangen.spawn_opt({name = long[i]}, function() erlangen.receive() end)
+    end
+    local _, ref = erlangen.spawn_opt({max_memory = 1000000, monitor = true}, function()
+      erlangen.registered()
+    end)
+    assert.are.equal("memory", H.await_down(ref, "the DOWN of the listing process"))
+    local pid = erlangen.whereis(long[1])
+    assert.is_not_nil(pid, "whereis must still answer")
+    for i = 1, 20 do erlangen.exit(erlangen.whereis(long[i]), "kill") end
+  end)
 end)

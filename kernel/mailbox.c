@@ -100,7 +100,9 @@ static int append_locked(mbox *mb, mbox_msg *m) {
   mb->tail = m;
   if (mb->waiting) {
     atomic_fetch_add(&mb->wake, 1);
-    return atomic_load(&mb->parked);
+    /* Only the first put after the owner parked makes the system call:
+    ** it takes the flag, so later puts see the owner as already woken. */
+    return atomic_load(&mb->parked) && atomic_exchange(&mb->parked, 0);
   }
   return 0;
 }

@@ -42,7 +42,7 @@ static struct {
   shard shards[SHARDS];
   _Atomic uint64_t next_id;      /* pid serials; never reused */
   _Atomic size_t live;           /* processes in the table */
-  _Atomic size_t running;        /* spawned processes whose thread has not finished them */
+  _Atomic size_t running;        /* spawned processes whose state has not finished running */
   pthread_mutex_t pool_lock;
   worker *idle, *dead;           /* pool_lock */
   size_t nidle, nthreads;        /* pool_lock: parked; all worker threads alive */
@@ -235,6 +235,9 @@ static void run_process(proc *p, state_slot *slot) {
   size_t len = 0;
   state_run(p, slot, &reason, &len);
   clear_thread(p);
+  /* No longer running Lua: from here this thread will reach the pool
+  ** without blocking, which proc_shutdown_pool relies on. */
+  atomic_fetch_sub(&P.running, 1);
   if (reason) proc_exit(p, reason, len);
   else {
     const unsigned char *r = kern_reason(KR_MEMORY, &len);
@@ -243,7 +246,6 @@ static void run_process(proc *p, state_slot *slot) {
   free(reason);
   P_self = NULL;
   proc_release(p);  /* the thread's reference */
-  atomic_fetch_sub(&P.running, 1);
 }
 
 static void *worker_main(void *arg) {
@@ -257,7 +259,7 @@ static void *worker_main(void *arg) {
     proc *p = w->job;
     run_process(p, &w->slot);
     size_t stack = kern_config_get().stack_size;  /* not under pool_lock: lock order */
-    if (stack == w->stack) state_prepare(&w->slot);  /* off the critical path */
+    if (stack == w->stack && !kern_stopping()) state_prepare(&w->slot);  /* off the critical path */
     pthread_mutex_lock(&P.pool_lock);
     w->job = NULL;
     if (P.stopping || P.nidle >= POOL_MAX || w->stack != stack) break;

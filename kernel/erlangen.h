@@ -19,11 +19,19 @@
 #include <stdint.h>
 #include <lua.h>
 
-#define ERLANGEN_DEFAULT_STACK    (256u * 1024u)
+/* Lua 5.4 allows 200 nested C calls (LUAI_MAXCCALLS, fixed when liblua is
+** built), and a level can take over 2 KiB of C stack (string.gsub with a
+** function replacement keeps a luaL_Buffer and a MatchState per level):
+** measured, 200 such levels need between 384 and 512 KiB. A smaller stack
+** would let one process's recursion crash the whole node, so the minimum
+** is 512 KiB and the default 1 MiB. Only touched pages cost memory. */
+#define ERLANGEN_DEFAULT_STACK    (1024u * 1024u)
+#define ERLANGEN_MIN_STACK        (512u * 1024u)
 #define ERLANGEN_DEFAULT_MAILBOX  1024u
 
 typedef struct erlangen_config {
-  size_t stack_size;          /* C stack of each process thread; 0: ERLANGEN_DEFAULT_STACK */
+  size_t stack_size;          /* C stack of each process thread; 0: ERLANGEN_DEFAULT_STACK;
+                                 at least ERLANGEN_MIN_STACK */
   unsigned mailbox_capacity;  /* default mailbox capacity; 0: ERLANGEN_DEFAULT_MAILBOX */
   size_t max_message;         /* largest encoded message in bytes; 0: 64 MiB */
   int max_depth;              /* deepest table nesting in a message; 0: 100 */

@@ -82,7 +82,7 @@ int kern_start(const erlangen_config *c) {
     CODEC_DEFAULT_MAX_DEPTH, NULL, NULL
   };
   if (c) {
-    if (c->stack_size) cfg.stack_size = c->stack_size < 65536 ? 65536 : c->stack_size;
+    if (c->stack_size) cfg.stack_size = c->stack_size < ERLANGEN_MIN_STACK ? ERLANGEN_MIN_STACK : c->stack_size;
     if (c->mailbox_capacity) cfg.mailbox = c->mailbox_capacity;
     if (c->max_message) cfg.max_message = c->max_message;
     if (c->max_depth > 0) cfg.max_depth = c->max_depth > CODEC_HARD_DEPTH ? CODEC_HARD_DEPTH : c->max_depth;

@@ -584,7 +584,7 @@ static int l_configure(lua_State *L) {
     if (!strcmp(k, "mailbox") && v <= 0x7fffffff) c.mailbox = (unsigned)v;
     else if (!strcmp(k, "max_message")) c.max_message = (size_t)v;
     else if (!strcmp(k, "max_depth") && v <= CODEC_HARD_DEPTH) c.max_depth = (int)v;
-    else if (!strcmp(k, "stack_size") && v >= 65536) c.stack_size = (size_t)v;
+    else if (!strcmp(k, "stack_size") && v >= (lua_Integer)ERLANGEN_MIN_STACK) c.stack_size = (size_t)v;
     else if (!strcmp(k, "mailbox") || !strcmp(k, "max_depth") || !strcmp(k, "stack_size"))
       return luaL_error(L, "configure: '%s' is out of range", k);
     else return luaL_error(L, "configure: unknown key '%s'", k);

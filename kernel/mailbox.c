@@ -53,11 +53,13 @@ static inline void cpu_relax(void) {
 void mbox_init(mbox *mb, unsigned capacity) {
   pthread_mutex_init(&mb->lock, NULL);
   mb->head = mb->tail = NULL;
-  mb->count = 0;
-  mb->exits = 0;
+  mb->batch = NULL;
+  atomic_init(&mb->count, 0);
+  atomic_init(&mb->exits, 0);
+  atomic_init(&mb->space_waiters, 0);
   mb->capacity = capacity;
   mb->dropped = 0;
-  mb->closed = mb->waiting = mb->space_waiters = 0;
+  mb->closed = mb->waiting = 0;
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->parked, 0);
   mb->spin = MBOX_SPIN_START;
@@ -70,6 +72,8 @@ static void free_list(mbox_msg *m) {
 }
 
 void mbox_destroy(mbox *mb) {
+  free_list(mb->batch);
+  mb->batch = NULL;
   free_list(mb->head);
   mb->head = mb->tail = NULL;
   pthread_mutex_destroy(&mb->lock);
@@ -112,8 +116,8 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
   pthread_mutex_lock(&mb->lock);
   for (;;) {
     if (mb->closed) { rc = MBOX_CLOSED; break; }
-    if (mb->count < mb->capacity) {
-      mb->count++;
+    if (atomic_load(&mb->count) < mb->capacity) {
+      atomic_fetch_add(&mb->count, 1);
       m->counted = MBOX_COUNT_MSG;
       wake = append_locked(mb, m);
       m = NULL;
@@ -125,12 +129,16 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
     /* Wait for the owner to free a slot; wake up now and then to notice
     ** our own cancellation. */
     uint32_t seen = atomic_load_explicit(&mb->space, memory_order_acquire);
-    mb->space_waiters++;
+    atomic_fetch_add(&mb->space_waiters, 1);
     pthread_mutex_unlock(&mb->lock);
-    double slice = mbox_now() + 0.02;
-    futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
+    /* The owner decrements count and then reads space_waiters; we did the
+    ** reverse (both seq_cst), so one of us sees the other. */
+    if (atomic_load(&mb->count) >= mb->capacity) {
+      double slice = mbox_now() + 0.02;
+      futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
+    }
     pthread_mutex_lock(&mb->lock);
-    mb->space_waiters--;
+    atomic_fetch_sub(&mb->space_waiters, 1);
   }
   pthread_mutex_unlock(&mb->lock);
   if (m) mbox_msg_free(m);
@@ -153,9 +161,9 @@ int mbox_put_exit(mbox *mb, mbox_msg *m) {
   int wake = 0, rc = MBOX_OK;
   pthread_mutex_lock(&mb->lock);
   if (mb->closed) rc = MBOX_CLOSED;
-  else if (mb->exits >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
+  else if (atomic_load(&mb->exits) >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
   else {
-    mb->exits++;
+    atomic_fetch_add(&mb->exits, 1);
     m->counted = MBOX_COUNT_EXIT;
     wake = append_locked(mb, m);
     m = NULL;
@@ -177,16 +185,13 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
   return m;
 }
 
-/* Removes m, the head, under the lock; returns 1 if blocked senders must be woken. */
-static int unlink_head_locked(mbox *mb, mbox_msg *m) {
-  mb->head = m->next;
-  if (mb->tail == m) mb->tail = NULL;
-  m->next = NULL;
-  if (m->counted == MBOX_COUNT_EXIT) mb->exits--;
+/* Owner: an entry has left the queue. Returns 1 if blocked senders must be
+** woken (they are woken in batches, once a quarter of the box is free). */
+static int account_removed(mbox *mb, mbox_msg *m) {
+  if (m->counted == MBOX_COUNT_EXIT) atomic_fetch_sub(&mb->exits, 1);
   if (m->counted != MBOX_COUNT_MSG) return 0;
-  mb->count--;
-  /* Blocked senders are woken in batches: once a quarter of the box is free. */
-  if (mb->space_waiters && mb->count <= mb->capacity - (mb->capacity + 3) / 4) {
+  unsigned left = atomic_fetch_sub(&mb->count, 1) - 1;
+  if (atomic_load(&mb->space_waiters) && left <= mb->capacity - (mb->capacity + 3) / 4) {
     atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
     return 1;
   }
@@ -194,17 +199,34 @@ static int unlink_head_locked(mbox *mb, mbox_msg *m) {
 }
 
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
-  int wake_senders = 0;
-  pthread_mutex_lock(&mb->lock);
-  mbox_msg *m = mb->head;
-  if (m) wake_senders = unlink_head_locked(mb, m);
-  else {
-    mb->waiting = 1;
-    *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+  mbox_msg *m = mb->batch;
+  if (!m) {  /* take the whole shared list in one locked step */
+    pthread_mutex_lock(&mb->lock);
+    m = mb->head;
+    if (m) mb->head = mb->tail = NULL;
+    else {
+      mb->waiting = 1;
+      *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+    }
+    pthread_mutex_unlock(&mb->lock);
+    if (!m) return NULL;
   }
-  pthread_mutex_unlock(&mb->lock);
-  if (wake_senders) futex_wake(&mb->space, INT_MAX);
+  mb->batch = m->next;
+  m->next = NULL;
+  if (account_removed(mb, m)) futex_wake(&mb->space, INT_MAX);
   return m;
+}
+
+void mbox_unbatch(mbox *mb) {
+  if (!mb->batch) return;
+  mbox_msg *last = mb->batch;
+  while (last->next) last = last->next;
+  pthread_mutex_lock(&mb->lock);
+  last->next = mb->head;
+  mb->head = mb->batch;
+  if (!mb->tail) mb->tail = last;
+  pthread_mutex_unlock(&mb->lock);
+  mb->batch = NULL;
 }
 
 void mbox_disarm(mbox *mb) {
@@ -241,26 +263,17 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
 }
 
 void mbox_take(mbox *mb, mbox_msg *prev, mbox_msg *m) {
-  int wake_senders = 0;
   pthread_mutex_lock(&mb->lock);
   if (prev) prev->next = m->next; else mb->head = m->next;
   if (mb->tail == m) mb->tail = prev;
   m->next = NULL;
-  if (m->counted == MBOX_COUNT_EXIT) mb->exits--;
-  if (m->counted == MBOX_COUNT_MSG) {
-    mb->count--;
-    /* Blocked senders are woken in batches: once a quarter of the box is free. */
-    if (mb->space_waiters && mb->count <= mb->capacity - (mb->capacity + 3) / 4) {
-      atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
-      wake_senders = 1;
-    }
-  }
   pthread_mutex_unlock(&mb->lock);
-  if (wake_senders) futex_wake(&mb->space, INT_MAX);
+  if (account_removed(mb, m)) futex_wake(&mb->space, INT_MAX);
 }
 
 void mbox_remove_down(mbox *mb, term_id ref) {
   mbox_msg *prev = NULL, *found = NULL;
+  mbox_unbatch(mb);
   pthread_mutex_lock(&mb->lock);
   for (mbox_msg *m = mb->head; m; prev = m, m = m->next)
     if (m->kind == MBOX_DOWN && term_eq(m->ref, ref)) { found = m; break; }
@@ -278,13 +291,14 @@ void mbox_wake(mbox *mb) {
 }
 
 void mbox_close(mbox *mb) {
+  mbox_unbatch(mb);
   pthread_mutex_lock(&mb->lock);
   mbox_msg *list = mb->head;
   mb->head = mb->tail = NULL;
-  mb->count = 0;
-  mb->exits = 0;
+  atomic_store(&mb->count, 0);
+  atomic_store(&mb->exits, 0);
   mb->closed = 1;
-  int senders = mb->space_waiters;
+  int senders = atomic_load(&mb->space_waiters);
   if (senders) atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
   pthread_mutex_unlock(&mb->lock);
   if (senders) futex_wake(&mb->space, INT_MAX);
@@ -293,7 +307,7 @@ void mbox_close(mbox *mb) {
 
 void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting) {
   pthread_mutex_lock(&mb->lock);
-  *count = mb->count;
+  *count = atomic_load(&mb->count);
   *capacity = mb->capacity;
   *dropped = mb->dropped;
   *waiting = mb->waiting;

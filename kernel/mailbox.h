@@ -2,12 +2,18 @@
 ** mailbox.h — a process's bounded message queue and its parking word.
 **
 ** Invariants (all under `lock` unless marked atomic):
-** - `count` is the number of MBOX_MSG entries queued; it never exceeds
-**   `capacity`. EXIT and DOWN entries are never dropped and not counted
+** - `count` is the number of messages queued, in the shared list or in the
+**   owner's batch; it never exceeds `capacity`. It is only incremented under
+**   the lock (so the check against the capacity holds) and decremented by
+**   the owner with an atomic, without the lock. EXIT and DOWN entries are never dropped and not counted
 **   (there is at most one per link or monitor, so they stay bounded).
-** - Entries leave the queue only through the owner (mbox_take,
+** - Entries leave the queue only through the owner (mbox_pop, mbox_take,
 **   mbox_remove_down, mbox_close), so the owner may hold a pointer to a
 **   queued entry across unlocked stretches; producers only append at `tail`.
+** - mbox_pop moves the whole shared list into the owner's private `batch`
+**   in one locked step and then pops from it without the lock; the batch is
+**   older than the shared list. Operations that walk the queue first put
+**   the batch back in front (mbox_unbatch), so order is never lost.
 ** - Entries from one producer keep their order (FIFO under the lock).
 ** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
 ** takes ownership of the entry, whether it is queued or refused (then it is
@@ -37,14 +43,15 @@ typedef struct mbox_msg {
 typedef struct mbox {
   pthread_mutex_t lock;
   mbox_msg *head, *tail;   /* lock */
-  unsigned count;          /* lock: queued messages (MBOX_COUNT_MSG) */
-  unsigned exits;          /* lock: queued EXITs of exit/2 (MBOX_COUNT_EXIT) */
+  _Atomic unsigned count;  /* messages queued (MBOX_COUNT_MSG): see above */
+  _Atomic unsigned exits;  /* EXITs of exit/2 queued (MBOX_COUNT_EXIT): as count */
+  mbox_msg *batch;         /* owner only: entries taken from the shared list, oldest first */
   unsigned capacity;       /* lock */
   uint64_t dropped;        /* lock: messages refused because the box was full */
   int closed;              /* lock: the owner exited; puts are refused */
   int waiting;             /* lock: the owner is spinning or parked on `wake` */
   _Atomic int parked;      /* the owner sleeps in the kernel: a put must FUTEX_WAKE */
-  int space_waiters;       /* lock: senders parked on `space` */
+  _Atomic int space_waiters; /* senders parked on `space` (changed under the lock) */
   _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
   _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
   unsigned spin;           /* owner only: current spin before parking (adaptive) */
@@ -79,8 +86,13 @@ int mbox_put_signal(mbox *mb, mbox_msg *m);
 ** MBOX_CLOSED. */
 int mbox_put_exit(mbox *mb, mbox_msg *m);
 
-/* Owner only. Returns the entry after `after` (the head when NULL). When
-** there is none it arms parking and stores the wake sequence in *seq. */
+/* Owner only. Puts the batch back in front of the shared list; call it
+** before walking the queue with mbox_next. */
+void mbox_unbatch(mbox *mb);
+
+/* Owner only. Returns the entry after `after` (the head when NULL; the
+** batch must be empty). When there is none it arms parking and stores the
+** wake sequence in *seq. */
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 
 /* Owner only. Unlinks and returns the head in one locked step, or arms

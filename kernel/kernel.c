@@ -28,6 +28,7 @@ static struct {
   kern_config cfg;
   _Atomic int running;
   _Atomic int stopping;
+  _Atomic int spawning;   /* spawns between kern_spawn_begin and _end */
   struct { unsigned char *p; size_t len; } reasons[KR_COUNT];
   char stdlib[4096];   /* written by kern_start before `running` is set */
 } K = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -110,6 +111,16 @@ int kern_ensure(void) {
 int kern_running(void) { return atomic_load(&K.running); }
 int kern_stopping(void) { return atomic_load(&K.stopping); }
 
+/* seq_cst on both sides: either the spawner sees `stopping`, or kern_stop
+** sees the spawn in flight and waits for it. */
+int kern_spawn_begin(void) {
+  atomic_fetch_add(&K.spawning, 1);
+  if (atomic_load(&K.stopping)) { atomic_fetch_sub(&K.spawning, 1); return -1; }
+  return 0;
+}
+
+void kern_spawn_end(void) { atomic_fetch_sub(&K.spawning, 1); }
+
 kern_config kern_config_get(void) {
   pthread_mutex_lock(&K.lock);
   kern_config c = K.cfg;
@@ -185,6 +196,7 @@ int kern_stop(double grace) {
   if (!atomic_load(&K.running)) return 0;
   proc *self = proc_self();
   atomic_store(&K.stopping, 1);   /* from here on spawns fail, so the passes below see everyone */
+  while (atomic_load(&K.spawning) > 0) nap();
   stop_walk w = { self, KR_SHUTDOWN, 0, 0, 0 };
   proc_foreach(stop_visit, &w);
   double deadline = mbox_now() + grace;

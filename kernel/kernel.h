@@ -32,6 +32,10 @@ int kern_start(const erlangen_config *cfg);   /* 0, or -1 if already running */
 int kern_ensure(void);                        /* starts with defaults if needed; 0 or -1 */
 int kern_running(void);
 int kern_stopping(void);                      /* 1 while kern_stop runs: spawns are refused */
+/* Brackets a spawn: begin returns -1 (refuse) once a stop has started;
+** kern_stop waits for the spawns in flight before its passes. */
+int kern_spawn_begin(void);
+void kern_spawn_end(void);
 int kern_stop(double grace);                  /* see erlangen_stop */
 
 kern_config kern_config_get(void);

@@ -186,6 +186,13 @@ void sig_forget(proc *self, term_id other, const term_id *ref) {
   pthread_mutex_unlock(&self->lock);
 }
 
+void sig_forget_watcher(proc *self, term_id other, const term_id *ref) {
+  pthread_mutex_lock(&self->lock);
+  link_remove(&self->links, other);
+  if (ref) mon_remove(&self->monitored_by, *ref, NULL);
+  pthread_mutex_unlock(&self->lock);
+}
+
 int sig_trap_exit(proc *self, int flag) {
   pthread_mutex_lock(&self->lock);
   int old = self->trap_exit;

@@ -42,6 +42,10 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
 ** NULL) its monitor `*ref`: undoes a spawn that could not start. */
 void sig_forget(struct proc *self, term_id other, const term_id *ref);
 
+/* Removes, on self's side only, its link to `other` and the watcher entry
+** of monitor `*ref` (if ref is not NULL): the child's side of sig_forget. */
+void sig_forget_watcher(struct proc *self, term_id other, const term_id *ref);
+
 /* Sets trap_exit; returns the previous value. */
 int sig_trap_exit(struct proc *self, int flag);
 

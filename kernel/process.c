@@ -159,7 +159,6 @@ void proc_release(proc *p) {
   proc_vec_free(&p->monitored_by);
   free(p->doom_reason);
   codec_buf_free(&p->scratch);
-  if (p->held) mbox_msg_free(p->held);
   free(p->payload);
   free(p->chunkname);
   free(p);
@@ -365,21 +364,34 @@ static int add_mon(proc *p, proc_vec *v, term_id ref, term_id pid) {
 ** (which then signals no one). */
 static const char *abort_spawn(proc *p, proc *parent, const proc_opts *o, term_id *ref,
                                const char *why) {
-  if (parent && (o->link || o->monitor)) sig_forget(parent, p->pid, o->monitor ? ref : NULL);
-  pthread_mutex_lock(&p->lock);
-  p->links.n = 0;
-  p->monitored_by.n = 0;
-  pthread_mutex_unlock(&p->lock);
+  if (parent && (o->link || o->monitor)) {
+    sig_forget(parent, p->pid, o->monitor ? ref : NULL);
+    sig_forget_watcher(p, parent->pid, o->monitor ? ref : NULL);
+  }
+  /* Anyone else who found it meanwhile hears of its exit as usual. */
   size_t rlen;
   const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
   proc_exit(p, r, rlen);
   return why;
 }
 
+static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry entry,
+                                   unsigned char *payload, size_t len, const char *chunkname,
+                                   term_id *pid, term_id *ref);
+
 const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
                        unsigned char *payload, size_t len, const char *chunkname,
                        term_id *pid, term_id *ref) {
-  if (kern_stopping()) { free(payload); return "the node is stopping"; }
+  if (kern_spawn_begin() != 0) { free(payload); return "the node is stopping"; }
+  const char *err = spawn_locked_in(parent, o, entry, payload, len, chunkname, pid, ref);
+  kern_spawn_end();
+  return err;
+}
+
+/* proc_spawn between kern_spawn_begin and kern_spawn_end. */
+static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry entry,
+                                   unsigned char *payload, size_t len, const char *chunkname,
+                                   term_id *pid, term_id *ref) {
   kern_config cfg = kern_config_get();
   proc *p = proc_new(o->mailbox ? o->mailbox : cfg.mailbox);
   if (!p || (chunkname && !(p->chunkname = strdup(chunkname)))) {

@@ -59,7 +59,6 @@ typedef struct proc {
   /* Owned by the process's own thread. */
   lua_State *L;
   codec_buf scratch;               /* reused encode buffer for send */
-  mbox_msg *held;                  /* an entry receive popped and is decoding */
   int attached;                    /* a host thread, not a kernel thread */
   int in_receive;                  /* a match function is running */
   pthread_t thread;                /* set before the thread runs the process */

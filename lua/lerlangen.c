@@ -26,7 +26,9 @@ static const char sentinel_key = 's';      /* registry: stops the kernel when a 
 static void set_extra(lua_State *L, proc *p) { *(proc **)lua_getextraspace(L) = p; }
 
 static int raise_doom(lua_State *L, proc *p) {
-  if (p->attached) proc_exit_doomed(p);
+  /* An attached process exits here, except inside receive's protected
+  ** steps: receive exits it when they return (it holds queue entries). */
+  if (p->attached && !p->in_receive) proc_exit_doomed(p);
   return state_raise_doom(L, p);
 }
 
@@ -58,7 +60,7 @@ static proc *cur(lua_State *L) {
     p = proc_attach(main);
     if (!p) luaL_error(L, "erlangen: out of memory");
     set_extra(main, p);
-    state_set_current(main);
+    state_set_current(L);   /* the Lua thread running now, maybe a coroutine */
   }
   if (atomic_load_explicit(&p->doomed, memory_order_acquire)) raise_doom(L, p);
   if (atomic_exchange(&p->interrupt, 0)) luaL_error(L, "interrupted");
@@ -279,6 +281,20 @@ static int select_step(lua_State *L) {
   return 3;
 }
 
+/* Protected step of a plain receive. Arg: entry. Returns true, the value;
+** or false, a message when the entry cannot be decoded. */
+static int take_step(lua_State *L) {
+  mbox_msg *m = lua_touserdata(L, 1);
+  if (push_entry(L, m) != 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -2);
+  return 2;
+}
+
 /* Before parking: a doom or interrupt that arrived after the last check
 ** may already be counted in `seq`, so look once more (the flags are stored
 ** before the wake word is bumped). */
@@ -296,7 +312,6 @@ static int l_receive(lua_State *L) {
     luaL_typeerror(L, 1, "match function or timeout");
   double deadline = opt_deadline(L, match ? 2 : 1);
   if (self->in_receive) return luaL_error(L, "receive: called inside a match function (or while its message is decoded)");
-  if (self->held) { mbox_msg_free(self->held); self->held = NULL; }
   if (match) mbox_unbatch(&self->mb);  /* the walk below sees the whole queue, in order */
   mbox_msg *prev = NULL;
   for (;;) {
@@ -304,11 +319,19 @@ static int l_receive(lua_State *L) {
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
       if (m) {
-        self->held = m;   /* if decoding raises (memory), the next receive frees it */
-        int rc = push_entry(L, m);
-        self->held = NULL;
+        /* Decoding may run Lua code (a module the message names is
+        ** required): protected, and with in_receive set so that code cannot
+        ** take entries from under us. */
+        lua_pushcfunction(L, take_step);
+        lua_pushlightuserdata(L, m);
+        self->in_receive = 1;
+        int st = lua_pcall(L, 1, 2, 0);
+        self->in_receive = 0;
         mbox_msg_free(m);
-        return rc == 0 ? 1 : dropped(L);
+        if (atomic_load(&self->doomed)) cur(L);
+        if (st != LUA_OK) return lua_error(L);
+        if (!lua_toboolean(L, -2)) return dropped(L);
+        return 1;
       }
     } else {
       mbox_msg *m = mbox_next(&self->mb, prev, &seq);

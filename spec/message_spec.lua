@@ -132,6 +132,24 @@ describe("messages", function()
   end)
 
   describe("erlangen.receive", function()
+    it("refuses a receive made while a plain receive decodes its message, keeping the mailbox intact", function()
+      package.loaded["receives_on_load"] = nil
+      local mod = require "receives_on_load"
+      local pid = erlangen.spawn(function(parent)
+        erlangen.receive(function(m) return m == "go" end)
+        local m = erlangen.receive(5)          -- plain: the first message after "go"
+        local loaded = m.f()
+        erlangen.send(parent, {"result", loaded.ok, tostring(loaded.err), erlangen.receive(0)})
+      end, self())
+      erlangen.send(pid, "go")
+      erlangen.send(pid, {f = function() return mod end})
+      erlangen.send(pid, "after")
+      local r = H.recv(H.tagged("result"), "the receiver's result")
+      assert.is_false(r[2], "the nested receive should have been refused")
+      assert.matches("receive: called inside a match function", r[3], 1, true)
+      assert.are.equal("after", r[4])
+    end)
+
     it("keeps its mailbox intact when decoding loads a module that itself calls receive", function()
       local pid = erlangen.spawn(function(parent)
         erlangen.receive(function(m) return m == "go" end)

@@ -139,7 +139,7 @@ describe("messages", function()
         erlangen.receive(function(m) return m == "go" end)
         local m = erlangen.receive(5)          -- plain: the first message after "go"
         local loaded = m.f()
-        erlangen.send(parent, {"result", loaded.ok, tostring(loaded.err), erlangen.receive(0)})
+        erlangen.send(parent, {"result", loaded.ok, tostring(loaded.err), erlangen.receive(5)})
       end, self())
       erlangen.send(pid, "go")
       erlangen.send(pid, {f = function() return mod end})

@@ -179,19 +179,18 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
   proc_release(p);
 }
 
-void sig_forget(proc *self, term_id other, const term_id *ref) {
+/* Removes self's link to `other` and monitor `*ref`, as the monitoring
+** side (monitors) or the monitored side (monitored_by). */
+static void forget(proc *self, term_id other, const term_id *ref, int watched) {
   pthread_mutex_lock(&self->lock);
   link_remove(&self->links, other);
-  if (ref) mon_remove(&self->monitors, *ref, NULL);
+  if (ref) mon_remove(watched ? &self->monitored_by : &self->monitors, *ref, NULL);
   pthread_mutex_unlock(&self->lock);
 }
 
-void sig_forget_watcher(proc *self, term_id other, const term_id *ref) {
-  pthread_mutex_lock(&self->lock);
-  link_remove(&self->links, other);
-  if (ref) mon_remove(&self->monitored_by, *ref, NULL);
-  pthread_mutex_unlock(&self->lock);
-}
+void sig_forget(proc *self, term_id other, const term_id *ref) { forget(self, other, ref, 0); }
+
+void sig_forget_watcher(proc *self, term_id other, const term_id *ref) { forget(self, other, ref, 1); }
 
 int sig_trap_exit(proc *self, int flag) {
   pthread_mutex_lock(&self->lock);

@@ -263,36 +263,26 @@ static int dropped(lua_State *L) {
                     lua_tostring(L, -1));
 }
 
-/* Protected step of selective receive. Args: entry, match function.
-** Returns true, the value, the verdict; or false, a message when the entry
-** cannot be decoded. Errors of the match function propagate. */
-static int select_step(lua_State *L) {
+/* The protected step of receive. Args: entry, match function or nil.
+** Returns true, the value, the verdict (true without a match function); or
+** false, a message when the entry cannot be decoded. Errors of the match
+** function propagate. */
+static int receive_step(lua_State *L) {
   mbox_msg *m = lua_touserdata(L, 1);
   if (push_entry(L, m) != 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
   }
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, -2);
-  lua_call(L, 1, 1);
+  if (lua_isnil(L, 2)) lua_pushboolean(L, 1);
+  else {
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_call(L, 1, 1);
+  }
   lua_pushboolean(L, 1);
   lua_rotate(L, -3, 1);
   return 3;
-}
-
-/* Protected step of a plain receive. Arg: entry. Returns true, the value;
-** or false, a message when the entry cannot be decoded. */
-static int take_step(lua_State *L) {
-  mbox_msg *m = lua_touserdata(L, 1);
-  if (push_entry(L, m) != 0) {
-    lua_pushboolean(L, 0);
-    lua_insert(L, -2);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  lua_insert(L, -2);
-  return 2;
 }
 
 /* Before parking: a doom or interrupt that arrived after the last check
@@ -322,15 +312,17 @@ static int l_receive(lua_State *L) {
         /* Decoding may run Lua code (a module the message names is
         ** required): protected, and with in_receive set so that code cannot
         ** take entries from under us. */
-        lua_pushcfunction(L, take_step);
+        lua_pushcfunction(L, receive_step);
         lua_pushlightuserdata(L, m);
+        lua_pushnil(L);
         self->in_receive = 1;
-        int st = lua_pcall(L, 1, 2, 0);
+        int st = lua_pcall(L, 2, 3, 0);
         self->in_receive = 0;
         mbox_msg_free(m);
         if (atomic_load(&self->doomed)) cur(L);
         if (st != LUA_OK) return lua_error(L);
-        if (!lua_toboolean(L, -2)) return dropped(L);
+        if (!lua_toboolean(L, -3)) { lua_pop(L, 1); return dropped(L); }
+        lua_pop(L, 1);
         return 1;
       }
     } else {
@@ -340,7 +332,7 @@ static int l_receive(lua_State *L) {
         ** module the decoder requires) may take entries: in_receive forbids
         ** receive and demonitor-flush, and defers an attached process's exit. */
         int top = lua_gettop(L);
-        lua_pushcfunction(L, select_step);
+        lua_pushcfunction(L, receive_step);
         lua_pushlightuserdata(L, m);
         lua_pushvalue(L, 1);
         self->in_receive = 1;

@@ -370,7 +370,9 @@ static int l_receive(lua_State *L) {
 
 static int l_sleep(lua_State *L) {
   proc *self = cur(L);
-  double deadline = mbox_now() + luaL_checknumber(L, 1);
+  lua_Number t = luaL_checknumber(L, 1);
+  luaL_argcheck(L, t >= 0 && t < 1e9, 1, "seconds must be a number from 0 to 1e9");
+  double deadline = mbox_now() + t;
   for (;;) {
     uint32_t seq = atomic_load(&self->mb.wake);
     cur(L);

@@ -679,6 +679,13 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
       assert.is_true(dt >= 0.049 and dt < 2, "expected about 0.05 s, slept " .. dt)
     end)
 
+    it("erlangen.sleep raises a bad-argument error for NaN or a negative time, instead of hanging", function()
+      for _, t in ipairs({0/0, -1}) do
+        local err = H.error_of(function() erlangen.sleep(t) end)
+        assert.matches("bad argument #1", err, 1, true)
+      end
+    end)
+
     it("erlangen.sleep raises a bad-argument error for a non-number", function()
       local err = H.error_of(function() erlangen.sleep("long") end)
       assert.matches("bad argument #1 to 'sleep'", err, 1, true)

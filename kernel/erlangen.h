@@ -36,8 +36,10 @@ typedef struct erlangen_config {
   size_t max_message;         /* largest encoded message in bytes; 0: 64 MiB */
   int max_depth;              /* deepest table nesting in a message; 0: 100 */
   /* Called in every new process state after the standard libraries and the
-  ** `erlangen` module are open, before the process's function runs.
-  ** [-0, +0]; it must leave the stack as it found it. May be NULL. */
+  ** `erlangen` module are open, before the process's function runs —
+  ** usually ahead of time, on a parked kernel thread, before the process
+  ** exists, so it must not call erlangen functions and must be safe to run
+  ** concurrently. [-0, +0]; it must leave the stack as it found it. May be NULL. */
   void (*open_libs)(lua_State *L, void *ud);
   void *open_libs_ud;
 } erlangen_config;

@@ -36,40 +36,40 @@ typedef struct proc_vec {      /* a small growable array of T */
 
 typedef struct proc {
   term_id pid;                     /* immutable */
-  _Atomic int refs;
-  struct proc *hnext;              /* table shard lock */
+  _Atomic int refs;                /* atomic: table + thread + lookups in progress */
+  struct proc *hnext;              /* the table shard's lock */
+  int attached;                    /* immutable: a host thread, not a kernel thread */
 
-  mbox mb;
+  mbox mb;                         /* its own lock and atomics (mailbox.h) */
 
   pthread_mutex_t lock;
-  proc_status status;              /* lock */
+  proc_status status;              /* lock (the owner may read it without) */
   int trap_exit;                   /* lock */
   proc_vec links;                  /* lock: proc_link */
   proc_vec monitors;               /* lock: proc_mon, targets this process monitors */
   proc_vec monitored_by;           /* lock: proc_mon, watchers of this process */
   unsigned char *doom_reason;      /* lock: set once by the first fatal signal */
   size_t doom_len;                 /* lock */
+  pthread_t thread;                /* lock: the thread running the process */
+  _Atomic int has_thread;          /* written under lock: `thread` may be signalled */
 
-  _Atomic int doomed;              /* set (after doom_reason) when the process must die */
-  _Atomic int interrupt;           /* erlangen_interrupt: raise "interrupted" once */
-  _Atomic int in_c;                /* reserved */
+  _Atomic int doomed;              /* atomic, set after doom_reason: the process must die */
+  _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
 
-  char *name;                      /* registry lock */
+  char *name;                      /* the registry's lock */
 
-  /* Owned by the process's own thread. */
+  /* The owner's thread only. */
   lua_State *L;
   codec_buf scratch;               /* reused encode buffer for send */
-  int attached;                    /* a host thread, not a kernel thread */
-  int in_receive;                  /* a match function is running */
-  pthread_t thread;                /* set before the thread runs the process */
-  _Atomic int has_thread;
+  int in_receive;                  /* receive's protected step is running */
 
   /* Memory of the state, published by its allocator (state_slot) with a
   ** relaxed store for readers; `mem_limit` is immutable. */
   _Atomic size_t mem_pub;
   size_t mem_limit;                /* 0: unlimited */
 
-  /* Spawn payload, consumed by the thread. */
+  /* Spawn payload: written before the process is handed to a thread (the
+  ** pool lock orders it), then consumed by that thread. */
   proc_entry entry;
   unsigned char *payload;
   size_t payload_len;

@@ -500,5 +500,5 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
   lua_close(L);
   p->L = NULL;
   s->owner = NULL;
-  if (!*reason) copy_doom(p, reason, len);
+  if (!*reason) copy_reason(KR_BADREASON, reason, len);  /* out of memory on the way */
 }

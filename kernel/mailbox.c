@@ -229,6 +229,14 @@ void mbox_unbatch(mbox *mb) {
   mb->batch = NULL;
 }
 
+uint32_t mbox_arm(mbox *mb) {
+  pthread_mutex_lock(&mb->lock);
+  mb->waiting = 1;
+  uint32_t seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+  pthread_mutex_unlock(&mb->lock);
+  return seq;
+}
+
 void mbox_disarm(mbox *mb) {
   pthread_mutex_lock(&mb->lock);
   mb->waiting = 0;

@@ -99,6 +99,10 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 ** parking (as mbox_next) and returns NULL. */
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 
+/* Owner only. Arms parking without looking at the queue (sleep): the owner
+** shows as waiting, and puts wake it. Returns the wake sequence. */
+uint32_t mbox_arm(mbox *mb);
+
 /* Owner only. Undoes the arming of mbox_next/mbox_pop without parking. */
 void mbox_disarm(mbox *mb);
 

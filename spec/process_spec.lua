@@ -507,6 +507,13 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
       assert.are.equal("running", erlangen.info(self()).status)
     end)
 
+    it("reports status \"waiting\" for a process in erlangen.sleep", function()
+      local pid = erlangen.spawn(function() erlangen.sleep(30) end)
+      H.eventually(function() return erlangen.info(pid).status == "waiting" end,
+        "status \"waiting\" of a sleeping process")
+      erlangen.exit(pid, "kill")
+    end)
+
     it("reports status \"waiting\" for a process blocked in receive", function()
       local pid = H.idle()
       H.eventually(function() return erlangen.info(pid).status == "waiting" end,

@@ -192,6 +192,12 @@ static void nap(void) {
   nanosleep(&ts, NULL);
 }
 
+/* Waits up to `seconds` for the spawned processes (all but self) to end. */
+static void await_spawned(proc *self, double seconds) {
+  double deadline = mbox_now() + seconds;
+  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+}
+
 int kern_stop(double grace) {
   if (!atomic_load(&K.running)) return 0;
   proc *self = proc_self();
@@ -199,14 +205,10 @@ int kern_stop(double grace) {
   while (atomic_load(&K.spawning) > 0) nap();
   stop_walk w = { self, KR_SHUTDOWN, 0, 0, 0 };
   proc_foreach(stop_visit, &w);
-  double deadline = mbox_now() + grace;
-  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+  await_spawned(self, grace);
   stop_walk k = { self, KR_KILLED, 0, 1, 0 };
-  deadline = mbox_now() + 2.0;  /* killed processes blocked in C may take a moment */
-  do {  /* repeat: a process may have spawned during a pass */
-    proc_foreach(stop_visit, &k);
-    nap();
-  } while (spawned_alive(self) > 0 && mbox_now() < deadline);
+  proc_foreach(stop_visit, &k);   /* no spawn can start now: one pass sees everyone */
+  await_spawned(self, 2.0);       /* killed processes blocked in C may take a moment */
   proc_foreach(detach_visit, self);
   proc_shutdown_pool();
   atomic_store(&K.running, 0);

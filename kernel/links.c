@@ -34,14 +34,13 @@ static int mon_remove(proc_vec *v, term_id ref, proc_mon *out) {
 
 /* Queues {"EXIT", from, reason} into p's mailbox (p->lock held). An EXIT
 ** of a link is never dropped (there is one per link); those sent with
-** exit/2 have a bound of their own (see mbox_put_exit). */
+** exit/2 have a bound of their own (see mbox_put_signal). */
 static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len,
                               int via_link) {
   mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len);
   if (!m) return;  /* out of memory: the signal is lost, as on a dead link */
   m->from = from;
-  if (via_link) mbox_put_signal(&p->mb, m);
-  else mbox_put_exit(&p->mb, m);
+  mbox_put_signal(&p->mb, m, !via_link);
 }
 
 void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int via_link) {
@@ -172,7 +171,7 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
     if (m) {
       m->from = from;
       m->ref = ref;
-      mbox_put_signal(&p->mb, m);
+      mbox_put_signal(&p->mb, m, 0);
     }
   }
   pthread_mutex_unlock(&p->lock);

@@ -146,25 +146,16 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
   return rc;
 }
 
-int mbox_put_signal(mbox *mb, mbox_msg *m) {
+int mbox_put_signal(mbox *mb, mbox_msg *m, int bounded) {
   int wake = 0, rc = MBOX_OK;
   pthread_mutex_lock(&mb->lock);
   if (mb->closed) rc = MBOX_CLOSED;
-  else { wake = append_locked(mb, m); m = NULL; }
-  pthread_mutex_unlock(&mb->lock);
-  if (m) mbox_msg_free(m);
-  if (wake) futex_wake(&mb->wake, 1);
-  return rc;
-}
-
-int mbox_put_exit(mbox *mb, mbox_msg *m) {
-  int wake = 0, rc = MBOX_OK;
-  pthread_mutex_lock(&mb->lock);
-  if (mb->closed) rc = MBOX_CLOSED;
-  else if (atomic_load(&mb->exits) >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
+  else if (bounded && atomic_load(&mb->exits) >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
   else {
-    atomic_fetch_add(&mb->exits, 1);
-    m->counted = MBOX_COUNT_EXIT;
+    if (bounded) {
+      atomic_fetch_add(&mb->exits, 1);
+      m->counted = MBOX_COUNT_EXIT;
+    }
     wake = append_locked(mb, m);
     m = NULL;
   }
@@ -174,13 +165,17 @@ int mbox_put_exit(mbox *mb, mbox_msg *m) {
   return rc;
 }
 
+/* Arms parking (lock held): puts from now on bump `wake`. Returns the
+** sequence to park on. */
+static uint32_t arm_locked(mbox *mb) {
+  mb->waiting = 1;
+  return atomic_load_explicit(&mb->wake, memory_order_acquire);
+}
+
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
   pthread_mutex_lock(&mb->lock);
   mbox_msg *m = after ? after->next : mb->head;
-  if (!m) {
-    mb->waiting = 1;
-    *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
-  }
+  if (!m) *seq = arm_locked(mb);
   pthread_mutex_unlock(&mb->lock);
   return m;
 }
@@ -204,10 +199,7 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
     pthread_mutex_lock(&mb->lock);
     m = mb->head;
     if (m) mb->head = mb->tail = NULL;
-    else {
-      mb->waiting = 1;
-      *seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
-    }
+    else *seq = arm_locked(mb);
     pthread_mutex_unlock(&mb->lock);
     if (!m) return NULL;
   }
@@ -231,8 +223,7 @@ void mbox_unbatch(mbox *mb) {
 
 uint32_t mbox_arm(mbox *mb) {
   pthread_mutex_lock(&mb->lock);
-  mb->waiting = 1;
-  uint32_t seq = atomic_load_explicit(&mb->wake, memory_order_acquire);
+  uint32_t seq = arm_locked(mb);
   pthread_mutex_unlock(&mb->lock);
   return seq;
 }

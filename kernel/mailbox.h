@@ -75,16 +75,13 @@ void mbox_msg_free(mbox_msg *m);
 ** MBOX_CANCELLED. */
 int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud);
 
-/* Queues an EXIT or DOWN of a link or monitor; never dropped and not
-** counted. Returns MBOX_OK or MBOX_CLOSED. */
-int mbox_put_signal(mbox *mb, mbox_msg *m);
-
-/* Queues an EXIT sent with exit/2. It does not count against the capacity
-** (a full mailbox still takes it), but such EXITs have their own bound of
-** `capacity` entries, so a flood of exit/2 cannot grow memory for ever;
-** past it they are dropped and counted. Returns MBOX_OK, MBOX_FULL or
-** MBOX_CLOSED. */
-int mbox_put_exit(mbox *mb, mbox_msg *m);
+/* Queues an EXIT or DOWN. Neither counts against the capacity (a full
+** mailbox still takes it). An EXIT or DOWN of a link or monitor
+** (bounded = 0) is never dropped: there is one per link or monitor. An
+** EXIT sent with exit/2 (bounded = 1) has a bound of its own, `capacity`
+** entries, so a flood of exit/2 cannot grow memory for ever; past it such
+** EXITs are dropped and counted. Returns MBOX_OK, MBOX_FULL or MBOX_CLOSED. */
+int mbox_put_signal(mbox *mb, mbox_msg *m, int bounded);
 
 /* Owner only. Puts the batch back in front of the shared list; call it
 ** before walking the queue with mbox_next. */

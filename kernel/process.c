@@ -238,10 +238,7 @@ static void run_process(proc *p, state_slot *slot) {
   ** without blocking, which proc_shutdown_pool relies on. */
   atomic_fetch_sub(&P.running, 1);
   if (reason) proc_exit(p, reason, len);
-  else {
-    const unsigned char *r = kern_reason(KR_MEMORY, &len);
-    proc_exit(p, r, len);
-  }
+  else proc_exit_as(p, KR_MEMORY);
   free(reason);
   P_self = NULL;
   proc_release(p);  /* the thread's reference */
@@ -369,9 +366,7 @@ static const char *abort_spawn(proc *p, proc *parent, const proc_opts *o, term_i
     sig_forget_watcher(p, parent->pid, o->monitor ? ref : NULL);
   }
   /* Anyone else who found it meanwhile hears of its exit as usual. */
-  size_t rlen;
-  const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
-  proc_exit(p, r, rlen);
+  proc_exit_as(p, KR_NOPROC);
   return why;
 }
 
@@ -407,14 +402,8 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
   table_insert(p);
   if (o->name) {
     int rc = reg_register(o->name, p);
-    if (rc != REG_OK) {
-      /* It was visible in the table for a moment: exit properly, so that
-      ** anyone who linked to it or monitored it hears of it. */
-      size_t rlen;
-      const unsigned char *r = kern_reason(KR_NOPROC, &rlen);
-      proc_exit(p, r, rlen);
-      return rc == REG_TAKEN ? "name already registered" : "out of memory";
-    }
+    if (rc != REG_OK)  /* no link or monitor yet: abort_spawn only exits it */
+      return abort_spawn(p, NULL, o, ref, rc == REG_TAKEN ? "name already registered" : "out of memory");
   }
   int nomem = 0;
   if (parent && o->link)
@@ -496,15 +485,30 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
 }
 
 void proc_exit_doomed(proc *p) {
-  pthread_mutex_lock(&p->lock);
-  size_t len = p->doom_len;
-  unsigned char *r = malloc(len ? len : 1);
-  if (r) memcpy(r, p->doom_reason, len);
-  pthread_mutex_unlock(&p->lock);
+  size_t len;
+  unsigned char *r = proc_doom_copy(p, &len);
   if (r) proc_exit(p, r, len);
-  else {
-    const unsigned char *k = kern_reason(KR_KILLED, &len);
-    proc_exit(p, k, len);
-  }
+  else proc_exit_as(p, KR_KILLED);
   free(r);
+}
+
+void proc_exit_as(proc *p, enum kern_reason r) {
+  size_t len;
+  const unsigned char *bytes = kern_reason(r, &len);
+  proc_exit(p, bytes, len);
+}
+
+unsigned char *proc_doom_copy(proc *p, size_t *len) {
+  pthread_mutex_lock(&p->lock);
+  unsigned char *r = p->doom_reason ? malloc(p->doom_len ? p->doom_len : 1) : NULL;
+  if (r) { memcpy(r, p->doom_reason, p->doom_len); *len = p->doom_len; }
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+int proc_alive(proc *p) {
+  pthread_mutex_lock(&p->lock);
+  int alive = p->status == PROC_ALIVE;
+  pthread_mutex_unlock(&p->lock);
+  return alive;
 }

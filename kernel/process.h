@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <lua.h>
 #include "codec.h"
+#include "kernel.h"
 #include "mailbox.h"
 #include "term.h"
 
@@ -104,6 +105,16 @@ void proc_detach(proc *p, const unsigned char *reason, size_t len);
 
 /* Runs the exit of an attached process that was doomed, with its doom reason. */
 void proc_exit_doomed(proc *p);
+
+/* proc_exit with one of the kernel's well-known reasons. */
+void proc_exit_as(proc *p, enum kern_reason r);
+
+/* A malloc'ed copy of p's doom reason (its length in *len), or NULL when
+** p is not doomed or memory is short. */
+unsigned char *proc_doom_copy(proc *p, size_t *len);
+
+/* 1 while p has not begun to exit (reads status under p's lock). */
+int proc_alive(proc *p);
 
 /* Looks up a live local process; the caller must proc_release it. */
 proc *proc_get(term_id pid);

@@ -65,9 +65,7 @@ int reg_register(const char *name, proc *p) {
   if (*find_locked(name)) rc = REG_TAKEN;
   else if (p->name) rc = REG_HAS_NAME;
   else {
-    pthread_mutex_lock(&p->lock);
-    int alive = p->status == PROC_ALIVE;
-    pthread_mutex_unlock(&p->lock);
+    int alive = proc_alive(p);
     size_t len = strlen(name);
     reg_entry *e = alive ? malloc(sizeof *e + len + 1) : NULL;
     if (!alive) rc = REG_DEAD;

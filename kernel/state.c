@@ -109,16 +109,13 @@ static int raise_exit(lua_State *L) {
 }
 
 int state_raise_doom(lua_State *L, proc *p) {
-  pthread_mutex_lock(&p->lock);
-  size_t len = p->doom_len;
-  unsigned char *copy = malloc(len ? len : 1);
-  if (copy) memcpy(copy, p->doom_reason, len);
-  pthread_mutex_unlock(&p->lock);
+  size_t len;
+  unsigned char *copy = proc_doom_copy(p, &len);
   codec_limits lim = kern_limits(1);
-  int n = copy ? codec_decode(L, copy, len, &lim) : -1;
+  int n = copy ? codec_decode(L, copy, len, &lim) : 0;   /* 0: nothing pushed */
   free(copy);
   if (n != 1) {
-    lua_settop(L, lua_gettop(L) - (n < 0 ? 1 : n));
+    lua_pop(L, n < 0 ? 1 : n);
     lua_pushliteral(L, "killed");
   }
   return raise_exit(L);
@@ -425,13 +422,6 @@ static int conclude(lua_State *L) {
   return 0;
 }
 
-static void copy_doom(proc *p, unsigned char **reason, size_t *len) {
-  pthread_mutex_lock(&p->lock);
-  *reason = malloc(p->doom_len ? p->doom_len : 1);
-  if (*reason) { memcpy(*reason, p->doom_reason, p->doom_len); *len = p->doom_len; }
-  pthread_mutex_unlock(&p->lock);
-}
-
 static void copy_reason(enum kern_reason k, unsigned char **reason, size_t *len) {
   const unsigned char *r = kern_reason(k, len);
   *reason = malloc(*len);
@@ -488,7 +478,7 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
   }
   if (atomic_load(&p->doomed)) {
     free(r.reason);
-    copy_doom(p, reason, len);
+    *reason = proc_doom_copy(p, len);
   } else if (status == LUA_OK) {
     copy_reason(KR_NORMAL, reason, len);
   } else {

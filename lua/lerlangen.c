@@ -25,6 +25,25 @@ static const char sentinel_key = 's';      /* registry: stops the kernel when a 
 
 static void set_extra(lua_State *L, proc *p) { *(proc **)lua_getextraspace(L) = p; }
 
+static lua_State *main_thread(lua_State *L) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  lua_State *main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  return main;
+}
+
+/* Ends the calling host thread's process, if it has one, with "normal". */
+static void detach_self(lua_State *L) {
+  proc *p = proc_self();
+  if (p && p->attached) {
+    set_extra(main_thread(L), NULL);   /* erlangen_interrupt must not see it freed */
+    size_t len;
+    const unsigned char *r = kern_reason(KR_NORMAL, &len);
+    proc_detach(p, r, len);
+  }
+  state_set_current(NULL);
+}
+
 static int raise_doom(lua_State *L, proc *p) {
   /* An attached process exits here, except inside receive's protected
   ** steps: receive exits it when they return (it holds queue entries). */
@@ -39,12 +58,7 @@ static proc *cur(lua_State *L) {
   proc *p = proc_self();
   int replace = p && p->attached && p->status != PROC_ALIVE;
   if (replace) {
-    size_t len;
-    const unsigned char *r = kern_reason(KR_NORMAL, &len);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    set_extra(lua_tothread(L, -1), NULL);   /* erlangen_interrupt must not see it freed */
-    lua_pop(L, 1);
-    proc_detach(p, r, len);
+    detach_self(L);
     p = NULL;
   }
   if (!p) {
@@ -53,10 +67,7 @@ static proc *cur(lua_State *L) {
     if (!replace && state_is_kernel(L))
       luaL_error(L, "erlangen: no process yet (called while a process state is being prepared)");
     if (kern_ensure() != 0) luaL_error(L, "erlangen: the kernel is not running");
-    lua_State *main;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    main = lua_tothread(L, -1);
-    lua_pop(L, 1);
+    lua_State *main = main_thread(L);
     p = proc_attach(main);
     if (!p) luaL_error(L, "erlangen: out of memory");
     set_extra(main, p);
@@ -497,6 +508,15 @@ static int l_registered(lua_State *L) {
 
 /* ---- introspection ---- */
 
+/* Pushes an array of the n pids. */
+static void push_pid_array(lua_State *L, const term_id *ids, size_t n) {
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    term_push(L, TERM_PID, ids[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+}
+
 typedef struct pid_list { term_id *ids; size_t n, cap; int overflow; } pid_list;
 
 static void collect_pid(proc *p, void *ud) {
@@ -515,33 +535,19 @@ static int l_processes(lua_State *L) {
     if (!c.overflow) break;
     lua_pop(L, 1);
   }
-  lua_createtable(L, (int)c.n, 0);
-  for (size_t i = 0; i < c.n; i++) {
-    term_push(L, TERM_PID, c.ids[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  push_pid_array(L, c.ids, c.n);
   return 1;
 }
 
 static int l_is_alive(lua_State *L) {
   proc *p = proc_get(term_check(L, 1, TERM_PID));
-  int alive = 0;
-  if (p) {
-    pthread_mutex_lock(&p->lock);
-    alive = p->status == PROC_ALIVE;
-    pthread_mutex_unlock(&p->lock);
-    proc_release(p);
-  }
-  lua_pushboolean(L, alive);
+  lua_pushboolean(L, p && proc_alive(p));
+  if (p) proc_release(p);
   return 1;
 }
 
 static void push_pids(lua_State *L, term_id *ids, size_t n, const char *field) {
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    term_push(L, TERM_PID, ids[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  push_pid_array(L, ids, n);
   lua_setfield(L, -2, field);
 }
 
@@ -632,20 +638,8 @@ static int l_decode(lua_State *L) {
 
 /* ---- the module ---- */
 
-/* Ends the calling host thread's process, if it has one, with "normal". */
-static void detach_self(void) {
-  proc *p = proc_self();
-  if (p && p->attached) {
-    size_t len;
-    const unsigned char *r = kern_reason(KR_NORMAL, &len);
-    proc_detach(p, r, len);
-  }
-  state_set_current(NULL);
-}
-
 static int stop_at_close(lua_State *L) {
-  (void)L;
-  detach_self();
+  detach_self(L);
   kern_stop(1.0);
   return 0;
 }
@@ -733,7 +727,7 @@ lua_State *erlangen_attach(void) {
 }
 
 void erlangen_detach(lua_State *L) {
-  detach_self();
+  detach_self(L);
   lua_close(L);
 }
 

@@ -98,8 +98,7 @@ static void exit_mt(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &exit_mt_key);
 }
 
-/* Raises an exit object carrying the value at the top of the stack. */
-static int raise_exit(lua_State *L) {
+int state_exit(lua_State *L) {
   lua_createtable(L, 0, 1);
   lua_insert(L, -2);
   lua_setfield(L, -2, "reason");
@@ -118,7 +117,7 @@ int state_raise_doom(lua_State *L, proc *p) {
     lua_pop(L, n < 0 ? 1 : n);
     lua_pushliteral(L, "killed");
   }
-  return raise_exit(L);
+  return state_exit(L);
 }
 
 int state_exit_reason(lua_State *L, proc *p) {
@@ -133,8 +132,6 @@ int state_exit_reason(lua_State *L, proc *p) {
 }
 
 /* erlangen.exit(reason) for the binding: raises an exit object. */
-int state_exit(lua_State *L) { return raise_exit(L); }
-
 /* ---- allocation ---- */
 
 static void publish(state_slot *s) {
@@ -177,7 +174,7 @@ static void no_warnings(void *ud, const char *msg, int tocont) {
 static void wrap_coroutines(lua_State *L);
 
 /* Puts stdlib/ first on package.path unless it is already there. */
-static void add_stdlib_path(lua_State *L) {
+void state_add_stdlib_path(lua_State *L) {
   const char *dir = kern_stdlib_dir();
   lua_getglobal(L, "package");
   if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
@@ -195,8 +192,6 @@ static void add_stdlib_path(lua_State *L) {
   lua_pop(L, 3);
 }
 
-void state_add_stdlib_path(lua_State *L) { add_stdlib_path(L); }
-
 void state_open(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &kernel_key);
@@ -204,7 +199,7 @@ void state_open(lua_State *L) {
   wrap_coroutines(L);
   luaL_requiref(L, "erlangen", luaopen_erlangen, 1);
   lua_pop(L, 1);
-  add_stdlib_path(L);
+  state_add_stdlib_path(L);
   kern_config c = kern_config_get();
   if (c.open_libs) c.open_libs(L, c.open_libs_ud);
 }

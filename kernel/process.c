@@ -158,6 +158,8 @@ void proc_release(proc *p) {
   proc_vec_free(&p->monitors);
   proc_vec_free(&p->monitored_by);
   free(p->doom_reason);
+  free(p->label);
+  proc_vec_free(&p->aliases);
   codec_buf_free(&p->scratch);
   free(p->payload);
   free(p->chunkname);
@@ -399,6 +401,7 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
   p->payload_len = len;
   p->mem_limit = o->max_memory;
   p->trap_exit = o->trap_exit;
+  if (parent) p->parent = parent->pid;
   table_insert(p);
   if (o->name) {
     int rc = reg_register(o->name, p);

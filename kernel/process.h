@@ -58,6 +58,10 @@ typedef struct proc {
   _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
 
   char *name;                      /* the registry's lock */
+  proc_vec aliases;                /* the registry's lock: term_id of each active alias */
+
+  term_id parent;                  /* immutable: the spawner ({0} for host threads) */
+  char *label;                     /* lock: set_label's string, or NULL */
 
   /* The owner's thread only. */
   lua_State *L;

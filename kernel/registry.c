@@ -1,5 +1,6 @@
 /*
-** registry.c — registered names: a chained hash table under one lock.
+** registry.c — registered names and aliases: two chained hash tables under
+** one lock.
 */
 #include <pthread.h>
 #include <stdlib.h>
@@ -13,12 +14,21 @@ typedef struct reg_entry {
   char name[];
 } reg_entry;
 
+typedef struct alias_entry {
+  struct alias_entry *next;
+  term_id ref;
+  proc *p;                  /* no reference: reg_remove drops the entry first */
+} alias_entry;
+
+#define ALIAS_BUCKETS 256u  /* aliases live for one call each: few at a time */
+
 /* The module's one global. Everything in it is guarded by `lock`. */
 static struct {
   pthread_mutex_t lock;
   reg_entry **buckets;
   size_t nbuckets, n;
-} R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
+  alias_entry *aliases[ALIAS_BUCKETS];
+} R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, {0} };
 
 static size_t hash(const char *s) {
   size_t h = 1469598103934665603ull;
@@ -113,9 +123,27 @@ int reg_whereis(const char *name, term_id *pid) {
   return e != NULL;
 }
 
+static alias_entry **alias_find_locked(term_id ref) {
+  alias_entry **e = &R.aliases[(ref.n ^ ref.node) % ALIAS_BUCKETS];
+  while (*e && !term_eq((*e)->ref, ref)) e = &(*e)->next;
+  return e;
+}
+
+static void alias_drop_locked(alias_entry **slot) {
+  alias_entry *e = *slot;
+  *slot = e->next;
+  free(e);
+}
+
 void reg_remove(proc *p) {
   pthread_mutex_lock(&R.lock);
   proc *q = p->name ? unlink_locked(p->name) : NULL;
+  term_id *a = p->aliases.items;
+  for (size_t i = 0; i < p->aliases.n; i++) {
+    alias_entry **slot = alias_find_locked(a[i]);
+    if (*slot) alias_drop_locked(slot);
+  }
+  p->aliases.n = 0;
   pthread_mutex_unlock(&R.lock);
   if (q) proc_release(q);
 }
@@ -148,4 +176,56 @@ int reg_name_of(proc *p, char *buf, size_t n) {
   }
   pthread_mutex_unlock(&R.lock);
   return has;
+}
+
+int reg_alias(proc *p, term_id *ref) {
+  alias_entry *e = malloc(sizeof *e);
+  if (!e) return -1;
+  e->ref = term_new_ref();
+  e->p = p;
+  int rc = -1;
+  pthread_mutex_lock(&R.lock);
+  /* proc_exit sets the status before reg_remove takes this lock, so an
+  ** alias added after the check is still removed by it. */
+  if (proc_alive(p) && proc_vec_push(&p->aliases, &e->ref, sizeof e->ref) == 0) {
+    alias_entry **slot = alias_find_locked(e->ref);
+    e->next = *slot;
+    *slot = e;
+    *ref = e->ref;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&R.lock);
+  if (rc != 0) free(e);
+  return rc;
+}
+
+int reg_unalias(proc *p, term_id ref) {
+  int found = 0;
+  pthread_mutex_lock(&R.lock);
+  alias_entry **slot = alias_find_locked(ref);
+  if (*slot && (*slot)->p == p) {
+    alias_drop_locked(slot);
+    term_id *a = p->aliases.items;
+    for (size_t i = 0; i < p->aliases.n; i++)
+      if (term_eq(a[i], ref)) { a[i] = a[--p->aliases.n]; break; }
+    found = 1;
+  }
+  pthread_mutex_unlock(&R.lock);
+  return found;
+}
+
+int reg_alias_owner(term_id ref, term_id *pid) {
+  pthread_mutex_lock(&R.lock);
+  alias_entry *e = *alias_find_locked(ref);
+  if (e) *pid = e->p->pid;
+  pthread_mutex_unlock(&R.lock);
+  return e != NULL;
+}
+
+int reg_alias_active(proc *p, term_id ref) {
+  pthread_mutex_lock(&R.lock);
+  alias_entry *e = *alias_find_locked(ref);
+  int active = e && e->p == p;
+  pthread_mutex_unlock(&R.lock);
+  return active;
 }

@@ -3,15 +3,18 @@
 ** the doom hook, and running the process's entry.
 */
 #include <dlfcn.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include "erlangen_config.h"
 #include "kernel.h"
 #include "process.h"
+#include "registry.h"
 #include "state.h"
 
 #define HOOK_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
@@ -392,6 +395,40 @@ static void encode_reason(lua_State *L, run_result *r) {
   r->len = b.len;
 }
 
+#define LOGGER_NAME "erlangen.log"   /* stdlib's logger registers under this name */
+
+/* Sends the crash report {"$log", "error", text, {reason=, traceback=},
+** pid, system time} to the registered logger without waiting. Returns 1 if
+** it was queued; 0 (the caller prints to stderr) when there is no logger,
+** its mailbox is full, or memory is short. May raise (memory). */
+static int report_to_logger(lua_State *L, proc *p, const char *text, const char *reason,
+                            const char *trace) {
+  term_id logger;
+  if (!reg_whereis(LOGGER_NAME, &logger)) return 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_createtable(L, 6, 0);
+  lua_pushliteral(L, "$log"); lua_rawseti(L, -2, 1);
+  lua_pushliteral(L, "error"); lua_rawseti(L, -2, 2);
+  lua_pushstring(L, text); lua_rawseti(L, -2, 3);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, reason); lua_setfield(L, -2, "reason");
+  if (trace) { lua_pushstring(L, trace); lua_setfield(L, -2, "traceback"); }
+  lua_rawseti(L, -2, 4);
+  term_push(L, TERM_PID, p->pid); lua_rawseti(L, -2, 5);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec / 1e9); lua_rawseti(L, -2, 6);
+  codec_limits lim = kern_limits(0);
+  codec_buf b = {0};
+  int ok = codec_encode(L, -1, 1, "report", &lim, &b) == 0;
+  lua_pop(L, 1);   /* the table or the codec's error */
+  proc *q = ok ? proc_get(logger) : NULL;
+  mbox_msg *m = q ? mbox_msg_new(MBOX_MSG, b.data, b.len) : NULL;
+  codec_buf_free(&b);
+  int rc = m ? mbox_put(&q->mb, m, -INFINITY, NULL, NULL) : MBOX_FULL;
+  if (q) proc_release(q);
+  return rc == MBOX_OK;
+}
+
 /* Protected: turns how the entry ended into a reason, reporting crashes.
 ** Args: proc, run_result, status, error value. */
 static int conclude(lua_State *L) {
@@ -401,15 +438,16 @@ static int conclude(lua_State *L) {
   lua_settop(L, 4);
   if (status == LUA_OK) return 0;              /* the caller uses "normal" */
   if (state_exit_reason(L, p)) { encode_reason(L, r); return 0; }
+  const char *why = luaL_tolstring(L, 4, NULL);
   if (r->started) {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &trace_key);
     const char *trace = lua_tostring(L, -1);
-    fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> crashed\n%s\n",
-            (int)p->pid.node, (unsigned long long)p->pid.n,
-            trace ? trace : luaL_tolstring(L, 4, NULL));
-  } else {
+    if (!report_to_logger(L, p, "process crashed", why, trace))
+      fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> crashed\n%s\n",
+              (int)p->pid.node, (unsigned long long)p->pid.n, trace ? trace : why);
+  } else if (!report_to_logger(L, p, "process could not start", why, NULL)) {
     fprintf(stderr, "=ERROR REPORT==== process <%d.%llu> could not start: %s\n",
-            (int)p->pid.node, (unsigned long long)p->pid.n, luaL_tolstring(L, 4, NULL));
+            (int)p->pid.node, (unsigned long long)p->pid.n, why);
   }
   fflush(stderr);
   lua_settop(L, 4);

@@ -96,9 +96,11 @@ enum term_kind term_test(lua_State *L, int idx, term_id *out) {
 
 term_id term_check(lua_State *L, int arg, enum term_kind kind) {
   term_id id = {0, 0, 0};
-  if (term_test(L, arg, &id) != kind) {
+  enum term_kind got = term_test(L, arg, &id);
+  if (got != kind) {
+    const char *what = got == TERM_PID ? "pid" : got == TERM_REF ? "ref" : luaL_typename(L, arg);
     const char *msg = lua_pushfstring(L, "%s expected, got %s",
-                                      kind == TERM_PID ? "pid" : "ref", luaL_typename(L, arg));
+                                      kind == TERM_PID ? "pid" : "ref", what);
     luaL_argerror(L, arg, msg);
   }
   return id;

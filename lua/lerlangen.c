@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <lauxlib.h>
 #include "erlangen_config.h"
 #include "codec.h"
@@ -208,17 +209,24 @@ static int l_trap_exit(lua_State *L) {
 
 /* ---- messages ---- */
 
-/* Resolves a pid or a registered name at `arg`; returns 0 if no such process. */
-static int dest_pid(lua_State *L, int arg, term_id *pid) {
+/* Resolves a pid, a registered name or an alias at `arg`; returns 0 if no
+** such process. *alias gets the alias (n = 0 otherwise). */
+static int dest_pid(lua_State *L, int arg, term_id *pid, term_id *alias) {
+  *alias = (term_id){0, 0, 0};
   if (lua_type(L, arg) == LUA_TSTRING) return reg_whereis(lua_tostring(L, arg), pid);
-  if (term_test(L, arg, pid) != TERM_PID) luaL_typeerror(L, arg, "pid or name");
+  enum term_kind k = term_test(L, arg, pid);
+  if (k == TERM_REF) {
+    *alias = *pid;
+    return reg_alias_owner(*alias, pid);
+  }
+  if (k != TERM_PID) luaL_typeerror(L, arg, "pid, name or alias");
   return 1;
 }
 
 static int l_send(lua_State *L) {
   proc *self = cur(L);
-  term_id pid;
-  int known = dest_pid(L, 1, &pid);
+  term_id pid, alias;
+  int known = dest_pid(L, 1, &pid, &alias);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
   double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
   codec_limits lim = kern_limits(1);
@@ -231,6 +239,7 @@ static int l_send(lua_State *L) {
     return 2;
   }
   mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
+  if (m) m->ref = alias;  /* receive drops it if the alias is gone by then */
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
   proc_release(p);
@@ -306,6 +315,12 @@ static void check_before_park(lua_State *L, proc *self) {
   }
 }
 
+/* A message sent through an alias that its owner has since deactivated:
+** unalias promises that such a message is never seen. */
+static int stale(proc *self, mbox_msg *m) {
+  return m->kind == MBOX_MSG && m->ref.n != 0 && !reg_alias_active(self, m->ref);
+}
+
 static int l_receive(lua_State *L) {
   proc *self = cur(L);
   int match = lua_type(L, 1) == LUA_TFUNCTION || lua_type(L, 1) == LUA_TTABLE;
@@ -319,6 +334,7 @@ static int l_receive(lua_State *L) {
     uint32_t seq;
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
+      if (m && stale(self, m)) { mbox_msg_free(m); continue; }
       if (m) {
         /* Decoding may run Lua code (a module the message names is
         ** required): protected, and with in_receive set so that code cannot
@@ -338,6 +354,7 @@ static int l_receive(lua_State *L) {
       }
     } else {
       mbox_msg *m = mbox_next(&self->mb, prev, &seq);
+      if (m && stale(self, m)) { mbox_take(&self->mb, prev, m); mbox_msg_free(m); continue; }
       if (m) {
         /* While we hold m and prev, no Lua code of ours (the match, or a
         ** module the decoder requires) may take entries: in_receive forbids
@@ -395,6 +412,13 @@ static int l_sleep(lua_State *L) {
 
 static int l_now(lua_State *L) { lua_pushnumber(L, mbox_now()); return 1; }
 
+static int l_system_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec / 1e9);
+  return 1;
+}
+
 /* ---- links and monitors ---- */
 
 static int l_link(lua_State *L) {
@@ -423,8 +447,9 @@ static int l_unlink(lua_State *L) {
 
 static int l_monitor(lua_State *L) {
   proc *self = cur(L);
-  term_id pid;
-  if (!dest_pid(L, 1, &pid)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
+  term_id pid, alias;
+  if (lua_type(L, 1) != LUA_TSTRING) pid = term_check(L, 1, TERM_PID);
+  else if (!dest_pid(L, 1, &pid, &alias)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
   term_id ref;
   if (sig_monitor(self, pid, &ref) != SIG_OK) return luaL_error(L, "monitor: out of memory");
   term_push(L, TERM_REF, ref);
@@ -443,6 +468,22 @@ static int l_demonitor(lua_State *L) {
 
 static int l_ref(lua_State *L) {
   term_push(L, TERM_REF, term_new_ref());
+  return 1;
+}
+
+/* ---- aliases ---- */
+
+static int l_alias(lua_State *L) {
+  proc *self = cur(L);
+  term_id ref;
+  if (reg_alias(self, &ref) != 0) return luaL_error(L, "alias: out of memory");
+  term_push(L, TERM_REF, ref);
+  return 1;
+}
+
+static int l_unalias(lua_State *L) {
+  proc *self = cur(L);
+  lua_pushboolean(L, reg_unalias(self, term_check(L, 1, TERM_REF)));
   return 1;
 }
 
@@ -539,6 +580,36 @@ static int l_processes(lua_State *L) {
   return 1;
 }
 
+#define LABEL_MAX 256   /* longest label kept, in bytes */
+
+static int l_set_label(lua_State *L) {
+  proc *self = cur(L);
+  size_t len = 0;
+  const char *s = lua_isnoneornil(L, 1) ? NULL : luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, len <= LABEL_MAX, 1, "label longer than 256 bytes");
+  char *copy = s ? malloc(len + 1) : NULL;
+  if (s && !copy) return luaL_error(L, "set_label: out of memory");
+  if (copy) memcpy(copy, s, len + 1);
+  pthread_mutex_lock(&self->lock);
+  char *old = self->label;
+  self->label = copy;
+  pthread_mutex_unlock(&self->lock);
+  free(old);
+  return 0;
+}
+
+/* erlangen.tree(opts): the process-tree view of stdlib erlangen.observer. */
+static int l_tree(lua_State *L) {
+  lua_settop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "erlangen.observer");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "print");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, LUA_MULTRET);
+  return lua_gettop(L) - 2;
+}
+
 static int l_is_alive(lua_State *L) {
   proc *p = proc_get(term_check(L, 1, TERM_PID));
   lua_pushboolean(L, p && proc_alive(p));
@@ -556,6 +627,9 @@ static int l_info(lua_State *L) {
   if (!p) { lua_pushnil(L); return 1; }
   pthread_mutex_lock(&p->lock);
   int alive = p->status == PROC_ALIVE, trap = p->trap_exit;
+  char label[LABEL_MAX + 1];
+  int labelled = p->label != NULL;
+  if (labelled) memcpy(label, p->label, strlen(p->label) + 1);
   size_t nl = p->links.n, nm = p->monitors.n, nw = p->monitored_by.n;
   term_id *ids = malloc((nl + nm + nw + 1) * sizeof *ids);
   if (ids) {
@@ -572,8 +646,11 @@ static int l_info(lua_State *L) {
   char name[256];
   int named = reg_name_of(p, name, sizeof name);
   size_t mem = atomic_load_explicit(&p->mem_pub, memory_order_relaxed);
+  term_id parent = p->parent;
   proc_release(p);
-  lua_createtable(L, 0, 11);
+  lua_createtable(L, 0, 13);
+  if (labelled) { lua_pushstring(L, label); lua_setfield(L, -2, "label"); }
+  if (parent.n) { term_push(L, TERM_PID, parent); lua_setfield(L, -2, "parent"); }
   lua_pushstring(L, waiting ? "waiting" : "running"); lua_setfield(L, -2, "status");
   if (named) { lua_pushstring(L, name); lua_setfield(L, -2, "name"); }
   lua_pushinteger(L, count); lua_setfield(L, -2, "mailbox");
@@ -649,8 +726,10 @@ static const luaL_Reg funcs[] = {
   {"spawn_opt", l_spawn_opt}, {"self", l_self},
   {"exit", l_exit}, {"trap_exit", l_trap_exit},
   {"send", l_send}, {"receive", l_receive}, {"sleep", l_sleep}, {"now", l_now},
+  {"system_time", l_system_time},
   {"link", l_link}, {"unlink", l_unlink}, {"monitor", l_monitor}, {"demonitor", l_demonitor},
-  {"ref", l_ref},
+  {"ref", l_ref}, {"alias", l_alias}, {"unalias", l_unalias},
+  {"set_label", l_set_label}, {"tree", l_tree},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

@@ -105,7 +105,9 @@ end
 -- Raises if a message matching `match` arrives within `timeout` seconds
 -- (default 0.2). Used to show that something did NOT happen.
 function H.refute_message(match, what, timeout)
-  local m = erlangen.receive(match, timeout or 0.2)
+  local m
+  if match then m = erlangen.receive(match, timeout or 0.2)
+  else m = erlangen.receive(timeout or 0.2) end
   if m ~= nil then
     error(string.format("expected no %s, got %s", what or "message", H.show(m)), 2)
   end

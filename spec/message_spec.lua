@@ -44,9 +44,9 @@ describe("messages", function()
       assert.are.same({false, "noproc"}, {erlangen.send("nobody_has_this_name", "hi")})
     end)
 
-    it("raises \"bad argument #1 to 'send' (pid or name expected, got table)\"", function()
+    it("raises \"bad argument #1 to 'send' (pid, name or alias expected, got table)\"", function()
       local err = H.error_of(function() erlangen.send({}, "hi") end)
-      assert.matches("bad argument #1 to 'send' (pid or name expected, got table)", err, 1, true)
+      assert.matches("bad argument #1 to 'send' (pid, name or alias expected, got table)", err, 1, true)
     end)
 
     it("raises a bad-argument error for a nil destination", function()

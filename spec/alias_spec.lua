@@ -1,0 +1,102 @@
+-- Aliases: refs a process accepts messages through until it deactivates
+-- them (OTP's alias/unalias), so that a reply sent after a timeout never
+-- reaches the caller's mailbox.
+local erlangen = require "erlangen"
+local H = require "spec.helpers"
+
+describe("an alias", function()
+  before_each(H.before)
+  after_each(H.after)
+
+  it("delivers a message to its owner", function()
+    local a = erlangen.alias()
+    assert.are.same({true}, {erlangen.send(a, "via alias")})
+    assert.are.equal("via alias", H.recv(nil, "the message sent to the alias"))
+    erlangen.unalias(a)
+  end)
+
+  it("delivers from another process", function()
+    local a = erlangen.alias()
+    erlangen.spawn(function(to) erlangen.send(to, {"reply", 42}) end, a)
+    assert.are.same({"reply", 42}, H.recv(H.tagged("reply"), "the reply through the alias"))
+    erlangen.unalias(a)
+  end)
+
+  it("is a ref, distinct from every other alias", function()
+    local a, b = erlangen.alias(), erlangen.alias()
+    assert.is_false(a == b)
+    assert.matches("^#Ref<", tostring(a))
+    erlangen.unalias(a); erlangen.unalias(b)
+  end)
+
+  it("refuses messages after unalias with false, \"noproc\"", function()
+    local a = erlangen.alias()
+    assert.is_true(erlangen.unalias(a))
+    assert.are.same({false, "noproc"}, {erlangen.send(a, "late")})
+    H.refute_message(nil, "a message sent after unalias", 0.05)
+  end)
+
+  it("drops a message that was queued before unalias and not yet received", function()
+    local a = erlangen.alias()
+    erlangen.send(a, "queued then unaliased")
+    erlangen.send(erlangen.self(), "plain marker")
+    erlangen.unalias(a)
+    assert.are.equal("plain marker", H.recv(nil, "the plain message after the dropped one"))
+    H.refute_message(nil, "the message of the deactivated alias", 0.05)
+  end)
+
+  it("drops such a message in a selective receive as well", function()
+    local a = erlangen.alias()
+    erlangen.send(erlangen.self(), "first")
+    erlangen.send(a, "stale")
+    erlangen.send(erlangen.self(), "last")
+    erlangen.unalias(a)
+    assert.are.equal("last", H.recv(H.equals("last"), "the last message"))
+    assert.are.same({"first"}, H.drain())
+  end)
+
+  it("keeps other aliases and plain messages when one is deactivated", function()
+    local a, b = erlangen.alias(), erlangen.alias()
+    erlangen.send(a, "to a"); erlangen.send(b, "to b")
+    erlangen.unalias(a)
+    assert.are.equal("to b", H.recv(nil, "the message to the alias still active"))
+    erlangen.unalias(b)
+  end)
+
+  it("unalias returns false for a ref that is not an active alias of the caller", function()
+    assert.is_false(erlangen.unalias(erlangen.ref()))
+    local a = erlangen.alias()
+    local pid = erlangen.spawn(function(ref, to) erlangen.send(to, {"other", erlangen.unalias(ref)}) end,
+                               a, erlangen.self())
+    assert.are.same({"other", false}, H.recv(H.tagged("other"), "another process's unalias result"))
+    assert.is_true(erlangen.send(a, "still active"))
+    assert.are.equal("still active", H.recv(H.equals("still active"), "the message after the foreign unalias"))
+    erlangen.unalias(a)
+    H.exit_reason(pid)
+  end)
+
+  it("dies with its owner", function()
+    local pid = erlangen.spawn(function(to)
+      erlangen.send(to, {"alias", erlangen.alias()})
+      erlangen.receive()
+    end, erlangen.self())
+    local a = H.recv(H.tagged("alias"), "the alias of the other process")[2]
+    assert.is_true(erlangen.send(a, "while alive"))
+    local ref = erlangen.monitor(pid)
+    erlangen.exit(pid, "kill")
+    H.await_down(ref, "the owner's DOWN")
+    assert.are.same({false, "noproc"}, {erlangen.send(a, "after the owner died")})
+  end)
+
+  it("is refused by monitor, which takes a pid or a name", function()
+    local a = erlangen.alias()
+    local err = H.error_of(function() return erlangen.monitor(a) end)
+    assert.matches("bad argument #1 to 'monitor' (pid expected, got ref", err, 1, true)
+    erlangen.unalias(a)
+  end)
+
+  it("unalias raises a bad-argument error for a non-ref", function()
+    local err = H.error_of(function() return erlangen.unalias(erlangen.self()) end)
+    assert.matches("bad argument #1 to 'unalias' (ref expected, got pid)", err, 1, true)
+  end)
+end)

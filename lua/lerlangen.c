@@ -668,6 +668,7 @@ static int l_info(lua_State *L) {
 /* ---- configuration and the codec ---- */
 
 static int l_configure(lua_State *L) {
+  lua_settop(L, 1);    /* the table of previous values goes to slot 2 */
   kern_ensure();
   kern_config c = kern_config_get();
   lua_createtable(L, 0, 4);

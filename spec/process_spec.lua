@@ -584,6 +584,13 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
   end)
 
   describe("erlangen.configure", function()
+    it("returns the current values when called without an argument", function()
+      local now = erlangen.configure()
+      assert.are.equal("table", type(now))
+      assert.are.equal(erlangen.configure({}).mailbox, now.mailbox)
+      assert.is_true(math.type(now.stack_size) == "integer" and now.stack_size > 0)
+    end)
+
     it("sets the default mailbox capacity of new processes and returns the old value", function()
       local old = erlangen.configure({mailbox = 7})
       finally(function() erlangen.configure(old) end)

@@ -6,7 +6,7 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 packages="lua5.4 liblua5.4-dev libsodium-dev libreadline-dev pkg-config meson ninja-build gcc
-          lua-busted lua-socket bsdutils clang libclang-rt-14-dev"
+          lua-busted lua-socket bsdutils clang libclang-rt-14-dev graphviz"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

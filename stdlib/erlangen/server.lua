@@ -141,7 +141,8 @@ end
 
 -- Logging -----------------------------------------------------------------------------
 
--- Through erlangen.log when it is installed, else one line on stderr.
+-- Through erlangen.log when it is installed (it renders the field values),
+-- else one line on stderr.
 local function log_event(level, text, fields)
   local ok, log = pcall(require, "erlangen.log")
   if ok and type(log) == "table" and type(log[level]) == "function"
@@ -149,7 +150,7 @@ local function log_event(level, text, fields)
     return
   end
   local parts = {}
-  for k, v in pairs(fields) do parts[#parts + 1] = k .. "=" .. v end
+  for k, v in pairs(fields) do parts[#parts + 1] = k .. "=" .. show(v) end
   table.sort(parts)
   io.stderr:write(string.format("[%s] %s %s: %s\n", level, tostring(erlangen.self()), text,
                                 table.concat(parts, " ")))
@@ -186,8 +187,7 @@ local function terminate(p, reason, state, last, traceback)
   end
   if not is_normal(reason) then
     log_event("error", "server terminating", {
-      server = p.label, reason = show(reason), last_message = show(last),
-      traceback = traceback or "",
+      server = p.label, reason = reason, last_message = last, traceback = traceback,
     })
   end
   erlangen.exit(reason)
@@ -207,7 +207,7 @@ local function default_cast(msg)
 end
 
 local function default_info(msg, state, label)
-  log_event("warning", "server got an unexpected message", {server = label, message = show(msg)})
+  log_event("warning", "server got an unexpected message", {server = label, message = msg})
   return state
 end
 
@@ -271,7 +271,7 @@ function server.init_it(callbacks, arg, ack_to, tag, parent)
     if parent then erlangen.unlink(parent) end
     if not is_normal(reason) then
       log_event("error", "server failed to start",
-                {server = label, reason = show(reason), traceback = traceback or ""})
+                {server = label, reason = reason, traceback = traceback})
     end
     erlangen.send(ack_to, {tag, false, reason}, ACK_SPACE_WAIT)
     erlangen.exit(reason)

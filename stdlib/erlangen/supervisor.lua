@@ -1,0 +1,837 @@
+-- erlangen.supervisor — OTP supervisors: start children in order, restart them by strategy, stop them in reverse.
+--
+-- A supervisor is a process that traps exits. It calls each child's start
+-- function in its own process (so the child is linked to it), keeps the
+-- children in start order, and reacts to their EXITs as its strategy says.
+-- Calls from other processes use a small protocol of its own, like OTP's
+-- gen:call: the request carries an alias, and the caller monitors the
+-- supervisor while it waits. doc/supervisor.md is the reference.
+
+local erlangen = require "erlangen"
+
+local supervisor = {}
+
+local STRATEGIES = {one_for_one = true, one_for_all = true, rest_for_one = true,
+                    simple_one_for_one = true}
+local RESTARTS = {permanent = true, transient = true, temporary = true}
+local TYPES = {worker = true, supervisor = true}
+local SPEC_KEYS = {strategy = true, intensity = true, period = true, children = true, name = true}
+local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, type = true}
+
+-- Values --------------------------------------------------------------------
+
+local function is_pid(v)
+  return type(v) == "userdata" and (pcall(erlangen.is_alive, v))
+end
+
+local function show(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return tostring(v)
+end
+
+-- Whether an exit reason is one a transient child may end with unrestarted.
+local function is_shutdown(reason)
+  return reason == "normal" or reason == "shutdown"
+      or (type(reason) == "table" and reason[1] == "shutdown")
+end
+
+local function is_exit_of(pid)
+  return function(m) return type(m) == "table" and m[1] == "EXIT" and m[2] == pid end
+end
+
+local function is_down_of(ref)
+  return function(m) return type(m) == "table" and m[1] == "DOWN" and m[2] == ref end
+end
+
+-- Checking specs ------------------------------------------------------------
+
+-- Returns the child spec `c` with its defaults filled in, or nil and a message
+-- naming the field (`where` is how the message names the spec).
+local function check_child(c, where)
+  if type(c) ~= "table" then
+    return nil, string.format("%s must be a table, got %s", where, type(c))
+  end
+  for k in pairs(c) do
+    if not CHILD_KEYS[k] then
+      return nil, string.format("%s: unknown field %s", where, show(k))
+    end
+  end
+  local id = c.id
+  if id == nil then return nil, where .. ".id is missing" end
+  if type(id) ~= "string" and math.type(id) ~= "integer" then
+    return nil, string.format("%s.id must be a string or an integer, got %s", where, type(id))
+  end
+  local start = c.start
+  if type(start) ~= "table" then
+    return nil, string.format("%s.start must be a table {f, args...}, got %s", where, type(start))
+  end
+  local f = start[1]
+  if type(f) == "string" then
+    if not f:match("^.+%.[^.]+$") then
+      return nil, string.format("%s.start[1] must be \"module.function\", got %s", where, show(f))
+    end
+  elseif type(f) ~= "function" then
+    return nil, string.format("%s.start[1] must be a function or a \"module.function\" string, got %s",
+      where, type(f))
+  end
+  local restart = c.restart == nil and "permanent" or c.restart
+  if not RESTARTS[restart] then
+    return nil, string.format('%s.restart must be "permanent", "transient" or "temporary", got %s',
+      where, show(restart))
+  end
+  local ctype = c.type == nil and "worker" or c.type
+  if not TYPES[ctype] then
+    return nil, string.format('%s.type must be "worker" or "supervisor", got %s', where, show(ctype))
+  end
+  local shutdown = c.shutdown
+  if shutdown == nil then shutdown = ctype == "supervisor" and "infinity" or 5 end
+  if not (shutdown == "brutal_kill" or shutdown == "infinity"
+          or (type(shutdown) == "number" and shutdown >= 0 and shutdown < math.huge)) then
+    return nil, string.format('%s.shutdown must be "brutal_kill", "infinity" or a number of seconds >= 0, got %s',
+      where, show(shutdown))
+  end
+  return {id = id, start = start, restart = restart, shutdown = shutdown, type = ctype}
+end
+
+-- Returns the supervisor spec with its defaults filled in, or nil and a message.
+local function check_spec(spec)
+  if type(spec) ~= "table" then return nil, "spec must be a table, got " .. type(spec) end
+  for k in pairs(spec) do
+    if not SPEC_KEYS[k] then return nil, "spec: unknown field " .. show(k) end
+  end
+  local strategy = spec.strategy == nil and "one_for_one" or spec.strategy
+  if not STRATEGIES[strategy] then
+    return nil, string.format('spec.strategy must be "one_for_one", "one_for_all", "rest_for_one" '
+      .. 'or "simple_one_for_one", got %s', show(strategy))
+  end
+  local intensity = spec.intensity == nil and 3 or spec.intensity
+  if math.type(intensity) ~= "integer" or intensity < 0 then
+    return nil, "spec.intensity must be an integer >= 0, got " .. show(intensity)
+  end
+  local period = spec.period == nil and 5 or spec.period
+  if type(period) ~= "number" or not (period > 0) then
+    return nil, "spec.period must be a number of seconds > 0, got " .. show(period)
+  end
+  if spec.name ~= nil and type(spec.name) ~= "string" then
+    return nil, "spec.name must be a string, got " .. type(spec.name)
+  end
+  local children = spec.children == nil and {} or spec.children
+  if type(children) ~= "table" then
+    return nil, "spec.children must be a list of child specs, got " .. type(children)
+  end
+  local n = #children
+  for k in pairs(children) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      return nil, "spec.children must be a list of child specs, found key " .. show(k)
+    end
+  end
+  if strategy == "simple_one_for_one" and n ~= 1 then
+    return nil, "spec.children must hold exactly one child spec for simple_one_for_one, got " .. n
+  end
+  local checked, seen = {}, {}
+  for i = 1, n do
+    local c, err = check_child(children[i], "spec.children[" .. i .. "]")
+    if not c then return nil, err end
+    if seen[c.id] then
+      return nil, string.format("spec.children[%d].id: duplicate id %s", i, show(c.id))
+    end
+    seen[c.id] = true
+    checked[i] = c
+  end
+  return {strategy = strategy, intensity = intensity, period = period, name = spec.name,
+          children = checked}
+end
+
+-- Reports ----------------------------------------------------------------------
+
+-- Sends a report to erlangen.log when it can be loaded, else writes one line
+-- to stderr. A report never raises.
+local function report(level, text, fields)
+  local ok, log = pcall(require, "erlangen.log")
+  if ok and type(log) == "table" and type(log[level]) == "function"
+      and pcall(log[level], text, fields) then
+    return
+  end
+  local parts = {}
+  for k, v in pairs(fields) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
+  table.sort(parts)
+  pcall(io.stderr.write, io.stderr, string.format("[%s] %s %s %s\n", level, tostring(erlangen.self()),
+    text, table.concat(parts, " ")))
+end
+
+local function child_report(S, level, text, rec, reason, pid)
+  report(level, text, {supervisor = S.name, id = rec.id, pid = pid or rec.pid, reason = reason,
+                       restart = rec.restart, type = rec.type})
+end
+
+-- Starting one child (in the supervisor) --------------------------------------
+
+-- Calls the start function {f, args...} with `extra` appended to its args.
+-- Returns the child's pid, or nil and a reason.
+local function call_start(start, extra)
+  local f = start[1]
+  if type(f) == "string" then
+    local modname, fname = f:match("^(.+)%.([^.]+)$")
+    local ok, mod = pcall(require, modname)
+    if not ok then return nil, mod end
+    f = type(mod) == "table" and mod[fname]
+    if type(f) ~= "function" then
+      return nil, "start function " .. start[1] .. " is not a function"
+    end
+  end
+  local args = table.pack(table.unpack(start, 2))
+  if extra then
+    for i = 1, extra.n do args[args.n + i] = extra[i] end
+    args.n = args.n + extra.n
+  end
+  local ok, pid, reason = pcall(f, table.unpack(args, 1, args.n))
+  if not ok then return nil, pid end
+  if is_pid(pid) then return pid end
+  if pid == nil then return nil, reason == nil and "start function returned nil" or reason end
+  return nil, {"bad_return_value", pid}
+end
+
+-- Starts the child of record `rec`; sets rec.pid on success. Returns true,
+-- or nil and a reason.
+local function start_rec(S, rec, quiet)
+  local pid, reason = call_start(rec.start, rec.args)
+  if not pid then return nil, reason end
+  rec.pid, rec.restarting = pid, nil
+  if rec.args == nil and not quiet then child_report(S, "info", "child started", rec) end
+  return true
+end
+
+-- Sets the record's pid (a dynamic child is also found by pid).
+local function set_pid(S, rec, pid)
+  if rec.args and rec.pid then S.by_pid[rec.pid] = nil end
+  rec.pid = pid
+  if rec.args and pid then S.by_pid[pid] = rec end
+end
+
+-- Stopping children ----------------------------------------------------------
+
+-- Monitors `pid`, then unlinks it. If its EXIT was already queued (it died
+-- before the unlink), consumes that EXIT and its DOWN and returns nil and
+-- the exit reason; otherwise returns the monitor ref.
+local function monitor_child(pid)
+  local ref = erlangen.monitor(pid)
+  erlangen.unlink(pid)
+  local m = erlangen.receive(is_exit_of(pid), 0)
+  if m then
+    erlangen.receive(is_down_of(ref))
+    return nil, m[3]
+  end
+  return ref
+end
+
+-- Stops one child the OTP way and returns its exit reason. `how` is
+-- "brutal_kill", "infinity" or seconds to wait after "shutdown" before a kill.
+local function shutdown(pid, how)
+  local ref, reason = monitor_child(pid)
+  if not ref then return reason end
+  erlangen.exit(pid, how == "brutal_kill" and "kill" or "shutdown")
+  local m = erlangen.receive(is_down_of(ref), type(how) == "number" and how or nil)
+  if not m then
+    erlangen.exit(pid, "kill")
+    m = erlangen.receive(is_down_of(ref))
+  end
+  erlangen.receive(is_exit_of(pid), 0)  -- an EXIT sent before the unlink took effect
+  return m[4]
+end
+
+-- Whether `reason` is what a child stopped with `how` should end with.
+local function expected_stop(rec, how, reason)
+  if reason == (how == "brutal_kill" and "killed" or "shutdown") then return true end
+  return reason == "normal" and rec.restart ~= "permanent"
+end
+
+-- Stops the child of `rec` if it runs, and reports an unexpected reason.
+local function terminate_rec(S, rec)
+  local pid = rec.pid
+  rec.restarting = nil
+  if not pid then return end
+  local reason = shutdown(pid, rec.shutdown)
+  if not expected_stop(rec, rec.shutdown, reason) then
+    child_report(S, "error", "shutdown error", rec, reason)
+  end
+  set_pid(S, rec, nil)
+end
+
+-- Stops the dynamic children in parallel: "shutdown" (or a kill) to all of
+-- them, then waits for their DOWNs up to the spec's shutdown time, then
+-- kills the rest.
+local function terminate_dynamic(S)
+  local how = S.template.shutdown
+  local waiting, left = {}, 0
+  local recs = {}
+  for rec in pairs(S.dynamic) do recs[#recs + 1] = rec end
+  for _, rec in ipairs(recs) do
+    if rec.pid then
+      local ref, reason = monitor_child(rec.pid)
+      if ref then
+        waiting[ref] = rec
+        left = left + 1
+        erlangen.exit(rec.pid, how == "brutal_kill" and "kill" or "shutdown")
+      elseif not expected_stop(rec, how, reason) then
+        child_report(S, "error", "shutdown error", rec, reason)
+      end
+    end
+  end
+  local function is_ours(m)
+    return type(m) == "table" and m[1] == "DOWN" and waiting[m[2]] ~= nil
+  end
+  local deadline = type(how) == "number" and erlangen.now() + how or nil
+  local killed = false
+  while left > 0 do
+    local m
+    if deadline and not killed then
+      m = erlangen.receive(is_ours, math.max(0, deadline - erlangen.now()))
+      if not m then
+        for _, rec in pairs(waiting) do erlangen.exit(rec.pid, "kill") end
+        killed = true
+      end
+    else
+      m = erlangen.receive(is_ours)
+    end
+    if m then
+      local rec = waiting[m[2]]
+      waiting[m[2]] = nil
+      left = left - 1
+      erlangen.receive(is_exit_of(rec.pid), 0)
+      if not expected_stop(rec, how, m[4]) then
+        child_report(S, "error", "shutdown error", rec, m[4])
+      end
+    end
+  end
+  S.dynamic, S.by_pid = {}, {}
+end
+
+-- Stops every child: the dynamic ones in parallel, the others right to left.
+local function terminate_all(S)
+  if S.template then return terminate_dynamic(S) end
+  for i = #S.children, 1, -1 do terminate_rec(S, S.children[i]) end
+end
+
+-- The child list ---------------------------------------------------------------
+
+local function new_rec(S, c, args)
+  S.seq = S.seq + 1
+  return {id = c.id, start = c.start, restart = c.restart, shutdown = c.shutdown,
+          type = c.type, args = args, seq = S.seq}
+end
+
+local function find_id(S, id)
+  for i, rec in ipairs(S.children) do
+    if rec.id == id then return rec, i end
+  end
+end
+
+-- The record of the child whose pid is `pid`, if any.
+local function find_pid(S, pid)
+  if S.template then return S.by_pid[pid] end
+  for _, rec in ipairs(S.children) do
+    if rec.pid == pid then return rec end
+  end
+end
+
+-- Removes a child (a dead one, or one that never started) from the lists.
+local function remove_rec(S, rec)
+  if rec.args then
+    S.dynamic[rec] = nil
+    if rec.pid then S.by_pid[rec.pid] = nil end
+    return
+  end
+  local _, i = find_id(S, rec.id)
+  if i then table.remove(S.children, i) end
+end
+
+-- Restarting ---------------------------------------------------------------------
+
+-- Records a restart now. Returns false when there have been more than
+-- `intensity` restarts within `period` seconds.
+local function add_restart(S)
+  local now = erlangen.now()
+  local kept = {}
+  for _, t in ipairs(S.restarts) do
+    if now - t <= S.period then kept[#kept + 1] = t end
+  end
+  kept[#kept + 1] = now
+  S.restarts = kept
+  return #kept <= S.intensity
+end
+
+-- Starts `list` (records, in start order) left to right. Stops at the first
+-- failure and returns that record and the reason; returns nil when all
+-- started.
+local function start_list(S, list)
+  for _, rec in ipairs(list) do
+    local ok, reason = start_rec(S, rec)
+    if not ok then return rec, reason end
+  end
+end
+
+-- Stops the running children of `list` right to left; temporary ones are
+-- removed for good (they are never restarted). Returns the records kept.
+local function terminate_list(S, list)
+  for i = #list, 1, -1 do terminate_rec(S, list[i]) end
+  local kept = {}
+  for _, rec in ipairs(list) do
+    if rec.restart == "temporary" then remove_rec(S, rec) else kept[#kept + 1] = rec end
+  end
+  return kept
+end
+
+-- Restarts `rec` (whose process has ended) as the strategy says. Returns true,
+-- or nil, the record that failed to start and the reason.
+local function restart_by_strategy(S, rec)
+  local strategy = S.strategy
+  if strategy == "one_for_one" or strategy == "simple_one_for_one" then
+    local pid, reason = call_start(rec.start, rec.args)
+    if not pid then return nil, rec, reason end
+    set_pid(S, rec, pid)
+    rec.restarting = nil
+    if not rec.args then child_report(S, "info", "child started", rec) end
+    return true
+  end
+  local list
+  if strategy == "one_for_all" then
+    list = {}
+    for _, r in ipairs(S.children) do list[#list + 1] = r end
+  else  -- rest_for_one: rec and the children started after it
+    local _, i = find_id(S, rec.id)
+    list = table.move(S.children, i, #S.children, 1, {})
+  end
+  list = terminate_list(S, list)
+  local failed, reason = start_list(S, list)
+  if failed then return nil, failed, reason end
+  return true
+end
+
+-- Restarts after `rec`'s process ended. If the intensity is exceeded, stops
+-- every child and exits with "shutdown". If a start fails, the failed child
+-- is marked restarting and retried from the main loop (each try counts).
+local function restart(S, rec)
+  if not add_restart(S) then
+    report("error", "reached max restart intensity",
+      {supervisor = S.name, id = rec.id, reason = "shutdown",
+       intensity = S.intensity, period = S.period})
+    terminate_all(S)
+    erlangen.exit("shutdown")
+  end
+  local ok, failed, reason = restart_by_strategy(S, rec)
+  if not ok then
+    child_report(S, "error", "start error", failed, reason)
+    failed.restarting = true
+    S.retries[#S.retries + 1] = failed
+  end
+end
+
+-- Handles the EXIT of child `rec`.
+local function child_exited(S, rec, reason)
+  local pid = rec.pid
+  set_pid(S, rec, nil)
+  if rec.restart == "permanent" or (rec.restart == "transient" and not is_shutdown(reason)) then
+    child_report(S, "error", "child terminated", rec, reason, pid)
+    return restart(S, rec)
+  end
+  if not is_shutdown(reason) then child_report(S, "error", "child terminated", rec, reason, pid) end
+  if rec.restart == "temporary" or rec.args then remove_rec(S, rec) end
+end
+
+-- Management calls (in the supervisor) --------------------------------------------
+
+local calls = {}
+
+function calls.start_child(S, args)
+  if S.template then
+    local rec = new_rec(S, S.template, args)
+    local pid, reason = call_start(rec.start, rec.args)
+    if not pid then return nil, reason end
+    S.dynamic[rec] = true
+    set_pid(S, rec, pid)
+    return pid
+  end
+  if args.n ~= 1 then
+    return nil, nil, "a child spec (one table) expected, got " .. args.n .. " arguments"
+  end
+  local arg, err = check_child(args[1], "child spec")
+  if not arg then return nil, nil, err end
+  local old = find_id(S, arg.id)
+  if old then
+    if old.pid then return nil, {"already_started", old.pid} end
+    return nil, "already_present"
+  end
+  local rec = new_rec(S, arg)
+  local ok, reason = start_rec(S, rec)
+  if not ok then return nil, reason end
+  S.children[#S.children + 1] = rec
+  return rec.pid
+end
+
+function calls.terminate_child(S, key)
+  local rec
+  if S.template then
+    if not is_pid(key) then return nil, "simple_one_for_one" end
+    rec = S.by_pid[key]
+  else
+    rec = find_id(S, key)
+  end
+  if not rec then return nil, "not_found" end
+  terminate_rec(S, rec)
+  if rec.restart == "temporary" or rec.args then remove_rec(S, rec) end
+  return true
+end
+
+function calls.restart_child(S, id)
+  if S.template then return nil, "simple_one_for_one" end
+  local rec = find_id(S, id)
+  if not rec then return nil, "not_found" end
+  if rec.pid then return nil, "running" end
+  if rec.restarting then return nil, "restarting" end
+  local ok, reason = start_rec(S, rec)
+  if not ok then return nil, reason end
+  return rec.pid
+end
+
+function calls.delete_child(S, id)
+  if S.template then return nil, "simple_one_for_one" end
+  local rec = find_id(S, id)
+  if not rec then return nil, "not_found" end
+  if rec.pid then return nil, "running" end
+  if rec.restarting then return nil, "restarting" end
+  remove_rec(S, rec)
+  return true
+end
+
+local function child_info(rec)
+  return {id = (not rec.args) and rec.id or nil, pid = rec.pid, type = rec.type,
+          restart = rec.restart,
+          status = rec.pid and "running" or rec.restarting and "restarting" or "undefined"}
+end
+
+function calls.which_children(S)
+  local list = {}
+  if S.template then
+    local recs = {}
+    for rec in pairs(S.dynamic) do recs[#recs + 1] = rec end
+    table.sort(recs, function(a, b) return a.seq < b.seq end)
+    for i, rec in ipairs(recs) do list[i] = child_info(rec) end
+  else
+    for i, rec in ipairs(S.children) do list[i] = child_info(rec) end
+  end
+  return list
+end
+
+function calls.count_children(S)
+  local counts = {specs = 0, active = 0, supervisors = 0, workers = 0}
+  local function count(rec)
+    counts.specs = counts.specs + 1
+    if rec.pid then counts.active = counts.active + 1 end
+    if rec.type == "supervisor" then counts.supervisors = counts.supervisors + 1
+    else counts.workers = counts.workers + 1 end
+  end
+  if S.template then
+    for rec in pairs(S.dynamic) do count(rec) end
+  else
+    for _, rec in ipairs(S.children) do count(rec) end
+  end
+  return counts
+end
+
+function calls.get_childspec(S, key)
+  local rec
+  if S.template then
+    if is_pid(key) then rec = S.by_pid[key] end
+    if rec then rec = S.template end
+  else
+    rec = find_id(S, key)
+  end
+  if not rec then return nil, "not_found" end
+  return {id = rec.id, start = rec.start, restart = rec.restart, shutdown = rec.shutdown,
+          type = rec.type}
+end
+
+-- The supervisor process ----------------------------------------------------------
+
+local function handle_call(S, m)
+  local reply_to, tag, op, arg = m[2], m[3], m[4], m[5]
+  local fn = calls[op]
+  local r1, r2, bad
+  if fn then r1, r2, bad = fn(S, arg) else r1, r2 = nil, "unknown call " .. tostring(op) end
+  erlangen.send(reply_to, {tag, r1, r2, bad}, 5)
+end
+
+local function handle_exit(S, pid, reason)
+  if S.parent and pid == S.parent then
+    terminate_all(S)
+    erlangen.exit(reason)
+  end
+  local rec = find_pid(S, pid)
+  if rec then child_exited(S, rec, reason) end
+  -- an EXIT from a process that is no child (any more) is ignored, as in OTP
+end
+
+-- Tries again to restart a child whose restart failed.
+local function try_again(S, rec)
+  if not rec.restarting then return end                  -- stopped or deleted meanwhile
+  if rec.args and not S.dynamic[rec] then return end
+  if not rec.args and not find_id(S, rec.id) then return end
+  restart(S, rec)
+end
+
+local function loop(S)
+  while true do
+    local m
+    if #S.retries > 0 then
+      m = erlangen.receive(0)
+      if m == nil then try_again(S, table.remove(S.retries, 1)) end
+    else
+      m = erlangen.receive()
+    end
+    if m ~= nil then
+      local tag = type(m) == "table" and m[1]
+      if tag == "EXIT" then
+        handle_exit(S, m[2], m[3])
+      elseif tag == "$sup_call" then
+        handle_call(S, m)
+      elseif tag == "$sup_stop" then
+        terminate_all(S)
+        erlangen.exit(m[2])
+      else
+        report("error", "supervisor received an unexpected message",
+          {supervisor = S.name, message = m})
+      end
+    end
+  end
+end
+
+-- The body of a supervisor process (started by supervisor.start/start_link
+-- with trap_exit set). Not for direct use.
+function supervisor.init_it(starter, linked, spec)
+  if erlangen.set_label then erlangen.set_label("supervisor") end
+  local me = erlangen.self()
+  local S = {
+    parent = linked and starter or nil,
+    name = spec.name or tostring(me),
+    strategy = spec.strategy, intensity = spec.intensity, period = spec.period,
+    children = {},           -- static children, in start order
+    template = nil,          -- simple_one_for_one: the one child spec
+    dynamic = {}, by_pid = {},   -- simple_one_for_one children: set of records, pid -> record
+    restarts = {}, retries = {}, seq = 0,
+  }
+  local failed, reason
+  if spec.strategy == "simple_one_for_one" then
+    S.template = spec.children[1]
+  else
+    for _, c in ipairs(spec.children) do
+      local rec = new_rec(S, c)
+      local ok, why = start_rec(S, rec)
+      if not ok then failed, reason = rec, why; break end
+      S.children[#S.children + 1] = rec
+    end
+  end
+  if failed then
+    child_report(S, "error", "start error", failed, reason)
+    terminate_all(S)
+    reason = {"shutdown", {"failed_to_start_child", failed.id, reason}}
+    if linked then erlangen.unlink(starter) end
+    erlangen.send(starter, {"$sup_ack", me, false, reason}, 5)
+    erlangen.exit(reason)
+  end
+  erlangen.send(starter, {"$sup_ack", me, true}, 5)
+  loop(S)
+end
+
+-- The API --------------------------------------------------------------------------
+
+local function start(fname, spec, link)
+  local checked, err = check_spec(spec)
+  if not checked then error(fname .. ": " .. err, 3) end
+  local name = checked.name
+  if name then
+    local other = erlangen.whereis(name)
+    if other then return nil, {"already_started", other} end
+  end
+  local me = erlangen.self()
+  local ok, pid, ref = pcall(erlangen.spawn_opt,
+    {link = link, monitor = true, trap_exit = true, name = name},
+    "erlangen.supervisor.init_it", me, link, checked)
+  if not ok then
+    local other = name and erlangen.whereis(name)
+    if other and tostring(pid):find("already registered", 1, true) then
+      return nil, {"already_started", other}
+    end
+    error(fname .. ": " .. tostring(pid), 3)
+  end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and ((x[1] == "$sup_ack" and x[2] == pid)
+                                   or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if m[1] == "$sup_ack" and m[3] then
+    erlangen.demonitor(ref, true)
+    return pid
+  end
+  local reason
+  if m[1] == "$sup_ack" then
+    reason = m[4]
+    erlangen.receive(is_down_of(ref))
+  else
+    reason = m[4]
+    if link then erlangen.receive(is_exit_of(pid), 0) end
+  end
+  return nil, reason
+end
+
+--- supervisor.start_link(spec) -> pid | nil, reason
+-- Starts a supervisor linked to the caller and returns once every child has
+-- started. Raises for a malformed spec.
+function supervisor.start_link(spec)
+  local pid, reason = start("supervisor.start_link", spec, true)
+  return pid, reason
+end
+
+--- supervisor.start(spec) -> pid | nil, reason
+-- As start_link, without the link.
+function supervisor.start(spec)
+  local pid, reason = start("supervisor.start", spec, false)
+  return pid, reason
+end
+
+-- The error value raised by a call that got no reply.
+local call_error_mt = {
+  __tostring = function(e)
+    if e[1] == "exit" then
+      return string.format("supervisor.%s: the supervisor exited (%s)", e.call, tostring(e[2]))
+    end
+    return string.format("supervisor.%s: %s", e.call, e[1])
+  end,
+}
+
+local function call_error(fname, what, reason)
+  return setmetatable({what, reason, call = fname}, call_error_mt)
+end
+
+-- Resolves `sup` (pid or name) for supervisor.<fname>; raises on a bad argument
+-- or a missing supervisor.
+local function resolve(fname, sup, level)
+  local pid = sup
+  if type(sup) == "string" then
+    pid = erlangen.whereis(sup)
+    if not pid then error(call_error(fname, "noproc"), level) end
+  elseif not is_pid(sup) then
+    error(string.format("bad argument #1 to '%s' (pid or name expected, got %s)", fname, type(sup)), level)
+  end
+  if pid == erlangen.self() then error(call_error(fname, "calling_self"), level) end
+  return pid
+end
+
+-- Sends a request to the supervisor and waits for the reply (for ever, as
+-- OTP's supervisor calls do) or for the supervisor's DOWN.
+local function call(fname, sup, op, arg)
+  local pid = resolve(fname, sup, 4)
+  local ref = erlangen.monitor(pid)
+  local alias = erlangen.alias and erlangen.alias()
+  local tag = alias or ref
+  local ok, err = pcall(erlangen.send, pid, {"$sup_call", alias or erlangen.self(), tag, op, arg}, 60)
+  if not ok then
+    erlangen.demonitor(ref, true)
+    if alias then erlangen.unalias(alias) end
+    error(string.format("supervisor.%s: %s", fname, tostring(err)), 3)
+  end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if alias then erlangen.unalias(alias) end
+  if m[1] == "DOWN" then
+    if m[4] == "noproc" then error(call_error(fname, "noproc"), 3) end
+    error(call_error(fname, "exit", m[4]), 3)
+  end
+  erlangen.demonitor(ref, true)
+  if m[4] ~= nil then error(string.format("supervisor.%s: %s", fname, m[4]), 3) end
+  return m[2], m[3]
+end
+
+--- supervisor.start_child(sup, child_spec) -> pid | nil, reason
+--- supervisor.start_child(sup, args...) -> pid | nil, reason  (simple_one_for_one)
+-- For a simple_one_for_one supervisor the arguments are appended to those of
+-- the spec's start; otherwise the argument is a child spec, added last.
+-- A bad child spec raises an error naming the field.
+function supervisor.start_child(sup, ...)
+  local r1, r2 = call("start_child", sup, "start_child", table.pack(...))
+  return r1, r2
+end
+
+--- supervisor.terminate_child(sup, id_or_pid) -> true | nil, reason
+function supervisor.terminate_child(sup, id)
+  local r1, r2 = call("terminate_child", sup, "terminate_child", id)
+  return r1, r2
+end
+
+--- supervisor.restart_child(sup, id) -> pid | nil, reason
+function supervisor.restart_child(sup, id)
+  local r1, r2 = call("restart_child", sup, "restart_child", id)
+  return r1, r2
+end
+
+--- supervisor.delete_child(sup, id) -> true | nil, reason
+function supervisor.delete_child(sup, id)
+  local r1, r2 = call("delete_child", sup, "delete_child", id)
+  return r1, r2
+end
+
+--- supervisor.which_children(sup) -> { {id=, pid=, status=, type=, restart=}, ... }
+function supervisor.which_children(sup)
+  return (call("which_children", sup, "which_children"))
+end
+
+--- supervisor.count_children(sup) -> {specs=, active=, supervisors=, workers=}
+function supervisor.count_children(sup)
+  return (call("count_children", sup, "count_children"))
+end
+
+--- supervisor.get_childspec(sup, id_or_pid) -> child spec | nil, "not_found"
+function supervisor.get_childspec(sup, id)
+  local r1, r2 = call("get_childspec", sup, "get_childspec", id)
+  return r1, r2
+end
+
+--- supervisor.check_childspecs(list) -> true | nil, message
+function supervisor.check_childspecs(list)
+  if type(list) ~= "table" then return nil, "child specs must be a list, got " .. type(list) end
+  local seen = {}
+  for i, c in ipairs(list) do
+    local checked, err = check_child(c, "children[" .. i .. "]")
+    if not checked then return nil, err end
+    if seen[checked.id] then
+      return nil, string.format("children[%d].id: duplicate id %s", i, show(checked.id))
+    end
+    seen[checked.id] = true
+  end
+  return true
+end
+
+--- supervisor.stop(sup [, reason="normal" [, timeout]]) -> true
+-- Stops the children (right to left, or the dynamic ones in parallel) and
+-- ends the supervisor with `reason`; returns once it has ended. Raises the
+-- call error "noproc" if it was not running, "timeout" after `timeout` seconds.
+function supervisor.stop(sup, reason, timeout)
+  local pid = resolve("stop", sup, 3)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("bad argument #3 to 'stop' (number expected, got " .. type(timeout) .. ")", 2)
+  end
+  local ref = erlangen.monitor(pid)
+  local ok, err = pcall(erlangen.send, pid, {"$sup_stop", reason == nil and "normal" or reason}, 60)
+  if not ok then
+    erlangen.demonitor(ref, true)
+    error("supervisor.stop: " .. tostring(err), 2)
+  end
+  local m = erlangen.receive(is_down_of(ref), timeout)
+  if not m then
+    erlangen.demonitor(ref, true)
+    error(call_error("stop", "timeout"), 2)
+  end
+  if m[4] == "noproc" then error(call_error("stop", "noproc"), 2) end
+  return true
+end
+
+return supervisor

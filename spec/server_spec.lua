@@ -32,7 +32,7 @@ function kv.handle_call(req, from, s)
     local ok, err = pcall(server.call, erlangen.self(), {"get", "x"})
     return {ok, err[1]}, s
   end
-  if op == "from" then return from, s end
+  if op == "bad_reply" then return io.stdout, s end
   return "unknown", s
 end
 
@@ -175,6 +175,12 @@ describe("erlangen.server", function()
       H.recv(is_msg("held"), "the server to hold the call")
       erlangen.exit(pid, "kill")
       assert.are.same({"result", false, "exit", "killed"}, H.recv(is_msg("result"), "the call error"))
+    end)
+
+    it("names the reply when handle_call returns one that cannot be sent", function()
+      local pid = start_kv()
+      local err = H.error_of(function() server.call(pid, {"bad_reply"}) end)
+      assert.are.same({"exit", "reply: cannot send userdata"}, {err[1], err[2]})
     end)
 
     it("raises noproc for a dead pid", function()
@@ -405,6 +411,16 @@ describe("erlangen.server", function()
       erlangen.send(parent, "go")
       assert.are.same({"terminate", "shutdown"}, H.recv(is_msg("terminate"), "terminate"))
       assert.are.equal("shutdown", H.await_down(ref))
+    end)
+
+    it("runs terminate on a \"shutdown\" exit signal from its parent, if it traps exits", function()
+      erlangen.trap_exit(true)   -- the server's exit must not end this (parent) process
+      local pid = assert(server.start_link(kv, {parent = self()}, {trap_exit = true}))
+      local ref = erlangen.monitor(pid)
+      erlangen.exit(pid, "shutdown")   -- what a supervisor sends
+      assert.are.same({"terminate", "shutdown"}, H.recv(is_msg("terminate"), "terminate"))
+      assert.are.equal("shutdown", H.await_down(ref))
+      assert.are.same({"EXIT", pid, "shutdown"}, H.recv(H.is_exit(pid), "the link's EXIT"))
     end)
 
     it("hands an EXIT from a process other than its parent to handle_info", function()

@@ -178,6 +178,10 @@ local function send_reply(from, value)
   return erlangen.send(from[1], {from[2], value})
 end
 
+local function is_from(from)
+  return type(from) == "table" and (is_pid(from[1]) or is_ref(from[1])) and is_ref(from[2])
+end
+
 -- Runs terminate (if any) and ends the process with `reason` (or with the
 -- error of terminate). `last` is the message being handled, for the report.
 local function terminate(p, reason, state, last, traceback)
@@ -218,7 +222,7 @@ local function loop(p, state)
   while true do
     local m = erlangen.receive()
     local tag = type(m) == "table" and m[1]
-    if tag == "$gen_call" and type(m[2]) == "table" then
+    if tag == "$gen_call" and is_from(m[2]) then
       local from = m[2]
       local ok, r1, r2 = xpcall(handle_call, catch, m[3], from, state)
       if not ok then crash(p, r1, state, m) end
@@ -228,7 +232,10 @@ local function loop(p, state)
       end
       if r1 ~= server.noreply then
         local sent, e = pcall(send_reply, from, r1)
-        if not sent then crash(p, "reply " .. tostring(e):gsub("^msg%[2%]", ""), r2, m) end
+        if not sent then  -- "msg[2].f: cannot send userdata" becomes "reply.f: ..."
+          local path = tostring(e):match("^msg%[2%](.*)$")
+          crash(p, path and "reply" .. path or "reply: " .. tostring(e), r2, m)
+        end
       end
       state = r2
     elseif tag == "$gen_cast" then
@@ -438,7 +445,7 @@ function server.cast(srv, msg)
 end
 
 function server.reply(from, value)
-  if type(from) ~= "table" or not (is_pid(from[1]) or is_ref(from[1])) or not is_ref(from[2]) then
+  if not is_from(from) then
     error("bad argument #1 to 'reply' (the 'from' of handle_call expected, got " .. show(from) .. ")", 2)
   end
   local ok, sent, why = pcall(send_reply, from, value)

@@ -297,7 +297,10 @@ end
 -- Suspends the caller for `seconds`. Messages do not end the wait.
 function timer.sleep(seconds)
   check_seconds("sleep", seconds)
-  erlangen.sleep(seconds)
+  local deadline = erlangen.now() + seconds
+  repeat   -- erlangen.sleep takes at most 1e9 s at a time
+    erlangen.sleep(math.min(deadline - erlangen.now(), 1e8))
+  until erlangen.now() >= deadline
 end
 
 -- {pending = timers waiting, dropped = messages the service could not deliver

@@ -299,7 +299,7 @@ function timer.sleep(seconds)
   check_seconds("sleep", seconds)
   local deadline = erlangen.now() + seconds
   repeat   -- erlangen.sleep takes at most 1e9 s at a time
-    erlangen.sleep(math.min(deadline - erlangen.now(), 1e8))
+    erlangen.sleep(math.max(0, math.min(deadline - erlangen.now(), 1e8)))
   until erlangen.now() >= deadline
 end
 

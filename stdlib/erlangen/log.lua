@@ -21,6 +21,11 @@ local LEVEL_NAMES = {"debug", "info", "notice", "warning", "error"}
 
 -- Values ----------------------------------------------------------------------
 
+-- Wall-clock seconds since the epoch, for timestamps.
+local function wall_time()
+  return erlangen.system_time and erlangen.system_time() or os.time()
+end
+
 local function is_pid(v)
   return type(v) == "userdata" and tostring(v):match("^<%d+%.%d+>$") ~= nil
 end
@@ -164,7 +169,7 @@ local function logger()
   emit = function(level, text, fields, pid, time)
     if (LEVELS[level] or LEVELS.error) < threshold then return end
     local rec = {level = level, text = text, fields = fields, pid = pid or self,
-                 time = time or erlangen.system_time()}
+                 time = time or wall_time()}
     write(rec, format(rec.level, rec.text, rec.fields, rec.pid, rec.time))
   end
 
@@ -173,7 +178,7 @@ local function logger()
     local level = LEVELS[m[2]] and m[2] or "error"
     local text = type(m[3]) == "string" and m[3] or render(m[3])
     local fields = type(m[4]) == "table" and m[4] or {value = m[4]}
-    local time = type(m[6]) == "number" and m[6] or erlangen.system_time()
+    local time = type(m[6]) == "number" and m[6] or wall_time()
     emit(level, text, fields, m[5], time)
   end
 
@@ -303,8 +308,7 @@ local function record(fname, level, text, fields)
     error(string.format("bad argument #2 to '%s' (table of fields expected, got %s)",
       fname, typename(fields)), 3)
   end
-  local time = erlangen.system_time and erlangen.system_time() or os.time()
-  local rec = {"$log", level, text, fields or {}, erlangen.self(), time}
+  local rec = {"$log", level, text, fields or {}, erlangen.self(), wall_time()}
   for _ = 1, 2 do
     local ok, sent, why = pcall(erlangen.send, erlangen.whereis(NAME) or ensure(), rec, SEND_WAIT)
     if not ok then

@@ -12,6 +12,10 @@
 ** exit signal "shutdown"; those still alive after the grace period are killed.
 ** The grace period is ERLANGEN_GRACE seconds (default 2).
 **
+** `erlangen --port-mapper [--port N]` runs the port mapper daemon
+** (portmap.h) in the foreground instead: it prints the port it listens on
+** (one line) and serves until SIGTERM or SIGINT, then exits 0.
+**
 ** The REPL reads with readline (history in ~/.erlangen_history) when stdin is
 ** a terminal, and with plain getline otherwise. Ctrl-C interrupts the running
 ** expression (erlangen_interrupt), or clears the line at the prompt.
@@ -36,6 +40,7 @@
 
 #include "erlangen.h"
 #include "erlangen_config.h"
+#include "portmap.h"
 
 #define PROGNAME        "erlangen"
 #define GRACE_DEFAULT   2.0         /* seconds; see ERLANGEN_GRACE */
@@ -210,6 +215,7 @@ static void print_usage(const char *bad) {
         "  -W        turn warnings on\n"
         "  --        stop handling options\n"
         "  -         stop handling options and execute stdin\n"
+        "or:    " PROGNAME " --port-mapper [--port N]   run the port mapper daemon\n"
         "Environment: ERLANGEN_GRACE  seconds processes get to handle \"shutdown\""
         " at exit (default 2)\n", stderr);
   fflush(stderr);
@@ -800,6 +806,38 @@ static int run_main(lua_State *L) {
   return 1;
 }
 
+/* erlangen --port-mapper [--port N] */
+static int port_mapper(int argc, char **argv) {
+  char err[256];
+  int port, fd, bound;
+  if (pmap_default_port(&port, err, sizeof err) != 0) {
+    message(err);
+    return EXIT_FAILURE;
+  }
+  if (argc == 4 && strcmp(argv[2], "--port") == 0) {
+    if (pmap_parse_port(argv[3], &port) != 0) {
+      fprintf(stderr, "%s: --port '%s': not a port number 0..65535\n", PROGNAME, argv[3]);
+      return EXIT_FAILURE;
+    }
+  }
+  else if (argc != 2) {
+    fputs("usage: " PROGNAME " --port-mapper [--port N]\n", stderr);
+    return EXIT_FAILURE;
+  }
+  signal(SIGPIPE, SIG_IGN);  /* whoever reads the port line may be gone */
+  if (pmap_listen(port, &fd, &bound, err, sizeof err) != 0) {
+    message(err);
+    return EXIT_FAILURE;
+  }
+  printf("%d\n", bound);
+  fflush(stdout);
+  if (pmap_serve(fd, err, sizeof err) != 0) {
+    message(err);
+    return EXIT_FAILURE;
+  }
+  return EXIT_SUCCESS;
+}
+
 int main(int argc, char **argv) {
   cmdline c;
   lua_State *L;
@@ -811,6 +849,8 @@ int main(int argc, char **argv) {
     c.argc = 1;
     c.argv = none;
   }
+  else if (argc > 1 && strcmp(argv[1], "--port-mapper") == 0)
+    return port_mapper(argc, argv);
   parse_cmdline(&c);
   if (c.flags & OPT_BAD) {
     print_usage(c.argv[c.script]);

@@ -1,27 +1,68 @@
 #!/usr/bin/env bash
-# tools/fuzz.sh [SECONDS]
-# Builds the libFuzzer target for the codec decoder with clang
-# (-fsanitize=fuzzer,address,undefined) and runs it for SECONDS (default 60)
-# on a seed corpus made by the codec's own encoder (tools/setup.sh installs
-# clang and libclang-rt-14-dev). Prints libFuzzer's summary.
-set -eu
+# tools/fuzz.sh [SECONDS [TARGET...]]
+# tools/fuzz.sh --list
+# Builds the libFuzzer targets in spec/fuzz/ with clang
+# (-fsanitize=fuzzer,address,undefined) and runs each for SECONDS (default
+# 60), one after the other:
+#   codec      the codec decoder on untrusted bytes
+#   frame      the frame decoder (and an encoder round trip)
+#   handshake  the handshake responder: msg1, then the confirmation
+# Each starts from its seed corpus spec/fuzz/corpus/<target>/ and keeps what
+# it finds in build/fuzz/corpus/<target>/; crash inputs go to
+# build/fuzz/<target>-crash-*. Prints one line per target:
+#   Done <target>: <N> execs in <S> s, cov <edges>, corpus <inputs>
+# or "FAIL <target>: ..." followed by libFuzzer's report. Exits non-zero if
+# any target failed to build or found a crash. --list prints the targets.
+# (tools/setup.sh installs clang and libclang-rt-14-dev.)
+set -u
+targets_all="codec frame handshake"
+if [ "${1:-}" = "--list" ]; then echo $targets_all; exit 0; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
+[ $# -gt 0 ] && shift
+targets=${*:-$targets_all}
 out=${FUZZ_OUT:-$root/build/fuzz}
-mkdir -p "$out/corpus"
-bash "$root/tools/setup.sh" build   # installs clang and libclang-rt-14-dev with the rest
-clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I "$root/kernel" \
-  $(pkg-config --cflags lua5.4) "$root/spec/fuzz/codec_fuzz.c" "$root/kernel/codec.c" \
-  "$root/kernel/term.c" $(pkg-config --libs lua5.4) -lm -o "$out/codec_fuzz"
-# Seeds: real encodings of assorted values, made with the erlangen module.
-if [ -x "$root/build/erlangen" ]; then
-  FUZZ_SEEDS="$out/corpus" "$root/build/erlangen" -e '
-    local out = os.getenv("FUZZ_SEEDS")
-    local seeds = { {1, 2.5, "s"}, {a = {b = {c = true}}, [10] = -7}, {0/0, -0.0, math.huge},
-                    {erlangen.self(), erlangen.ref()}, string.rep("x", 300), {{}, {{}}, {1, {2, {3}}}} }
-    local t = {} t.self = t seeds[#seeds + 1] = t
-    for i, v in ipairs(seeds) do
-      local f = assert(io.open(out .. "/seed" .. i, "wb")); f:write(erlangen.encode(v)); f:close()
-    end'
-fi
-"$out/codec_fuzz" -max_total_time="$secs" -max_len=4096 -print_final_stats=1 "$out/corpus" 2>&1 | tail -25
+mkdir -p "$out"
+# The targets need only clang and libsodium/lua headers, not the meson build.
+command -v clang >/dev/null 2>&1 || bash "$root/tools/setup.sh" build >&2
+
+cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I "$root/kernel")
+build_target() {  # build_target NAME -> $out/NAME_fuzz
+  local k="$root/kernel" f="$root/spec/fuzz"
+  case $1 in
+    codec) clang "${cflags[@]}" $(pkg-config --cflags lua5.4) "$f/codec_fuzz.c" "$k/codec.c" "$k/term.c" \
+             $(pkg-config --libs lua5.4) -lm -o "$out/codec_fuzz" ;;
+    frame) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/frame_fuzz.c" "$k/frame.c" "$k/noise.c" \
+             $(pkg-config --libs libsodium) -o "$out/frame_fuzz" ;;
+    handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$k/frame.c" \
+             "$k/noise.c" $(pkg-config --libs libsodium) -o "$out/handshake_fuzz" ;;
+    *) echo "unknown target $1" >&2; return 1 ;;
+  esac
+}
+max_len() { case $1 in frame) echo 8192 ;; handshake) echo 2048 ;; *) echo 4096 ;; esac; }
+
+status=0
+for t in $targets; do
+  log="$out/$t.log"
+  if ! build_target "$t" > "$log" 2>&1; then
+    echo "FAIL $t: build failed"; tail -20 "$log"; status=1; continue
+  fi
+  mkdir -p "$out/corpus/$t"
+  seeds=()
+  [ -d "$root/spec/fuzz/corpus/$t" ] && seeds=("$root/spec/fuzz/corpus/$t")
+  "$out/${t}_fuzz" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="$out/$t-" "$out/corpus/$t" "${seeds[@]}" > "$log" 2>&1
+  rc=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+  if [ $rc -eq 0 ] && [ -n "$execs" ] && [ -n "$took" ]; then
+    cov=$(sed -n 's/.*DONE *cov: *\([0-9]*\).*/\1/p' "$log" | tail -1)
+    corp=$(sed -n 's/.*DONE .*corp: *\([0-9]*\)\/.*/\1/p' "$log" | tail -1)
+    echo "Done $t: $execs execs in $took s, cov ${cov:-?}, corpus ${corp:-?}"
+  else
+    echo "FAIL $t: libFuzzer exited with status $rc (log: $log)"
+    grep -E -A12 'ERROR|==[0-9]+==|SUMMARY|runtime error|deadly signal' "$log" | head -60
+    status=1
+  fi
+done
+exit $status

@@ -438,6 +438,31 @@ static void test_replay(void) {
   flow_free(&f);
 }
 
+/* An initiator (holding the key) that sends a low-order point as its
+** ephemeral: the responder's ee DH is all zeros, and it refuses to answer. */
+static void test_low_order(void) {
+  static const unsigned char points[2][32] = { { 0 }, { 1 } };   /* u = 0 and u = 1 */
+  for (int i = 0; i < 2; i++) {
+    noise_hs I, R;
+    unsigned char msg[NOISE_MAX_MSG], pay[NOISE_MAX_PAYLOAD];
+    size_t m, pl;
+    const unsigned char *pro = (const unsigned char *)NOISE_PROLOGUE;
+    noise_hs_init(&I, NOISE_INITIATOR, PSK, pro, NOISE_PROLOGUE_LEN);
+    noise_hs_set_ephemeral(&I, IE);
+    memcpy(I.e_pk, points[i], 32);          /* test-only: a forged public key */
+    int w = noise_hs_write(&I, NULL, 0, msg, sizeof msg, &m);
+    noise_hs_init(&R, NOISE_RESPONDER, PSK, pro, NOISE_PROLOGUE_LEN);
+    int r = noise_hs_read(&R, msg, m, pay, sizeof pay, &pl);
+    noise_hs R0 = R;
+    int w2 = noise_hs_write(&R, NULL, 0, msg, sizeof msg, &m);
+    CHECK(w == 0 && r == 0 && w2 == -1 && memcmp(&R, &R0, sizeof R) == 0,
+          i == 0 ? "a low-order ephemeral (u = 0) makes the responder refuse: all-zero DH"
+                 : "a low-order ephemeral (u = 1) makes the responder refuse: all-zero DH",
+          "write %d read %d answer %d", w, r, w2);
+    noise_hs_wipe(&I); noise_hs_wipe(&R); noise_hs_wipe(&R0);
+  }
+}
+
 static void test_api(void) {
   noise_hs I, R;
   noise_cipher tx, rx;
@@ -529,6 +554,7 @@ int main(int argc, char **argv) {
   test_bit_flips();
   test_lengths();
   test_replay();
+  test_low_order();
   test_api();
   test_nonce_end();
   test_hello();

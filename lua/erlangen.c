@@ -810,10 +810,6 @@ static int run_main(lua_State *L) {
 static int port_mapper(int argc, char **argv) {
   char err[256];
   int port, fd, bound;
-  if (pmap_default_port(&port, err, sizeof err) != 0) {
-    message(err);
-    return EXIT_FAILURE;
-  }
   if (argc == 4 && strcmp(argv[2], "--port") == 0) {
     if (pmap_parse_port(argv[3], &port) != 0) {
       fprintf(stderr, "%s: --port '%s': not a port number 0..65535\n", PROGNAME, argv[3]);
@@ -822,6 +818,10 @@ static int port_mapper(int argc, char **argv) {
   }
   else if (argc != 2) {
     fputs("usage: " PROGNAME " --port-mapper [--port N]\n", stderr);
+    return EXIT_FAILURE;
+  }
+  else if (pmap_default_port(&port, err, sizeof err) != 0) {  /* ERLANGEN_PORT_MAPPER_PORT */
+    message(err);
     return EXIT_FAILURE;
   }
   signal(SIGPIPE, SIG_IGN);  /* whoever reads the port line may be gone */

@@ -57,7 +57,7 @@ static int feed(frame_dec *d, const unsigned char *s, size_t n, size_t chunk, ou
     for (;;) {
       int was_authenticated = frame_dec_authenticated(d);
       int r = frame_dec_feed(d, p, left, &used, &m);
-      if (!frame_dec_authenticated(d) && d->cap > FRAME_CONFIRM_LEN && r >= 0) abort();
+      if (d->expect_confirm && d->cap > FRAME_CONFIRM_LEN) abort();   /* not yet authenticated */
       if (d->cap > FRAME_MIN_LEN + MAX_BODY) abort();
       if (r < 0) {
         if (frame_dec_feed(d, p, left, &used, &m) != -1 || frame_dec_eof(d) != -1) abort();

@@ -697,18 +697,26 @@ function supervisor.start(spec)
   return pid, reason
 end
 
--- The error value raised by a call that got no reply.
-local call_error_mt = {
-  __tostring = function(e)
-    if e[1] == "exit" then
-      return string.format("supervisor.%s: the supervisor exited (%s)", e.call, tostring(e[2]))
-    end
-    return string.format("supervisor.%s: %s", e.call, e[1])
-  end,
-}
+-- The error value raised by a call that got no answer: {kind, detail, op=,
+-- supervisor=}, kind being "noproc", "calling_self", "exit" (detail: the
+-- supervisor's exit reason) or "timeout" (stop only); the shape of
+-- erlangen.server's call errors.
+local call_error_mt = {__name = "erlangen.supervisor.error"}
 
-local function call_error(fname, what, reason)
-  return setmetatable({what, reason, call = fname}, call_error_mt)
+function call_error_mt.__tostring(e)
+  local head = string.format("supervisor.%s(%s)", e.op, show(e.supervisor))
+  if e[1] == "exit" then
+    return head .. ": the supervisor exited with reason " .. show(e[2])
+  elseif e[1] == "noproc" then
+    return head .. ": noproc (no such process)"
+  elseif e[1] == "calling_self" then
+    return head .. ": calling_self (a supervisor cannot call itself)"
+  end
+  return head .. ": " .. tostring(e[1])
+end
+
+local function call_error(fname, sup, kind, detail)
+  return setmetatable({kind, detail, op = fname, supervisor = sup}, call_error_mt)
 end
 
 -- Resolves `sup` (pid or name) for supervisor.<fname>; raises on a bad argument
@@ -717,11 +725,11 @@ local function resolve(fname, sup, level)
   local pid = sup
   if type(sup) == "string" then
     pid = erlangen.whereis(sup)
-    if not pid then error(call_error(fname, "noproc"), level) end
+    if not pid then error(call_error(fname, sup, "noproc"), level) end
   elseif not is_pid(sup) then
     error(string.format("bad argument #1 to '%s' (pid or name expected, got %s)", fname, type(sup)), level)
   end
-  if pid == erlangen.self() then error(call_error(fname, "calling_self"), level) end
+  if pid == erlangen.self() then error(call_error(fname, sup, "calling_self"), level) end
   return pid
 end
 
@@ -743,8 +751,8 @@ local function call(fname, sup, op, arg)
   end)
   if alias then erlangen.unalias(alias) end
   if m[1] == "DOWN" then
-    if m[4] == "noproc" then error(call_error(fname, "noproc"), 3) end
-    error(call_error(fname, "exit", m[4]), 3)
+    if m[4] == "noproc" then error(call_error(fname, sup, "noproc"), 3) end
+    error(call_error(fname, sup, "exit", m[4]), 3)
   end
   erlangen.demonitor(ref, true)
   if m[4] ~= nil then error(string.format("supervisor.%s: %s", fname, m[4]), 3) end
@@ -828,9 +836,9 @@ function supervisor.stop(sup, reason, timeout)
   local m = erlangen.receive(is_down_of(ref), timeout)
   if not m then
     erlangen.demonitor(ref, true)
-    error(call_error("stop", "timeout"), 2)
+    error(call_error("stop", sup, "timeout", timeout), 2)
   end
-  if m[4] == "noproc" then error(call_error("stop", "noproc"), 2) end
+  if m[4] == "noproc" then error(call_error("stop", sup, "noproc"), 2) end
   return true
 end
 

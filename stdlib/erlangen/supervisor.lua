@@ -193,11 +193,11 @@ end
 
 -- Starts the child of record `rec`; sets rec.pid on success. Returns true,
 -- or nil and a reason.
-local function start_rec(S, rec, quiet)
+local function start_rec(S, rec)
   local pid, reason = call_start(rec.start, rec.args)
   if not pid then return nil, reason end
   rec.pid, rec.restarting = pid, nil
-  if rec.args == nil and not quiet then child_report(S, "info", "child started", rec) end
+  if rec.args == nil then child_report(S, "info", "child started", rec) end
   return true
 end
 

@@ -45,7 +45,8 @@ enum codec_tag {
   TAG_UPJOIN   = 0x0A,  /* (upvalue position only) varint object number, varint upvalue index */
   TAG_GLOBALS  = 0x0B,  /* the receiving state's global table */
   TAG_MODULE   = 0x0C,  /* varint length, module name */
-  TAG_CFUNC    = 0x0D   /* varint length, module name, varint length, field name */
+  TAG_CFUNC    = 0x0D,  /* varint length, module name, varint length, field name */
+  TAG_NTERM    = 0x0E   /* kind byte, varint length, node name, varint creation, varint serial */
 };
 
 /* Cold paths are kept out of line, away from the per-value loop. */
@@ -305,6 +306,8 @@ typedef struct enc {
   int top, frcap;
   uint32_t nobj;               /* tables and functions emitted so far */
   int max_depth, allow_functions;
+  const codec_nodes *nodes;    /* with `wire`: names the node of each pid and ref */
+  int wire;
   int slot_t, slot_f;          /* stack slots holding T and F (or nil) */
   unsigned modmode : 1;        /* module mode: T is synced and in its slot */
   unsigned copied : 1;         /* a table was copied before module mode */
@@ -771,11 +774,33 @@ static int enc_next_upvalue(enc *e, enc_frame *f) {
 
 /* ---- values ---- */
 
+/* A pid or ref in the wire form: its node by name. */
+CODEC_NOINLINE static int enc_nterm(enc *e, enum term_kind k, term_id id) {
+  const char *name;
+  size_t nlen;
+  uint32_t creation;
+  if (!e->nodes || e->nodes->name(id, &name, &nlen, &creation) != 0)
+    return enc_fail(e, 1, "cannot send a pid or ref of an unnamed node");
+  unsigned char *b = enc_need(e, 2 + (size_t)varint_len(nlen) + nlen +
+                                 (size_t)(varint_len(creation) + varint_len(id.n)));
+  if (!b) return -1;
+  b[0] = TAG_NTERM; b[1] = (unsigned char)k;
+  size_t n = 2;
+  n += (size_t)varint_put(b + n, nlen);
+  memcpy(b + n, name, nlen);
+  n += nlen;
+  n += (size_t)varint_put(b + n, creation);
+  n += (size_t)varint_put(b + n, id.n);
+  e->len += n;
+  return 0;
+}
+
 /* A full userdata: a pid or ref, or refused. */
 CODEC_NOINLINE static int enc_userdata(enc *e, int idx) {
   term_id id;
   enum term_kind k = term_test(e->L, idx, &id);
   if (k == TERM_NONE) return enc_fail(e, 1, "cannot send userdata");
+  if (e->wire) return enc_nterm(e, k, id);
   unsigned char *b = enc_need(e, 2 + (size_t)(varint_len(id.node) + varint_len(id.creation) +
                                                varint_len(id.n)));
   if (!b) return -1;
@@ -890,6 +915,8 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
   e.set = NULL;
   e.fr = e.infr; e.frcap = ENC_INLINE_FRAMES;
   codec_limits_of(lim, &e.max_size, &e.max_depth, &e.allow_functions);
+  e.nodes = lim ? lim->nodes : NULL;
+  e.wire = lim && lim->wire;
   e.modmode = e.copied = e.have_f = e.fbuilt = 0;
   e.slot_t = e.slot_f = 0;
   e.root = root ? root : "msg";
@@ -978,6 +1005,8 @@ typedef struct dec {
   lua_State *L;
   const unsigned char *start, *p, *end, *lim;
   int max_depth, allow_functions;
+  const codec_nodes *nodes;     /* resolves NTERM; NULL: refused */
+  int wire;                     /* TERM (local index) refused */
   int refs;                     /* stack slot of the object table; 0 without CODEC_F_SHARED */
   int frslot;                   /* stack slot reserved for a frames userdata; 0 if never needed */
   dec_frame *fr;                /* fr[0..top]; fr[0] is the DF_ROOT frame */
@@ -1212,6 +1241,23 @@ CODEC_NOINLINE static int dec_term(dec *d) {
   return 0;
 }
 
+/* A pid or ref of a named node: kind, name, creation, serial. */
+CODEC_NOINLINE static int dec_nterm(dec *d) {
+  uint64_t creation, serial;
+  const char *name;
+  size_t nlen;
+  if (d->p >= d->lim) return dec_truncated(d);
+  int kind = *d->p++;
+  if (kind != TERM_PID && kind != TERM_REF) return dec_fail(d, "bad pid or ref kind %d", kind);
+  if (dec_bytes(d, &name, &nlen) || dec_varint(d, &creation) || dec_varint(d, &serial)) return -1;
+  if (creation > UINT32_MAX || nlen == 0) return dec_fail(d, "bad pid or ref node");
+  term_id id;
+  if (!d->nodes || d->nodes->resolve(name, nlen, (uint32_t)creation, serial, &id) != 0)
+    return dec_fail(d, "pid or ref of an unknown node");
+  term_push(d->L, (enum term_kind)kind, id);
+  return 0;
+}
+
 /* A C function named (module, field). */
 CODEC_NOINLINE static int dec_cfunc(dec *d) {
   lua_State *L = d->L;
@@ -1293,7 +1339,10 @@ static int dec_value(dec *d) {
     lua_rawgeti(L, d->refs, (lua_Integer)obj + 1);
     return 0;
   }
-  case TAG_TERM: return dec_term(d);
+  case TAG_TERM:
+    if (d->wire) return dec_fail(d, "a pid or ref by local index is not accepted here");
+    return dec_term(d);
+  case TAG_NTERM: return dec_nterm(d);
   default: return dec_code(d, tag);
   }
 }
@@ -1365,6 +1414,8 @@ int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_l
   d.fr = d.infr; d.frcap = DEC_INLINE_FRAMES; d.top = 0;
   d.nobj = 0;
   codec_limits_of(lim, &max_size, &d.max_depth, &d.allow_functions);
+  d.nodes = lim ? lim->nodes : NULL;
+  d.wire = lim && lim->wire;
   if (len > max_size) dec_fail(&d, "message larger than %zu bytes", max_size);
   else if (len < 3) dec_truncated(&d);
   else if (p[0] != CODEC_VERSION) dec_fail(&d, "unsupported format version %d", p[0]);

@@ -18,17 +18,35 @@
 #define erlangen_codec_h
 
 #include <stddef.h>
+#include <stdint.h>
 #include <lua.h>
+#include "term.h"
 
 typedef struct codec_buf {
   unsigned char *data;  /* malloc'ed; NULL when empty */
   size_t len, cap;
 } codec_buf;
 
+/* How pids and refs of other nodes are named (node.c provides it). A pid
+** or ref carries a node index that only means something inside this OS
+** process; between nodes it travels as (node name, creation, serial). */
+typedef struct codec_nodes {
+  /* The wire form of id's node: its name (valid until the node stops) and
+  ** creation. Returns 0, or -1 when the node has no name (then encoding fails). */
+  int (*name)(term_id id, const char **name, size_t *len, uint32_t *creation);
+  /* The id for a wire (name, creation, serial), interning the node name.
+  ** Returns 0, or -1 when it is refused (then decoding fails). */
+  int (*resolve)(const char *name, size_t len, uint32_t creation, uint64_t serial, term_id *id);
+} codec_nodes;
+
 typedef struct codec_limits {
   size_t max_size;      /* largest encoded message in bytes; 0: the default */
   int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH); 0: the default */
   int allow_functions;  /* encode/decode Lua functions as bytecode */
+  const codec_nodes *nodes;  /* NULL: pids and refs of other nodes cannot be decoded */
+  int wire;             /* the wire form: pids and refs are written and read
+                        ** only as NTERM (named node), never by local index;
+                        ** needs `nodes` */
 } codec_limits;
 
 #define CODEC_DEFAULT_MAX_SIZE  (64u << 20)

@@ -10,7 +10,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include "erlangen_config.h"
+#include "dist.h"
 #include "kernel.h"
+#include "node.h"
 #include "links.h"
 #include "process.h"
 #include "registry.h"
@@ -18,7 +20,7 @@
 
 static const char *const kern_reason_text[KR_COUNT] = {
   "normal", "kill", "killed", "shutdown", "noproc", "memory", "interrupted",
-  "bad exit reason"
+  "bad exit reason", "noconnection"
 };
 
 /* The module's one global. `cfg` is guarded by `lock`; `running` is atomic;
@@ -37,7 +39,7 @@ static int encode_reasons(void) {
   if (K.reasons[0].p) return 0;
   lua_State *L = luaL_newstate();
   if (!L) return -1;
-  codec_limits lim = { CODEC_DEFAULT_MAX_SIZE, CODEC_DEFAULT_MAX_DEPTH, 0 };
+  codec_limits lim = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 0 };
   for (int i = 0; i < KR_COUNT; i++) {
     codec_buf b = {0};
     lua_pushstring(L, kern_reason_text[i]);
@@ -78,6 +80,7 @@ static const char *find_stdlib_dir(void) {
 int kern_start(const erlangen_config *c) {
   pthread_mutex_lock(&K.lock);
   if (atomic_load(&K.running)) { pthread_mutex_unlock(&K.lock); return -1; }
+  term_set_namer(node_name);
   kern_config cfg = {
     ERLANGEN_DEFAULT_STACK, ERLANGEN_DEFAULT_MAILBOX, CODEC_DEFAULT_MAX_SIZE,
     CODEC_DEFAULT_MAX_DEPTH, NULL, NULL
@@ -136,7 +139,7 @@ void kern_config_set(const kern_config *c) {
 
 codec_limits kern_limits(int allow_functions) {
   kern_config c = kern_config_get();
-  codec_limits lim = { c.max_message, c.max_depth, allow_functions };
+  codec_limits lim = { c.max_message, c.max_depth, allow_functions, node_codec(), 0 };
   return lim;
 }
 
@@ -210,6 +213,7 @@ int kern_stop(double grace) {
   proc_foreach(stop_visit, &k);   /* no spawn can start now: one pass sees everyone */
   await_spawned(self, 2.0);       /* killed processes blocked in C may take a moment */
   proc_foreach(detach_visit, self);
+  dist_stop();                    /* after the exits: their signals to other nodes leave first */
   proc_shutdown_pool();
   atomic_store(&K.running, 0);
   return k.killed;

@@ -1,8 +1,9 @@
 /*
-** links.c — links, monitors and exit signals between local processes.
+** links.c — links, monitors and exit signals.
 */
 #include <stdlib.h>
 #include <string.h>
+#include "dist.h"
 #include "kernel.h"
 #include "process.h"
 #include "links.h"
@@ -36,14 +37,17 @@ static int mon_remove(proc_vec *v, term_id ref, proc_mon *out) {
 ** of a link is never dropped (there is one per link); those sent with
 ** exit/2 have a bound of their own (see mbox_put_signal). */
 static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len,
-                              int via_link) {
+                              int flags) {
   mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len);
   if (!m) return;  /* out of memory: the signal is lost, as on a dead link */
   m->from = from;
-  mbox_put_signal(&p->mb, m, !via_link);
+  m->wire = (flags & SIG_WIRE) != 0;
+  mbox_put_signal(&p->mb, m, !(flags & SIG_VIA_LINK));
 }
 
-void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int via_link) {
+void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int flags) {
+  int via_link = (flags & SIG_VIA_LINK) != 0;
+  if (to.node != 0) { dist_exit(from, to, reason, len, via_link); return; }
   proc *p = proc_get(to);
   if (!p) return;
   int kill = !via_link && kern_reason_is(reason, len, KR_KILL);
@@ -52,7 +56,7 @@ void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len,
   pthread_mutex_lock(&p->lock);
   if (p->status == PROC_ALIVE && (!via_link || link_remove(&p->links, from))) {
     if (kill) doom = 1;
-    else if (p->trap_exit) queue_exit_locked(p, from, reason, len, via_link);
+    else if (p->trap_exit) queue_exit_locked(p, from, reason, len, flags);
     else if (!normal || term_eq(to, from)) doom = 1;
   }
   pthread_mutex_unlock(&p->lock);
@@ -76,6 +80,15 @@ int sig_link(proc *self, term_id other) {
     }
   }
   pthread_mutex_unlock(&self->lock);
+  if (other.node != 0) {
+    int rc = dist_link(self->pid, other);
+    if (rc != DIST_OK && added) {
+      pthread_mutex_lock(&self->lock);
+      link_remove(&self->links, other);
+      pthread_mutex_unlock(&self->lock);
+    }
+    return rc == DIST_OK ? SIG_OK : rc == DIST_NOCONN ? SIG_NOCONN : SIG_NOPROC;
+  }
   int alive = 0, nomem = 0;
   proc *q = proc_get(other);
   if (q) {
@@ -100,8 +113,12 @@ int sig_link(proc *self, term_id other) {
 
 void sig_unlink(proc *self, term_id other) {
   pthread_mutex_lock(&self->lock);
-  link_remove(&self->links, other);
+  int had = link_remove(&self->links, other);
   pthread_mutex_unlock(&self->lock);
+  if (other.node != 0) {
+    if (had) dist_unlink(self->pid, other);
+    return;
+  }
   proc *q = proc_get(other);
   if (q) {
     pthread_mutex_lock(&q->lock);
@@ -119,6 +136,16 @@ int sig_monitor(proc *self, term_id target, term_id *out) {
   pthread_mutex_unlock(&self->lock);
   if (nomem) return SIG_NOMEM;
   int alive = 0;
+  if (target.node != 0) {
+    *out = ref;
+    int rc = dist_monitor(self->pid, target, ref);
+    if (rc != DIST_OK) {
+      size_t len;
+      const unsigned char *why = kern_reason(rc == DIST_NOCONN ? KR_NOCONNECTION : KR_NOPROC, &len);
+      sig_down(self->pid, ref, target, why, len, 0);
+    }
+    return SIG_OK;
+  }
   proc *q = proc_get(target);
   if (q) {
     pthread_mutex_lock(&q->lock);
@@ -139,7 +166,7 @@ int sig_monitor(proc *self, term_id target, term_id *out) {
   if (!alive) {
     size_t len;
     const unsigned char *noproc = kern_reason(KR_NOPROC, &len);
-    sig_down(self->pid, ref, target, noproc, len);
+    sig_down(self->pid, ref, target, noproc, len, 0);
   }
   return SIG_OK;
 }
@@ -150,7 +177,8 @@ int sig_demonitor(proc *self, term_id ref, int flush) {
   int active = mon_remove(&self->monitors, ref, &m);
   pthread_mutex_unlock(&self->lock);
   if (flush) mbox_remove_down(&self->mb, ref);
-  if (active) {
+  if (active && m.pid.node != 0) dist_demonitor(self->pid, m.pid, ref);
+  else if (active) {
     proc *q = proc_get(m.pid);
     if (q) {
       pthread_mutex_lock(&q->lock);
@@ -162,7 +190,9 @@ int sig_demonitor(proc *self, term_id ref, int flush) {
   return active;
 }
 
-void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *reason, size_t len) {
+void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *reason, size_t len,
+              int flags) {
+  if (watcher.node != 0) { dist_down(from, watcher, ref, reason, len); return; }
   proc *p = proc_get(watcher);
   if (!p) return;
   pthread_mutex_lock(&p->lock);
@@ -171,6 +201,7 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
     if (m) {
       m->from = from;
       m->ref = ref;
+      m->wire = (flags & SIG_WIRE) != 0;
       mbox_put_signal(&p->mb, m, 0);
     }
   }
@@ -197,4 +228,95 @@ int sig_trap_exit(proc *self, int flag) {
   self->trap_exit = flag;
   pthread_mutex_unlock(&self->lock);
   return old;
+}
+
+/* ---- the local ends of links and monitors with other nodes ---- */
+
+/* Adds `item` to the vector `off` bytes into p (under p's lock) if p is
+** alive. Returns SIG_OK, SIG_NOPROC or SIG_NOMEM. */
+static int add_if_alive(proc *p, proc_vec *v, const void *item, size_t size, int unique_link) {
+  int rc = SIG_OK;
+  pthread_mutex_lock(&p->lock);
+  if (p->status != PROC_ALIVE) rc = SIG_NOPROC;
+  else if (!(unique_link && link_index(v, *(const term_id *)item) >= 0) &&
+           proc_vec_push(v, item, size) != 0)
+    rc = SIG_NOMEM;
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+int sig_link_remote_in(term_id local, term_id remote) {
+  proc *p = proc_get(local);
+  if (!p) return SIG_NOPROC;
+  proc_link l = { remote };
+  int rc = add_if_alive(p, &p->links, &l, sizeof l, 1);
+  proc_release(p);
+  return rc;
+}
+
+void sig_unlink_remote_in(term_id local, term_id remote) {
+  proc *p = proc_get(local);
+  if (!p) return;
+  pthread_mutex_lock(&p->lock);
+  link_remove(&p->links, remote);
+  pthread_mutex_unlock(&p->lock);
+  proc_release(p);
+}
+
+int sig_monitor_remote_in(term_id local, term_id watcher, term_id ref) {
+  proc *p = proc_get(local);
+  if (!p) return SIG_NOPROC;
+  proc_mon m = { ref, watcher };
+  int rc = add_if_alive(p, &p->monitored_by, &m, sizeof m, 0);
+  proc_release(p);
+  return rc;
+}
+
+void sig_demonitor_remote_in(term_id local, term_id ref) {
+  proc *p = proc_get(local);
+  if (!p) return;
+  pthread_mutex_lock(&p->lock);
+  mon_remove(&p->monitored_by, ref, NULL);
+  pthread_mutex_unlock(&p->lock);
+  proc_release(p);
+}
+
+void sig_link_remote(proc *self, term_id remote) {
+  proc_link l = { remote };
+  add_if_alive(self, &self->links, &l, sizeof l, 1);
+}
+
+void sig_monitor_remote(proc *self, term_id remote, term_id ref) {
+  proc_mon m = { ref, remote };
+  add_if_alive(self, &self->monitors, &m, sizeof m, 0);
+}
+
+static int of_node(term_id id, uint32_t idx, uint32_t creation) {
+  return id.node == idx && id.creation == creation;
+}
+
+void sig_collect_node(proc *p, uint32_t idx, uint32_t creation, term_id **links, size_t *nl,
+                      term_id **mons, size_t *nm) {
+  *links = *mons = NULL;
+  *nl = *nm = 0;
+  pthread_mutex_lock(&p->lock);
+  proc_link *l = p->links.items;
+  proc_mon *m = p->monitors.items, *w = p->monitored_by.items;
+  size_t want_l = 0, want_m = 0;
+  for (size_t i = 0; i < p->links.n; i++) want_l += of_node(l[i].pid, idx, creation);
+  for (size_t i = 0; i < p->monitors.n; i++) want_m += of_node(m[i].pid, idx, creation);
+  if (want_l) *links = malloc(want_l * sizeof **links);
+  if (want_m) *mons = malloc(2 * want_m * sizeof **mons);
+  for (size_t i = 0; *links && i < p->links.n; i++)
+    if (of_node(l[i].pid, idx, creation)) (*links)[(*nl)++] = l[i].pid;
+  for (size_t i = 0; *mons && i < p->monitors.n; i++)
+    if (of_node(m[i].pid, idx, creation)) {
+      (*mons)[2 * *nm] = m[i].ref;
+      (*mons)[2 * *nm + 1] = m[i].pid;
+      (*nm)++;
+    }
+  for (size_t i = 0; i < p->monitored_by.n;)
+    if (of_node(w[i].pid, idx, creation)) w[i] = w[--p->monitored_by.n];
+    else i++;
+  pthread_mutex_unlock(&p->lock);
 }

@@ -87,6 +87,7 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
   m->counted = 0;
   m->from = (term_id){0, 0, 0};
   m->ref = (term_id){0, 0, 0};
+  m->wire = 0;
   m->len = len;
   memcpy(m->data, data, len);
   return m;

@@ -35,7 +35,8 @@ typedef struct mbox_msg {
   mbox_kind kind;
   int counted;           /* lock: MBOX_COUNT_* — which bound the entry counts against */
   term_id from;          /* EXIT/DOWN: the pid that exited */
-  term_id ref;           /* DOWN: the monitor's ref */
+  term_id ref;           /* DOWN: the monitor's ref; MSG: the alias it came through ({0}: none) */
+  int wire;              /* the bytes came from another node: decode them in the wire form */
   size_t len;
   unsigned char data[];  /* codec bytes (message or reason) */
 } mbox_msg;

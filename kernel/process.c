@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernel.h"
+#include "dist.h"
 #include "process.h"
 #include "registry.h"
 #include "links.h"
@@ -367,6 +368,7 @@ static const char *abort_spawn(proc *p, proc *parent, const proc_opts *o, term_i
     sig_forget(parent, p->pid, o->monitor ? ref : NULL);
     sig_forget_watcher(p, parent->pid, o->monitor ? ref : NULL);
   }
+  if (!parent && o->rparent.n) sig_forget_watcher(p, o->rparent, o->monitor ? &o->rref : NULL);
   /* Anyone else who found it meanwhile hears of its exit as usual. */
   proc_exit_as(p, KR_NOPROC);
   return why;
@@ -416,8 +418,13 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
     nomem |= add_mon(p, &p->monitored_by, *ref, parent->pid) |
              add_mon(parent, &parent->monitors, *ref, p->pid);
   }
+  if (!parent && o->rparent.n) {
+    if (o->link) nomem |= add_link(p, o->rparent);
+    if (o->monitor) nomem |= add_mon(p, &p->monitored_by, o->rref, o->rparent);
+  }
   if (nomem) return abort_spawn(p, parent, o, ref, "out of memory");
   *pid = p->pid;
+  if (o->ready) o->ready(p->pid, o->ready_ud);
   proc_retain(p);  /* the thread's reference */
   atomic_fetch_add(&P.running, 1);
   if (dispatch(p) != 0) {
@@ -450,7 +457,8 @@ void proc_detach(proc *p, const unsigned char *reason, size_t len) {
   proc_release(p);
 }
 
-static void forget_monitor(term_id target, term_id ref) {
+static void forget_monitor(term_id self, term_id target, term_id ref) {
+  if (target.node != 0) { dist_demonitor(self, target, ref); return; }
   proc *q = proc_get(target);
   if (!q) return;
   pthread_mutex_lock(&q->lock);
@@ -478,9 +486,9 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
   proc_link *l = links.items;
   for (size_t i = 0; i < links.n; i++) sig_exit(l[i].pid, p->pid, reason, len, 1);
   proc_mon *w = watchers.items;
-  for (size_t i = 0; i < watchers.n; i++) sig_down(w[i].pid, w[i].ref, p->pid, reason, len);
+  for (size_t i = 0; i < watchers.n; i++) sig_down(w[i].pid, w[i].ref, p->pid, reason, len, 0);
   proc_mon *m = monitors.items;
-  for (size_t i = 0; i < monitors.n; i++) forget_monitor(m[i].pid, m[i].ref);
+  for (size_t i = 0; i < monitors.n; i++) forget_monitor(p->pid, m[i].pid, m[i].ref);
   proc_vec_free(&links);
   proc_vec_free(&watchers);
   proc_vec_free(&monitors);

@@ -25,7 +25,11 @@
 typedef enum proc_status { PROC_ALIVE, PROC_EXITING } proc_status;
 
 /* What the new process runs. */
-typedef enum proc_entry { ENTRY_CODEC, ENTRY_FILE, ENTRY_STRING } proc_entry;
+typedef enum proc_entry {
+  ENTRY_CODEC,    /* a message from this OS process: function (or name) and arguments */
+  ENTRY_WIRE,     /* the same from another node: a "module.function" name and arguments */
+  ENTRY_FILE, ENTRY_STRING
+} proc_entry;
 
 typedef struct proc_link { term_id pid; } proc_link;
 typedef struct proc_mon { term_id ref; term_id pid; } proc_mon;
@@ -86,6 +90,14 @@ typedef struct proc_opts {
   unsigned mailbox;                /* 0: node default */
   size_t max_memory;               /* 0: unlimited */
   const char *name;                /* NULL: none */
+  /* A spawn asked for by a process of another node (no local parent):
+  ** link and monitor refer to it. */
+  term_id rparent;                 /* {0}: none */
+  term_id rref;                    /* the remote parent's monitor ref */
+  /* Called with the new pid after it is set up and before it runs (a
+  ** remote spawn's reply must leave before the child's first signal). */
+  void (*ready)(term_id pid, void *ud);
+  void *ready_ud;
 } proc_opts;
 
 /* Module lifecycle. */

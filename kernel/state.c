@@ -345,9 +345,11 @@ static int load_entry(lua_State *L, proc *p) {
     return luaL_loadbuffer(L, (const char *)p->payload, p->payload_len,
                            p->chunkname ? p->chunkname : "=spawn") == LUA_OK ? 0 : -1;
   case ENTRY_CODEC:
+  case ENTRY_WIRE:
   default: {
     /* one message: the function (or its "module.function" name), then the arguments */
-    codec_limits lim = kern_limits(1);
+    codec_limits lim = kern_limits(p->entry != ENTRY_WIRE);
+    lim.wire = p->entry == ENTRY_WIRE;
     n = codec_decode(L, p->payload, p->payload_len, &lim);
     free(p->payload);
     p->payload = NULL;

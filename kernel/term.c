@@ -11,20 +11,31 @@
 static const char *const term_mt_name[] = { NULL, "erlangen.pid", "erlangen.ref" };
 static const char term_cache_key = 'c';
 
-/* The node-wide ref counter: the one global of this module. Atomic, so any
-** thread may draw from it; refs are never reused while the node runs. */
-static _Atomic uint64_t term_refs = 1;
+/* The module's one global. `refs` is the node-wide ref counter: atomic, so
+** any thread may draw from it; refs are never reused while the node runs.
+** `node_name` is set once at kernel start, before any pid of another node
+** can exist. */
+static struct {
+  _Atomic uint64_t refs;
+  const char *(*_Atomic node_name)(uint32_t node);
+} T = { .refs = 1 };
 
 term_id term_new_ref(void) {
-  term_id id = { atomic_fetch_add_explicit(&term_refs, 1, memory_order_relaxed), 0, 0 };
+  term_id id = { atomic_fetch_add_explicit(&T.refs, 1, memory_order_relaxed), 0, 0 };
   return id;
 }
+
+void term_set_namer(const char *(*node_name)(uint32_t node)) { atomic_store(&T.node_name, node_name); }
 
 typedef struct term_ud { term_id id; enum term_kind kind; } term_ud;
 
 static int term_tostring(lua_State *L) {
   term_ud *u = lua_touserdata(L, 1);
-  if (u->kind == TERM_PID)
+  const char *(*namer)(uint32_t) = atomic_load(&T.node_name);
+  const char *node = u->id.node && namer ? namer(u->id.node) : NULL;
+  if (node)   /* a pid or ref of another node shows that node's name */
+    lua_pushfstring(L, u->kind == TERM_PID ? "<%s.%I>" : "#Ref<%s.%I>", node, (lua_Integer)u->id.n);
+  else if (u->kind == TERM_PID)
     lua_pushfstring(L, "<%d.%I>", (int)u->id.node, (lua_Integer)u->id.n);
   else
     lua_pushfstring(L, "#Ref<%d.%I>", (int)u->id.node, (lua_Integer)u->id.n);

@@ -40,4 +40,7 @@ static inline int term_eq(term_id a, term_id b) {
 /* Fresh ref from the node-wide counter (atomic; any thread). */
 term_id term_new_ref(void);
 
+/* How tostring names the node of a pid or ref of another node. */
+void term_set_namer(const char *(*node_name)(uint32_t node));
+
 #endif

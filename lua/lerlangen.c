@@ -10,6 +10,9 @@
 #include <lauxlib.h>
 #include "erlangen_config.h"
 #include "codec.h"
+#include "conn.h"
+#include "dist.h"
+#include "node.h"
 #include "erlangen.h"
 #include "kernel.h"
 #include "links.h"
@@ -142,9 +145,56 @@ static lua_Integer positive_option(lua_State *L, const char *key) {
   return v;
 }
 
+/* The node index named by the string at `idx`, or raises a bad-argument
+** error for argument `arg`. */
+static uint32_t node_at(lua_State *L, int idx, int arg) {
+  const char *name = lua_tostring(L, idx);
+  if (!name) luaL_typeerror(L, arg, "node name");
+  uint32_t node;
+  char err[300];
+  if (dist_node_index(name, &node, err, sizeof err) != 0) luaL_argerror(L, arg, err);
+  return node;
+}
+
+static uint32_t check_node(lua_State *L, int arg) { return node_at(L, arg, arg); }
+
+/* Encodes the values at first..top in the wire form, or raises naming what
+** cannot cross: Lua code never leaves this OS process. */
+static codec_buf encode_wire(lua_State *L, int first, int n, const char *root, const char *what) {
+  codec_limits lim = kern_limits(0);
+  lim.wire = 1;
+  codec_buf b = {0};
+  if (codec_encode(L, first, n, root, &lim, &b) != 0)
+    luaL_error(L, "%s: %s (Lua functions never cross nodes)", what, lua_tostring(L, -1));
+  return b;
+}
+
+/* spawn_opt{node = ...}: "module.function" and arguments run on that node. */
+static int spawn_remote(lua_State *L, uint32_t idx, const proc_opts *o, double timeout) {
+  proc *self = cur(L);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "spawn_opt: with 'node', the function must be a \"module.function\" name "
+                         "(Lua functions never cross nodes)");
+  if (idx == 0) return do_spawn(L, 2, o);
+  codec_buf b = encode_wire(L, 2, lua_gettop(L) - 1, CODEC_ROOT_SPAWN, "spawn_opt");
+  term_id pid, ref;
+  char err[200];
+  int rc = dist_spawn(self, idx, b.data, b.len, o->link, o->monitor, &ref, mbox_now() + timeout,
+                      &pid, err, sizeof err);
+  codec_buf_free(&b);
+  cur(L);
+  if (rc != 0) return luaL_error(L, "spawn_opt: on %s: %s", node_name(idx), err);
+  term_push(L, TERM_PID, pid);
+  if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
+  return 1;
+}
+
 static int l_spawn_opt(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   proc_opts o = {0};
+  int remote = 0;
+  uint32_t idx = 0;
+  double timeout = 5;
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "spawn_opt: option names must be strings");
@@ -162,10 +212,19 @@ static int l_spawn_opt(lua_State *L) {
         return luaL_error(L, "spawn_opt: option 'name' must be a non-empty string");
       o.name = lua_tostring(L, -1);  /* kept alive by the options table */
     } else if (!strcmp(k, "node")) {
-      return luaL_error(L, "spawn_opt: option 'node' needs distribution, which is not available yet");
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "spawn_opt: option 'node' must be a node name");
+      idx = node_at(L, lua_gettop(L), 1);
+      remote = 1;
+    } else if (!strcmp(k, "timeout")) {
+      if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))
+        return luaL_error(L, "spawn_opt: option 'timeout' must be a positive number");
+      timeout = lua_tonumber(L, -1);
     } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
     lua_pop(L, 1);
   }
+  if (remote && (o.name || o.mailbox || o.max_memory || o.trap_exit))
+    return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor' and 'timeout' are supported");
+  if (remote) return spawn_remote(L, idx, &o, timeout);
   return do_spawn(L, 2, &o);
 }
 
@@ -223,9 +282,52 @@ static int dest_pid(lua_State *L, int arg, term_id *pid, term_id *alias) {
   return 1;
 }
 
+/* send to a pid or alias of another node, or to {name, node}. */
+static int send_remote(lua_State *L, proc *self, term_id id, enum term_kind kind) {
+  (void)self;
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
+  double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
+  uint32_t idx = 0;
+  const char *name = NULL;
+  if (kind == TERM_NONE) {   /* {name, node} */
+    lua_rawgeti(L, 1, 1);
+    lua_rawgeti(L, 1, 2);
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 1, "{name, node} expected");
+    name = lua_tostring(L, -2);
+    idx = node_at(L, lua_gettop(L), 1);
+    lua_pop(L, 2);   /* the options table keeps both strings alive */
+    if (idx == 0) {  /* this node's own name: a local send */
+      lua_pushstring(L, name);
+      lua_replace(L, 1);
+      return -1;
+    }
+  }
+  codec_buf b = encode_wire(L, 2, 1, "msg", "send to another node");
+  int rc = name ? dist_send_name(idx, name, b.data, b.len, deadline)
+         : kind == TERM_REF ? dist_send_alias(id, b.data, b.len, deadline)
+         : dist_send(id, b.data, b.len, deadline);
+  codec_buf_free(&b);
+  if (rc == DIST_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == DIST_TOOBIG) return luaL_error(L, "send to another node: message larger than a node link carries");
+  lua_pushboolean(L, 0);
+  if (rc == DIST_FULL) lua_pushliteral(L, "full");
+  else if (rc == DIST_NOCONN) lua_pushliteral(L, "noconnection");
+  else lua_pushliteral(L, "noproc");
+  return 2;
+}
+
 static int l_send(lua_State *L) {
   proc *self = cur(L);
   term_id pid, alias;
+  {
+    term_id id;
+    enum term_kind k = lua_type(L, 1) == LUA_TTABLE ? TERM_NONE : term_test(L, 1, &id);
+    if (lua_type(L, 1) == LUA_TTABLE || (k != TERM_NONE && id.node != 0)) {
+      int n = send_remote(L, self, id, k);
+      if (n >= 0) return n;
+    }
+  }
   int known = dest_pid(L, 1, &pid, &alias);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
   double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
@@ -255,7 +357,8 @@ static int l_send(lua_State *L) {
 ** message and returns -1 when a message cannot be decoded here. An EXIT or
 ** DOWN always succeeds (a reason that cannot be decoded is replaced). */
 static int push_entry(lua_State *L, mbox_msg *m) {
-  codec_limits lim = kern_limits(1);
+  codec_limits lim = kern_limits(!m->wire);
+  lim.wire = m->wire;
   if (m->kind == MBOX_MSG) {
     int n = codec_decode(L, m->data, m->len, &lim);
     if (n == 1) return 0;
@@ -430,9 +533,14 @@ static int l_link(lua_State *L) {
   pthread_mutex_lock(&self->lock);
   int trapping = self->trap_exit;
   pthread_mutex_unlock(&self->lock);
-  if (!trapping) { lua_pushliteral(L, "noproc"); return lua_error(L); }
+  enum kern_reason why = rc == SIG_NOCONN ? KR_NOCONNECTION : KR_NOPROC;
+  if (!trapping) {
+    if (why == KR_NOCONNECTION) lua_pushliteral(L, "noconnection");
+    else lua_pushliteral(L, "noproc");
+    return lua_error(L);
+  }
   size_t len;
-  const unsigned char *r = kern_reason(KR_NOPROC, &len);
+  const unsigned char *r = kern_reason(why, &len);
   sig_exit(self->pid, pid, r, len, 0);
   lua_pushboolean(L, 1);
   return 1;
@@ -610,8 +718,15 @@ static int l_tree(lua_State *L) {
   return lua_gettop(L) - 2;
 }
 
+/* A pid of this node at `arg`, or raises (introspection is local, as in Erlang). */
+static term_id check_local_pid(lua_State *L, int arg) {
+  term_id pid = term_check(L, arg, TERM_PID);
+  if (pid.node != 0) luaL_argerror(L, arg, "pid of another node (introspection is local)");
+  return pid;
+}
+
 static int l_is_alive(lua_State *L) {
-  proc *p = proc_get(term_check(L, 1, TERM_PID));
+  proc *p = proc_get(check_local_pid(L, 1));
   lua_pushboolean(L, p && proc_alive(p));
   if (p) proc_release(p);
   return 1;
@@ -623,7 +738,7 @@ static void push_pids(lua_State *L, term_id *ids, size_t n, const char *field) {
 }
 
 static int l_info(lua_State *L) {
-  proc *p = proc_get(term_check(L, 1, TERM_PID));
+  proc *p = proc_get(check_local_pid(L, 1));
   if (!p) { lua_pushnil(L); return 1; }
   pthread_mutex_lock(&p->lock);
   int alive = p->status == PROC_ALIVE, trap = p->trap_exit;
@@ -662,6 +777,100 @@ static int l_info(lua_State *L) {
   push_pids(L, ids + nl, nm, "monitors");
   push_pids(L, ids + nl + nm, nw, "monitored_by");
   free(ids);
+  return 1;
+}
+
+/* ---- distribution ---- */
+
+static const char *opt_string(lua_State *L, int t, const char *k) {
+  int ty = lua_getfield(L, t, k);
+  if (ty != LUA_TNIL && ty != LUA_TSTRING) luaL_error(L, "start_node: option '%s' must be a string", k);
+  const char *s = lua_tostring(L, -1);   /* kept alive by the options table */
+  lua_pop(L, 1);
+  return s;
+}
+
+static int l_start_node(lua_State *L) {
+  cur(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    if (strcmp(k, "name") && strcmp(k, "listen") && strcmp(k, "key_file") && strcmp(k, "tick") &&
+        strcmp(k, "port_mapper") && strcmp(k, "buffer"))
+      return luaL_error(L, "start_node: unknown option '%s'", k);
+    lua_pop(L, 1);
+  }
+  dist_opts o = {0};
+  o.name = opt_string(L, 1, "name");
+  if (!o.name) return luaL_error(L, "start_node: option 'name' is required");
+  o.listen = opt_string(L, 1, "listen");
+  o.key_file = opt_string(L, 1, "key_file");
+  lua_getfield(L, 1, "tick");
+  if (!lua_isnil(L, -1) && !(lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0))
+    return luaL_error(L, "start_node: option 'tick' must be a positive number of seconds");
+  o.tick = lua_tonumber(L, -1);
+  lua_getfield(L, 1, "buffer");
+  if (!lua_isnil(L, -1) && !(lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0))
+    return luaL_error(L, "start_node: option 'buffer' must be a positive number of bytes");
+  o.out_bound = (size_t)lua_tointeger(L, -1);
+  o.port_mapper = lua_getfield(L, 1, "port_mapper") == LUA_TNIL || lua_toboolean(L, -1);
+  lua_pop(L, 3);
+  char err[300];
+  if (dist_start(&o, err, sizeof err) != 0) return luaL_error(L, "start_node: %s", err);
+  lua_pushstring(L, node_self());
+  lua_pushinteger(L, dist_port());
+  return 2;
+}
+
+static int l_node(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) { lua_pushstring(L, node_self()); return 1; }
+  term_id id;
+  if (term_test(L, 1, &id) == TERM_NONE) luaL_typeerror(L, 1, "pid or ref");
+  const char *name = node_name(id.node);
+  lua_pushstring(L, name ? name : NODE_NONAME);
+  return 1;
+}
+
+static void push_name(const char *name, void *ud) {
+  lua_State *L = ud;
+  lua_pushstring(L, name);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int l_nodes(lua_State *L) {
+  lua_newtable(L);
+  node_each_up(push_name, L);
+  return 1;
+}
+
+static int l_connect(lua_State *L) {
+  cur(L);
+  uint32_t idx = check_node(L, 1);
+  char err[300];
+  if (idx == 0) { lua_pushboolean(L, 1); return 1; }
+  if (dist_connect(idx, err, sizeof err) == 0) { lua_pushboolean(L, 1); return 1; }
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, err);
+  return 2;
+}
+
+static int l_disconnect(lua_State *L) {
+  uint32_t idx = check_node(L, 1);
+  struct conn *c = idx ? node_conn(idx) : NULL;
+  if (c) { conn_close(c, 1); conn_release(c); }
+  lua_pushboolean(L, c != NULL);
+  return 1;
+}
+
+static int l_monitor_node(lua_State *L) {
+  proc *self = cur(L);
+  uint32_t idx = check_node(L, 1);
+  int on = lua_isnone(L, 2) || lua_toboolean(L, 2);
+  luaL_argcheck(L, idx != 0, 1, "this node itself");
+  if (on && !dist_started()) return luaL_error(L, "monitor_node: this node is not started (start_node)");
+  if (dist_monitor_node(self, idx, on) != 0) return luaL_error(L, "monitor_node: out of memory");
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -731,6 +940,8 @@ static const luaL_Reg funcs[] = {
   {"link", l_link}, {"unlink", l_unlink}, {"monitor", l_monitor}, {"demonitor", l_demonitor},
   {"ref", l_ref}, {"alias", l_alias}, {"unalias", l_unalias},
   {"set_label", l_set_label}, {"tree", l_tree},
+  {"start_node", l_start_node}, {"node", l_node}, {"nodes", l_nodes}, {"connect", l_connect},
+  {"disconnect", l_disconnect}, {"monitor_node", l_monitor_node},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

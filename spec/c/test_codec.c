@@ -14,8 +14,8 @@
 #include "codec.h"
 #include "term.h"
 
-static const codec_limits LIM_FN = { CODEC_DEFAULT_MAX_SIZE, CODEC_DEFAULT_MAX_DEPTH, 1 };
-static const codec_limits LIM_DATA = { CODEC_DEFAULT_MAX_SIZE, CODEC_DEFAULT_MAX_DEPTH, 0 };
+static const codec_limits LIM_FN = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 1 };
+static const codec_limits LIM_DATA = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 0 };
 
 /* ---- Lua helpers available in every test state ---- */
 
@@ -371,14 +371,14 @@ static void test_errors(lua_State *A) {
   r = xfer(A, A, make, &LIM_FN);
   CHECK(r == -1 && strstr(xerr, ": nesting deeper than 100") && strncmp(xerr, "msg.x.x.x", 9) == 0,
         "101 levels are too deep", "%s", xerr);
-  codec_limits three = { CODEC_DEFAULT_MAX_SIZE, 3, 1 };
+  codec_limits three = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = 3, .allow_functions = 1 };
   CHECK(xfer(A, A, "return {{{}}}", &three) == 1, "max_depth 3 allows 3 levels", "%s", xerr);
   expect_error(A, "return {{{{}}}}", &three, "msg[1][1][1]: nesting deeper than 3", "max_depth 3 refuses 4 levels");
   CHECK(xfer(A, A, "return function() return {{{{{}}}}} end", &three) == 1,
         "tables built by code are not levels of the message", "%s", xerr);
   expect_error(A, "local a = {{{}}} return function() return a end", &three,
                "msg.<upvalue a>[1][1]: nesting deeper than 3", "upvalues count as a level");
-  codec_limits huge = { CODEC_DEFAULT_MAX_SIZE, 1000000, 1 };
+  codec_limits huge = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = 1000000, .allow_functions = 1 };
   snprintf(make, sizeof make, deep, CODEC_HARD_DEPTH);
   CHECK(xfer(A, A, make, &huge) == 1, "CODEC_HARD_DEPTH levels round-trip", "%s", xerr);
   LCHECK(A, "(function() local n, c = 0, got[1] while c do n = n + 1 c = c.x end return n == 1000 end)()",
@@ -387,17 +387,17 @@ static void test_errors(lua_State *A) {
   r = xfer(A, A, make, &huge);
   CHECK(r == -1 && strstr(xerr, "nesting deeper than 1000"), "max_depth is capped at CODEC_HARD_DEPTH", "%s", xerr);
 
-  codec_limits small = { 100, CODEC_DEFAULT_MAX_DEPTH, 1 };
+  codec_limits small = { .max_size = 100, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 1 };
   expect_error(A, "return string.rep('x', 200)", &small, "message larger than 100 bytes", "max_size is enforced");
   size_t size = 0;
   xfer2(A, A, "return {string.rep('y', 300), n = 7}", &LIM_FN, &LIM_FN, &size);
-  codec_limits exact = { size, CODEC_DEFAULT_MAX_DEPTH, 1 };
+  codec_limits exact = { .max_size = size, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 1 };
   CHECK(xfer(A, A, "return {string.rep('y', 300), n = 7}", &exact) == 1, "a message of exactly max_size fits", "%s",
         xerr);
   exact.max_size = size - 1;
   r = xfer(A, A, "return {string.rep('y', 300), n = 7}", &exact);
   CHECK(r == -1 && strstr(xerr, "message larger than"), "one byte over max_size fails", "%s", xerr);
-  codec_limits tiny = { 2, CODEC_DEFAULT_MAX_DEPTH, 1 };
+  codec_limits tiny = { .max_size = 2, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 1 };
   expect_error(A, "return 1", &tiny, "message larger than 2 bytes", "even the header respects max_size");
 
   /* negative index and stack balance on the C API */
@@ -462,12 +462,12 @@ static void test_decode_errors(lua_State *L) {
     lua_settop(L, top);
   }
   CHECK(all, "every truncation of a valid message is refused", "len %zu", len);
-  codec_limits shallow = { CODEC_DEFAULT_MAX_SIZE, 1, 0 };
+  codec_limits shallow = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = 1, .allow_functions = 0 };
   n = codec_decode(L, (const unsigned char *)s, len, &shallow);
   CHECK(n == -1 && strcmp(lua_tostring(L, -1), "codec: nesting deeper than 1") == 0, "decode enforces max_depth",
         "%s", n < 0 ? lua_tostring(L, -1) : "decoded");
   lua_settop(L, 1);
-  codec_limits tight = { len - 1, CODEC_DEFAULT_MAX_DEPTH, 0 };
+  codec_limits tight = { .max_size = len - 1, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 0 };
   n = codec_decode(L, (const unsigned char *)s, len, &tight);
   CHECK(n == -1 && strstr(lua_tostring(L, -1), "message larger than"), "decode enforces max_size", " ");
   lua_settop(L, 0);
@@ -495,7 +495,7 @@ typedef struct deep_job { lua_State *L; int ok; } deep_job;
 /* Encodes and decodes the 1000-level chain at the top of the stack. */
 static void *deep_thread(void *ud) {
   deep_job *j = ud;
-  codec_limits lim = { CODEC_DEFAULT_MAX_SIZE, CODEC_HARD_DEPTH, 1 };
+  codec_limits lim = { .max_size = CODEC_DEFAULT_MAX_SIZE, .max_depth = CODEC_HARD_DEPTH, .allow_functions = 1 };
   codec_buf b = {0};
   int top = lua_gettop(j->L);
   j->ok = codec_encode(j->L, top, 1, "msg", &lim, &b) == 0 &&

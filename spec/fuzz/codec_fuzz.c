@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     L = luaL_newstate();
     luaL_openlibs(L);
   }
-  codec_limits lim = { 1u << 20, 100, 0 };
+  codec_limits lim = { .max_size = 1u << 20, .max_depth = 100, .allow_functions = 0 };
   int top = lua_gettop(L);
   int n = codec_decode(L, data, size, &lim);
   if (n < 0) n = 1;               /* the error message */

@@ -1,0 +1,636 @@
+/*
+** dist.c — distribution: records between nodes and what they do here.
+*/
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <lauxlib.h>
+#include <sodium.h>
+#include "codec.h"
+#include "conn.h"
+#include "dist.h"
+#include "frame.h"
+#include "kernel.h"
+#include "keyfile.h"
+#include "links.h"
+#include "node.h"
+#include "portmap.h"
+#include "process.h"
+#include "registry.h"
+
+/* Record types (the first byte of a record; 0 is conn.c's ACCEPT). */
+enum {
+  R_SEND = 1,        /* to, to_creation, msg */
+  R_SEND_NAME,       /* name, msg */
+  R_SEND_ALIAS,      /* alias, alias_creation, msg */
+  R_LINK,            /* from, to, to_creation */
+  R_UNLINK,          /* from, to, to_creation */
+  R_EXIT,            /* from, to, to_creation, reason: through a link */
+  R_EXIT2,           /* from, to, to_creation, reason: exit/2 */
+  R_MONITOR,         /* from, to, to_creation, ref */
+  R_DEMONITOR,       /* from, to, to_creation, ref */
+  R_DOWN,            /* from, watcher, watcher_creation, ref, ref_creation, reason */
+  R_SPAWN,           /* req, from, flags, ref, payload */
+  R_SPAWN_REPLY      /* req, to, to_creation, ok, pid | error text */
+};
+
+#define SPAWN_LINK    1
+#define SPAWN_MONITOR 2
+#define HDR_MAX       80    /* the largest record header: a type and up to 7 varints */
+#define CONNECT_MAX   5.0   /* seconds a remote operation may spend connecting */
+/* The frame body limit of every link (both ends must agree): the largest
+** message the codec makes by default, plus room for a record header. */
+#define DIST_MAX_BODY (CODEC_DEFAULT_MAX_SIZE + 4096u)
+
+typedef struct pending {
+  struct pending *next;
+  uint64_t req;
+  uint32_t node;
+  term_id caller;
+  int flags;
+  term_id ref;
+  int done, ok;            /* D.lock */
+  term_id pid;             /* D.lock */
+  char err[160];           /* D.lock */
+} pending;
+
+/* The module's one global: `lock` guards the pending spawns. */
+static struct {
+  _Atomic int started;
+  double tick;
+  int port;                /* the listening port */
+  int pmap_fd;
+  pthread_mutex_t lock;
+  pthread_cond_t answered;
+  pending *spawns;
+  uint64_t next_req;
+} D = { .pmap_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .answered = PTHREAD_COND_INITIALIZER,
+        .next_req = 1 };
+
+/* ---- varints ---- */
+
+static size_t put_v(unsigned char *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) { p[n++] = (unsigned char)(v | 0x80); v >>= 7; }
+  p[n++] = (unsigned char)v;
+  return n;
+}
+
+typedef struct rd { const unsigned char *p, *end; int bad; } rd;
+
+static uint64_t get_v(rd *r) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (r->p >= r->end) break;
+    unsigned char b = *r->p++;
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+  r->bad = 1;
+  return 0;
+}
+
+static uint32_t get_u32(rd *r) {
+  uint64_t v = get_v(r);
+  if (v > UINT32_MAX) r->bad = 1;
+  return (uint32_t)v;
+}
+
+/* ---- reporting ---- */
+
+void dist_report(const char *level, const char *text, const char *peer, const char *why) {
+  fprintf(stderr, "=%s REPORT==== node %s: %s%s%s%s%s\n", level, node_self(), text,
+          peer ? " (" : "", peer ? peer : "", peer ? ")" : "", why ? "" : "");
+  if (why) fprintf(stderr, "    %s\n", why);
+  fflush(stderr);
+}
+
+/* ---- the link to a node ---- */
+
+static double now(void) { return mbox_now(); }
+
+/* The up link of idx, connecting if needed (connect != 0). */
+static conn *link_of(uint32_t idx, int connect) {
+  conn *c = node_conn(idx);
+  if (c || !connect || !atomic_load(&D.started)) return c;
+  char err[200];
+  double wait = D.tick < CONNECT_MAX ? D.tick : CONNECT_MAX;
+  if (conn_connect(idx, now() + wait, err, sizeof err) != 0) return NULL;
+  return node_conn(idx);
+}
+
+/* Queues a record: header h[0..hn), then body. */
+static int put_record(uint32_t idx, int connect, uint32_t creation, const unsigned char *h, size_t hn,
+                      const unsigned char *body, size_t blen, double deadline) {
+  conn *c = link_of(idx, connect);
+  if (!c) return DIST_NOCONN;
+  int rc = DIST_OK;
+  if (creation && conn_peer_creation(c) != creation) rc = DIST_DEAD;
+  else if (hn + blen + FRAME_RECORD_HEADERBYTES > DIST_MAX_BODY) rc = DIST_TOOBIG;
+  else {
+    int s = conn_send(c, h, hn, body, blen, deadline);
+    rc = s == CONN_OK ? DIST_OK : s == CONN_FULL ? DIST_FULL : DIST_NOCONN;
+  }
+  conn_release(c);
+  return rc;
+}
+
+/* ---- reasons in the wire form ---- */
+
+/* A malloc'ed wire form of a reason in this process's form. Well-known
+** reasons are the same bytes; others are decoded and re-encoded in a
+** scratch state (a reason that cannot cross becomes its tostring). */
+static unsigned char *reason_to_wire(const unsigned char *r, size_t len, size_t *out_len) {
+  for (int k = 0; k < KR_COUNT; k++)
+    if (kern_reason_is(r, len, (enum kern_reason)k)) {
+      unsigned char *copy = malloc(len);
+      if (copy) memcpy(copy, r, len);
+      *out_len = len;
+      return copy;
+    }
+  lua_State *L = luaL_newstate();
+  if (!L) return NULL;
+  codec_limits local = kern_limits(0), wire = kern_limits(0);
+  wire.wire = 1;
+  codec_buf b = {0};
+  int n = codec_decode(L, r, len, &local);
+  if (n != 1) { lua_settop(L, 0); lua_pushliteral(L, "(an exit reason that cannot cross nodes)"); }
+  if (codec_encode(L, -1, 1, "reason", &wire, &b) != 0) {
+    lua_pop(L, 1);
+    luaL_tolstring(L, -1, NULL);
+    codec_encode(L, -1, 1, "reason", &wire, &b);
+  }
+  lua_close(L);
+  *out_len = b.len;
+  return b.data;
+}
+
+/* The codec bytes of {"nodedown", name}. */
+static unsigned char *nodedown_msg(const char *name, size_t *len) {
+  lua_State *L = luaL_newstate();
+  if (!L) return NULL;
+  lua_createtable(L, 2, 0);
+  lua_pushliteral(L, "nodedown"); lua_rawseti(L, -2, 1);
+  lua_pushstring(L, name); lua_rawseti(L, -2, 2);
+  codec_limits lim = kern_limits(0);
+  codec_buf b = {0};
+  codec_encode(L, -1, 1, "msg", &lim, &b);
+  lua_close(L);
+  *len = b.len;
+  return b.data;
+}
+
+/* ---- sends ---- */
+
+int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline) {
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_SEND;
+  n += put_v(h + n, to.n);
+  n += put_v(h + n, to.creation);
+  return put_record(to.node, 1, to.creation, h, n, msg, len, deadline);
+}
+
+int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, size_t len,
+                   double deadline) {
+  size_t nl = strlen(name);
+  if (nl > 255) return DIST_DEAD;
+  unsigned char h[HDR_MAX + 256];
+  size_t n = 0;
+  h[n++] = R_SEND_NAME;
+  n += put_v(h + n, nl);
+  memcpy(h + n, name, nl);
+  n += nl;
+  return put_record(idx, 1, 0, h, n, msg, len, deadline);
+}
+
+int dist_send_alias(term_id alias, const unsigned char *msg, size_t len, double deadline) {
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_SEND_ALIAS;
+  n += put_v(h + n, alias.n);
+  n += put_v(h + n, alias.creation);
+  return put_record(alias.node, 1, alias.creation, h, n, msg, len, deadline);
+}
+
+/* ---- signals ---- */
+
+/* A signal record from a local process to one of node to.node. */
+static int signal(int type, term_id from, term_id to, const term_id *ref, const unsigned char *body,
+                  size_t blen, int connect) {
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = (unsigned char)type;
+  n += put_v(h + n, from.n);
+  n += put_v(h + n, to.n);
+  n += put_v(h + n, to.creation);
+  if (ref) n += put_v(h + n, ref->n);
+  return put_record(to.node, connect, to.creation, h, n, body, blen, INFINITY);
+}
+
+int dist_link(term_id from, term_id to) {
+  int rc = signal(R_LINK, from, to, NULL, NULL, 0, 1);
+  return rc == DIST_OK ? DIST_OK : rc == DIST_DEAD ? DIST_DEAD : DIST_NOCONN;
+}
+
+void dist_unlink(term_id from, term_id to) { signal(R_UNLINK, from, to, NULL, NULL, 0, 0); }
+
+void dist_exit(term_id from, term_id to, const unsigned char *reason, size_t len, int via_link) {
+  size_t wl;
+  unsigned char *w = reason_to_wire(reason, len, &wl);
+  if (w) signal(via_link ? R_EXIT : R_EXIT2, from, to, NULL, w, wl, !via_link);
+  free(w);
+}
+
+int dist_monitor(term_id from, term_id to, term_id ref) {
+  int rc = signal(R_MONITOR, from, to, &ref, NULL, 0, 1);
+  return rc == DIST_OK ? DIST_OK : rc == DIST_DEAD ? DIST_DEAD : DIST_NOCONN;
+}
+
+void dist_demonitor(term_id from, term_id to, term_id ref) {
+  signal(R_DEMONITOR, from, to, &ref, NULL, 0, 0);
+}
+
+void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *reason, size_t len) {
+  size_t wl;
+  unsigned char *w = reason_to_wire(reason, len, &wl);
+  if (!w) return;
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_DOWN;
+  n += put_v(h + n, from.n);
+  n += put_v(h + n, watcher.n);
+  n += put_v(h + n, watcher.creation);
+  n += put_v(h + n, ref.n);
+  n += put_v(h + n, ref.creation);
+  put_record(watcher.node, 0, watcher.creation, h, n, w, wl, INFINITY);
+  free(w);
+}
+
+/* ---- remote spawn ---- */
+
+static void pending_remove_locked(pending *p) {
+  for (pending **q = &D.spawns; *q; q = &(*q)->next)
+    if (*q == p) { *q = p->next; return; }
+}
+
+int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int link,
+               int monitor, term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
+  pending *p = calloc(1, sizeof *p);
+  if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+  p->node = idx;
+  p->caller = self->pid;
+  p->flags = (link ? SPAWN_LINK : 0) | (monitor ? SPAWN_MONITOR : 0);
+  p->ref = term_new_ref();
+  pthread_mutex_lock(&D.lock);
+  p->req = D.next_req++;
+  p->next = D.spawns;
+  D.spawns = p;
+  pthread_mutex_unlock(&D.lock);
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_SPAWN;
+  n += put_v(h + n, p->req);
+  n += put_v(h + n, self->pid.n);
+  n += put_v(h + n, (uint64_t)p->flags);
+  n += put_v(h + n, p->ref.n);
+  int rc = put_record(idx, 1, 0, h, n, payload, len, deadline);
+  pthread_mutex_lock(&D.lock);
+  if (rc == DIST_OK) {
+    while (!p->done && !atomic_load(&self->doomed)) {
+      double left = deadline - now();
+      if (left <= 0) break;
+      if (left > 0.1) left = 0.1;   /* look at `doomed` now and then */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += (long)(left * 1e9);
+      if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+      pthread_cond_timedwait(&D.answered, &D.lock, &ts);
+    }
+  }
+  pending_remove_locked(p);
+  int ok = p->done && p->ok;
+  if (ok) { *pid = p->pid; *ref = p->ref; }
+  else if (p->done) snprintf(err, errlen, "%s", p->err);
+  else if (rc == DIST_NOCONN) snprintf(err, errlen, "noconnection");
+  else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(idx));
+  else snprintf(err, errlen, "timeout");
+  pthread_mutex_unlock(&D.lock);
+  free(p);
+  return ok ? 0 : -1;
+}
+
+typedef struct spawn_ctx { conn *c; uint64_t req; term_id from; } spawn_ctx;
+
+static void spawn_reply(conn *c, uint64_t req, term_id to, int ok, uint64_t pid, const char *err) {
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_SPAWN_REPLY;
+  n += put_v(h + n, req);
+  n += put_v(h + n, to.n);
+  n += put_v(h + n, to.creation);
+  h[n++] = (unsigned char)ok;
+  if (ok) n += put_v(h + n, pid);
+  conn_send(c, h, n, ok ? NULL : err, ok ? 0 : strlen(err), INFINITY);
+}
+
+/* proc_opts.ready: the reply leaves before the child can send a signal. */
+static void spawn_ready(term_id pid, void *ud) {
+  spawn_ctx *s = ud;
+  spawn_reply(s->c, s->req, s->from, 1, pid.n, NULL);
+}
+
+static void handle_spawn(conn *c, rd *r) {
+  uint32_t idx = conn_node(c), creation = conn_peer_creation(c);
+  spawn_ctx s = { c, get_v(r), {0, idx, creation} };
+  s.from.n = get_v(r);
+  int flags = (int)get_v(r);
+  term_id ref = { get_v(r), idx, creation };
+  if (r->bad) return;
+  size_t len = (size_t)(r->end - r->p);
+  unsigned char *payload = malloc(len ? len : 1);
+  if (!payload) { spawn_reply(c, s.req, s.from, 0, 0, "out of memory"); return; }
+  memcpy(payload, r->p, len);
+  proc_opts o = {0};
+  o.link = (flags & SPAWN_LINK) != 0;
+  o.monitor = (flags & SPAWN_MONITOR) != 0;
+  o.rparent = s.from;
+  o.rref = ref;
+  o.ready = spawn_ready;
+  o.ready_ud = &s;
+  term_id pid, unused;
+  const char *err = proc_spawn(NULL, &o, ENTRY_WIRE, payload, len, NULL, &pid, &unused);
+  if (err) spawn_reply(c, s.req, s.from, 0, 0, err);
+}
+
+static void handle_spawn_reply(conn *c, rd *r) {
+  uint64_t req = get_v(r);
+  term_id to = { get_v(r), 0, 0 };
+  uint32_t to_creation = get_u32(r);
+  int ok = r->p < r->end ? *r->p++ : 0;
+  term_id child = { ok ? get_v(r) : 0, conn_node(c), conn_peer_creation(c) };
+  if (r->bad || to_creation != node_creation()) return;
+  pthread_mutex_lock(&D.lock);
+  pending *p = D.spawns;
+  while (p && !(p->req == req && term_eq(p->caller, to))) p = p->next;
+  if (p) {
+    p->done = 1;
+    p->ok = ok;
+    if (ok) p->pid = child;
+    else snprintf(p->err, sizeof p->err, "%.*s", (int)(r->end - r->p), (const char *)r->p);
+  }
+  pthread_mutex_unlock(&D.lock);
+  if (p && ok) {
+    /* Set up the caller's side here, in arrival order, before any signal
+    ** of the child that follows on this link is handled. */
+    proc *caller = proc_get(to);
+    if (caller) {
+      if (p->flags & SPAWN_LINK) sig_link_remote(caller, child);
+      if (p->flags & SPAWN_MONITOR) sig_monitor_remote(caller, child, p->ref);
+      proc_release(caller);
+    }
+  }
+  pthread_cond_broadcast(&D.answered);
+}
+
+/* ---- arrivals ---- */
+
+static void deliver(term_id to, const unsigned char *msg, size_t len, term_id alias) {
+  proc *p = proc_get(to);
+  if (!p) return;
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, msg, len);
+  if (m) {
+    m->wire = 1;
+    m->ref = alias;
+    mbox_put(&p->mb, m, -INFINITY, NULL, NULL);  /* a full mailbox drops and counts it */
+  }
+  proc_release(p);
+}
+
+void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
+  rd r = { rec + 1, rec + len, 0 };
+  uint32_t idx = conn_node(c), peer = conn_peer_creation(c), me = node_creation();
+  switch (rec[0]) {
+  case R_SEND: {
+    term_id to = { get_v(&r), 0, 0 };
+    uint32_t creation = get_u32(&r);
+    if (!r.bad && creation == me) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0});
+    return;
+  }
+  case R_SEND_NAME: {
+    uint64_t nl = get_v(&r);
+    if (r.bad || nl == 0 || nl > 255 || nl > (uint64_t)(r.end - r.p)) return;
+    char name[256];
+    memcpy(name, r.p, nl);
+    name[nl] = '\0';
+    r.p += nl;
+    term_id to;
+    if (strlen(name) == nl && reg_whereis(name, &to)) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0});
+    return;
+  }
+  case R_SEND_ALIAS: {
+    term_id alias = { get_v(&r), 0, 0 }, to;
+    uint32_t creation = get_u32(&r);
+    if (!r.bad && creation == me && reg_alias_owner(alias, &to)) deliver(to, r.p, (size_t)(r.end - r.p), alias);
+    return;
+  }
+  case R_SPAWN: handle_spawn(c, &r); return;
+  case R_SPAWN_REPLY: handle_spawn_reply(c, &r); return;
+  default: break;
+  }
+  /* Signals: from (a pid of the peer), to (ours), to's creation. */
+  term_id from = { get_v(&r), idx, peer };
+  term_id to = { get_v(&r), 0, 0 };
+  uint32_t creation = get_u32(&r);
+  if (r.bad) return;
+  int alive_here = creation == me;
+  size_t nlen;
+  const unsigned char *noproc = kern_reason(KR_NOPROC, &nlen);
+  switch (rec[0]) {
+  case R_LINK:
+    if (!alive_here || sig_link_remote_in(to, from) != SIG_OK) dist_exit(to, from, noproc, nlen, 1);
+    break;
+  case R_UNLINK:
+    if (alive_here) sig_unlink_remote_in(to, from);
+    break;
+  case R_EXIT:
+  case R_EXIT2:
+    if (alive_here) sig_exit(to, from, r.p, (size_t)(r.end - r.p),
+                             (rec[0] == R_EXIT ? SIG_VIA_LINK : 0) | SIG_WIRE);
+    break;
+  case R_MONITOR: {
+    term_id ref = { get_v(&r), idx, peer };
+    if (r.bad) break;
+    if (!alive_here || sig_monitor_remote_in(to, from, ref) != SIG_OK) dist_down(to, from, ref, noproc, nlen);
+    break;
+  }
+  case R_DEMONITOR: {
+    term_id ref = { get_v(&r), idx, peer };
+    if (!r.bad && alive_here) sig_demonitor_remote_in(to, ref);
+    break;
+  }
+  case R_DOWN: {
+    /* here `to` is the watcher (ours) and the ref is ours too */
+    term_id ref = { get_v(&r), 0, 0 };
+    uint32_t ref_creation = get_u32(&r);
+    (void)ref_creation;
+    if (!r.bad && alive_here) sig_down(to, ref, from, r.p, (size_t)(r.end - r.p), SIG_WIRE);
+    break;
+  }
+  default:
+    break;   /* an unknown record from a newer peer: ignored */
+  }
+}
+
+/* ---- links coming and going ---- */
+
+void dist_node_up(uint32_t idx) { (void)idx; }
+
+typedef struct down_walk { uint32_t idx, creation; } down_walk;
+
+static void down_one(proc *p, void *ud) {
+  down_walk *w = ud;
+  term_id *links = NULL, *mons = NULL;
+  size_t nl = 0, nm = 0;
+  sig_collect_node(p, w->idx, w->creation, &links, &nl, &mons, &nm);
+  size_t len;
+  const unsigned char *r = kern_reason(KR_NOCONNECTION, &len);
+  for (size_t i = 0; i < nl; i++) sig_exit(p->pid, links[i], r, len, SIG_VIA_LINK);
+  for (size_t i = 0; i < nm; i++) sig_down(p->pid, mons[2 * i], mons[2 * i + 1], r, len, 0);
+  free(links);
+  free(mons);
+}
+
+void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
+  down_walk w = { idx, creation };
+  proc_foreach(down_one, &w);
+  /* Pending spawns on that node fail. */
+  pthread_mutex_lock(&D.lock);
+  for (pending *p = D.spawns; p; p = p->next)
+    if (p->node == idx && !p->done) {
+      p->done = 1;
+      p->ok = 0;
+      snprintf(p->err, sizeof p->err, "noconnection");
+    }
+  pthread_cond_broadcast(&D.answered);
+  pthread_mutex_unlock(&D.lock);
+  term_id *subs;
+  size_t n, len;
+  node_take_monitors(idx, &subs, &n);
+  unsigned char *msg = n ? nodedown_msg(node_name(idx), &len) : NULL;
+  for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0});
+  free(msg);
+  free(subs);
+  if (strcmp(why, "closed") != 0) dist_report("INFO", "lost the link", node_name(idx), why);
+}
+
+int dist_monitor_node(proc *self, uint32_t idx, int on) {
+  if (!on) return node_monitor(idx, self->pid, 0);
+  conn *c = link_of(idx, 1);
+  if (c) {
+    int rc = node_monitor(idx, self->pid, 1);
+    conn_release(c);
+    return rc;
+  }
+  size_t len;
+  unsigned char *msg = nodedown_msg(node_name(idx), &len);
+  if (msg) deliver(self->pid, msg, len, (term_id){0, 0, 0});
+  free(msg);
+  return 0;
+}
+
+/* ---- starting ---- */
+
+int dist_node_index(const char *name, uint32_t *idx, char *err, size_t errlen) {
+  char base[NODE_NAME_MAX + 1];
+  size_t len = strlen(name);
+  const char *colon = strrchr(name, ':');
+  int port = 0;
+  if (colon && strchr(name, '@') && colon > strchr(name, '@')) {
+    port = atoi(colon + 1);
+    if (port <= 0 || port > 65535) { snprintf(err, errlen, "bad port in node name '%s'", name); return -1; }
+    len = (size_t)(colon - name);
+  }
+  if (len > NODE_NAME_MAX || !node_valid_name(name, len)) {
+    snprintf(err, errlen, "bad node name '%s' (expected name@host or name@host:port)", name);
+    return -1;
+  }
+  memcpy(base, name, len);
+  base[len] = '\0';
+  if (strcmp(base, node_self()) == 0) { *idx = 0; return 0; }
+  if (node_intern(base, len, idx) != 0) { snprintf(err, errlen, "too many nodes"); return -1; }
+  if (port) node_set_port(*idx, port);
+  return 0;
+}
+
+int dist_connect(uint32_t idx, char *err, size_t errlen) {
+  if (!atomic_load(&D.started)) { snprintf(err, errlen, "this node is not started (start_node)"); return -1; }
+  double wait = D.tick < CONNECT_MAX ? D.tick : CONNECT_MAX;
+  return conn_connect(idx, now() + wait, err, errlen);
+}
+
+int dist_started(void) { return atomic_load(&D.started); }
+
+int dist_start(const dist_opts *o, char *err, size_t errlen) {
+  if (atomic_load(&D.started)) { snprintf(err, errlen, "this node is already started as %s", node_self()); return -1; }
+  char name[NODE_NAME_MAX + 1];
+  if (!strchr(o->name, '@')) {
+    char host[200];
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    snprintf(name, sizeof name, "%s@%s", o->name, host);
+  } else snprintf(name, sizeof name, "%s", o->name);
+  char short_name[NODE_NAME_MAX + 1];
+  snprintf(short_name, sizeof short_name, "%.*s", (int)(strchr(name, '@') - name), name);
+  if (!node_valid_name(name, strlen(name)) || !pmap_valid_name(short_name)) {
+    snprintf(err, errlen, "bad node name '%s' (expected name or name@host; the name is "
+             "letters, digits, '_', '.', '-', at most %d)", name, PMAP_NAME_MAX);
+    return -1;
+  }
+  conn_config cfg = {0};
+  if (key_load(o->key_file, cfg.key, err, errlen) != 0) return -1;
+  cfg.tick = o->tick > 0 ? o->tick : 60;
+  cfg.out_bound = o->out_bound ? o->out_bound : 8u << 20;
+  cfg.max_body = DIST_MAX_BODY;
+  char host[NODE_NAME_MAX + 1] = "";
+  int port = 0;
+  if (o->listen) {
+    snprintf(host, sizeof host, "%s", o->listen);
+    char *colon = strrchr(host, ':');
+    if (colon) { port = atoi(colon + 1); *colon = '\0'; }
+  }
+  if (node_start(name) != 0) {
+    snprintf(err, errlen, "cannot name this node '%s'", name);
+    sodium_memzero(cfg.key, sizeof cfg.key);
+    return -1;
+  }
+  D.tick = cfg.tick;
+  int rc = conn_start(&cfg, host[0] ? host : NULL, &port, err, errlen);
+  sodium_memzero(cfg.key, sizeof cfg.key);
+  if (rc != 0) return -1;
+  if (o->port_mapper) {
+    char perr[200];
+    if (pmap_ensure(perr, sizeof perr) != 0 ||
+        pmap_register(short_name, port, &D.pmap_fd, perr, sizeof perr) != 0) {
+      conn_stop();
+      snprintf(err, errlen, "port mapper: %s", perr);
+      return -1;
+    }
+  }
+  D.port = port;
+  atomic_store(&D.started, 1);
+  return 0;
+}
+
+int dist_port(void) { return D.port; }
+
+void dist_stop(void) {
+  if (!atomic_exchange(&D.started, 0)) return;
+  conn_stop();
+  if (D.pmap_fd >= 0) { close(D.pmap_fd); D.pmap_fd = -1; }
+}

@@ -1,0 +1,88 @@
+/*
+** dist.h — distribution: what crosses a node link and what it does on
+** arrival. Messages, registered-name and alias sends, links, monitors,
+** exit signals and remote spawn, each as one record in the link's frames
+** (doc/distribution.md gives the record layouts), and what a lost link
+** means for the processes that used it ("noconnection").
+**
+** Per pair of processes, records keep their order: one link per pair of
+** nodes, one writer per link, and records are queued in call order.
+** A pid of another node whose creation is not the one of that node's
+** current link is dead: sends to it are dropped, links and monitors get
+** "noproc".
+*/
+#ifndef erlangen_dist_h
+#define erlangen_dist_h
+
+#include <stddef.h>
+#include <stdint.h>
+#include "term.h"
+
+struct conn;
+struct proc;
+
+typedef struct dist_opts {
+  const char *name;        /* "name@host" (or "name": @ and the host name are added) */
+  const char *listen;      /* "host:port", "host" or NULL (all interfaces, any port) */
+  const char *key_file;    /* NULL: $ERLANGEN_KEY_FILE or ~/.erlangen/cluster.key */
+  double tick;             /* seconds of silence before a link is lost (0: 60) */
+  size_t out_bound;        /* bytes a link may buffer (0: 8 MiB) */
+  int port_mapper;         /* register with the port mapper (starting it if needed) */
+} dist_opts;
+
+/* Starts distribution: loads the key, listens, names this node. Returns 0,
+** or -1 with a message in err (nothing is left started). */
+int dist_start(const dist_opts *o, char *err, size_t errlen);
+int dist_started(void);
+int dist_port(void);      /* the port this node listens on */
+void dist_stop(void);
+
+/* The index of the node named `name` ("name@host" or "name@host:port"),
+** interning it. Returns 0, or -1 with a message. */
+int dist_node_index(const char *name, uint32_t *idx, char *err, size_t errlen);
+
+/* Connects to node idx now (bounded by the tick time). 0 or -1 with err. */
+int dist_connect(uint32_t idx, char *err, size_t errlen);
+
+enum { DIST_OK = 0, DIST_FULL = 1, DIST_NOCONN = 2, DIST_DEAD = 3, DIST_TOOBIG = 4 };
+
+/* Sends wire-encoded `msg` to a pid, a registered name (`name`) or an
+** alias (`alias`) of node idx, waiting for room until `deadline`. The
+** bytes are copied. Returns DIST_OK, DIST_FULL, DIST_NOCONN (no link could
+** be made), DIST_DEAD (a pid of another incarnation) or DIST_TOOBIG (over
+** the link's frame limit). */
+int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline);
+int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, size_t len,
+                   double deadline);
+int dist_send_alias(term_id alias, const unsigned char *msg, size_t len, double deadline);
+
+/* Signals to a process of another node. `reason` is in this process's
+** form (it is converted for the wire). link and monitor return DIST_OK or
+** DIST_NOCONN; the others are dropped without a link. */
+int dist_link(term_id from, term_id to);
+void dist_unlink(term_id from, term_id to);
+void dist_exit(term_id from, term_id to, const unsigned char *reason, size_t len, int via_link);
+int dist_monitor(term_id from, term_id to, term_id ref);
+void dist_demonitor(term_id from, term_id to, term_id ref);
+void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *reason, size_t len);
+
+/* Spawns `payload` (a wire message: "module.function" and its arguments)
+** on node idx for `self`, with link/monitor (monitor ref in *ref), waiting
+** until `deadline`. Returns 0 with *pid, or -1 with a message in err. */
+int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, size_t len,
+               int link, int monitor, term_id *ref, double deadline, term_id *pid,
+               char *err, size_t errlen);
+
+/* monitor_node: subscribes (on) or unsubscribes self to idx's nodedown. A
+** node that cannot be reached gives {"nodedown", name} at once. */
+int dist_monitor_node(struct proc *self, uint32_t idx, int on);
+
+/* From conn.c: a link came up, a record arrived, a link was lost. */
+void dist_node_up(uint32_t idx);
+void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
+void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
+
+/* Logs a distribution event (stderr). */
+void dist_report(const char *level, const char *text, const char *peer, const char *why);
+
+#endif

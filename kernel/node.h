@@ -1,0 +1,105 @@
+/*
+** node.h — this node's name and creation, and the table of nodes it knows.
+**
+** Index 0 is this node. Another node gets an index the first time its name
+** is seen (a pid decoded from the wire, a connect, a handshake) and keeps it
+** until the OS process ends: indexes and names are never reused or freed, so
+** a name returned here stays valid. A pid or ref of another node is
+** {serial, index, creation of that node's incarnation}; a pid whose creation
+** is not the one of the node's current connection behaves as dead.
+** This node's own name seen with another creation (a pid of an earlier
+** incarnation) gets an index of its own, which never connects.
+**
+** Each entry's connection slot (the up link, or an attempt in progress) and
+** its monitor_node subscribers are guarded by the table lock; the lock is a
+** leaf: nothing else is locked while it is held.
+*/
+#ifndef erlangen_node_h
+#define erlangen_node_h
+
+#include <stddef.h>
+#include <stdint.h>
+#include "codec.h"
+#include "term.h"
+
+#define NODE_MAX       4096u   /* nodes one OS process can know */
+#define NODE_NAME_MAX  255u    /* bytes of "name@host" */
+#define NODE_NONAME    "nonode@nohost"
+
+struct conn;
+
+/* Gives this node its name and a fresh random creation (dist_start calls
+** it once; a failed start may call it again). Returns 0, or -1 if `name`
+** is not a valid node name. */
+int node_start(const char *name);
+
+/* 1 once node_start succeeded. */
+int node_started(void);
+
+/* This node's name (NODE_NONAME before node_start) and creation. */
+const char *node_self(void);
+uint32_t node_creation(void);
+
+/* 1 if `name` (len bytes) is a valid node name: "name@host", printable
+** ASCII without spaces, at most NODE_NAME_MAX bytes. */
+int node_valid_name(const char *name, size_t len);
+
+/* The index of `name`, added if new. Returns 0, or -1 for an invalid name
+** or a full table. Never returns index 0. */
+int node_intern(const char *name, size_t len, uint32_t *idx);
+
+/* The name of index `idx` (node_self() for 0), or NULL. */
+const char *node_name(uint32_t idx);
+
+/* The index of a known node name, or -1. Does not add it. */
+long node_find(const char *name);
+
+/* How the codec names nodes (wire pids and refs). */
+const codec_nodes *node_codec(void);
+
+/* ---- connection slots ---- */
+
+/* The up connection of `idx`, retained (conn_release it), or NULL. */
+struct conn *node_conn(uint32_t idx);
+
+/* Claims the right to connect to idx: returns 1 if the caller must try
+** (then it must call node_connect_done), 0 if a connection is up, or
+** waits up to `deadline` (monotonic seconds) for another caller's attempt
+** and returns 0 if it succeeded, -1 if it failed or timed out. */
+int node_connect_claim(uint32_t idx, double deadline);
+
+/* Ends an attempt begun by node_connect_claim (c == NULL: it failed). */
+void node_connect_done(uint32_t idx);
+
+/* 1 while an outgoing attempt to idx is in progress. */
+int node_connecting(uint32_t idx);
+
+/* A port to reach idx at without the port mapper ("name@host:port" given
+** to connect); 0 when none. */
+void node_set_port(uint32_t idx, int port);
+int node_port(uint32_t idx);
+
+/* Installs c (retained by the table) as idx's connection if it has none.
+** Returns 0, or -1 (nothing changed) when one is up. */
+int node_install_conn(uint32_t idx, struct conn *c);
+
+/* Replaces whatever connection idx has by c (the old one is returned,
+** retained, for the caller to close; NULL if none). */
+struct conn *node_swap_conn(uint32_t idx, struct conn *c);
+
+/* Removes c as idx's connection if it is the current one; 1 if it was. */
+int node_clear_conn(uint32_t idx, struct conn *c);
+
+/* Names of the nodes with an up connection: calls fn(name, ud) for each. */
+void node_each_up(void (*fn)(const char *name, void *ud), void *ud);
+
+/* ---- monitor_node ---- */
+
+/* Adds (on) or removes one (off) subscription of pid to idx's nodedown. */
+int node_monitor(uint32_t idx, term_id pid, int on);
+
+/* Takes all subscribers of idx (one entry per subscription): *out is
+** malloc'ed (free it), *n the count. */
+void node_take_monitors(uint32_t idx, term_id **out, size_t *n);
+
+#endif

@@ -43,6 +43,7 @@ struct conn {
   pthread_cond_t room;           /* lock: senders wait for the buffer to drain */
   frame_enc enc;                 /* lock */
   int closing;                   /* lock: no more records; the writer ends */
+  int orderly;                   /* lock: this side sent CLOSE */
   int waiting_room;              /* lock: senders waiting on `room` */
   frame_dec dec;                 /* the reader thread only */
 };
@@ -172,8 +173,8 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
 void conn_close(conn *c, int orderly) {
   pthread_mutex_lock(&c->lock);
   if (!c->closing) {
-    if (orderly) frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0);
-    else shutdown(c->fd, SHUT_RDWR);
+    if (orderly) c->orderly = frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0) == 0;
+    if (!c->orderly) shutdown(c->fd, SHUT_RDWR);
     c->closing = 1;
   }
   pthread_cond_broadcast(&c->more);
@@ -274,7 +275,11 @@ static void *reader_main(void *arg) {
     if (closed) { why = "closed"; break; }
   }
   free(buf);
-  conn_close(c, 0);
+  pthread_mutex_lock(&c->lock);
+  if (c->orderly) why = "closed";   /* we closed first: the end is the peer's answer */
+  pthread_mutex_unlock(&c->lock);
+  /* A peer that closed in order gets our CLOSE in answer. */
+  conn_close(c, strcmp(why, "closed") == 0);
   if (node_clear_conn(c->node, c)) dist_node_down(c->node, c->peer_creation, why);
   conn_release(c);
   return NULL;

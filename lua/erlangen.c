@@ -71,6 +71,8 @@ typedef struct cmdline {
   char **argv;
   int flags;
   int script;   /* argv index of the script; argc if none; the bad option if OPT_BAD */
+  /* --name, --key, --listen, --tick: start this program as a node */
+  const char *node_name, *key_file, *listen, *tick;
 } cmdline;
 
 /* Prefix of error messages: the program name, none in the REPL (as lua). */
@@ -215,6 +217,10 @@ static void print_usage(const char *bad) {
         "  -W        turn warnings on\n"
         "  --        stop handling options\n"
         "  -         stop handling options and execute stdin\n"
+        "  --name NAME[@HOST]  start as a node (distribution; see doc/distribution.md)\n"
+        "  --key FILE          the cluster key file (default ~/.erlangen/cluster.key)\n"
+        "  --listen HOST:PORT  where the node listens (default all interfaces, any port)\n"
+        "  --tick SECONDS      silence after which a node link is lost (default 60)\n"
         "or:    " PROGNAME " --port-mapper [--port N]   run the port mapper daemon\n"
         "Environment: ERLANGEN_GRACE  seconds processes get to handle \"shutdown\""
         " at exit (default 2)\n", stderr);
@@ -226,15 +232,24 @@ static void print_usage(const char *bad) {
 static void parse_cmdline(cmdline *c) {
   int i;
   c->flags = 0;
+  c->node_name = c->key_file = c->listen = c->tick = NULL;
   for (i = 1; i < c->argc; i++) {
     const char *a = c->argv[i];
     c->script = i;
     if (a[0] != '-' || a[1] == '\0') return;  /* the script, or "-" (stdin) */
     switch (a[1]) {
-      case '-':
+      case '-': {
+        const char **slot = !strcmp(a, "--name") ? &c->node_name : !strcmp(a, "--key") ? &c->key_file
+                          : !strcmp(a, "--listen") ? &c->listen : !strcmp(a, "--tick") ? &c->tick : NULL;
+        if (slot) {
+          if (i + 1 >= c->argc) { c->flags = OPT_BAD; return; }
+          *slot = c->argv[++i];
+          break;
+        }
         if (a[2] != '\0') { c->flags = OPT_BAD; return; }
         c->script = i + 1;
         return;
+      }
       case 'E': case 'W': case 'i': case 'v':
         if (a[2] != '\0') { c->flags = OPT_BAD; return; }
         if (a[1] == 'E') c->flags |= OPT_NOENV;
@@ -289,12 +304,39 @@ static int dolibrary(lua_State *L, const char *spec) {
   return report(L, status);
 }
 
+/* --name and its companions: erlangen.start_node{...} before anything runs.
+** The key file may also come from ERLANGEN_KEY_FILE. */
+static int start_node(lua_State *L, const cmdline *c) {
+  lua_getglobal(L, "erlangen");
+  lua_getfield(L, -1, "start_node");
+  lua_remove(L, -2);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, c->node_name);
+  lua_setfield(L, -2, "name");
+  if (c->key_file) { lua_pushstring(L, c->key_file); lua_setfield(L, -2, "key_file"); }
+  if (c->listen) { lua_pushstring(L, c->listen); lua_setfield(L, -2, "listen"); }
+  if (c->tick) {
+    char *end;
+    double t = strtod(c->tick, &end);
+    if (*end != '\0' || !(t > 0)) {
+      lua_pop(L, 2);
+      lua_pushfstring(L, "--tick '%s': not a positive number of seconds", c->tick);
+      return report(L, LUA_ERRRUN);
+    }
+    lua_pushnumber(L, t);
+    lua_setfield(L, -2, "tick");
+  }
+  return report(L, docall(L, 1, 0));
+}
+
 /* Runs -e and -l (and -W) in their order. Returns 0 on the first error. */
 static int run_options(lua_State *L, const cmdline *c) {
   int last = c->script;
   int i;
+  if (c->node_name && start_node(L, c) != LUA_OK) return 0;
   for (i = 1; i < last; i++) {
     const char *a = c->argv[i];
+    if (a[0] == '-' && a[1] == '-') { i++; continue; }   /* --name X and the like */
     int opt = a[1];
     if (opt == 'e' || opt == 'l') {
       const char *extra = (a[2] != '\0') ? a + 2 : c->argv[++i];

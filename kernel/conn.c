@@ -140,7 +140,7 @@ void conn_release(conn *c) {
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->more);
   pthread_cond_destroy(&c->room);
-  close(c->fd);
+  if (c->fd >= 0) close(c->fd);
   free(c);
 }
 
@@ -365,7 +365,7 @@ static void host_of(const char *name, char *host, size_t cap, int *port) {
   if (colon && !strchr(colon + 1, ']')) { *port = atoi(colon + 1); *colon = '\0'; }
 }
 
-static int initiate(uint32_t idx, double deadline, char *err, size_t errlen) {
+static int initiate(uint32_t idx, double deadline, int *refused, char *err, size_t errlen) {
   const char *name = node_name(idx);
   char host[NODE_NAME_MAX + 1], short_name[NODE_NAME_MAX + 1];
   int port;
@@ -411,7 +411,8 @@ static int initiate(uint32_t idx, double deadline, char *err, size_t errlen) {
   int ok = frame_enc_flush(&enc, &out, &outn) == 0 && write_all(fd, out, outn, deadline) == 0 &&
            frame_enc_consumed(&enc, outn) == 0 && first_frame(fd, &dec, &f, deadline) == 0;
   if (!ok || f.type != FRAME_DATA) {
-    snprintf(err, errlen, "%s: %s", name, ok && f.type == FRAME_CLOSE ?
+    *refused = ok && f.type == FRAME_CLOSE;
+    snprintf(err, errlen, "%s: %s", name, *refused ?
              "the peer kept another link to this node" : "handshake not confirmed");
     frame_enc_free(&enc);
     frame_dec_free(&dec);
@@ -452,8 +453,17 @@ int conn_connect(uint32_t idx, double deadline, char *err, size_t errlen) {
     if (claim < 0) snprintf(err, errlen, "%s: noconnection", node_name(idx));
     return claim;
   }
-  int rc = initiate(idx, deadline, err, errlen);
+  int refused = 0;
+  int rc = initiate(idx, deadline, &refused, err, errlen);
   node_connect_done(idx);
+  /* Refused because the peer keeps the link it started to us: that one
+  ** is being installed here right now. */
+  while (rc != 0 && refused && mbox_now() < deadline) {
+    conn *c = node_conn(idx);
+    if (c) { conn_release(c); return 0; }
+    struct timespec ts = { 0, 5000000 };
+    nanosleep(&ts, NULL);
+  }
   return rc;
 }
 
@@ -531,36 +541,38 @@ static conn *respond(int fd, const char **why) {
     frame_dec_free(&dec);
     return NULL;
   }
-  /* Authenticated from here on. */
+  /* Authenticated from here on: decide, and install atomically with the
+  ** decision, before answering. */
   uint32_t idx;
+  conn *c = NULL, *old = NULL;
   int accept = node_valid_name(peer.name, strlen(peer.name)) && strcmp(peer.name, node_self()) != 0 &&
-               node_intern(peer.name, strlen(peer.name), &idx) == 0;
-  conn *old = accept ? node_conn(idx) : NULL;
-  if (old) {
-    /* A link is up: a restarted peer replaces it; otherwise this one is a duplicate. */
-    accept = conn_peer_creation(old) != peer.creation;
-    if (accept) conn_close(old, 0);
+               node_intern(peer.name, strlen(peer.name), &idx) == 0 &&
+               (c = conn_new(fd, idx, peer.creation, &enc, &dec)) != NULL;
+  if (!accept) { frame_enc_free(&enc); frame_dec_free(&dec); *why = "out of memory or a bad name"; return NULL; }
+  /* Both sides connecting at once: the link started by the smaller name wins. */
+  accept = node_accept_conn(idx, c, peer.creation, strcmp(peer.name, node_self()) < 0, &old);
+  if (old) {   /* the peer restarted: the old incarnation's links are lost */
+    conn_close(old, 0);
+    dist_node_down(idx, conn_peer_creation(old), "restarted");
     conn_release(old);
-  } else if (accept && node_connecting(idx)) {
-    /* Both sides are connecting: the link started by the smaller name wins. */
-    accept = strcmp(peer.name, node_self()) < 0;
   }
   const unsigned char *out;
   size_t outn;
   unsigned char rec = REC_ACCEPT;
-  if (accept ? frame_enc_record(&enc, &rec, 1, NULL, 0) : frame_enc_control(&enc, FRAME_CLOSE, NULL, 0))
-    accept = 0;
-  if (frame_enc_flush(&enc, &out, &outn) == 0) {
-    write_all(fd, out, outn, deadline);
-    frame_enc_consumed(&enc, outn);
+  pthread_mutex_lock(&c->lock);
+  int ok = accept ? frame_enc_record(&c->enc, &rec, 1, NULL, 0) == 0
+                  : frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0) == 0;
+  if (ok && frame_enc_flush(&c->enc, &out, &outn) == 0) {
+    ok = write_all(fd, out, outn, deadline) == 0;
+    frame_enc_consumed(&c->enc, outn);
   }
-  conn *c = accept ? conn_new(fd, idx, peer.creation, &enc, &dec) : NULL;
-  if (!c) {
-    frame_enc_free(&enc);
-    frame_dec_free(&dec);
-    *why = accept ? "out of memory" : NULL;   /* a duplicate is not a failure */
+  pthread_mutex_unlock(&c->lock);
+  if (!accept) {   /* a duplicate is not a failure */
+    c->fd = -1;    /* the caller closes fd */
+    conn_release(c);
     return NULL;
   }
+  (void)ok;        /* a failed write shows up as a lost link */
   return c;
 }
 
@@ -583,13 +595,6 @@ static void *acceptor_main(void *arg) {
       if (why) rate_fail(key, &sa, why);
       close(fd);
       continue;
-    }
-    conn *old = node_swap_conn(c->node, c);
-    if (old) {   /* the peer restarted: the old incarnation's links are lost */
-      conn_close(old, 0);
-      if (conn_peer_creation(old) != c->peer_creation)
-        dist_node_down(c->node, conn_peer_creation(old), "restarted");
-      conn_release(old);
     }
     if (conn_run(c) != 0) node_clear_conn(c->node, c);
     else dist_node_up(c->node);

@@ -180,13 +180,6 @@ void node_connect_done(uint32_t idx) {
   pthread_mutex_unlock(&N.lock);
 }
 
-int node_connecting(uint32_t idx) {
-  pthread_mutex_lock(&N.lock);
-  int c = N.e[idx].connecting;
-  pthread_mutex_unlock(&N.lock);
-  return c;
-}
-
 void node_set_port(uint32_t idx, int port) {
   pthread_mutex_lock(&N.lock);
   N.e[idx].port = port;
@@ -212,14 +205,20 @@ int node_install_conn(uint32_t idx, struct conn *c) {
   return empty ? 0 : -1;
 }
 
-struct conn *node_swap_conn(uint32_t idx, struct conn *c) {
-  if (c) conn_retain(c);
+int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_smaller,
+                     struct conn **old) {
+  *old = NULL;
   pthread_mutex_lock(&N.lock);
-  struct conn *old = N.e[idx].conn;
-  N.e[idx].conn = c;
-  pthread_cond_broadcast(&N.changed);
+  node_entry *e = &N.e[idx];
+  int accept = e->conn ? conn_peer_creation(e->conn) != creation : !e->connecting || peer_smaller;
+  if (accept) {
+    *old = e->conn;
+    conn_retain(c);
+    e->conn = c;
+    pthread_cond_broadcast(&N.changed);
+  }
   pthread_mutex_unlock(&N.lock);
-  return old;
+  return accept;
 }
 
 int node_clear_conn(uint32_t idx, struct conn *c) {

@@ -71,9 +71,6 @@ int node_connect_claim(uint32_t idx, double deadline);
 /* Ends an attempt begun by node_connect_claim (c == NULL: it failed). */
 void node_connect_done(uint32_t idx);
 
-/* 1 while an outgoing attempt to idx is in progress. */
-int node_connecting(uint32_t idx);
-
 /* A port to reach idx at without the port mapper ("name@host:port" given
 ** to connect); 0 when none. */
 void node_set_port(uint32_t idx, int port);
@@ -83,9 +80,14 @@ int node_port(uint32_t idx);
 ** Returns 0, or -1 (nothing changed) when one is up. */
 int node_install_conn(uint32_t idx, struct conn *c);
 
-/* Replaces whatever connection idx has by c (the old one is returned,
-** retained, for the caller to close; NULL if none). */
-struct conn *node_swap_conn(uint32_t idx, struct conn *c);
+/* The responder's decision, made atomically with installing c as idx's
+** connection (so a connect attempt that starts meanwhile sees the link):
+** refused (0) when a link to the same incarnation (`creation`) is up, or
+** when this node is connecting to idx too and the peer's name is not the
+** smaller one; otherwise c is installed (1), and a link to an earlier
+** incarnation is handed back in *old (retained) for the caller to close. */
+int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_smaller,
+                     struct conn **old);
 
 /* Removes c as idx's connection if it is the current one; 1 if it was. */
 int node_clear_conn(uint32_t idx, struct conn *c);

@@ -1,0 +1,77 @@
+-- Distribution bench report: joins the erlangen and BEAM results of the
+-- two-node shapes into one Markdown table, with each target and whether it
+-- was met.
+--
+-- Usage: lua5.4 bench/dist_report.lua ERLANGEN.tsv BEAM.tsv
+-- Each input holds lines `shape <TAB> median <TAB> unit <TAB> samples`
+-- (bench/dist.lua, bench/dist_beam.erl); a missing or empty BEAM file (no
+-- `erl`) leaves its columns empty and its targets "n/a".
+
+local function load(path)
+  local t = {}
+  local f = path and io.open(path)
+  if not f then return t end
+  for line in f:lines() do
+    local shape, med, unit, samples = line:match("^([%w_]+)\t([^\t]*)\t([^\t]*)\t?(.*)$")
+    if shape then t[shape] = { med = tonumber(med), raw = med, unit = unit, samples = samples } end
+  end
+  f:close()
+  return t
+end
+
+local ours, beam = load(arg[1]), load(arg[2])
+
+-- shape, label, unit, target: { op, limit of ours ÷ BEAM, text }
+local rows = {
+  { "dist_pingpong", "remote ping-pong round trip", "µs", { "<=", 1.5, "≤ 1.5× BEAM" } },
+  { "dist_oneway", "remote one-way throughput, {seq=i, tag=\"x\"}", "msg/s", { ">=", 1, "≥ 1× BEAM" } },
+}
+
+local function fmt(x)
+  if x == nil then return "—" end
+  if x >= 1e5 then return string.format("%.3g", x) end
+  if x >= 100 then return string.format("%.0f", x) end
+  if x >= 10 then return string.format("%.1f", x) end
+  return string.format("%.3g", x)
+end
+
+-- "min–max" of the runs behind a median
+local function spread(t)
+  if not t or not t.samples or t.samples == "" then return "" end
+  local lo, hi
+  for x in t.samples:gmatch("[^,]+") do
+    x = tonumber(x)
+    if x then lo, hi = math.min(lo or x, x), math.max(hi or x, x) end
+  end
+  if not lo or lo == hi then return "" end
+  return fmt(lo) .. "–" .. fmt(hi)
+end
+
+print("| shape | median | unit | runs | BEAM | BEAM runs | ÷ BEAM | target | result |")
+print("|---|---:|---|---|---:|---|---:|---|---|")
+local misses, unmeasured = 0, 0
+for _, row in ipairs(rows) do
+  local shape, label, unit, target = row[1], row[2], row[3], row[4]
+  local m, b = ours[shape] and ours[shape].med, beam[shape] and beam[shape].med
+  local r = m and b and b ~= 0 and m / b or nil
+  local op, limit, text = target[1], target[2], target[3]
+  local result
+  if ours[shape] and not m then
+    result = "**miss** (failed)"
+  elseif r == nil then
+    result = b == nil and "n/a (no BEAM)" or "n/a"
+  elseif (op == "<=" and r <= limit) or (op == ">=" and r >= limit) then
+    result = "pass"
+  else
+    result = "**miss**"
+  end
+  if result:find("miss") then misses = misses + 1 end
+  if result:find("n/a") then unmeasured = unmeasured + 1 end
+  local mtext = m and fmt(m) or (ours[shape] and ours[shape].raw) or "—"
+  print(string.format("| %s | %s | %s | %s | %s | %s | %s | %s | %s |", label, mtext, unit,
+                      spread(ours[shape]), fmt(b), spread(beam[shape]),
+                      r and string.format("%.2f×", r) or "—", text, result))
+end
+print()
+local verdict = misses == 0 and "All measured targets met" or misses .. " target(s) missed"
+print(verdict .. (unmeasured > 0 and ", " .. unmeasured .. " not measured." or "."))

@@ -1,0 +1,287 @@
+-- examples/kv end to end: the service runs as its own OS process
+-- (`$ERLANGEN_BIN examples/kv/main.lua <port>`), and clients talk to it over
+-- TCP on loopback with luasocket. The tests share one service and run in
+-- file order: each leaves it running and whole for the next.
+local erlangen = require "erlangen"
+local socket = require "socket"
+local H = require "spec.helpers"
+
+local bin = os.getenv("ERLANGEN_BIN") or "build/erlangen"
+-- Sanitizer builds start and run several times slower.
+local SLOW = H.sanitizer() and 4 or 1
+local WAIT = 10 * SLOW      -- seconds any one wait on the service may take
+local LIFETIME = 300        -- seconds: `timeout` ends a service the spec lost
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- A port that was free a moment ago: bind port 0, read it, close.
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- Polls cond() until it returns a truthy value, which it returns; raises
+-- naming `what` (and the service's log) after `timeout` seconds. Only for
+-- what no message can announce: the state of another OS process.
+local function poll(cond, what, svc, timeout)
+  local deadline = erlangen.now() + (timeout or WAIT)
+  while true do
+    local v = cond()
+    if v then return v end
+    if erlangen.now() > deadline then
+      error("timed out waiting for " .. what .. (svc and ("; service log:\n" .. read_file(svc.log)) or ""), 2)
+    end
+    erlangen.sleep(0.02)
+  end
+end
+
+-- A client connection: c:req(line) sends a line and returns the reply line
+-- (nil and luasocket's error when the connection is gone).
+local Client = {}
+Client.__index = Client
+
+local function connect(port)
+  local c = socket.tcp()
+  c:settimeout(WAIT)
+  local ok, err = c:connect("127.0.0.1", port)
+  if not ok then c:close(); return nil, err end
+  return setmetatable({sock = c}, Client)
+end
+
+function Client:req(line)
+  local ok, err = self.sock:send(line .. "\n")
+  if not ok then return nil, err end
+  return self:line()
+end
+
+-- The next line from the service, or nil and luasocket's error.
+function Client:line()
+  local l, err = self.sock:receive("*l")
+  return l, err
+end
+
+-- The lines of a multi-line reply, up to "END".
+function Client:req_lines(line)
+  local lines = {}
+  local l, err = self:req(line)
+  while l and l ~= "END" do
+    lines[#lines + 1] = l
+    l, err = self:line()
+  end
+  if not l then error("connection lost in a reply to " .. line .. ": " .. tostring(err), 2) end
+  return lines
+end
+
+function Client:close() self.sock:close() end
+
+-- The service: started as `timeout LIFETIME erlangen main.lua port`, run by
+-- io.popen's shell, which `exec`s it, so the popen child is that process and
+-- p:close() reaps it.
+local function start_service()
+  local port = free_port()
+  local svc = {port = port, log = os.tmpname(), out = os.tmpname()}
+  svc.proc = io.popen(string.format(
+    "echo $$; exec timeout -k 5 %d %s examples/kv/main.lua %d >%s 2>%s",
+    LIFETIME, bin, port, svc.out, svc.log))
+  svc.pid = assert(tonumber(svc.proc:read("l")), "no pid from the service's shell")
+  svc.erlangen_pid = poll(function() return tonumber(sh("pgrep -P " .. svc.pid)) end,
+                          "the erlangen process under timeout", svc)
+  poll(function()
+    local c = connect(port)
+    if c then c:close() end
+    return c ~= nil
+  end, "the service to accept connections on port " .. port, svc)
+  return svc
+end
+
+local function alive(ospid)
+  local f = io.open("/proc/" .. ospid .. "/stat")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function stop_service(svc)
+  if not svc or svc.stopped then return end
+  svc.stopped = true
+  sh("kill -TERM " .. svc.pid .. " 2>/dev/null")
+  svc.proc:close()  -- waits for `timeout`, which waits for erlangen
+end
+
+-- The pid (as text) that WHEREIS gives for `name`, or nil.
+local function whereis(c, name)
+  local r = assert(c:req("WHEREIS " .. name))
+  return r:match("^PID (<[%d.]+>)$")
+end
+
+describe("examples/kv, a supervised TCP key-value service", function()
+  local svc
+
+  setup(function() svc = start_service() end)
+  teardown(function()
+    stop_service(svc)
+    if svc then os.remove(svc.log); os.remove(svc.out) end
+  end)
+
+  it("prints its supervision tree when it starts", function()
+    local out = read_file(svc.out)
+    assert.are.equal("kv: listening on port " .. svc.port, out:match("^[^\n]*"))
+    for _, name in ipairs{"kv_sup", "erlangen.log", "kv_store", "kv_conn_sup", "kv_pool", "kv_acceptor"} do
+      assert.truthy(out:find(name .. " <", 1, true), name .. " is missing from:\n" .. out)
+    end
+  end)
+
+  it("answers PUT, GET, DEL and KEYS", function()
+    local c = assert(connect(svc.port))
+    assert.are.equal("PONG", c:req("PING"))
+    assert.are.equal("OK", c:req("PUT greeting hello, world"))
+    assert.are.equal("OK", c:req("PUT answer 42"))
+    assert.are.equal("VALUE hello, world", c:req("GET greeting"))
+    assert.are.equal("KEYS answer greeting", c:req("KEYS"))
+    assert.are.equal("OK", c:req("DEL answer"))
+    assert.are.equal("NOT_FOUND", c:req("GET answer"))
+    assert.are.equal("NOT_FOUND", c:req("DEL answer"))
+    assert.are.equal("KEYS greeting", c:req("KEYS"))
+    assert.are.equal("ERROR unknown command FROB", c:req("FROB x"))
+    assert.are.equal("ERROR usage: PUT key value", c:req("PUT lonely"))
+    assert.are.equal("BYE", c:req("QUIT"))
+    assert.are.same({nil, "closed"}, {c:line()})
+    c:close()
+  end)
+
+  it("gives each connection its own worker under the pool, shown by TREE", function()
+    local a, b = assert(connect(svc.port)), assert(connect(svc.port))
+    local pa, pb = a:req("SELF"):match("^PID (.*)$"), b:req("SELF"):match("^PID (.*)$")
+    assert.are_not.equal(pa, pb)
+    local tree = table.concat(a:req_lines("TREE"), "\n")
+    local pool = tree:match("kv_pool <[%d.]+> %[supervisor%][^\n]*\n(.*)")
+    assert.truthy(pool, tree)
+    assert.truthy(pool:find(pa .. " [connection]", 1, true), tree)
+    assert.truthy(pool:find(pb .. " [connection]", 1, true), tree)
+    a:close(); b:close()
+  end)
+
+  it("drops only the connection of a crashed worker; the store keeps its data", function()
+    local a, b = assert(connect(svc.port)), assert(connect(svc.port))
+    assert.are.equal("OK", a:req("PUT kept yes"))
+    local store = whereis(a, "kv_store")
+    local worker = a:req("SELF"):match("^PID (.*)$")
+    -- CRASH makes the worker raise: no reply, the connection closes.
+    assert.are.same({nil, "closed"}, {a:req("CRASH")})
+    a:close()
+    assert.are.equal("PONG", b:req("PING"))
+    local a2 = assert(connect(svc.port))
+    assert.are_not.equal("PID " .. worker, a2:req("SELF"))
+    assert.are.equal("VALUE yes", a2:req("GET kept"))
+    assert.are.equal(store, whereis(a2, "kv_store"))
+    -- The worker is temporary: it is not restarted, and the pool forgets it.
+    local tree = table.concat(a2:req_lines("TREE"), "\n")
+    assert.falsy(tree:find(worker, 1, true), tree)
+    a2:close(); b:close()
+  end)
+
+  it("closes the connection of a worker killed with KILL <pid>", function()
+    local a, b = assert(connect(svc.port)), assert(connect(svc.port))
+    local worker = a:req("SELF"):match("^PID (.*)$")
+    assert.are.equal("OK " .. worker, b:req("KILL " .. worker))
+    assert.are.same({nil, "closed"}, {a:line()})
+    assert.are.equal("PONG", b:req("PING"))
+    a:close(); b:close()
+  end)
+
+  it("restarts the store server when it is killed, empty (its data is lost)", function()
+    local c = assert(connect(svc.port))
+    assert.are.equal("OK", c:req("PUT doomed 1"))
+    local old = whereis(c, "kv_store")
+    assert.are.equal("OK " .. old, c:req("KILL kv_store"))
+    -- The name is free before the supervisor hears of the exit; the new
+    -- server registers it again.
+    local new = poll(function()
+      local p = whereis(c, "kv_store")
+      return p ~= old and p
+    end, "a new kv_store", svc)
+    assert.are_not.equal(old, new)
+    -- The table lived only in the old server's state.
+    assert.are.equal("NOT_FOUND", c:req("GET doomed"))
+    assert.are.equal("OK", c:req("PUT reborn 1"))
+    assert.are.equal("VALUE 1", c:req("GET reborn"))
+    -- The connection worker was not touched by the store's restart.
+    assert.are.equal("PONG", c:req("PING"))
+    c:close()
+  end)
+
+  it("restarts the acceptor when it is killed; open connections stay", function()
+    local c = assert(connect(svc.port))
+    local old = whereis(c, "kv_acceptor")
+    assert.are.equal("OK " .. old, c:req("KILL kv_acceptor"))
+    poll(function()
+      local p = whereis(c, "kv_acceptor")
+      return p and p ~= old
+    end, "a new kv_acceptor", svc)
+    assert.are.equal("PONG", c:req("PING"))
+    local d = poll(function() return connect(svc.port) end, "a connection to the new acceptor", svc)
+    assert.are.equal("VALUE 1", d:req("GET reborn"))
+    c:close(); d:close()
+  end)
+
+  it("logs the crashes and the restarts through the supervised logger", function()
+    local c = assert(connect(svc.port))
+    local logger = whereis(c, "erlangen.log")
+    -- Every record sent before this connection's requests is written once the
+    -- logger has handled them; a kill of the logger is itself a restart to see.
+    assert.are.equal("OK " .. logger, c:req("KILL erlangen.log"))
+    poll(function()
+      local p = whereis(c, "erlangen.log")
+      return p and p ~= logger
+    end, "a new logger", svc)
+    local text = poll(function()
+      local t = read_file(svc.log)
+      return t:find("child started id=logger", t:find("child terminated id=logger", 1, true), true) and t
+    end, "the logger's restart in the log", svc)
+    local lines = {}
+    for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    local function has(...)
+      for _, line in ipairs(lines) do
+        local all = true
+        for _, s in ipairs{...} do
+          if not line:find(s, 1, true) then all = false; break end
+        end
+        if all then return true end
+      end
+      return false
+    end
+    assert.is_true(has("error", "process crashed", "CRASH requested by the client"), text)
+    assert.is_true(has("error", "child terminated", "id=store", "reason=killed", "supervisor=kv_sup"), text)
+    assert.is_true(has("error", "child terminated", "id=acceptor", "reason=killed", "supervisor=kv_conn_sup"), text)
+    local store_starts, acceptor_starts = 0, 0
+    for _, line in ipairs(lines) do
+      if line:find("child started id=store", 1, true) then store_starts = store_starts + 1 end
+      if line:find("child started id=acceptor", 1, true) then acceptor_starts = acceptor_starts + 1 end
+    end
+    assert.are.same({2, 2}, {store_starts, acceptor_starts})
+    c:close()
+  end)
+
+  it("ends when its OS process is killed, leaving no process and no listener behind", function()
+    local child = svc.erlangen_pid
+    assert.is_true(alive(child))
+    stop_service(svc)
+    assert.is_false(alive(child))
+    assert.is_false(alive(svc.pid))
+    assert.is_nil(connect(svc.port))
+  end)
+end)

@@ -276,12 +276,16 @@ describe("examples/kv, a supervised TCP key-value service", function()
     c:close()
   end)
 
-  it("ends when its OS process is killed, leaving no process and no listener behind", function()
+  it("stops its tree and exits 0 on SIGINT, leaving no process and no listener behind", function()
     local child = svc.erlangen_pid
     assert.is_true(alive(child))
-    stop_service(svc)
+    sh("kill -INT " .. child)
+    svc.stopped = true
+    -- `timeout` exits with its command's status once the command has ended.
+    assert.are.same({true, "exit", 0}, {svc.proc:close()})
     assert.is_false(alive(child))
     assert.is_false(alive(svc.pid))
     assert.is_nil(connect(svc.port))
+    assert.truthy(read_file(svc.log):find("\nkv: stopping %(.*interrupted%)\n"), read_file(svc.log))
   end)
 end)

@@ -31,10 +31,17 @@ erlangen.tree{root = sup, ascii = true}
 
 -- The main process only waits: the supervisors do the work. If the top
 -- supervisor gives up (too many restarts), the service exits with status 1.
-while true do
-  local m = erlangen.receive()
-  if type(m) == "table" and m[1] == "EXIT" and m[2] == sup then
-    io.stderr:write("kv: the top supervisor exited: ", tostring(m[3]), "\n")
-    os.exit(1)
+-- Ctrl-C interrupts the wait: the tree is then stopped in order (children
+-- right to left, the logger last) and the service exits with status 0.
+local ok, why = pcall(function()
+  while true do
+    local m = erlangen.receive()
+    if type(m) == "table" and m[1] == "EXIT" and m[2] == sup then
+      io.stderr:write("kv: the top supervisor exited: ", tostring(m[3]), "\n")
+      os.exit(1)
+    end
   end
-end
+end)
+io.stderr:write("kv: stopping (", tostring(why), ")\n")
+require("erlangen.supervisor").stop(sup, "shutdown", 10)
+os.exit(0)

@@ -4,7 +4,7 @@
 %% Usage: escript bench/dist_beam.erl SHAPE COUNT REPS
 %%   SHAPE: pingpong | oneway
 %% This node becomes bench_a@127.0.0.1; it starts bench_b@127.0.0.1 as a
-%% separate OS process with OTP's `peer` (same cookie, distribution over
+%% separate OS process with OTP's `peer` (OTP 25 or later; same cookie, distribution over
 %% TCP, plain and unencrypted as BEAM's default), loads this module there,
 %% and spawns the echo or the sink on it. epmd is started if it is not
 %% running (`epmd -daemon`). Prints one tab-separated line per shape:

@@ -274,6 +274,12 @@ void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *
 
 /* ---- remote spawn ---- */
 
+static pending *find_pending_locked(uint64_t req, term_id caller) {
+  pending *p = D.spawns;
+  while (p && !(p->req == req && term_eq(p->caller, caller))) p = p->next;
+  return p;
+}
+
 static void pending_remove_locked(pending *p) {
   for (pending **q = &D.spawns; *q; q = &(*q)->next)
     if (*q == p) { *q = p->next; return; }
@@ -375,9 +381,27 @@ static void handle_spawn_reply(conn *c, rd *r) {
   int ok = r->p < r->end ? *r->p++ : 0;
   term_id child = { ok ? get_v(r) : 0, conn_node(c), conn_peer_creation(c) };
   if (r->bad || to_creation != node_creation()) return;
+  /* The caller frees its entry once it sees `done` or gives up: copy what
+  ** is needed, set up the caller's side of the link and monitor (here, in
+  ** arrival order, before any signal of the child that follows on this
+  ** link), and only then mark the entry done, if it is still there. */
+  int flags = 0;
+  term_id ref = {0, 0, 0};
   pthread_mutex_lock(&D.lock);
-  pending *p = D.spawns;
-  while (p && !(p->req == req && term_eq(p->caller, to))) p = p->next;
+  pending *p = find_pending_locked(req, to);
+  if (p) { flags = p->flags; ref = p->ref; }
+  pthread_mutex_unlock(&D.lock);
+  if (!p) return;   /* the caller gave up (timeout) */
+  if (ok) {
+    proc *caller = proc_get(to);
+    if (caller) {
+      if (flags & SPAWN_LINK) sig_link_remote(caller, child);
+      if (flags & SPAWN_MONITOR) sig_monitor_remote(caller, child, ref);
+      proc_release(caller);
+    }
+  }
+  pthread_mutex_lock(&D.lock);
+  p = find_pending_locked(req, to);
   if (p) {
     p->done = 1;
     p->ok = ok;
@@ -385,16 +409,6 @@ static void handle_spawn_reply(conn *c, rd *r) {
     else snprintf(p->err, sizeof p->err, "%.*s", (int)(r->end - r->p), (const char *)r->p);
   }
   pthread_mutex_unlock(&D.lock);
-  if (p && ok) {
-    /* Set up the caller's side here, in arrival order, before any signal
-    ** of the child that follows on this link is handled. */
-    proc *caller = proc_get(to);
-    if (caller) {
-      if (p->flags & SPAWN_LINK) sig_link_remote(caller, child);
-      if (p->flags & SPAWN_MONITOR) sig_monitor_remote(caller, child, p->ref);
-      proc_release(caller);
-    }
-  }
   pthread_cond_broadcast(&D.answered);
 }
 

@@ -138,9 +138,13 @@ describe("examples/kv, a supervised TCP key-value service", function()
   end)
 
   it("prints its supervision tree when it starts", function()
-    local out = read_file(svc.out)
+    -- It listens before main.lua prints: wait for the tree's last line.
+    local out = poll(function()
+      local t = read_file(svc.out)
+      return t:find("kv_acceptor <", 1, true) and t
+    end, "the tree on the service's stdout", svc)
     assert.are.equal("kv: listening on port " .. svc.port, out:match("^[^\n]*"))
-    for _, name in ipairs{"kv_sup", "erlangen.log", "kv_store", "kv_conn_sup", "kv_pool", "kv_acceptor"} do
+    for _, name in ipairs{"kv_sup", "erlangen.log", "kv_store", "kv_conn_sup", "kv_acceptor"} do
       assert.truthy(out:find(name .. " <", 1, true), name .. " is missing from:\n" .. out)
     end
   end)
@@ -167,11 +171,13 @@ describe("examples/kv, a supervised TCP key-value service", function()
     local a, b = assert(connect(svc.port)), assert(connect(svc.port))
     local pa, pb = a:req("SELF"):match("^PID (.*)$"), b:req("SELF"):match("^PID (.*)$")
     assert.are_not.equal(pa, pb)
-    local tree = table.concat(a:req_lines("TREE"), "\n")
-    local pool = tree:match("kv_pool <[%d.]+> %[supervisor%][^\n]*\n(.*)")
-    assert.truthy(pool, tree)
-    assert.truthy(pool:find(pa .. " [connection]", 1, true), tree)
-    assert.truthy(pool:find(pb .. " [connection]", 1, true), tree)
+    -- The pool is kv_conn_sup's first child (it has no name); its workers
+    -- are drawn one level below it.
+    local tree = "\n" .. table.concat(a:req_lines("TREE"), "\n") .. "\n"
+    assert.truthy(tree:find("\n`%- kv_conn_sup <[%d.]+> %[supervisor%][^\n]*\n   |%- <[%d.]+> %[supervisor%]"), tree)
+    for _, p in ipairs{pa, pb} do
+      assert.truthy(tree:find("\n   |  [|`]%- " .. p:gsub("%p", "%%%0") .. " %[connection%]"), tree)
+    end
     a:close(); b:close()
   end)
 
@@ -238,6 +244,32 @@ describe("examples/kv, a supervised TCP key-value service", function()
     c:close(); d:close()
   end)
 
+  it("restarts the whole connection side when kv_conn_sup is killed; the store keeps its data", function()
+    local a, b = assert(connect(svc.port)), assert(connect(svc.port))
+    assert.are.equal("OK", a:req("PUT survivor yes"))
+    local sup, acceptor = whereis(a, "kv_conn_sup"), whereis(a, "kv_acceptor")
+    assert.are.equal("OK " .. sup, b:req("KILL kv_conn_sup"))
+    -- Every worker is linked to the old pool, which is linked to the old
+    -- kv_conn_sup: both connections close.
+    assert.are.same({nil, "closed"}, {a:line()})
+    assert.are.same({nil, "closed"}, {b:line()})
+    a:close(); b:close()
+    -- Until the old acceptor's accept() returns, a connection may still reach
+    -- it and be closed at once; the new one may not listen yet.
+    local c = poll(function()
+      local c = connect(svc.port)
+      if not c then return nil end
+      local r1, r2 = c:req("WHEREIS kv_conn_sup"), c:req("WHEREIS kv_acceptor")
+      if r1 and r1 ~= "PID " .. sup and r1 ~= "NOT_FOUND" and r2 and r2 ~= "PID " .. acceptor
+         and r2 ~= "NOT_FOUND" then
+        return c
+      end
+      c:close()
+    end, "a new kv_conn_sup and acceptor", svc)
+    assert.are.equal("VALUE yes", c:req("GET survivor"))
+    c:close()
+  end)
+
   it("logs the crashes and the restarts through the supervised logger", function()
     local c = assert(connect(svc.port))
     local logger = whereis(c, "erlangen.log")
@@ -272,7 +304,10 @@ describe("examples/kv, a supervised TCP key-value service", function()
       if line:find("child started id=store", 1, true) then store_starts = store_starts + 1 end
       if line:find("child started id=acceptor", 1, true) then acceptor_starts = acceptor_starts + 1 end
     end
-    assert.are.same({2, 2}, {store_starts, acceptor_starts})
+    -- The store was killed once; the acceptor once alone and once with
+    -- kv_conn_sup.
+    assert.are.same({2, 3}, {store_starts, acceptor_starts})
+    assert.is_false(has("reached max restart intensity"), text)
     c:close()
   end)
 

@@ -19,15 +19,30 @@ kv_acceptor.NAME = "kv_acceptor"
 kv_acceptor.ACCEPT_TIMEOUT = 0.25   -- seconds; a kill lands within this bound
 kv_acceptor.MAX_CONNECTIONS = 100   -- beyond this, a client gets "ERROR busy"
 
--- Start function: opts = {port=, host=, pool=}. Returns once the socket
--- listens, or nil and the bind error.
+-- Start function: opts = {port=, host=}. Returns once the socket listens,
+-- or nil and the bind error. Called in kv_conn_sup's process, after the pool.
 function kv_acceptor.start_link(opts)
   return kv_boot.spawn_ack("kv_acceptor.loop", opts)
 end
 
--- Binds, retrying briefly: a killed acceptor's socket is closed when its
--- state is, before its supervisor hears of the exit, but a port can still be
--- held for a moment by a connection being torn down.
+-- Takes the name, waiting for the previous acceptor to let go of it. When
+-- kv_conn_sup is killed, its acceptor dies with it, but only once its
+-- accept() returns (up to ACCEPT_TIMEOUT later), while the new kv_conn_sup
+-- is already starting this one. A name is released after the process's
+-- state, and so its listening socket, is closed: once the name is ours, the
+-- port is free too.
+local function register_when_free(name)
+  local deadline = erlangen.now() + 1 + kv_acceptor.ACCEPT_TIMEOUT
+  while not pcall(erlangen.register, name, erlangen.self()) do
+    if erlangen.now() > deadline then
+      error("kv_acceptor: the name " .. name .. " is still held by " .. tostring(erlangen.whereis(name)), 0)
+    end
+    erlangen.sleep(0.01)
+  end
+end
+
+-- Binds, retrying briefly: a closed listening socket can still hold the
+-- port for a moment.
 local function listen(host, port)
   local srv, err
   for _ = 1, 20 do
@@ -37,6 +52,17 @@ local function listen(host, port)
     erlangen.sleep(0.05)
   end
   return nil, err
+end
+
+-- The pool: the child "pool" of the supervisor that started the acceptor.
+-- The pool has no name on purpose: a restarted kv_conn_sup must be able to
+-- start a new pool while the old one is still stopping its workers.
+local function find_pool()
+  local parent = erlangen.info(erlangen.self()).parent
+  for _, c in ipairs(supervisor.which_children(parent)) do
+    if c.id == "pool" and c.pid then return c.pid end
+  end
+  error("kv_acceptor: no running pool under " .. tostring(parent), 0)
 end
 
 -- Closes an fd that no worker took.
@@ -84,17 +110,19 @@ end
 -- The process body.
 function kv_acceptor.loop(starter, opts)
   erlangen.set_label("acceptor")
+  register_when_free(kv_acceptor.NAME)
   local srv, err = listen(opts.host or "127.0.0.1", opts.port)
   if not srv then error("kv_acceptor: cannot listen on port " .. tostring(opts.port) .. ": " .. tostring(err), 0) end
   srv:settimeout(kv_acceptor.ACCEPT_TIMEOUT)
-  erlangen.register(kv_acceptor.NAME, erlangen.self())
   kv_boot.ack(starter)
+  -- Asked after the ack: until then the supervisor is busy starting us.
+  local pool = find_pool()
   local _, port = srv:getsockname()
   log.info("listening", {port = port})
   while true do
     local client, aerr = srv:accept()
     if client then
-      hand_off(opts.pool, client)
+      hand_off(pool, client)
     elseif aerr ~= "timeout" then
       log.warning("accept failed", {reason = aerr})
       erlangen.sleep(0.1)

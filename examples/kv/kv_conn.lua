@@ -50,7 +50,8 @@ local function store(fn, ...)
 end
 
 -- The commands: each takes the rest of the line and returns the reply lines
--- (a string or a list), or nil to close the connection after `last`.
+-- (a string or a list), or nil to close the connection after `last`; and
+-- optionally a function to run once the reply is sent.
 local commands = {}
 
 function commands.PING() return "PONG" end
@@ -104,8 +105,8 @@ function commands.KILL(args)
   local pid = args:match("^<") and pid_by_text(args) or (args ~= "" and erlangen.whereis(args))
   if not pid then return "NOT_FOUND" end
   log.notice("kill requested", {target = args, pid = pid})
-  erlangen.exit(pid, "kill")
-  return "OK " .. tostring(pid)
+  -- Reply first: the target may be this worker or one of its supervisors.
+  return "OK " .. tostring(pid), function() erlangen.exit(pid, "kill") end
 end
 
 function commands.CRASH()
@@ -114,15 +115,16 @@ end
 
 function commands.QUIT() return nil, "BYE" end
 
--- The reply lines for one request line, and whether to keep the connection.
+-- The reply lines for one request line, whether to keep the connection, and
+-- what to do after replying (or nil).
 local function handle(line)
   local cmd, args = line:match("^%s*(%S+)%s?(.-)%s*$")
   if not cmd then return {}, true end
   local f = commands[cmd:upper()]
   if not f then return {"ERROR unknown command " .. cmd}, true end
-  local reply, last = f(args)
-  if reply == nil then return {last}, false end
-  return type(reply) == "table" and reply or {reply}, true
+  local reply, extra = f(args)
+  if reply == nil then return {extra}, false end
+  return type(reply) == "table" and reply or {reply}, true, extra
 end
 
 -- Sends the lines; false if the client is gone.
@@ -158,8 +160,9 @@ function kv_conn.loop(starter, fd)
         local line, rest = buf:match("^([^\n]*)\n(.*)$")
         if not line then break end
         buf = rest
-        local lines, keep = handle((line:gsub("\r$", "")))
+        local lines, keep, after = handle((line:gsub("\r$", "")))
         if not send_lines(c, lines) or not keep then c:close(); return end
+        if after then after() end
       end
       if #buf > kv_conn.MAX_LINE then
         send_lines(c, {"ERROR line too long"})

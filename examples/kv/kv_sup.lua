@@ -4,7 +4,7 @@
 --   ├─ logger              erlangen.log's logger, linked in as a worker
 --   ├─ store               kv_store: the erlangen.server holding the table
 --   └─ kv_conn_sup         rest_for_one
---      ├─ pool             kv_pool: simple_one_for_one of kv_conn workers (temporary)
+--      ├─ pool             simple_one_for_one of kv_conn workers (temporary)
 --      └─ acceptor         kv_acceptor: the listening socket
 --
 -- one_for_one at the top: the store, the logger and the connection side fail
@@ -12,6 +12,13 @@
 -- pool dies, every connection is gone and the acceptor is restarted after it,
 -- so it never hands a connection to a pool that is not there; if only the
 -- acceptor dies, open connections stay.
+--
+-- Names: only processes that end at once when their supervisor is killed
+-- have one (kv_sup, kv_store, kv_conn_sup, and erlangen.log). The pool has
+-- none: it traps exits and stops its workers before it ends, so after a kill
+-- of kv_conn_sup the new pool would find the name still taken, its start
+-- would fail, and the retries would use up kv_sup's restart intensity.
+-- The acceptor has a name and waits for it (see kv_acceptor.lua).
 local erlangen = require "erlangen"
 local supervisor = require "erlangen.supervisor"
 local log = require "erlangen.log"
@@ -20,7 +27,6 @@ local kv_boot = require "kv_boot"
 local kv_sup = {}
 
 kv_sup.NAME = "kv_sup"
-kv_sup.POOL = "kv_pool"
 
 -- Start function of the logger child. erlangen.log starts its logger on
 -- demand, unlinked, and registers it as "erlangen.log"; here the supervisor
@@ -40,15 +46,14 @@ function kv_sup.start_conn_sup(opts)
     children = {
       {id = "pool", type = "supervisor", start = kv_boot.start("kv_sup.start_pool")},
       {id = "acceptor", shutdown = 2,
-       start = kv_boot.start("kv_acceptor.start_link",
-                             {host = opts.host, port = opts.port, pool = kv_sup.POOL})},
+       start = kv_boot.start("kv_acceptor.start_link", {host = opts.host, port = opts.port})},
     },
   }
 end
 
 function kv_sup.start_pool()
   return supervisor.start_link{
-    strategy = "simple_one_for_one", name = kv_sup.POOL,
+    strategy = "simple_one_for_one",
     children = {
       {id = "connection", restart = "temporary", shutdown = 2,
        start = kv_boot.start("kv_conn.start_link")},

@@ -108,7 +108,7 @@ local function start_child(opts)
   local errfile = os.tmpname()
   local code = string.format(
     "require('dist_node').main{name=%q, key_file=%q, tick=%s, listen=%q, connect=%s}",
-    name, opts.key_file or KEY, TICK, opts.listen or (HOST .. ":0"),
+    name, opts.key_file or KEY, opts.tick or TICK, opts.listen or (HOST .. ":0"),
     connect and string.format("%q", connect) or "nil")
   local cmd = string.format("exec timeout -s KILL %d %s -e %s 2>%s", LIFE, q(BIN), q(code), q(errfile))
   local f = assert(io.popen(cmd, "r"))
@@ -260,22 +260,24 @@ end
 
 -- The number of ESTABLISHED TCP connections whose one end belongs to OS
 -- process a and the other to OS process b (each connection is counted
--- once, from a's end).
+-- once, from a's end). An end is found by its whole address pair: a local
+-- port alone is ambiguous (a TIME_WAIT socket or a listener may share it).
 local function tcp_links(a, b)
   local ia, ib = socket_inodes(a), socket_inodes(b)
-  local by_local, lines = {}, {}
+  local by_pair, lines = {}, {}
   for _, path in ipairs({"/proc/net/tcp", "/proc/net/tcp6"}) do
     for line in read_file(path):gmatch("[^\n]+") do
-      local loc, rem, st, inode = line:match("^%s*%d+:%s+(%S+)%s+(%S+)%s+(%x%x)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
-      if loc then
-        by_local[loc] = inode
-        lines[#lines + 1] = {loc = loc, rem = rem, st = st, inode = inode}
+      local loc, rem, st, inode = line:match(
+        "^%s*%d+:%s+(%S+)%s+(%S+)%s+(%x%x)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+      if loc and st == "01" then
+        by_pair[loc .. " " .. rem] = inode
+        lines[#lines + 1] = {loc = loc, rem = rem, inode = inode}
       end
     end
   end
   local n = 0
   for _, l in ipairs(lines) do
-    if l.st == "01" and ia[l.inode] and ib[by_local[l.rem] or ""] then n = n + 1 end
+    if ia[l.inode] and ib[by_pair[l.rem .. " " .. l.loc] or ""] then n = n + 1 end
   end
   return n
 end
@@ -838,6 +840,15 @@ describe("distribution", function()
       H.refute_message(H.tagged("nodedown"), "a third nodedown")
     end)
 
+    it("sends nodedown on disconnect, after which nodes() no longer lists the node", function()
+      local b = start_child()
+      erlangen.monitor_node(b.name)
+      assert.is_true(erlangen.disconnect(b.name))
+      assert.are.equal(b.name, H.recv(H.tagged("nodedown"), "the nodedown", DETECT)[2])
+      assert.is_false(H.contains(erlangen.nodes(), b.name))
+      assert.is_false(erlangen.disconnect(b.name))
+    end)
+
     it("sends nodedown on disconnect, whose links and monitors see noconnection on both sides", function()
       local b = start_child()
       local p = puppet(b, {link = true})
@@ -849,7 +860,6 @@ describe("distribution", function()
       assert.are.equal(b.name, H.recv(H.tagged("nodedown"), "the nodedown", DETECT)[2])
       assert.are.equal("noconnection", exit_reason_from(p))
       assert.are.equal("noconnection", H.await_down(ref))
-      assert.is_false(H.contains(erlangen.nodes(), b.name))
       -- the puppet's reports come over a new link that b makes
       local x = reported(p, H.is_exit(self()), "the puppet's EXIT")
       assert.are.equal("noconnection", x[3])
@@ -959,6 +969,40 @@ describe("distribution", function()
     end)
   end)
 
+  describe("the bounded link buffer", function()
+    it("makes send return false, full when the peer does not read, and a timeout wait for room", function()
+      local b = start_child()
+      local p = puppet(b)
+      signal(b, "STOP")   -- b reads nothing; this node's link buffer fills
+      local chunk = ("x"):rep(1 << 20)
+      local sent, ok, err = 0, true, nil
+      while ok and sent < 256 do
+        ok, err = erlangen.send(p, chunk)
+        if ok then sent = sent + 1 end
+      end
+      assert.is_false(ok, "256 MiB went into the link of a stopped node")
+      assert.are.equal("full", err)
+      assert.is_true(sent >= 8, "full after only " .. sent .. " MiB (the buffer is 8 MiB)")
+      local t0 = erlangen.now()
+      ok, err = erlangen.send(p, chunk, 0.2)
+      assert.is_false(ok)
+      assert.are.equal("full", err)
+      assert.is_true(erlangen.now() - t0 >= 0.2, "send with a timeout did not wait")
+    end)
+
+    it("bounds a remote spawn on a node that does not answer by its timeout", function()
+      local b = start_child()
+      signal(b, "STOP")
+      local t0 = erlangen.now()
+      local err = H.error_of(function()
+        erlangen.spawn_opt({node = b.name, timeout = 0.3}, "dist_node.echo")
+      end)
+      assert.matches("spawn_opt: on " .. b.name:gsub("%p", "%%%0"), err)
+      assert.is_true(err:find("timeout", 1, true) ~= nil or err:find("noconnection", 1, true) ~= nil, err)
+      assert.is_true(erlangen.now() - t0 < DETECT, "took " .. (erlangen.now() - t0) .. " s")
+    end)
+  end)
+
   describe("a peer with the wrong key", function()
     it("cannot connect: connect returns false and an error", function()
       local x = start_child{key_file = OTHER_KEY, connect = false}
@@ -1049,6 +1093,34 @@ describe("distribution", function()
     end)
   end)
 
+  describe("a half-open link", function()
+    -- c's end of its link to b closes; b's end stays open and silent, so b
+    -- holds its old link until its tick runs out. Erlang lets c reconnect
+    -- at once: the new, authenticated link of the same incarnation replaces
+    -- the old one (the "alive" answer of its handshake).
+    it("does not keep a node from reconnecting at once", function()
+      local b = start_child{prefix = "hb"}
+      local c = start_child{prefix = "hc"}
+      local proxy = erlangen.spawn("dist_proxy.run", self(), b.port)
+      local pport = H.recv(H.tagged("proxy"), "the proxy's port")[3]
+      local pc = puppet(c)
+      must(pc, "trap_exit", true)
+      assert.is_true(must(pc, "connect", b.name .. ":" .. pport))
+      local pb = must(pc, "spawn_opt", {node = b.name, link = true}, "dist_node.puppet", self())
+      erlangen.send(proxy, {"arm", "half_open", "up"})
+      H.recv(H.tagged("tampered"), "the proxy to cut c's side")
+      assert.are.equal("noconnection", reported(pc, H.is_exit(pb), "c's EXIT", DETECT)[3])
+      local t0 = erlangen.now()
+      local ok, connected, err = order(pc, "connect", b.addr)
+      assert.is_true(ok)
+      assert.is_true(connected, string.format("c could not reconnect to b (after %.2f s): %s",
+                                              erlangen.now() - t0, tostring(err)))
+      local p2 = must(pc, "spawn_opt", {node = b.name}, "dist_node.echo")
+      must(pc, "send", p2, {"ping", self(), "over the new link"})
+      assert.are.equal("over the new link", H.recv(H.tagged("pong"), "the pong")[2])
+    end)
+  end)
+
   describe("volume", function()
     it("delivers 100,000 messages in order, none lost", function()
       local N = 100000
@@ -1092,6 +1164,23 @@ describe("distribution", function()
       local m = H.recv(H.tagged("pong"), "the pong of the new incarnation")
       assert.are.equal(p, m[3])
       assert.are.equal(1, H.count(erlangen.nodes(), b.name))
+    end)
+
+    it("replaces the old link at once when it comes back before the old one was noticed", function()
+      local b = start_child{prefix = "rs"}
+      local old = puppet(b)
+      local ref = erlangen.monitor(old)
+      signal(b, "STOP")   -- the old incarnation's link stays up here until the tick
+      local b2 = start_child{name = b.name}   -- it connects to this node at start
+      -- the new link was accepted only after the old one was dropped, so the
+      -- DOWN is here already (a tick has not passed: b is merely stopped)
+      assert.are.equal("noconnection", H.await_down(ref, "the old incarnation's DOWN", 0))
+      assert.are.equal(1, H.count(erlangen.nodes(), b.name))
+      local ok, err = erlangen.send(old, "to the old one")
+      assert.is_true(ok == true or err == "noproc", "send to an old pid: " .. tostring(err))
+      local p = erlangen.spawn_opt({node = b2.addr}, "dist_node.echo")
+      erlangen.send(p, {"ping", self(), "new"})
+      assert.are.equal(p, H.recv(H.tagged("pong"), "the pong of the new incarnation")[3])
     end)
   end)
 end)

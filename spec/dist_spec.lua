@@ -211,30 +211,25 @@ local function reported(p, match, what, timeout)
   return m[3]
 end
 
-local function is_exit_from(pid) return H.is_exit(pid) end
-
-local function is_down_of(pid)
-  return function(m) return type(m) == "table" and m[1] == "DOWN" and m[3] == pid end
-end
-
 -- The reason of the EXIT from `pid` to this process.
 local function exit_reason_from(pid, what, timeout)
   return H.recv(H.is_exit(pid), what or ("EXIT from " .. tostring(pid)), timeout)[3]
 end
 
--- A local process that links to `target` (which may be remote), then waits
--- to die. Sends {"linked", pid} once linked. Returns its pid and the ref of
--- this process's monitor on it.
-local function local_linker(target, trapping)
-  local pid, ref = erlangen.spawn_monitor(function(t, parent, trap)
-    erlangen.trap_exit(trap)
+-- A local process that links to `target` (which may be remote), and also
+-- monitors it with monitor = true, then forwards what it receives as
+-- {"linker_got", msg}. Sends {"linked", pid} once linked. Returns its pid
+-- and the ref of this process's monitor on it.
+local function local_linker(target, monitor)
+  local pid, ref = erlangen.spawn_monitor(function(t, parent, mon)
     erlangen.link(t)
+    if mon then erlangen.monitor(t) end
     erlangen.send(parent, {"linked", erlangen.self()})
     while true do
       local m = erlangen.receive()
       erlangen.send(parent, {"linker_got", m})
     end
-  end, target, self(), trapping or false)
+  end, target, self(), monitor or false)
   H.recv(function(m) return type(m) == "table" and m[1] == "linked" and m[2] == pid end, "the linker")
   return pid, ref
 end
@@ -550,22 +545,17 @@ describe("distribution", function()
          (ending == "normal" and "ignores it" or "dies with it"), function()
         local b = start_child()
         local p = puppet(b)
-        local l, lref = local_linker(p)
-        -- the linker also monitors p: its DOWN follows the link's signal
-        local watcher = erlangen.spawn(function(target, linker)
-          erlangen.monitor(target)
-          erlangen.receive(function(m) return type(m) == "table" and m[1] == "DOWN" end)
-          erlangen.send(linker, "after the DOWN")
-        end, p, l)
+        -- the linker also monitors p: p's DOWN follows p's exit signal to it
+        local l, lref = local_linker(p, true)
         end_remote(p, ending)
         if ending == "normal" then
           local m = H.recv(H.tagged("linker_got"), "the linker to survive")
-          assert.are.equal("after the DOWN", m[2])
+          assert.is_true(H.is_down()(m[2]), "the linker got " .. H.show(m[2]))
+          assert.are.equal("normal", m[2][4])
           assert.is_true(erlangen.is_alive(l))
         else
           assert.are.same(e.expect, H.await_down(lref, "the linker to die"))
         end
-        local _ = watcher
       end)
     end
   end)

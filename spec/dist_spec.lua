@@ -329,6 +329,8 @@ describe("distribution", function()
       os.remove(loose)
       assert.is_truthy(c.failed, "the node started with a 0644 key file")
       assert.matches("^error ", c.failed)
+      assert.matches(loose, c.failed, 1, true)
+      assert.matches("group or others", c.failed, 1, true)
     end)
 
     it("shows the node of a remote pid in tostring and node()", function()

@@ -841,6 +841,9 @@ describe("distribution", function()
       assert.is_false(erlangen.disconnect(b.name))
     end)
 
+    -- KNOWN FLAKY (kernel, about 1 run in 10): b's first report after the
+    -- disconnect makes a new link before this node has dropped the old one,
+    -- and is refused as a duplicate (see "a half-open link" below).
     it("sends nodedown on disconnect, whose links and monitors see noconnection on both sides", function()
       local b = start_child()
       local p = puppet(b, {link = true})
@@ -1090,6 +1093,9 @@ describe("distribution", function()
     -- holds its old link until its tick runs out. Erlang lets c reconnect
     -- at once: the new, authenticated link of the same incarnation replaces
     -- the old one (the "alive" answer of its handshake).
+    -- KNOWN FAILING (kernel): the responder refuses a new link while it
+    -- still holds one of the same incarnation ("the peer kept another link
+    -- to this node"); reported to the lead, the assertion stays.
     it("does not keep a node from reconnecting at once", function()
       local b = start_child{prefix = "hb"}
       local c = start_child{prefix = "hc"}

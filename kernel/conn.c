@@ -31,6 +31,13 @@
 #define RATE_FAILURES   5      /* failed handshakes allowed per address and window */
 #define RATE_WINDOW     10.0   /* seconds */
 #define REC_ACCEPT      0x00   /* the responder's first record: the link is accepted */
+/* Handshake records (before the link is up): a responder that already has
+** a link to the same incarnation asks the initiator whether it still has
+** it; an initiator only connects with no link, so "no link" means the old
+** one is half-open and is replaced, "a link" means a late duplicate. */
+#define REC_ALIVE       0xf0   /* responder: do you have a link to me? */
+#define REC_NOLINK      0xf1   /* initiator: no */
+#define REC_HASLINK     0xf2   /* initiator: yes */
 #define DIRECT_GAP      50e-6  /* a send this long after the previous one writes itself */
 
 struct conn {
@@ -379,6 +386,24 @@ static int first_frame(int fd, frame_dec *d, frame_msg *f, double deadline) {
   }
 }
 
+/* The type of the first record of a DATA frame, or -1. */
+static int first_record(const frame_msg *f) {
+  size_t off = 0, len;
+  const unsigned char *rec;
+  return frame_record_next(f, &off, &rec, &len) == 1 && len > 0 ? rec[0] : -1;
+}
+
+/* Sends one handshake record (c->lock held or c not yet shared). */
+static int send_record(conn *c, unsigned char type, double deadline) {
+  const unsigned char *out;
+  size_t outn;
+  if (frame_enc_record(&c->enc, &type, 1, NULL, 0) != 0 || frame_enc_flush(&c->enc, &out, &outn) != 0)
+    return -1;
+  int rc = write_all(c->fd, out, outn, deadline);
+  frame_enc_consumed(&c->enc, outn);
+  return rc;
+}
+
 /* Splits "name@host[:port]" into host and port (0 if none). */
 static void host_of(const char *name, char *host, size_t cap, int *port) {
   const char *at = strchr(name, '@');
@@ -433,7 +458,15 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
   size_t outn;
   int ok = frame_enc_flush(&enc, &out, &outn) == 0 && write_all(fd, out, outn, deadline) == 0 &&
            frame_enc_consumed(&enc, outn) == 0 && first_frame(fd, &dec, &f, deadline) == 0;
-  if (!ok || f.type != FRAME_DATA) {
+  if (ok && f.type == FRAME_DATA && first_record(&f) == REC_ALIVE) {
+    conn *have = node_conn(idx);
+    unsigned char answer = have ? REC_HASLINK : REC_NOLINK;
+    if (have) conn_release(have);
+    ok = frame_enc_record(&enc, &answer, 1, NULL, 0) == 0 && frame_enc_flush(&enc, &out, &outn) == 0 &&
+         write_all(fd, out, outn, deadline) == 0 && frame_enc_consumed(&enc, outn) == 0 &&
+         first_frame(fd, &dec, &f, deadline) == 0;
+  }
+  if (!ok || f.type != FRAME_DATA || first_record(&f) != REC_ACCEPT) {
     *refused = ok && f.type == FRAME_CLOSE;
     snprintf(err, errlen, "%s: %s", name, *refused ?
              "the peer kept another link to this node" : "handshake not confirmed");
@@ -573,29 +606,30 @@ static conn *respond(int fd, const char **why) {
                (c = conn_new(fd, idx, peer.creation, &enc, &dec)) != NULL;
   if (!accept) { frame_enc_free(&enc); frame_dec_free(&dec); *why = "out of memory or a bad name"; return NULL; }
   /* Both sides connecting at once: the link started by the smaller name wins. */
-  accept = node_accept_conn(idx, c, peer.creation, strcmp(peer.name, node_self()) < 0, &old);
-  if (old) {   /* the peer restarted: the old incarnation's links are lost */
+  int rc = node_accept_conn(idx, c, peer.creation, strcmp(peer.name, node_self()) < 0, &old);
+  if (rc == NODE_ASK) {
+    /* A link to this incarnation is up here: ask whether the peer still has it. */
+    frame_msg answer;
+    rc = send_record(c, REC_ALIVE, deadline) == 0 && first_frame(fd, &c->dec, &answer, deadline) == 0 &&
+         answer.type == FRAME_DATA && first_record(&answer) == REC_NOLINK ? NODE_ACCEPTED : NODE_REFUSED;
+    if (rc == NODE_ACCEPTED) old = node_replace_conn(idx, c);
+  }
+  if (old) {   /* restarted, or a half-open link: the old link's signals fire now */
     conn_close(old, 0);
-    dist_node_down(idx, conn_peer_creation(old), "restarted");
+    dist_node_down(idx, conn_peer_creation(old), conn_peer_creation(old) != peer.creation ?
+                   "restarted" : "replaced by a new link");
     conn_release(old);
   }
-  const unsigned char *out;
-  size_t outn;
-  unsigned char rec = REC_ACCEPT;
-  pthread_mutex_lock(&c->lock);
-  int ok = accept ? frame_enc_record(&c->enc, &rec, 1, NULL, 0) == 0
-                  : frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0) == 0;
-  if (ok && frame_enc_flush(&c->enc, &out, &outn) == 0) {
-    ok = write_all(fd, out, outn, deadline) == 0;
-    frame_enc_consumed(&c->enc, outn);
-  }
-  pthread_mutex_unlock(&c->lock);
-  if (!accept) {   /* a duplicate is not a failure */
+  if (rc != NODE_ACCEPTED) {   /* a duplicate is not a failure */
+    frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0);
+    const unsigned char *out;
+    size_t outn;
+    if (frame_enc_flush(&c->enc, &out, &outn) == 0) write_all(fd, out, outn, deadline);
     c->fd = -1;    /* the caller closes fd */
     conn_release(c);
     return NULL;
   }
-  (void)ok;        /* a failed write shows up as a lost link */
+  send_record(c, REC_ACCEPT, deadline);   /* a failed write shows up as a lost link */
   return c;
 }
 

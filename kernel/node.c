@@ -210,15 +210,26 @@ int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_s
   *old = NULL;
   pthread_mutex_lock(&N.lock);
   node_entry *e = &N.e[idx];
-  int accept = e->conn ? conn_peer_creation(e->conn) != creation : !e->connecting || peer_smaller;
-  if (accept) {
+  int rc = e->conn ? (conn_peer_creation(e->conn) != creation ? NODE_ACCEPTED : NODE_ASK)
+                   : (!e->connecting || peer_smaller ? NODE_ACCEPTED : NODE_REFUSED);
+  if (rc == NODE_ACCEPTED) {
     *old = e->conn;
     conn_retain(c);
     e->conn = c;
     pthread_cond_broadcast(&N.changed);
   }
   pthread_mutex_unlock(&N.lock);
-  return accept;
+  return rc;
+}
+
+struct conn *node_replace_conn(uint32_t idx, struct conn *c) {
+  conn_retain(c);
+  pthread_mutex_lock(&N.lock);
+  struct conn *old = N.e[idx].conn;
+  N.e[idx].conn = c;
+  pthread_cond_broadcast(&N.changed);
+  pthread_mutex_unlock(&N.lock);
+  return old;
 }
 
 int node_clear_conn(uint32_t idx, struct conn *c) {

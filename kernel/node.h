@@ -82,12 +82,18 @@ int node_install_conn(uint32_t idx, struct conn *c);
 
 /* The responder's decision, made atomically with installing c as idx's
 ** connection (so a connect attempt that starts meanwhile sees the link):
-** refused (0) when a link to the same incarnation (`creation`) is up, or
-** when this node is connecting to idx too and the peer's name is not the
-** smaller one; otherwise c is installed (1), and a link to an earlier
+** NODE_REFUSED when this node is connecting to idx too and the peer's name
+** is not the smaller one; NODE_ASK when a link to the same incarnation
+** (`creation`) is up (the initiator is asked whether it still has it);
+** otherwise NODE_ACCEPTED: c is installed, and a link to an earlier
 ** incarnation is handed back in *old (retained) for the caller to close. */
+enum { NODE_REFUSED = 0, NODE_ACCEPTED = 1, NODE_ASK = 2 };
 int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_smaller,
                      struct conn **old);
+
+/* Installs c in place of whatever idx has; the old one (retained, or
+** NULL) is handed back for the caller to close. */
+struct conn *node_replace_conn(uint32_t idx, struct conn *c);
 
 /* Removes c as idx's connection if it is the current one; 1 if it was. */
 int node_clear_conn(uint32_t idx, struct conn *c);

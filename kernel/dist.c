@@ -43,6 +43,7 @@ enum {
 #define SPAWN_MONITOR 2
 #define HDR_MAX       80    /* the largest record header: a type and up to 7 varints */
 #define CONNECT_MAX   5.0   /* seconds a remote operation may spend connecting */
+#define CONNECT_MIN   2.0   /* ... and at least this, whatever the tick */
 /* The frame body limit of every link (both ends must agree): the largest
 ** message the codec makes by default, plus room for a record header. */
 #define DIST_MAX_BODY (CODEC_DEFAULT_MAX_SIZE + 4096u)
@@ -114,13 +115,17 @@ void dist_report(const char *level, const char *text, const char *peer, const ch
 
 static double now(void) { return mbox_now(); }
 
+/* How long a connect on first use may take: the tick, within [CONNECT_MIN, CONNECT_MAX]. */
+static double connect_wait(void) {
+  return D.tick < CONNECT_MIN ? CONNECT_MIN : D.tick > CONNECT_MAX ? CONNECT_MAX : D.tick;
+}
+
 /* The up link of idx, connecting if needed (connect != 0). */
 static conn *link_of(uint32_t idx, int connect) {
   conn *c = node_conn(idx);
   if (c || !connect || !atomic_load(&D.started)) return c;
   char err[200];
-  double wait = D.tick < CONNECT_MAX ? D.tick : CONNECT_MAX;
-  if (conn_connect(idx, now() + wait, err, sizeof err) != 0) return NULL;
+  if (conn_connect(idx, now() + connect_wait(), err, sizeof err) != 0) return NULL;
   return node_conn(idx);
 }
 
@@ -600,8 +605,7 @@ int dist_node_index(const char *name, uint32_t *idx, char *err, size_t errlen) {
 
 int dist_connect(uint32_t idx, char *err, size_t errlen) {
   if (!atomic_load(&D.started)) { snprintf(err, errlen, "this node is not started (start_node)"); return -1; }
-  double wait = D.tick < CONNECT_MAX ? D.tick : CONNECT_MAX;
-  return conn_connect(idx, now() + wait, err, errlen);
+  return conn_connect(idx, now() + connect_wait(), err, errlen);
 }
 
 int dist_started(void) { return atomic_load(&D.started); }

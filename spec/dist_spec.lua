@@ -841,9 +841,8 @@ describe("distribution", function()
       assert.is_false(erlangen.disconnect(b.name))
     end)
 
-    -- KNOWN FLAKY (kernel, about 1 run in 10): b's first report after the
-    -- disconnect makes a new link before this node has dropped the old one,
-    -- and is refused as a duplicate (see "a half-open link" below).
+    -- b's first report after the disconnect may make a new link before this
+    -- node has dropped the old one (the half-open case below).
     it("sends nodedown on disconnect, whose links and monitors see noconnection on both sides", function()
       local b = start_child()
       local p = puppet(b, {link = true})
@@ -966,18 +965,22 @@ describe("distribution", function()
 
   describe("the bounded link buffer", function()
     it("makes send return false, full when the peer does not read, and a timeout wait for room", function()
+      -- The buffer and the socket buffers (about 16 MiB here) must fill
+      -- before the stopped node's silence ends the link (one tick); under
+      -- ThreadSanitizer copying them takes longer than that.
+      if H.under_tsan() then return pending("too slow under ThreadSanitizer to beat the tick") end
       local b = start_child()
       local p = puppet(b)
+      local chunk = ("x"):rep(4 << 20)
       signal(b, "STOP")   -- b reads nothing; this node's link buffer fills
-      local chunk = ("x"):rep(1 << 20)
       local sent, ok, err = 0, true, nil
-      while ok and sent < 256 do
+      while ok and sent < 64 do
         ok, err = erlangen.send(p, chunk)
         if ok then sent = sent + 1 end
       end
       assert.is_false(ok, "256 MiB went into the link of a stopped node")
       assert.are.equal("full", err)
-      assert.is_true(sent >= 8, "full after only " .. sent .. " MiB (the buffer is 8 MiB)")
+      assert.is_true(sent >= 2, "full after only " .. 4 * sent .. " MiB (the buffer is 8 MiB)")
       local t0 = erlangen.now()
       ok, err = erlangen.send(p, chunk, 0.2)
       assert.is_false(ok)
@@ -1093,9 +1096,6 @@ describe("distribution", function()
     -- holds its old link until its tick runs out. Erlang lets c reconnect
     -- at once: the new, authenticated link of the same incarnation replaces
     -- the old one (the "alive" answer of its handshake).
-    -- KNOWN FAILING (kernel): the responder refuses a new link while it
-    -- still holds one of the same incarnation ("the peer kept another link
-    -- to this node"); reported to the lead, the assertion stays.
     it("does not keep a node from reconnecting at once", function()
       local b = start_child{prefix = "hb"}
       local c = start_child{prefix = "hc"}

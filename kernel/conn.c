@@ -30,6 +30,7 @@
 #define RATE_SLOTS      64     /* source addresses remembered for rate limiting */
 #define RATE_FAILURES   5      /* failed handshakes allowed per address and window */
 #define RATE_WINDOW     10.0   /* seconds */
+#define RATE_RETRY      1.0    /* seconds between attempts of an address over the limit */
 #define REC_ACCEPT      0x00   /* the responder's first record: the link is accepted */
 /* Handshake records (before the link is up): a responder that already has
 ** a link to the same incarnation asks the initiator whether it still has
@@ -58,7 +59,7 @@ struct conn {
   frame_dec dec;                 /* the reader thread only */
 };
 
-typedef struct rate_slot { unsigned char addr[16]; int failures; double since; } rate_slot;
+typedef struct rate_slot { unsigned char addr[16]; int failures; double since, last_try; } rate_slot;
 
 /* The module's one global. `cfg` is written by conn_start before the
 ** acceptor starts and read-only after; `lock` guards the rest. */
@@ -393,7 +394,7 @@ static int first_record(const frame_msg *f) {
   return frame_record_next(f, &off, &rec, &len) == 1 && len > 0 ? rec[0] : -1;
 }
 
-/* Sends one handshake record (c->lock held or c not yet shared). */
+/* Sends one handshake record (c->lock held). */
 static int send_record(conn *c, unsigned char type, double deadline) {
   const unsigned char *out;
   size_t outn;
@@ -547,8 +548,12 @@ static rate_slot *rate_find_locked(const unsigned char key[16]) {
 static int rate_limited(const unsigned char key[16]) {
   pthread_mutex_lock(&C.lock);
   rate_slot *s = rate_find_locked(key);
-  if (mbox_now() - s->since > RATE_WINDOW) { s->failures = 0; s->since = mbox_now(); }
-  int limited = s->failures >= RATE_FAILURES;
+  double t = mbox_now();
+  if (t - s->since > RATE_WINDOW) { s->failures = 0; s->since = t; }
+  /* Over the limit, an address still gets one attempt a second, so a good
+  ** node that shares it (loopback, NAT) is slowed, not locked out. */
+  int limited = s->failures >= RATE_FAILURES && t - s->last_try < RATE_RETRY;
+  if (!limited) s->last_try = t;
   pthread_mutex_unlock(&C.lock);
   return limited;
 }
@@ -605,6 +610,10 @@ static conn *respond(int fd, const char **why) {
                node_intern(peer.name, strlen(peer.name), &idx) == 0 &&
                (c = conn_new(fd, idx, peer.creation, &enc, &dec)) != NULL;
   if (!accept) { frame_enc_free(&enc); frame_dec_free(&dec); *why = "out of memory or a bad name"; return NULL; }
+  /* From the moment c is in the node table, senders may find it: they wait
+  ** on its lock until the decision (ACCEPT or CLOSE) is on the wire, so
+  ** nothing can precede the ACCEPT record. */
+  pthread_mutex_lock(&c->lock);
   /* Both sides connecting at once: the link started by the smaller name wins. */
   int rc = node_accept_conn(idx, c, peer.creation, strcmp(peer.name, node_self()) < 0, &old);
   if (rc == NODE_ASK) {
@@ -625,11 +634,13 @@ static conn *respond(int fd, const char **why) {
     const unsigned char *out;
     size_t outn;
     if (frame_enc_flush(&c->enc, &out, &outn) == 0) write_all(fd, out, outn, deadline);
+    pthread_mutex_unlock(&c->lock);
     c->fd = -1;    /* the caller closes fd */
     conn_release(c);
     return NULL;
   }
   send_record(c, REC_ACCEPT, deadline);   /* a failed write shows up as a lost link */
+  pthread_mutex_unlock(&c->lock);
   return c;
 }
 

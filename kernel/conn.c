@@ -27,6 +27,7 @@
 
 #define HS_SECONDS      5.0    /* a handshake must finish within this */
 #define IO_CHUNK        65536  /* bytes read from the socket at a time */
+#define READ_WAIT_MS    250    /* the reader looks at the tick this often */
 #define RATE_SLOTS      64     /* source addresses remembered for rate limiting */
 #define RATE_FAILURES   5      /* failed handshakes allowed per address and window */
 #define RATE_WINDOW     10.0   /* seconds */
@@ -276,13 +277,11 @@ static void *reader_main(void *arg) {
   const char *why = "noconnection";
   double last = mbox_now();
   while (buf) {
-    /* recv first: a busy link rarely needs the poll */
-    ssize_t got = recv(c->fd, buf, IO_CHUNK, MSG_DONTWAIT);
-    if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
-      struct pollfd p = { c->fd, POLLIN, 0 };
-      int r = poll(&p, 1, 250);
-      if (r < 0 && errno != EINTR) break;
-      if (r <= 0 && mbox_now() - last > c->tick) { why = "tick"; break; }
+    /* A blocking recv that times out every READ_WAIT_MS (SO_RCVTIMEO, set by
+    ** conn_run): one system call per arrival, and a regular look at the tick. */
+    ssize_t got = recv(c->fd, buf, IO_CHUNK, 0);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      if (mbox_now() - last > c->tick) { why = "tick"; break; }
       continue;
     }
     if (got <= 0) break;
@@ -335,6 +334,12 @@ static conn *conn_new(int fd, uint32_t node, uint32_t creation, frame_enc *enc, 
 
 /* Starts the two threads (each holds a reference). Returns 0 or -1. */
 static int conn_run(conn *c) {
+  /* From here the socket blocks for the reader (every other use passes
+  ** MSG_DONTWAIT), with a receive timeout for its tick check. */
+  int fl = fcntl(c->fd, F_GETFL);
+  if (fl >= 0) fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+  struct timeval tv = { 0, READ_WAIT_MS * 1000 };
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   pthread_attr_t at;
   pthread_attr_init(&at);
   pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);

@@ -73,6 +73,7 @@ typedef struct cmdline {
   int script;   /* argv index of the script; argc if none; the bad option if OPT_BAD */
   /* --name, --key, --listen, --tick: start this program as a node */
   const char *node_name, *key_file, *listen, *tick;
+  int no_port_mapper;   /* --no-port-mapper */
 } cmdline;
 
 /* Prefix of error messages: the program name, none in the REPL (as lua). */
@@ -221,6 +222,7 @@ static void print_usage(const char *bad) {
         "  --key FILE          the cluster key file (default ~/.erlangen/cluster.key)\n"
         "  --listen HOST:PORT  where the node listens (default all interfaces, any port)\n"
         "  --tick SECONDS      silence after which a node link is lost (default 60)\n"
+        "  --no-port-mapper    do not register with the port mapper (peers use name@host:port)\n"
         "or:    " PROGNAME " --port-mapper [--port N]   run the port mapper daemon\n"
         "Environment: ERLANGEN_GRACE  seconds processes get to handle \"shutdown\""
         " at exit (default 2)\n", stderr);
@@ -233,6 +235,7 @@ static void parse_cmdline(cmdline *c) {
   int i;
   c->flags = 0;
   c->node_name = c->key_file = c->listen = c->tick = NULL;
+  c->no_port_mapper = 0;
   for (i = 1; i < c->argc; i++) {
     const char *a = c->argv[i];
     c->script = i;
@@ -246,6 +249,7 @@ static void parse_cmdline(cmdline *c) {
           *slot = c->argv[++i];
           break;
         }
+        if (!strcmp(a, "--no-port-mapper")) { c->no_port_mapper = 1; break; }
         if (a[2] != '\0') { c->flags = OPT_BAD; return; }
         c->script = i + 1;
         return;
@@ -315,6 +319,7 @@ static int start_node(lua_State *L, const cmdline *c) {
   lua_setfield(L, -2, "name");
   if (c->key_file) { lua_pushstring(L, c->key_file); lua_setfield(L, -2, "key_file"); }
   if (c->listen) { lua_pushstring(L, c->listen); lua_setfield(L, -2, "listen"); }
+  if (c->no_port_mapper) { lua_pushboolean(L, 0); lua_setfield(L, -2, "port_mapper"); }
   if (c->tick) {
     char *end;
     double t = strtod(c->tick, &end);
@@ -336,6 +341,7 @@ static int run_options(lua_State *L, const cmdline *c) {
   if (c->node_name && start_node(L, c) != LUA_OK) return 0;
   for (i = 1; i < last; i++) {
     const char *a = c->argv[i];
+    if (!strcmp(a, "--no-port-mapper")) continue;
     if (a[0] == '-' && a[1] == '-') { i++; continue; }   /* --name X and the like */
     int opt = a[1];
     if (opt == 'e' || opt == 'l') {

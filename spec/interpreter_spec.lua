@@ -229,6 +229,56 @@ describe("the erlangen interpreter", function()
   end)
 end)
 
+describe("the erlangen interpreter as a node", function()
+  local dir, key
+  before_each(function()
+    dir = make_dir()
+    key = dir .. "/cluster.key"
+    write_file(key, string.rep("k", 32))
+    os.execute("chmod 600 " .. q(key))
+  end)
+  after_each(function() remove_dir(dir) end)
+
+  it("starts as the node --name names, with --key, --listen and --tick", function()
+    local code, out, err = run({ "--name", "cli@127.0.0.1", "--key", key, "--listen", "127.0.0.1:0",
+                                 "--tick", "2", "--no-port-mapper",
+                                 "-e", "print(erlangen.node(), #erlangen.nodes())" })
+    assert.are.equal(0, code, err)
+    assert.are.equal("cli@127.0.0.1\t0\n", out)
+  end)
+
+  it("takes the key file from ERLANGEN_KEY_FILE", function()
+    local code, out, err = run({ "--name", "env@127.0.0.1", "--listen", "127.0.0.1:0", "--no-port-mapper",
+                                 "-e", "print(erlangen.node())" }, nil, { ERLANGEN_KEY_FILE = key })
+    assert.are.equal(0, code, err)
+    assert.are.equal("env@127.0.0.1\n", out)
+  end)
+
+  it("refuses to start with a key file that group or others can read, naming the file", function()
+    os.execute("chmod 644 " .. q(key))
+    local code, out, err = run({ "--name", "loose@127.0.0.1", "--key", key, "--no-port-mapper",
+                                 "-e", "print('ran')" })
+    assert.are_not.equal(0, code)
+    assert.are.equal("", out)
+    assert_contains(err, "has mode 0644")
+    assert_contains(err, key)
+  end)
+
+  it("refuses a --tick that is not a positive number", function()
+    local code, out, err = run({ "--name", "t@127.0.0.1", "--key", key, "--tick", "soon",
+                                 "--no-port-mapper", "-e", "print('ran')" })
+    assert.are_not.equal(0, code)
+    assert.are.equal("", out)
+    assert_contains(err, "--tick 'soon'")
+  end)
+
+  it("prints a usage message when --name has no value", function()
+    local code, _, err = run({ "--name" })
+    assert.are_not.equal(0, code)
+    assert_contains(err, "usage:")
+  end)
+end)
+
 describe("the erlangen interpreter at exit", function()
   local dir
 

@@ -14,7 +14,7 @@ suite() {  # suite NAME BUILD [spec/run args...]
   local name=$1 build=$2; shift 2
   echo "== $name" >&2
   local out
-  out=$(spec/run "$build" "$@" 2>&1 | tee /dev/stderr | tail -1)
+  out=$(spec/run "$build" "$@" 2>&1 | tee -a /dev/stderr | tail -1)
   local p f
   p=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
   f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')

@@ -132,7 +132,7 @@ log.format = format
 --   {"$log_ctl", op, reply_to, arg}              set_level, level, set_sink, flush
 -- Answers go to reply_to as {reply_to, value [, err]}.
 local function logger()
-  if erlangen.set_label then erlangen.set_label("logger") end
+  erlangen.set_label("logger")
   local self = erlangen.self()
   local threshold = LEVELS.info
   local sink = {kind = "stderr"}

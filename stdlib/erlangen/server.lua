@@ -294,7 +294,7 @@ function server.init_it(callbacks, arg, ack_to, tag, parent)
   end
   local bad = bad_callback(cb)
   if bad then fail(bad) end
-  if erlangen.set_label then erlangen.set_label(label) end
+  erlangen.set_label(label)
   local state = arg
   if cb.init then
     local ok, r = xpcall(cb.init, catch, arg)
@@ -307,14 +307,6 @@ function server.init_it(callbacks, arg, ack_to, tag, parent)
 end
 
 -- Starting --------------------------------------------------------------------------------
-
-local function new_alias()
-  return erlangen.alias and erlangen.alias() or nil
-end
-
-local function drop_alias(alias)
-  if alias then erlangen.unalias(alias) end
-end
 
 local function start(link, fname, callbacks, arg, opts)
   if type(callbacks) == "table" then
@@ -340,14 +332,14 @@ local function start(link, fname, callbacks, arg, opts)
   local timeout = check_timeout(opts.timeout, nil, 3, fname)
 
   local me = erlangen.self()
-  local alias = new_alias()
-  local tag = alias or erlangen.ref()
+  local alias = erlangen.alias()
+  local tag = alias
   local ok, pid, mref
   for _ = 1, 3 do  -- a name whose holder dies while we look is retried
     ok, pid, mref = pcall(erlangen.spawn_opt, sopts, "erlangen.server.init_it",
-                          callbacks, arg, alias or me, tag, link and me or false)
+                          callbacks, arg, alias, tag, link and me or false)
     if ok then break end
-    drop_alias(alias)
+    erlangen.unalias(alias)
     local msg = tostring(pid)
     if not msg:find("already registered", 1, true) then
       msg = msg:gsub("^args%[1%]", "callbacks"):gsub("^args%[2%]", "arg")
@@ -355,8 +347,8 @@ local function start(link, fname, callbacks, arg, opts)
     end
     local holder = erlangen.whereis(opts.name)
     if holder then return nil, {"already_started", holder} end
-    alias = new_alias()
-    tag = alias or erlangen.ref()
+    alias = erlangen.alias()
+    tag = alias
   end
   if not ok then return nil, {"already_started", erlangen.whereis(opts.name)} end
 
@@ -369,7 +361,7 @@ local function start(link, fname, callbacks, arg, opts)
     return type(m) == "table" and (m[1] == tag or (m[1] == "DOWN" and m[2] == mref))
   end, timeout)
   if m and m[1] == tag and m[2] == true then
-    drop_alias(alias)
+    erlangen.unalias(alias)
     erlangen.demonitor(mref, true)
     return pid
   end
@@ -379,7 +371,7 @@ local function start(link, fname, callbacks, arg, opts)
   end
   local down = (m and m[1] == "DOWN") and m
     or erlangen.receive(function(x) return type(x) == "table" and x[1] == "DOWN" and x[2] == mref end)
-  drop_alias(alias)
+  erlangen.unalias(alias)
   erlangen.receive(function(x) return type(x) == "table" and x[1] == tag end, 0)
   flush_exit()  -- a link's EXIT is queued before the DOWN
   if m == nil then return nil, "timeout" end
@@ -404,30 +396,27 @@ function server.call(srv, request, timeout)
   if pid == erlangen.self() then fail_with("calling_self", nil, "call", srv, request) end
 
   local mref = erlangen.monitor(pid)
-  local alias = new_alias()
-  local tag = alias or mref
+  local alias = erlangen.alias()
+  local tag = alias
   local deadline = t and erlangen.now() + t
-  local ok, e = pcall(erlangen.send, pid, {"$gen_call", {alias or erlangen.self(), tag}, request},
+  local ok, e = pcall(erlangen.send, pid, {"$gen_call", {alias, tag}, request},
                       t or FOREVER)
   if not ok then
-    drop_alias(alias)
+    erlangen.unalias(alias)
     erlangen.demonitor(mref, true)
     error("bad argument #2 to 'call' (" .. tostring(e):gsub("^msg%[3%]", "request") .. ")", 2)
   end
   -- false, "full": the wait for room used up the timeout; "noproc": the DOWN follows.
-  local function is_reply(m) return type(m) == "table" and m[1] == tag end
   local m = erlangen.receive(function(m)
     return type(m) == "table" and (m[1] == tag or (m[1] == "DOWN" and m[2] == mref))
   end, deadline and math.max(0, deadline - erlangen.now()))
-  drop_alias(alias)  -- from here on, no reply can enter the mailbox
+  erlangen.unalias(alias)  -- from here on, no reply can enter the mailbox
   if m and m[1] == tag then
     erlangen.demonitor(mref, true)
     return m[2]
   end
-  if m == nil then
+  if m == nil then  -- a reply that comes now is dropped by the kernel: the alias is gone
     erlangen.demonitor(mref, true)
-    m = erlangen.receive(is_reply, 0)  -- came between the timeout and unalias
-    if m then return m[2] end
     fail_with("timeout", t, "call", srv, request)
   end
   if m[4] == "noproc" then fail_with("noproc", nil, "call", srv, request) end

@@ -608,7 +608,7 @@ end
 -- The body of a supervisor process (started by supervisor.start/start_link
 -- with trap_exit set). Not for direct use.
 function supervisor.init_it(starter, linked, spec)
-  if erlangen.set_label then erlangen.set_label("supervisor") end
+  erlangen.set_label("supervisor")
   local me = erlangen.self()
   local S = {
     parent = linked and starter or nil,
@@ -738,18 +738,18 @@ end
 local function call(fname, sup, op, arg)
   local pid = resolve(fname, sup, 4)
   local ref = erlangen.monitor(pid)
-  local alias = erlangen.alias and erlangen.alias()
-  local tag = alias or ref
-  local ok, err = pcall(erlangen.send, pid, {"$sup_call", alias or erlangen.self(), tag, op, arg}, 60)
+  local alias = erlangen.alias()
+  local tag = alias
+  local ok, err = pcall(erlangen.send, pid, {"$sup_call", alias, tag, op, arg}, 60)
   if not ok then
     erlangen.demonitor(ref, true)
-    if alias then erlangen.unalias(alias) end
+    erlangen.unalias(alias)
     error(string.format("supervisor.%s: %s", fname, tostring(err)), 3)
   end
   local m = erlangen.receive(function(x)
     return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
   end)
-  if alias then erlangen.unalias(alias) end
+  erlangen.unalias(alias)
   if m[1] == "DOWN" then
     if m[4] == "noproc" then error(call_error(fname, sup, "noproc"), 3) end
     error(call_error(fname, sup, "exit", m[4]), 3)

@@ -60,7 +60,7 @@ end
 --   {"$timer", "cancel", reply_to, tref}  -> {reply_to, seconds_left|false}
 --   {"$timer", "stats", reply_to}         -> {reply_to, {pending=, dropped=}}
 local function service()
-  if erlangen.set_label then erlangen.set_label("timer") end
+  erlangen.set_label("timer")
   local heap, n = {}, 0          -- heap[1..n], the earliest deadline at heap[1]
   local by_tref = {}             -- tref -> timer
   local by_mref = {}             -- monitor ref -> timer (interval timers only)

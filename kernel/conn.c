@@ -32,7 +32,7 @@
 #define RATE_FAILURES   5      /* failed handshakes allowed per address and window */
 #define RATE_WINDOW     10.0   /* seconds */
 #define RATE_RETRY      1.0    /* seconds between attempts of an address over the limit */
-#define REC_ACCEPT      0x00   /* the responder's first record: the link is accepted */
+#define REC_ACCEPT      0x00   /* the responder's last handshake record: the link is up */
 /* Handshake records (before the link is up): a responder that already has
 ** a link to the same incarnation asks the initiator whether it still has
 ** it; an initiator only connects with no link, so "no link" means the old
@@ -57,7 +57,7 @@ struct conn {
   double last_send;              /* lock: when conn_send last queued a record */
   int orderly;                   /* lock: this side sent CLOSE */
   int waiting_room;              /* lock: senders waiting on `room` */
-  frame_dec dec;                 /* the reader thread only */
+  frame_dec dec;                 /* the handshake, then the reader thread only */
 };
 
 typedef struct rate_slot { unsigned char addr[16]; int failures; double since, last_try; } rate_slot;
@@ -74,6 +74,17 @@ static struct {
 } C = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 /* ---- sockets with deadlines ---- */
+
+/* The CLOCK_REALTIME time `seconds` from now, for pthread_cond_timedwait. */
+static struct timespec from_now(double seconds) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  if (seconds < 0) seconds = 0;
+  ts.tv_sec += (time_t)seconds;
+  ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  return ts;
+}
 
 static int wait_fd(int fd, short ev, double deadline) {
   for (;;) {
@@ -175,11 +186,7 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
   while (!c->closing && frame_enc_pending(&c->enc) >= c->bound) {
     double left = deadline - mbox_now();
     if (left <= 0) { rc = CONN_FULL; break; }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)left;
-    ts.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    struct timespec ts = from_now(left);
     c->waiting_room++;
     pthread_cond_timedwait(&c->room, &c->lock, &ts);
     c->waiting_room--;
@@ -222,11 +229,7 @@ static void *writer_main(void *arg) {
   pthread_mutex_lock(&c->lock);
   for (;;) {
     if (frame_enc_pending(&c->enc) == 0 && !c->closing) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += (time_t)idle;
-      ts.tv_nsec += (long)((idle - (double)(time_t)idle) * 1e9);
-      if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+      struct timespec ts = from_now(idle);
       if (pthread_cond_timedwait(&c->more, &c->lock, &ts) != 0 && frame_enc_pending(&c->enc) == 0 &&
           !c->closing)
         frame_enc_control(&c->enc, FRAME_TICK, NULL, 0);

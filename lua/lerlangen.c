@@ -319,16 +319,15 @@ static int send_remote(lua_State *L, proc *self, term_id id, enum term_kind kind
 
 static int l_send(lua_State *L) {
   proc *self = cur(L);
-  term_id pid, alias;
-  {
-    term_id id;
-    enum term_kind k = lua_type(L, 1) == LUA_TTABLE ? TERM_NONE : term_test(L, 1, &id);
-    if (lua_type(L, 1) == LUA_TTABLE || (k != TERM_NONE && id.node != 0)) {
-      int n = send_remote(L, self, id, k);
-      if (n >= 0) return n;
-    }
-  }
-  int known = dest_pid(L, 1, &pid, &alias);
+  term_id pid, alias = {0, 0, 0};
+  int known;
+  enum term_kind k = lua_type(L, 1) == LUA_TUSERDATA ? term_test(L, 1, &pid) : TERM_NONE;
+  if (k == TERM_PID && pid.node == 0) known = 1;   /* the common case: one look at the value */
+  else if (lua_type(L, 1) == LUA_TTABLE || (k != TERM_NONE && pid.node != 0)) {
+    int n = send_remote(L, self, pid, k);
+    if (n >= 0) return n;
+    known = dest_pid(L, 1, &pid, &alias);          /* {name, this node}: a local name */
+  } else known = dest_pid(L, 1, &pid, &alias);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
   double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
   codec_limits lim = kern_limits(1);

@@ -105,8 +105,8 @@ static uint32_t get_u32(rd *r) {
 /* ---- reporting ---- */
 
 void dist_report(const char *level, const char *text, const char *peer, const char *why) {
-  fprintf(stderr, "=%s REPORT==== node %s: %s%s%s%s%s\n", level, node_self(), text,
-          peer ? " (" : "", peer ? peer : "", peer ? ")" : "", why ? "" : "");
+  fprintf(stderr, "=%s REPORT==== node %s: %s%s%s%s\n", level, node_self(), text,
+          peer ? " (" : "", peer ? peer : "", peer ? ")" : "");
   if (why) fprintf(stderr, "    %s\n", why);
   fflush(stderr);
 }

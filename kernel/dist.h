@@ -82,7 +82,8 @@ void dist_node_up(uint32_t idx);
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
 
-/* Logs a distribution event (stderr). */
+/* Logs a distribution event on stderr: "=LEVEL REPORT==== node NAME: text
+** (peer)" and `why` on the next line. level is "INFO" or "WARNING". */
 void dist_report(const char *level, const char *text, const char *peer, const char *why);
 
 #endif

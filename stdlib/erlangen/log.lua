@@ -7,6 +7,7 @@
 -- dropped, the kernel counts them in the logger's `info().dropped`, and the
 -- logger reports how many were lost.
 local erlangen = require "erlangen"
+local svc = require "erlangen.service"
 
 local log = {}
 
@@ -240,38 +241,20 @@ end
 
 -- Talking to the logger ------------------------------------------------------------
 
--- The logger's pid, started if needed. When two callers race to start it,
--- the loser's spawn_opt fails on the name and it takes the winner's pid.
+-- The logger's pid, started if needed.
 local function ensure()
-  for _ = 1, 3 do
-    local pid = erlangen.whereis(NAME)
-    if pid then return pid end
-    local ok, res = pcall(erlangen.spawn_opt, {name = NAME, mailbox = MAILBOX}, logger)
-    if ok then return res end
-    if not tostring(res):find("already registered", 1, true) then error(res, 0) end
-  end
-  error("erlangen.log: cannot start the logger", 0)
+  return svc.ensure(NAME, {mailbox = MAILBOX}, logger, "erlangen.log: cannot start the logger")
 end
 
--- A synchronous request; the answer comes to a fresh alias, so one that
--- arrives after the timeout never reaches the mailbox. A logger that dies
--- before it answers (killed, or found dying by whereis) is started again and
--- asked once more.
+-- A synchronous request (see erlangen.service's ask). A logger that dies before it
+-- answers (killed, or found dying by whereis) is started again and asked
+-- once more.
 local function call(fname, op, arg)
   for _ = 1, 2 do
-    local pid = ensure()
-    local mref = erlangen.monitor(pid)
-    local alias = erlangen.alias()
-    local m
-    if erlangen.send(pid, {"$log_ctl", op, alias, arg}, CALL_TIMEOUT) then
-      m = erlangen.receive(function(x)
-        return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
-      end, CALL_TIMEOUT)
-    end
-    erlangen.unalias(alias)
-    erlangen.demonitor(mref, true)
-    if m and m[1] == alias then return m[2], m[3] end
-    if m == nil and erlangen.is_alive(pid) then
+    local m, gone = svc.ask(ensure(), function(alias) return {"$log_ctl", op, alias, arg} end,
+                                CALL_TIMEOUT)
+    if m then return m[2], m[3] end
+    if not gone then
       error(string.format("%s: the logger did not answer within %gs", fname, CALL_TIMEOUT), 3)
     end
   end

@@ -8,6 +8,7 @@
 -- only once `erlangen.now() >= deadline`: late is possible, early never.
 -- Pending timers cost a heap entry each, not a thread.
 local erlangen = require "erlangen"
+local svc = require "erlangen.service"
 
 local timer = {}
 
@@ -181,17 +182,9 @@ end
 
 -- Talking to the service ----------------------------------------------------------
 
--- The service's pid, started if needed. When two callers race to start it,
--- the loser's spawn_opt fails on the name and it takes the winner's pid.
+-- The service's pid, started if needed.
 local function ensure()
-  for _ = 1, 3 do
-    local pid = erlangen.whereis(NAME)
-    if pid then return pid end
-    local ok, res = pcall(erlangen.spawn_opt, {name = NAME, mailbox = MAILBOX}, service)
-    if ok then return res end
-    if not tostring(res):find("already registered", 1, true) then error(res, 0) end
-  end
-  error("erlangen.timer: cannot start the timer service", 0)
+  return svc.ensure(NAME, {mailbox = MAILBOX}, service, "erlangen.timer: cannot start the timer service")
 end
 
 -- Sends a request, starting the service if needed. A pid found by whereis
@@ -211,25 +204,15 @@ local function request(msg, fname)
   error(fname .. ": cannot reach the timer service", 3)
 end
 
--- A synchronous request: the answer comes to a fresh alias, so an answer that
--- arrives after the timeout can never reach the mailbox. Returns the answer;
+-- A synchronous request (see erlangen.service's ask). Returns the answer;
 -- `none` when no service is running and `start` is false.
 local function call(op, arg, start, none)
   for _ = 1, 2 do
     local pid = start and ensure() or erlangen.whereis(NAME)
     if not pid then return none end
-    local mref = erlangen.monitor(pid)
-    local alias = erlangen.alias()
-    local m
-    if erlangen.send(pid, {"$timer", op, alias, arg}, CALL_TIMEOUT) then
-      m = erlangen.receive(function(x)
-        return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
-      end, CALL_TIMEOUT)
-    end
-    erlangen.unalias(alias)
-    erlangen.demonitor(mref, true)
-    if m and m[1] == alias then return m[2] end
-    if m == nil and erlangen.is_alive(pid) then
+    local m, gone = svc.ask(pid, function(alias) return {"$timer", op, alias, arg} end, CALL_TIMEOUT)
+    if m then return m[2] end
+    if not gone then
       error("erlangen.timer: the timer service did not answer within " .. CALL_TIMEOUT .. "s", 3)
     end
     -- It died (or was dying) before it answered: a new one has no such timer.

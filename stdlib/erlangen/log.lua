@@ -320,6 +320,19 @@ for _, level in ipairs(LEVEL_NAMES) do
   end
 end
 
+-- log.report(level, text, fields): as log[level], but it never raises: when
+-- the record cannot be handed to the logger (it cannot be started, the node
+-- is stopping), it goes to stderr as one line. For the stdlib's own reports
+-- (supervisor, server), which must not fail because logging did.
+function log.report(level, text, fields)
+  if pcall(log[level], text, fields) then return end
+  local parts = {}
+  for k, v in pairs(fields or {}) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
+  table.sort(parts)
+  pcall(io.stderr.write, io.stderr, string.format("[%s] %s %s: %s\n", level, tostring(erlangen.self()),
+    text, table.concat(parts, " ")))
+end
+
 local function check_level(fname, level)
   if LEVELS[level] == nil then
     error(string.format("bad argument #1 to '%s' (level must be one of debug, info, notice, " ..

@@ -141,20 +141,8 @@ end
 
 -- Logging -----------------------------------------------------------------------------
 
--- Through erlangen.log when it is installed (it renders the field values),
--- else one line on stderr.
-local function log_event(level, text, fields)
-  local ok, log = pcall(require, "erlangen.log")
-  if ok and type(log) == "table" and type(log[level]) == "function"
-     and pcall(log[level], text, fields) then
-    return
-  end
-  local parts = {}
-  for k, v in pairs(fields) do parts[#parts + 1] = k .. "=" .. show(v) end
-  table.sort(parts)
-  io.stderr:write(string.format("[%s] %s %s: %s\n", level, tostring(erlangen.self()), text,
-                                table.concat(parts, " ")))
-end
+-- Loaded at the first report, not with every server.
+local function log_event(level, text, fields) require("erlangen.log").report(level, text, fields) end
 
 -- The server process ----------------------------------------------------------------------
 

@@ -144,20 +144,8 @@ end
 
 -- Reports ----------------------------------------------------------------------
 
--- Sends a report to erlangen.log when it can be loaded, else writes one line
--- to stderr. A report never raises.
-local function report(level, text, fields)
-  local ok, log = pcall(require, "erlangen.log")
-  if ok and type(log) == "table" and type(log[level]) == "function"
-      and pcall(log[level], text, fields) then
-    return
-  end
-  local parts = {}
-  for k, v in pairs(fields) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
-  table.sort(parts)
-  pcall(io.stderr.write, io.stderr, string.format("[%s] %s %s %s\n", level, tostring(erlangen.self()),
-    text, table.concat(parts, " ")))
-end
+-- Through erlangen.log (loaded at the first report), never raising.
+local function report(level, text, fields) require("erlangen.log").report(level, text, fields) end
 
 local function child_report(S, level, text, rec, reason, pid)
   report(level, text, {supervisor = S.name, id = rec.id, pid = pid or rec.pid, reason = reason,

@@ -75,17 +75,6 @@ static struct {
 
 /* ---- sockets with deadlines ---- */
 
-/* The CLOCK_REALTIME time `seconds` from now, for pthread_cond_timedwait. */
-static struct timespec from_now(double seconds) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  if (seconds < 0) seconds = 0;
-  ts.tv_sec += (time_t)seconds;
-  ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-  return ts;
-}
-
 static int wait_fd(int fd, short ev, double deadline) {
   for (;;) {
     double left = deadline - mbox_now();
@@ -186,7 +175,7 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
   while (!c->closing && frame_enc_pending(&c->enc) >= c->bound) {
     double left = deadline - mbox_now();
     if (left <= 0) { rc = CONN_FULL; break; }
-    struct timespec ts = from_now(left);
+    struct timespec ts = mbox_realtime_in(left);
     c->waiting_room++;
     pthread_cond_timedwait(&c->room, &c->lock, &ts);
     c->waiting_room--;
@@ -229,7 +218,7 @@ static void *writer_main(void *arg) {
   pthread_mutex_lock(&c->lock);
   for (;;) {
     if (frame_enc_pending(&c->enc) == 0 && !c->closing) {
-      struct timespec ts = from_now(idle);
+      struct timespec ts = mbox_realtime_in(idle);
       if (pthread_cond_timedwait(&c->more, &c->lock, &ts) != 0 && frame_enc_pending(&c->enc) == 0 &&
           !c->closing)
         frame_enc_control(&c->enc, FRAME_TICK, NULL, 0);

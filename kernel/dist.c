@@ -317,10 +317,7 @@ int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t le
       double left = deadline - now();
       if (left <= 0) break;
       if (left > 0.1) left = 0.1;   /* look at `doomed` now and then */
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += (long)(left * 1e9);
-      if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+      struct timespec ts = mbox_realtime_in(left);
       pthread_cond_timedwait(&D.answered, &D.lock, &ts);
     }
   }

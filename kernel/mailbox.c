@@ -28,6 +28,16 @@ double mbox_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+struct timespec mbox_realtime_in(double seconds) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  if (!(seconds > 0)) seconds = 0;
+  ts.tv_sec += (time_t)seconds;
+  ts.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  return ts;
+}
+
 static void futex_wait(_Atomic uint32_t *w, uint32_t seen, double deadline) {
   struct timespec ts, *tp = NULL;
   if (isfinite(deadline)) {

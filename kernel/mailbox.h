@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include "term.h"
 
 typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
@@ -125,5 +126,9 @@ void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped
 
 /* Monotonic clock in seconds. */
 double mbox_now(void);
+
+/* The CLOCK_REALTIME time `seconds` (clamped at 0) from now: the deadline
+** form pthread_cond_timedwait takes. */
+struct timespec mbox_realtime_in(double seconds);
 
 #endif

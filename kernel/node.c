@@ -147,15 +147,6 @@ struct conn *node_conn(uint32_t idx) {
   return c;
 }
 
-static void abs_deadline(double deadline, struct timespec *ts) {
-  double left = deadline - mbox_now();
-  if (left < 0) left = 0;
-  clock_gettime(CLOCK_REALTIME, ts);
-  ts->tv_sec += (time_t)left;
-  ts->tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
-  if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
-}
-
 int node_connect_claim(uint32_t idx, double deadline) {
   int rc;
   pthread_mutex_lock(&N.lock);
@@ -163,8 +154,7 @@ int node_connect_claim(uint32_t idx, double deadline) {
   if (e->conn) rc = 0;
   else if (!e->connecting) { e->connecting = 1; rc = 1; }
   else {
-    struct timespec ts;
-    abs_deadline(deadline, &ts);
+    struct timespec ts = mbox_realtime_in(deadline - mbox_now());
     while (e->connecting && !e->conn)
       if (pthread_cond_timedwait(&N.changed, &N.lock, &ts) != 0) break;
     rc = e->conn ? 0 : -1;

@@ -192,13 +192,18 @@ static unsigned char *nodedown_msg(const char *name, size_t *len) {
 
 /* ---- sends ---- */
 
-int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline) {
+/* SEND or SEND_ALIAS: the record names a pid or an alias of node id.node. */
+static int send_to(int type, term_id id, const unsigned char *msg, size_t len, double deadline) {
   unsigned char h[HDR_MAX];
   size_t n = 0;
-  h[n++] = R_SEND;
-  n += put_v(h + n, to.n);
-  n += put_v(h + n, to.creation);
-  return put_record(to.node, 1, to.creation, h, n, msg, len, deadline);
+  h[n++] = (unsigned char)type;
+  n += put_v(h + n, id.n);
+  n += put_v(h + n, id.creation);
+  return put_record(id.node, 1, id.creation, h, n, msg, len, deadline);
+}
+
+int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline) {
+  return send_to(R_SEND, to, msg, len, deadline);
 }
 
 int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, size_t len,
@@ -215,12 +220,7 @@ int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, siz
 }
 
 int dist_send_alias(term_id alias, const unsigned char *msg, size_t len, double deadline) {
-  unsigned char h[HDR_MAX];
-  size_t n = 0;
-  h[n++] = R_SEND_ALIAS;
-  n += put_v(h + n, alias.n);
-  n += put_v(h + n, alias.creation);
-  return put_record(alias.node, 1, alias.creation, h, n, msg, len, deadline);
+  return send_to(R_SEND_ALIAS, alias, msg, len, deadline);
 }
 
 /* ---- signals ---- */

@@ -492,7 +492,6 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
     return -1;
   }
   conn_release(c);   /* ours; the table and the threads hold theirs */
-  dist_node_up(idx);
   return 0;
 }
 
@@ -662,7 +661,6 @@ static void *acceptor_main(void *arg) {
       continue;
     }
     if (conn_run(c) != 0) node_clear_conn(c->node, c);
-    else dist_node_up(c->node);
     conn_release(c);
   }
   close(C.listen_fd);

@@ -521,8 +521,6 @@ void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
 
 /* ---- links coming and going ---- */
 
-void dist_node_up(uint32_t idx) { (void)idx; }
-
 typedef struct down_walk { uint32_t idx, creation; } down_walk;
 
 static void down_one(proc *p, void *ud) {

@@ -77,8 +77,7 @@ int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, si
 ** node that cannot be reached gives {"nodedown", name} at once. */
 int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 
-/* From conn.c: a link came up, a record arrived, a link was lost. */
-void dist_node_up(uint32_t idx);
+/* From conn.c: a record arrived, a link was lost. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
 

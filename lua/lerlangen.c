@@ -283,8 +283,7 @@ static int dest_pid(lua_State *L, int arg, term_id *pid, term_id *alias) {
 }
 
 /* send to a pid or alias of another node, or to {name, node}. */
-static int send_remote(lua_State *L, proc *self, term_id id, enum term_kind kind) {
-  (void)self;
+static int send_remote(lua_State *L, term_id id, enum term_kind kind) {
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
   double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
   uint32_t idx = 0;
@@ -324,7 +323,7 @@ static int l_send(lua_State *L) {
   enum term_kind k = lua_type(L, 1) == LUA_TUSERDATA ? term_test(L, 1, &pid) : TERM_NONE;
   if (k == TERM_PID && pid.node == 0) known = 1;   /* the common case: one look at the value */
   else if (lua_type(L, 1) == LUA_TTABLE || (k != TERM_NONE && pid.node != 0)) {
-    int n = send_remote(L, self, pid, k);
+    int n = send_remote(L, pid, k);
     if (n >= 0) return n;
     known = dest_pid(L, 1, &pid, &alias);          /* {name, this node}: a local name */
   } else known = dest_pid(L, 1, &pid, &alias);

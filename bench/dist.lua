@@ -72,25 +72,8 @@ end
 
 -- ---- node A ----
 
-local function median(v)
-  local s = table.move(v, 1, #v, 1, {})
-  table.sort(s)
-  local n = #s
-  if n % 2 == 1 then return s[(n + 1) // 2] end
-  return (s[n // 2] + s[n // 2 + 1]) / 2
-end
-
-local function g(x)
-  if math.type(x) == "integer" then return string.format("%d", x) end
-  return string.format("%.4g", x)
-end
-
-local function report(name, unit, v)
-  local fs = {}
-  for i, x in ipairs(v) do fs[i] = g(x) end
-  io.write(name, "\t", g(median(v)), "\t", unit, "\t", table.concat(fs, ","), "\n")
-  io.flush()
-end
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local report = require("bench_lib").report
 
 -- A fresh 32-byte key in a file of mode 0600 (os.tmpname uses mkstemp).
 local function make_key()

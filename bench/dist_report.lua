@@ -7,17 +7,9 @@
 -- (bench/dist.lua, bench/dist_beam.erl); a missing or empty BEAM file (no
 -- `erl`) leaves its columns empty and its targets "n/a".
 
-local function load(path)
-  local t = {}
-  local f = path and io.open(path)
-  if not f then return t end
-  for line in f:lines() do
-    local shape, med, unit, samples = line:match("^([%w_]+)\t([^\t]*)\t([^\t]*)\t?(.*)$")
-    if shape then t[shape] = { med = tonumber(med), raw = med, unit = unit, samples = samples } end
-  end
-  f:close()
-  return t
-end
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local lib = require "bench_lib"
+local load = lib.load
 
 local ours, beam = load(arg[1]), load(arg[2])
 
@@ -35,17 +27,7 @@ local function fmt(x)
   return string.format("%.3g", x)
 end
 
--- "min–max" of the runs behind a median
-local function spread(t)
-  if not t or not t.samples or t.samples == "" then return "" end
-  local lo, hi
-  for x in t.samples:gmatch("[^,]+") do
-    x = tonumber(x)
-    if x then lo, hi = math.min(lo or x, x), math.max(hi or x, x) end
-  end
-  if not lo or lo == hi then return "" end
-  return fmt(lo) .. "–" .. fmt(hi)
-end
+local function spread(t) return lib.spread(t, fmt) end
 
 print("| shape | median | unit | runs | BEAM | BEAM runs | ÷ BEAM | target | result |")
 print("|---|---:|---|---|---:|---|---:|---|---|")

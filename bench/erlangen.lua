@@ -8,28 +8,10 @@
 -- The same shapes are written in Erlang in bench/beam.escript and with raw
 -- pthreads in bench/floor.c.
 local E = require "erlangen"
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local report = require("bench_lib").report
 
 local shape, count, reps = arg[1], tonumber(arg[2]), tonumber(arg[3] or 5)
-
-local function median(v)
-  local s = table.move(v, 1, #v, 1, {})
-  table.sort(s)
-  local n = #s
-  if n % 2 == 1 then return s[(n + 1) // 2] end
-  return (s[n // 2] + s[n // 2 + 1]) / 2
-end
-
-local function g(x)
-  if math.type(x) == "integer" then return string.format("%d", x) end
-  return string.format("%.4g", x)
-end
-
-local function report(name, unit, v)
-  local fs = {}
-  for i, x in ipairs(v) do fs[i] = g(x) end
-  io.write(name, "\t", g(median(v)), "\t", unit, "\t", table.concat(fs, ","), "\n")
-  io.flush()
-end
 
 local function rep(name, unit, f)
   local v = {}

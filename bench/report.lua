@@ -5,17 +5,9 @@
 -- missing file (no `erl`, say) leaves its columns empty. Prints a Markdown
 -- table, one row per shape, with each target and whether it was met.
 
-local function load(path)
-  local t = {}
-  local f = path and io.open(path)
-  if not f then return t end
-  for line in f:lines() do
-    local shape, med, unit, samples = line:match("^([%w_]+)\t([^\t]*)\t([^\t]*)\t?(.*)$")
-    if shape then t[shape] = { med = tonumber(med), raw = med, unit = unit, samples = samples } end
-  end
-  f:close()
-  return t
-end
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local lib = require "bench_lib"
+local load = lib.load
 
 local ours, beam, floor = load(arg[1]), load(arg[2]), load(arg[3])
 
@@ -59,17 +51,7 @@ end
 
 local function rfmt(r) return r and string.format("%.2f×", r) or "—" end
 
--- "min–max" of the runs behind a median
-local function spread(t)
-  if not t or not t.samples or t.samples == "" then return "" end
-  local lo, hi
-  for x in t.samples:gmatch("[^,]+") do
-    x = tonumber(x)
-    if x then lo, hi = math.min(lo or x, x), math.max(hi or x, x) end
-  end
-  if not lo or lo == hi then return "" end
-  return fmt(lo) .. "–" .. fmt(hi)
-end
+local function spread(t) return lib.spread(t, fmt) end
 
 print("| shape | median | unit | runs | BEAM | ÷ BEAM | floor | ÷ floor | target | result |")
 print("|---|---:|---|---|---:|---:|---:|---:|---|---|")

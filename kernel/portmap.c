@@ -517,9 +517,12 @@ int pmap_serve(int listen_fd, char *err, size_t errlen) {
 
   serve_free();
   close(listen_fd);
+  /* Unblock before restoring, so that a second stop signal still pending
+  ** (timeout(1) signals the child and then its whole group) reaches our
+  ** handler instead of the old disposition. */
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
-  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
   return S.stop ? 0 : -1;
 }
 

@@ -858,6 +858,7 @@ static int run_main(lua_State *L) {
 static int port_mapper(int argc, char **argv) {
   char err[256];
   int port, fd, bound;
+  sigset_t stops;
   if (argc == 4 && strcmp(argv[2], "--port") == 0) {
     if (pmap_parse_port(argv[3], &port) != 0) {
       fprintf(stderr, "%s: --port '%s': not a port number 0..65535\n", PROGNAME, argv[3]);
@@ -877,6 +878,14 @@ static int port_mapper(int argc, char **argv) {
     message(err);
     return EXIT_FAILURE;
   }
+  /* Stop signals stay blocked outside pmap_serve's wait: one sent as soon
+  ** as the port line is read is held until the loop takes it, and one that
+  ** comes after the loop has ended (timeout(1) signals the child and then
+  ** its group) stays pending while we exit 0. */
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stops, NULL);
   printf("%d\n", bound);
   fflush(stdout);
   if (pmap_serve(fd, err, sizeof err) != 0) {

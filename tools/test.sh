@@ -10,11 +10,15 @@ set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 total_pass=0; total_fail=0
+failures=$(mktemp); trap 'rm -f "$failures"' EXIT
 suite() {  # suite NAME BUILD [spec/run args...]
   local name=$1 build=$2; shift 2
   echo "== $name" >&2
-  local out
-  out=$(spec/run "$build" "$@" 2>&1 | tee -a /dev/stderr | tail -1)
+  local out log="$root/$build/suite.log"
+  spec/run "$build" "$@" 2>&1 | tee "$log" >&2
+  out=$(tail -1 "$log")
+  # Names of failed tests, listed again just above the summary line.
+  grep "^not ok" "$log" | sed "s/^/[$name] /" >> "$failures"
   local p f
   p=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
   f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
@@ -41,10 +45,12 @@ else
       total_pass=$((total_pass + 1))
     else
       echo "not ok - fuzz $t failed:" >&2
+      echo "[fuzz] not ok - $t" >> "$failures"
       sed -n "/^FAIL $t:/,/^\(Done\|FAIL\) /p" build/fuzz.log | grep -v "^Done " | head -40 >&2
       total_fail=$((total_fail + 1))
     fi
   done
 fi
+cat "$failures"
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]

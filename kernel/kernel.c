@@ -24,10 +24,15 @@ static const char *const kern_reason_text[KR_COUNT] = {
 };
 
 /* The module's one global. `cfg` is guarded by `lock`; `running` is atomic;
-** `reasons` are written before `running` is set and never after. */
+** `reasons` are written before `running` is set and never after.
+** `max_message` and `max_depth` mirror cfg for kern_limits, which every
+** send and receive calls: written under `lock` with cfg, read without it
+** (relaxed: each is one value, and a send may see the old or the new one). */
 static struct {
   pthread_mutex_t lock;
   kern_config cfg;
+  _Atomic size_t max_message;
+  _Atomic int max_depth;
   _Atomic int running;
   _Atomic int stopping;
   _Atomic int spawning;   /* spawns between kern_spawn_begin and _end */
@@ -77,6 +82,12 @@ static const char *find_stdlib_dir(void) {
   return where;
 }
 
+static void set_cfg_locked(const kern_config *c) {
+  K.cfg = *c;
+  atomic_store_explicit(&K.max_message, c->max_message, memory_order_relaxed);
+  atomic_store_explicit(&K.max_depth, c->max_depth, memory_order_relaxed);
+}
+
 int kern_start(const erlangen_config *c) {
   pthread_mutex_lock(&K.lock);
   if (atomic_load(&K.running)) { pthread_mutex_unlock(&K.lock); return -1; }
@@ -93,7 +104,7 @@ int kern_start(const erlangen_config *c) {
     cfg.open_libs = c->open_libs;
     cfg.open_libs_ud = c->open_libs_ud;
   }
-  K.cfg = cfg;
+  set_cfg_locked(&cfg);
   snprintf(K.stdlib, sizeof K.stdlib, "%s", find_stdlib_dir());
   int rc = (encode_reasons() == 0 && proc_init() == 0 && reg_init() == 0) ? 0 : -1;
   if (rc == 0) {
@@ -133,13 +144,14 @@ kern_config kern_config_get(void) {
 
 void kern_config_set(const kern_config *c) {
   pthread_mutex_lock(&K.lock);
-  K.cfg = *c;
+  set_cfg_locked(c);
   pthread_mutex_unlock(&K.lock);
 }
 
 codec_limits kern_limits(int allow_functions) {
-  kern_config c = kern_config_get();
-  codec_limits lim = { c.max_message, c.max_depth, allow_functions, node_codec(), 0 };
+  codec_limits lim = { atomic_load_explicit(&K.max_message, memory_order_relaxed),
+                       atomic_load_explicit(&K.max_depth, memory_order_relaxed),
+                       allow_functions, node_codec(), 0 };
   return lim;
 }
 

@@ -983,7 +983,9 @@ void codec_buf_free(codec_buf *b) {
 
 #define DEC_LEVEL_SLOTS   8          /* Lua stack slots one nesting level may use */
 #define DEC_HINT_CAP      (1 << 24)  /* lua_createtable hints never exceed this */
-#define DEC_INLINE_FRAMES 24
+#define DEC_INLINE_FRAMES 8          /* deeper nesting moves the frames to a userdata; kept small
+                                     ** because the first decode runs on a fresh process stack
+                                     ** (doc/performance.md, RSS per idle process) */
 #define DEC_MIN_CONTAINER 3          /* bytes in the smallest table (tag, narr, nhash) */
 
 /* One open container. The table or closure is at `slot`, and its items

@@ -16,7 +16,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <sodium.h>
+#include "crypto.h"
 #include "conn.h"
 #include "dist.h"
 #include "frame.h"

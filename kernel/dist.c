@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <lauxlib.h>
-#include <sodium.h>
+#include "crypto.h"
 #include "codec.h"
 #include "conn.h"
 #include "dist.h"

@@ -5,7 +5,7 @@
 */
 #include <stdlib.h>
 #include <string.h>
-#include <sodium.h>
+#include "crypto.h"
 #include "frame.h"
 
 /* A decoder buffer above this size is given back when a smaller frame comes. */

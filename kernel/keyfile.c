@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <sodium.h>
+#include "crypto.h"
 
 #include "keyfile.h"
 
@@ -78,7 +78,7 @@ int key_create(const char *path, char *err, size_t errlen) {
   size_t off = 0;
   int fd, e = 0;
   if (sodium_init() < 0) {
-    seterr(err, errlen, "cannot start libsodium");
+    seterr(err, errlen, "cannot start libsodium: %s", sodium_why());
     return -1;
   }
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.%ld.%08x.tmp", path, (long)getpid(),
@@ -214,7 +214,7 @@ int key_load(const char *path, unsigned char key[KEY_BYTES], char *err, size_t e
   const char *from = "";
   int is_default = 0, missing = 0, r;
   if (sodium_init() < 0) {
-    seterr(err, errlen, "cannot start libsodium");
+    seterr(err, errlen, "cannot start libsodium: %s", sodium_why());
     return -1;
   }
   sodium_memzero(key, KEY_BYTES);

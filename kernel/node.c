@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sodium.h>
+#include "crypto.h"
 #include "conn.h"
 #include "mailbox.h"
 #include "node.h"

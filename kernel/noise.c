@@ -5,7 +5,7 @@
 ** (spec/c/test_noise.c).
 */
 #include <string.h>
-#include <sodium.h>
+#include "crypto.h"
 #include "noise.h"
 
 #define NONCE_MAX UINT64_MAX   /* reserved: the counter never uses it */

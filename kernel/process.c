@@ -247,13 +247,23 @@ static void run_process(proc *p, state_slot *slot) {
   proc_release(p);  /* the thread's reference */
 }
 
-static void *worker_main(void *arg) {
-  worker *w = arg;
+/* Not inlined, so that its sigset_t is not part of worker_main's frame,
+** which stays on the stack under every process the thread runs. */
+__attribute__((noinline)) static void block_sigint(void) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);   /* Ctrl-C belongs to the REPL's thread */
   pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  block_sigint();
   state_set_current(NULL);   /* allocate this thread's TLS before any signal can come */
+  /* The first state too is opened here, at the shallowest point of the
+  ** thread: luaL_openlibs is the deepest thing a process start does, and
+  ** every stack page it touches stays resident while the process lives. */
+  state_prepare(&w->slot);
   for (;;) {
     proc *p = w->job;
     run_process(p, &w->slot);

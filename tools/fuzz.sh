@@ -33,9 +33,9 @@ build_target() {  # build_target NAME -> $out/NAME_fuzz
     codec) clang "${cflags[@]}" $(pkg-config --cflags lua5.4) "$f/codec_fuzz.c" "$k/codec.c" "$k/term.c" \
              $(pkg-config --libs lua5.4) -lm -o "$out/codec_fuzz" ;;
     frame) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/frame_fuzz.c" "$k/frame.c" "$k/noise.c" \
-             $(pkg-config --libs libsodium) -o "$out/frame_fuzz" ;;
+             "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
     handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$k/frame.c" \
-             "$k/noise.c" $(pkg-config --libs libsodium) -o "$out/handshake_fuzz" ;;
+             "$k/noise.c" "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
 }

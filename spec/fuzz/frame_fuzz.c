@@ -93,6 +93,7 @@ static int feed(frame_dec *d, const unsigned char *s, size_t n, size_t chunk, ou
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
+  if (noise_init()) abort();   /* loads libsodium (kernel/crypto.h) */
   int mode = data[0];
   size_t chunk = (size_t)(mode >> 3);
   const unsigned char *in = data + 1;

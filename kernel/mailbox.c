@@ -1,5 +1,5 @@
 /*
-** mailbox.c — bounded FIFO of encoded messages, with futex parking.
+** mailbox.c — bounded FIFO of encoded messages: lock-free puts, futex parking.
 */
 #include <errno.h>
 #include <limits.h>
@@ -61,20 +61,20 @@ static inline void cpu_relax(void) {
 }
 
 void mbox_init(mbox *mb, unsigned capacity) {
-  pthread_mutex_init(&mb->lock, NULL);
-  mb->head = mb->tail = NULL;
-  mb->batch = NULL;
+  atomic_init(&mb->inbox, NULL);
   atomic_init(&mb->count, 0);
   atomic_init(&mb->exits, 0);
-  atomic_init(&mb->space_waiters, 0);
-  mb->capacity = capacity;
-  mb->dropped = 0;
-  mb->closed = mb->waiting = 0;
-  atomic_init(&mb->wake, 0);
+  atomic_init(&mb->dropped, 0);
+  atomic_init(&mb->closed, 0);
+  atomic_init(&mb->waiting, 0);
   atomic_init(&mb->parked, 0);
+  atomic_init(&mb->space_waiters, 0);
+  atomic_init(&mb->wake, 0);
+  atomic_init(&mb->space, 0);
+  mb->capacity = capacity;
+  mb->head = mb->tail = NULL;
   mb->spin = MBOX_SPIN_START;
   mb->probe = 0;
-  atomic_init(&mb->space, 0);
 }
 
 static void free_list(mbox_msg *m) {
@@ -82,11 +82,9 @@ static void free_list(mbox_msg *m) {
 }
 
 void mbox_destroy(mbox *mb) {
-  free_list(mb->batch);
-  mb->batch = NULL;
   free_list(mb->head);
   mb->head = mb->tail = NULL;
-  pthread_mutex_destroy(&mb->lock);
+  free_list(atomic_exchange(&mb->inbox, NULL));
 }
 
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
@@ -107,88 +105,106 @@ void mbox_msg_free(mbox_msg *m) {
   free(m);
 }
 
-/* Appends under the lock; returns 1 if the owner must be woken with a
-** system call. The owner's `parked` store and our `wake` increment are both
-** seq_cst, so either it sees the new sequence or we see it parked. */
-static int append_locked(mbox *mb, mbox_msg *m) {
-  if (mb->tail) mb->tail->next = m; else mb->head = m;
-  mb->tail = m;
-  if (mb->waiting) {
+/* Pushes m onto the inbox and wakes the owner if it waits: the `wake`
+** increment when it spins, and the system call (done here, after the push)
+** only for the first put after it parked, which takes the `parked` flag. */
+static void push(mbox *mb, mbox_msg *m) {
+  mbox_msg *top = atomic_load_explicit(&mb->inbox, memory_order_relaxed);
+  do m->next = top;
+  while (!atomic_compare_exchange_weak(&mb->inbox, &top, m));
+  if (atomic_load(&mb->waiting)) {
     atomic_fetch_add(&mb->wake, 1);
-    /* Only the first put after the owner parked makes the system call:
-    ** it takes the flag, so later puts see the owner as already woken. */
-    return atomic_load(&mb->parked) && atomic_exchange(&mb->parked, 0);
+    if (atomic_load(&mb->parked) && atomic_exchange(&mb->parked, 0)) futex_wake(&mb->wake, 1);
   }
-  return 0;
+}
+
+/* Reserves one of `limit` slots counted by *c; 0 when all are taken. */
+static int reserve(_Atomic unsigned *c, unsigned limit) {
+  unsigned n = atomic_load(c);
+  do if (n >= limit) return 0;
+  while (!atomic_compare_exchange_weak(c, &n, n + 1));
+  return 1;
 }
 
 int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud) {
-  int rc, wake = 0;
-  pthread_mutex_lock(&mb->lock);
   for (;;) {
-    if (mb->closed) { rc = MBOX_CLOSED; break; }
-    if (atomic_load(&mb->count) < mb->capacity) {
-      atomic_fetch_add(&mb->count, 1);
+    if (atomic_load(&mb->closed)) break;
+    if (reserve(&mb->count, mb->capacity)) {
       m->counted = MBOX_COUNT_MSG;
-      wake = append_locked(mb, m);
-      m = NULL;
-      rc = MBOX_OK;
-      break;
+      push(mb, m);
+      return MBOX_OK;
     }
-    if (!(deadline > mbox_now())) { mb->dropped++; rc = MBOX_FULL; break; }
-    if (cancelled && cancelled(ud)) { rc = MBOX_CANCELLED; break; }
-    /* Wait for the owner to free a slot; wake up now and then to notice
-    ** our own cancellation. */
-    uint32_t seen = atomic_load_explicit(&mb->space, memory_order_acquire);
+    if (!(deadline > mbox_now())) {
+      atomic_fetch_add_explicit(&mb->dropped, 1, memory_order_relaxed);
+      mbox_msg_free(m);
+      return MBOX_FULL;
+    }
+    if (cancelled && cancelled(ud)) { mbox_msg_free(m); return MBOX_CANCELLED; }
+    /* Wait for the owner to free slots, waking now and then to notice our
+    ** own cancellation. We count ourselves and then look at `count`; the
+    ** owner decrements `count` and then looks at `space_waiters` (both
+    ** seq_cst), so one of us sees the other. */
+    uint32_t seen = atomic_load(&mb->space);
     atomic_fetch_add(&mb->space_waiters, 1);
-    pthread_mutex_unlock(&mb->lock);
-    /* The owner decrements count and then reads space_waiters; we did the
-    ** reverse (both seq_cst), so one of us sees the other. */
-    if (atomic_load(&mb->count) >= mb->capacity) {
+    if (atomic_load(&mb->count) >= mb->capacity && !atomic_load(&mb->closed)) {
       double slice = mbox_now() + 0.02;
       futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
     }
-    pthread_mutex_lock(&mb->lock);
     atomic_fetch_sub(&mb->space_waiters, 1);
   }
-  pthread_mutex_unlock(&mb->lock);
-  if (m) mbox_msg_free(m);
-  if (wake) futex_wake(&mb->wake, 1);
-  return rc;
+  mbox_msg_free(m);
+  return MBOX_CLOSED;
 }
 
 int mbox_put_signal(mbox *mb, mbox_msg *m, int bounded) {
-  int wake = 0, rc = MBOX_OK;
-  pthread_mutex_lock(&mb->lock);
-  if (mb->closed) rc = MBOX_CLOSED;
-  else if (bounded && atomic_load(&mb->exits) >= mb->capacity) { mb->dropped++; rc = MBOX_FULL; }
-  else {
-    if (bounded) {
-      atomic_fetch_add(&mb->exits, 1);
-      m->counted = MBOX_COUNT_EXIT;
-    }
-    wake = append_locked(mb, m);
-    m = NULL;
+  int rc = MBOX_OK;
+  if (atomic_load(&mb->closed)) rc = MBOX_CLOSED;
+  else if (bounded && !reserve(&mb->exits, mb->capacity)) {
+    atomic_fetch_add_explicit(&mb->dropped, 1, memory_order_relaxed);
+    rc = MBOX_FULL;
   }
-  pthread_mutex_unlock(&mb->lock);
-  if (m) mbox_msg_free(m);
-  if (wake) futex_wake(&mb->wake, 1);
-  return rc;
+  if (rc != MBOX_OK) { mbox_msg_free(m); return rc; }
+  if (bounded) m->counted = MBOX_COUNT_EXIT;
+  push(mb, m);
+  return MBOX_OK;
 }
 
-/* Arms parking (lock held): puts from now on bump `wake`. Returns the
-** sequence to park on. */
-static uint32_t arm_locked(mbox *mb) {
-  mb->waiting = 1;
-  return atomic_load_explicit(&mb->wake, memory_order_acquire);
+/* Owner: moves what senders pushed to the end of the private list, oldest
+** first. Returns 1 if it took anything. */
+static int drain(mbox *mb) {
+  mbox_msg *m = atomic_exchange(&mb->inbox, NULL), *first = NULL, *last = m;
+  if (!m) return 0;
+  while (m) {                         /* reverse: the inbox is newest first */
+    mbox_msg *next = m->next;
+    m->next = first;
+    first = m;
+    m = next;
+  }
+  if (mb->tail) mb->tail->next = first; else mb->head = first;
+  mb->tail = last;
+  return 1;
+}
+
+/* Owner, with nothing left to take: arms parking (puts from now on bump
+** `wake`) and takes a last look at the inbox. Returns 1 when that look
+** found entries (parking is disarmed again), else 0 with *seq set. */
+static int arm_or_drain(mbox *mb, uint32_t *seq) {
+  atomic_store(&mb->waiting, 1);
+  *seq = atomic_load(&mb->wake);
+  if (!drain(mb)) return 0;
+  atomic_store(&mb->waiting, 0);
+  return 1;
 }
 
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
-  pthread_mutex_lock(&mb->lock);
-  mbox_msg *m = after ? after->next : mb->head;
-  if (!m) *seq = arm_locked(mb);
-  pthread_mutex_unlock(&mb->lock);
-  return m;
+  for (;;) {
+    mbox_msg *m = after ? after->next : mb->head;
+    if (m || drain(mb)) {
+      m = after ? after->next : mb->head;
+      if (m) return m;
+    }
+    if (!arm_or_drain(mb, seq)) return NULL;
+  }
 }
 
 /* Owner: an entry has left the queue. Returns 1 if blocked senders must be
@@ -198,51 +214,29 @@ static int account_removed(mbox *mb, mbox_msg *m) {
   if (m->counted != MBOX_COUNT_MSG) return 0;
   unsigned left = atomic_fetch_sub(&mb->count, 1) - 1;
   if (atomic_load(&mb->space_waiters) && left <= mb->capacity - (mb->capacity + 3) / 4) {
-    atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
+    atomic_fetch_add(&mb->space, 1);
     return 1;
   }
   return 0;
 }
 
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
-  mbox_msg *m = mb->batch;
-  if (!m) {  /* take the whole shared list in one locked step */
-    pthread_mutex_lock(&mb->lock);
-    m = mb->head;
-    if (m) mb->head = mb->tail = NULL;
-    else *seq = arm_locked(mb);
-    pthread_mutex_unlock(&mb->lock);
-    if (!m) return NULL;
-  }
-  mb->batch = m->next;
+  if (!mb->head && !drain(mb) && !arm_or_drain(mb, seq)) return NULL;
+  mbox_msg *m = mb->head;
+  mb->head = m->next;
+  if (!mb->head) mb->tail = NULL;
   m->next = NULL;
   if (account_removed(mb, m)) futex_wake(&mb->space, INT_MAX);
   return m;
 }
 
-void mbox_unbatch(mbox *mb) {
-  if (!mb->batch) return;
-  mbox_msg *last = mb->batch;
-  while (last->next) last = last->next;
-  pthread_mutex_lock(&mb->lock);
-  last->next = mb->head;
-  mb->head = mb->batch;
-  if (!mb->tail) mb->tail = last;
-  pthread_mutex_unlock(&mb->lock);
-  mb->batch = NULL;
-}
-
 uint32_t mbox_arm(mbox *mb) {
-  pthread_mutex_lock(&mb->lock);
-  uint32_t seq = arm_locked(mb);
-  pthread_mutex_unlock(&mb->lock);
-  return seq;
+  atomic_store(&mb->waiting, 1);
+  return atomic_load(&mb->wake);
 }
 
 void mbox_disarm(mbox *mb) {
-  pthread_mutex_lock(&mb->lock);
-  mb->waiting = 0;
-  pthread_mutex_unlock(&mb->lock);
+  atomic_store(&mb->waiting, 0);
 }
 
 int mbox_park(mbox *mb, uint32_t seq, double deadline) {
@@ -266,33 +260,26 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     futex_wait(&mb->wake, seq, deadline);
   }
   atomic_store_explicit(&mb->parked, 0, memory_order_relaxed);
-  pthread_mutex_lock(&mb->lock);
-  mb->waiting = 0;
-  pthread_mutex_unlock(&mb->lock);
+  atomic_store(&mb->waiting, 0);
   return woke ? 0 : -1;
 }
 
 void mbox_take(mbox *mb, mbox_msg *prev, mbox_msg *m) {
-  pthread_mutex_lock(&mb->lock);
   if (prev) prev->next = m->next; else mb->head = m->next;
   if (mb->tail == m) mb->tail = prev;
   m->next = NULL;
-  pthread_mutex_unlock(&mb->lock);
   if (account_removed(mb, m)) futex_wake(&mb->space, INT_MAX);
 }
 
 void mbox_remove_down(mbox *mb, term_id ref) {
-  mbox_msg *prev = NULL, *found = NULL;
-  mbox_unbatch(mb);
-  pthread_mutex_lock(&mb->lock);
+  mbox_msg *prev = NULL;
+  drain(mb);
   for (mbox_msg *m = mb->head; m; prev = m, m = m->next)
-    if (m->kind == MBOX_DOWN && term_eq(m->ref, ref)) { found = m; break; }
-  if (found) {
-    if (prev) prev->next = found->next; else mb->head = found->next;
-    if (mb->tail == found) mb->tail = prev;
-  }
-  pthread_mutex_unlock(&mb->lock);
-  if (found) mbox_msg_free(found);
+    if (m->kind == MBOX_DOWN && term_eq(m->ref, ref)) {
+      mbox_take(mb, prev, m);
+      mbox_msg_free(m);
+      return;
+    }
 }
 
 void mbox_wake(mbox *mb) {
@@ -301,25 +288,21 @@ void mbox_wake(mbox *mb) {
 }
 
 void mbox_close(mbox *mb) {
-  mbox_unbatch(mb);
-  pthread_mutex_lock(&mb->lock);
-  mbox_msg *list = mb->head;
+  atomic_store(&mb->closed, 1);
+  drain(mb);
+  free_list(mb->head);
   mb->head = mb->tail = NULL;
   atomic_store(&mb->count, 0);
   atomic_store(&mb->exits, 0);
-  mb->closed = 1;
-  int senders = atomic_load(&mb->space_waiters);
-  if (senders) atomic_fetch_add_explicit(&mb->space, 1, memory_order_release);
-  pthread_mutex_unlock(&mb->lock);
-  if (senders) futex_wake(&mb->space, INT_MAX);
-  free_list(list);
+  if (atomic_load(&mb->space_waiters)) {   /* they see `closed` and give up */
+    atomic_fetch_add(&mb->space, 1);
+    futex_wake(&mb->space, INT_MAX);
+  }
 }
 
 void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting) {
-  pthread_mutex_lock(&mb->lock);
   *count = atomic_load(&mb->count);
   *capacity = mb->capacity;
-  *dropped = mb->dropped;
-  *waiting = mb->waiting;
-  pthread_mutex_unlock(&mb->lock);
+  *dropped = atomic_load_explicit(&mb->dropped, memory_order_relaxed);
+  *waiting = atomic_load(&mb->waiting);
 }

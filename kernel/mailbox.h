@@ -1,20 +1,29 @@
 /*
 ** mailbox.h — a process's bounded message queue and its parking word.
 **
-** Invariants (all under `lock` unless marked atomic):
-** - `count` is the number of messages queued, in the shared list or in the
-**   owner's batch; it never exceeds `capacity`. It is only incremented under
-**   the lock (so the check against the capacity holds) and decremented by
-**   the owner with an atomic, without the lock. EXIT and DOWN entries are never dropped and not counted
-**   (there is at most one per link or monitor, so they stay bounded).
-** - Entries leave the queue only through the owner (mbox_pop, mbox_take,
-**   mbox_remove_down, mbox_close), so the owner may hold a pointer to a
-**   queued entry across unlocked stretches; producers only append at `tail`.
-** - mbox_pop moves the whole shared list into the owner's private `batch`
-**   in one locked step and then pops from it without the lock; the batch is
-**   older than the shared list. Operations that walk the queue first put
-**   the batch back in front (mbox_unbatch), so order is never lost.
-** - Entries from one producer keep their order (FIFO under the lock).
+** Senders never take a lock. A put pushes its entry onto `inbox`, a
+** lock-free stack (compare-and-swap on its head, newest first); the owner
+** takes the whole stack with one atomic exchange, reverses it, and appends
+** it to its private list `head`..`tail`, which is the front of the queue.
+** Invariants:
+** - Only the owner's thread touches `head`, `tail`, `spin` and `probe`
+**   (mbox_pop/next/take/remove_down/park/close); the owner may therefore hold
+**   a pointer to a queued entry across any stretch. Every other field is an
+**   atomic or immutable (`capacity`).
+** - Order: entries from one sender keep their order. A sender's pushes are
+**   ordered by its compare-and-swaps; each exchange takes a prefix of that
+**   order, newest first, and is reversed before it is appended.
+** - `count` is the number of regular messages queued (in `inbox` or the
+**   private list); it never exceeds `capacity`: a sender reserves its slot
+**   with a compare-and-swap before it pushes. The owner decrements it when
+**   an entry leaves. EXIT and DOWN entries are not counted (one per link or
+**   monitor); EXITs of exit/2 have their own bound, `exits`.
+** - Parking: the owner sets `waiting`, reads `wake`, then looks at `inbox`
+**   once more before it sleeps; a sender pushes, then reads `waiting` and
+**   bumps `wake` if it is set. All four are seq_cst, so either the owner
+**   sees the entry or the sender sees the owner waiting.
+** - After mbox_close (`closed`), puts are refused; an entry pushed by a
+**   sender that passed the check just before is freed by mbox_destroy.
 ** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
 ** takes ownership of the entry, whether it is queued or refused (then it is
 ** freed at once).
@@ -34,7 +43,7 @@ typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
 typedef struct mbox_msg {
   struct mbox_msg *next;
   mbox_kind kind;
-  int counted;           /* lock: MBOX_COUNT_* — which bound the entry counts against */
+  int counted;           /* MBOX_COUNT_*: which bound the entry counts against (set before the push) */
   term_id from;          /* EXIT/DOWN: the pid that exited */
   term_id ref;           /* DOWN: the monitor's ref; MSG: the alias it came through ({0}: none) */
   int wire;              /* the bytes came from another node: decode them in the wire form */
@@ -43,21 +52,23 @@ typedef struct mbox_msg {
 } mbox_msg;
 
 typedef struct mbox {
-  pthread_mutex_t lock;
-  mbox_msg *head, *tail;   /* lock */
-  _Atomic unsigned count;  /* messages queued (MBOX_COUNT_MSG): see above */
-  _Atomic unsigned exits;  /* EXITs of exit/2 queued (MBOX_COUNT_EXIT): as count */
-  mbox_msg *batch;         /* owner only: entries taken from the shared list, oldest first */
-  unsigned capacity;       /* lock */
-  uint64_t dropped;        /* lock: messages refused because the box was full */
-  int closed;              /* lock: the owner exited; puts are refused */
-  int waiting;             /* lock: the owner is spinning or parked on `wake` */
-  _Atomic int parked;      /* the owner sleeps in the kernel: a put must FUTEX_WAKE */
-  _Atomic int space_waiters; /* senders parked on `space` (changed under the lock) */
-  _Atomic uint32_t wake;   /* futex word: bumped when the parked owner must look again */
-  _Atomic uint32_t space;  /* futex word: bumped when a slot frees and senders wait */
-  unsigned spin;           /* owner only: current spin before parking (adaptive) */
-  unsigned probe;          /* owner only: parks since the spin reached 0 */
+  /* Shared with senders: atomics, and one immutable field. */
+  _Atomic(mbox_msg *) inbox;  /* pushed entries, newest first (see above) */
+  _Atomic unsigned count;     /* messages queued (MBOX_COUNT_MSG) */
+  _Atomic unsigned exits;     /* EXITs of exit/2 queued (MBOX_COUNT_EXIT) */
+  _Atomic uint64_t dropped;   /* messages refused because the box was full */
+  _Atomic int closed;         /* the owner exited; puts are refused */
+  _Atomic int waiting;        /* the owner is spinning or parked on `wake` */
+  _Atomic int parked;         /* the owner sleeps in the kernel: a put must FUTEX_WAKE */
+  _Atomic int space_waiters;  /* senders parked on `space` */
+  _Atomic uint32_t wake;      /* futex word: bumped when the waiting owner must look again */
+  _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
+  unsigned capacity;          /* immutable */
+  char pad[64];               /* keeps the owner's fields off the senders' cache line */
+  /* The owner's thread only. */
+  mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
+  unsigned spin;              /* current spin before parking (adaptive) */
+  unsigned probe;             /* parks since the spin reached 0 */
 } mbox;
 
 enum { MBOX_COUNT_NONE = 0, MBOX_COUNT_MSG = 1, MBOX_COUNT_EXIT = 2 };
@@ -85,17 +96,12 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
 ** EXITs are dropped and counted. Returns MBOX_OK, MBOX_FULL or MBOX_CLOSED. */
 int mbox_put_signal(mbox *mb, mbox_msg *m, int bounded);
 
-/* Owner only. Puts the batch back in front of the shared list; call it
-** before walking the queue with mbox_next. */
-void mbox_unbatch(mbox *mb);
-
-/* Owner only. Returns the entry after `after` (the head when NULL; the
-** batch must be empty). When there is none it arms parking and stores the
-** wake sequence in *seq. */
+/* Owner only. Returns the entry after `after` (the head when NULL). When
+** there is none it arms parking and stores the wake sequence in *seq. */
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 
-/* Owner only. Unlinks and returns the head in one locked step, or arms
-** parking (as mbox_next) and returns NULL. */
+/* Owner only. Unlinks and returns the head, or arms parking (as mbox_next)
+** and returns NULL. */
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 
 /* Owner only. Arms parking without looking at the queue (sleep): the owner
@@ -118,7 +124,8 @@ void mbox_remove_down(mbox *mb, term_id ref);
 /* Wakes the owner if parked. Async-signal-safe (atomic add + futex). */
 void mbox_wake(mbox *mb);
 
-/* Refuses further puts and frees what is queued. */
+/* Owner only (or for a process that never ran). Refuses further puts and
+** frees what is queued. */
 void mbox_close(mbox *mb);
 
 /* Snapshot for introspection. */

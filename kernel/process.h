@@ -6,7 +6,7 @@
 ** and closed when it exits (a state is never reused; parked threads are).
 ** A `proc` is reference counted: the table holds one reference while the
 ** process is alive, and anyone who looks a process up holds one until
-** proc_release. Lock order: registry lock -> proc.lock -> proc.mb.lock; never
+** proc_release. Lock order: registry lock -> proc.lock (the mailbox takes no lock); never
 ** two proc locks at once.
 */
 #ifndef erlangen_process_h

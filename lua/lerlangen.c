@@ -429,7 +429,6 @@ static int l_receive(lua_State *L) {
     luaL_typeerror(L, 1, "match function or timeout");
   double deadline = opt_deadline(L, match ? 2 : 1);
   if (self->in_receive) return luaL_error(L, "receive: called inside a match function (or while its message is decoded)");
-  if (match) mbox_unbatch(&self->mb);  /* the walk below sees the whole queue, in order */
   mbox_msg *prev = NULL;
   for (;;) {
     uint32_t seq;

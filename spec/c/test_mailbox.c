@@ -1,0 +1,200 @@
+/*
+** test_mailbox.c — the mailbox's lock-free puts against one owner, with
+** threads: per-sender order, the bound, blocking senders, signals, parking
+** and close. Built in every build, so the ThreadSanitizer run
+** (tools/test.sh --tsan) checks these interleavings too.
+*/
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ctest.h"
+#include "mailbox.h"
+
+#define SENDERS 4
+#define PER_SENDER 20000
+#define CAPACITY 64
+
+typedef struct sender { mbox *mb; int id, n, refused; } sender;
+
+static mbox_msg *msg_of(int id, int seq) {
+  unsigned char b[8];
+  memcpy(b, &id, 4);
+  memcpy(b + 4, &seq, 4);
+  return mbox_msg_new(MBOX_MSG, b, sizeof b);
+}
+
+static void parse(const mbox_msg *m, int *id, int *seq) {
+  memcpy(id, m->data, 4);
+  memcpy(seq, m->data + 4, 4);
+}
+
+/* Sends n messages, each waiting up to 30 s for space. */
+static void *send_all(void *ud) {
+  sender *s = ud;
+  for (int i = 0; i < s->n; i++)
+    if (mbox_put(s->mb, msg_of(s->id, i), mbox_now() + 30, NULL, NULL) != MBOX_OK) s->refused++;
+  return NULL;
+}
+
+/* The owner: pops (parking when empty) until `want` messages came. Checks
+** that each sender's sequence arrives in order and that the count never
+** exceeds the capacity. */
+static void receive_all(mbox *mb, int want, int *out_of_order, int *over_capacity, int *timeouts) {
+  int next[SENDERS] = {0};
+  for (int got = 0; got < want;) {
+    uint32_t seq;
+    unsigned count, cap;
+    uint64_t dropped;
+    int waiting;
+    mbox_stats(mb, &count, &cap, &dropped, &waiting);
+    if (count > cap) (*over_capacity)++;
+    mbox_msg *m = mbox_pop(mb, &seq);
+    if (!m) {
+      if (mbox_park(mb, seq, mbox_now() + 10) != 0) { (*timeouts)++; break; }
+      continue;
+    }
+    int id, n;
+    parse(m, &id, &n);
+    if (id < 0 || id >= SENDERS || n != next[id]) (*out_of_order)++;
+    else next[id]++;
+    mbox_msg_free(m);
+    got++;
+  }
+}
+
+static void test_senders_keep_order(void) {
+  mbox mb;
+  mbox_init(&mb, CAPACITY);
+  pthread_t t[SENDERS];
+  sender s[SENDERS];
+  for (int i = 0; i < SENDERS; i++) {
+    s[i] = (sender){ &mb, i, PER_SENDER, 0 };
+    pthread_create(&t[i], NULL, send_all, &s[i]);
+  }
+  int bad = 0, over = 0, timeouts = 0, refused = 0;
+  receive_all(&mb, SENDERS * PER_SENDER, &bad, &over, &timeouts);
+  for (int i = 0; i < SENDERS; i++) {
+    pthread_join(t[i], NULL);
+    refused += s[i].refused;
+  }
+  CHECK(refused == 0, "blocking senders into a small box: none refused", "%d refused", refused);
+  CHECK(timeouts == 0, "the owner is woken for every message", "%d waits timed out", timeouts);
+  CHECK(bad == 0, "each of 4 senders' 20,000 messages arrive in the order sent", "%d out of order", bad);
+  CHECK(over == 0, "the count never exceeds the capacity", "%d times over", over);
+  unsigned count, cap;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&mb, &count, &cap, &dropped, &waiting);
+  CHECK(count == 0 && dropped == 0, "an emptied box counts 0 queued, 0 dropped",
+        "count %u dropped %llu", count, (unsigned long long)dropped);
+  mbox_destroy(&mb);
+}
+
+static void test_full_box_refuses_and_counts(void) {
+  mbox mb;
+  mbox_init(&mb, 3);
+  int ok = 0;
+  for (int i = 0; i < 5; i++) ok += mbox_put(&mb, msg_of(0, i), -INFINITY, NULL, NULL) == MBOX_OK;
+  unsigned count, cap;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&mb, &count, &cap, &dropped, &waiting);
+  CHECK(ok == 3 && count == 3 && dropped == 2, "a full box refuses without waiting and counts the drops",
+        "ok %d count %u dropped %llu", ok, count, (unsigned long long)dropped);
+  /* Signals do not count against the capacity; exit/2's EXITs have a bound of their own. */
+  int sig = mbox_put_signal(&mb, mbox_msg_new(MBOX_DOWN, (const unsigned char *)"r", 1), 0);
+  int bounded = 0;
+  for (int i = 0; i < 4; i++)
+    bounded += mbox_put_signal(&mb, mbox_msg_new(MBOX_EXIT, (const unsigned char *)"r", 1), 1) == MBOX_OK;
+  CHECK(sig == MBOX_OK && bounded == 3, "a DOWN enters a full box; exit/2 EXITs stop at the capacity",
+        "down %d, exits queued %d", sig, bounded);
+  uint32_t seq;
+  int order_ok = 1, kinds[8], n = 0;
+  mbox_msg *m;
+  while ((m = mbox_pop(&mb, &seq)) != NULL) {
+    if (n < 8) kinds[n] = m->kind;
+    if (m->kind == MBOX_MSG) { int id, s; parse(m, &id, &s); if (s != n) order_ok = 0; }
+    n++;
+    mbox_msg_free(m);
+  }
+  mbox_disarm(&mb);
+  CHECK(n == 7 && order_ok && kinds[3] == MBOX_DOWN && kinds[4] == MBOX_EXIT,
+        "entries come out in the order they were put", "%d entries", n);
+  mbox_stats(&mb, &count, &cap, &dropped, &waiting);
+  CHECK(count == 0, "popping gives every slot back", "count %u", count);
+  mbox_destroy(&mb);
+}
+
+typedef struct closer { mbox *mb; int closed_seen, ok; } closer;
+
+static void *send_until_closed(void *ud) {
+  closer *c = ud;
+  for (int i = 0; i < 1000000; i++) {
+    int rc = mbox_put(c->mb, msg_of(0, i), mbox_now() + 5, NULL, NULL);
+    if (rc == MBOX_CLOSED) { c->closed_seen = 1; break; }
+    if (rc == MBOX_OK) c->ok++;
+  }
+  return NULL;
+}
+
+/* A sender blocked on a full box, or racing with the close, ends with
+** MBOX_CLOSED; what it pushed just after the close is freed by
+** mbox_destroy. */
+static void test_close_releases_senders(void) {
+  mbox mb;
+  mbox_init(&mb, 8);
+  closer c[2] = { { &mb, 0, 0 }, { &mb, 0, 0 } };
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, send_until_closed, &c[i]);
+  uint32_t seq;
+  for (int taken = 0; taken < 200;) {   /* take some, so both have run */
+    mbox_msg *m = mbox_pop(&mb, &seq);
+    if (m) { mbox_msg_free(m); taken++; }
+    else mbox_park(&mb, seq, mbox_now() + 5);
+  }
+  mbox_close(&mb);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  CHECK(c[0].closed_seen && c[1].closed_seen, "senders, blocked or not, see the close",
+        "closed seen: %d %d", c[0].closed_seen, c[1].closed_seen);
+  int rc = mbox_put(&mb, msg_of(0, 0), INFINITY, NULL, NULL);
+  CHECK(rc == MBOX_CLOSED, "a put after the close is refused at once", "rc %d", rc);
+  mbox_destroy(&mb);
+}
+
+/* mbox_next walks without taking; mbox_take unlinks from the middle. */
+static void test_walk_and_take(void) {
+  mbox mb;
+  mbox_init(&mb, 16);
+  for (int i = 0; i < 5; i++) mbox_put(&mb, msg_of(0, i), -INFINITY, NULL, NULL);
+  uint32_t seq;
+  mbox_msg *prev = NULL, *m;
+  while ((m = mbox_next(&mb, prev, &seq)) != NULL) {
+    int id, s;
+    parse(m, &id, &s);
+    if (s % 2 == 1) { mbox_take(&mb, prev, m); mbox_msg_free(m); }
+    else prev = m;
+  }
+  mbox_disarm(&mb);
+  mbox_put(&mb, msg_of(0, 5), -INFINITY, NULL, NULL);   /* lands after the walk's end */
+  int want[] = { 0, 2, 4, 5 }, n = 0, ok = 1;
+  while ((m = mbox_pop(&mb, &seq)) != NULL) {
+    int id, s;
+    parse(m, &id, &s);
+    if (n >= 4 || s != want[n]) ok = 0;
+    n++;
+    mbox_msg_free(m);
+  }
+  mbox_disarm(&mb);
+  CHECK(ok && n == 4, "taking from the middle keeps the rest in order", "%d left", n);
+  mbox_destroy(&mb);
+}
+
+int main(void) {
+  test_full_box_refuses_and_counts();
+  test_walk_and_take();
+  test_senders_keep_order();
+  test_close_releases_senders();
+  return ctest_end();
+}

@@ -39,14 +39,31 @@ typedef struct proc_vec {      /* a small growable array of T */
   size_t n, cap;
 } proc_vec;
 
+/* The fields are grouped by who writes them, so that the owner's hot reads
+** (cur() on every API call) do not share a cache line with what every
+** sender writes (`refs` on each lookup, the mailbox's shared atomics). */
 typedef struct proc {
+  /* Read by the owner on every call; written rarely. */
   term_id pid;                     /* immutable */
-  _Atomic int refs;                /* atomic: table + thread + lookups in progress */
-  struct proc *hnext;              /* the table shard's lock */
   int attached;                    /* immutable: a host thread, not a kernel thread */
-
-  mbox mb;                         /* its own lock and atomics (mailbox.h) */
-
+  _Atomic int doomed;              /* atomic, set after doom_reason: the process must die */
+  _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
+  /* The owner's thread only. */
+  lua_State *L;
+  codec_buf scratch;               /* reused encode buffer for send */
+  int in_receive;                  /* receive's protected step is running */
+  /* Memory of the state, published by its allocator (state_slot) with a
+  ** relaxed store for readers; `mem_limit` is immutable. */
+  _Atomic size_t mem_pub;
+  size_t mem_limit;                /* 0: unlimited */
+  /* Spawn payload: written before the process is handed to a thread (the
+  ** pool lock orders it), then consumed by that thread. */
+  proc_entry entry;
+  unsigned char *payload;
+  size_t payload_len;
+  char *chunkname;
+  term_id parent;                  /* immutable: the spawner ({0} for host threads) */
+  /* Under `lock` (links, monitors and exits come from other threads). */
   pthread_mutex_t lock;
   proc_status status;              /* lock (the owner may read it without) */
   int trap_exit;                   /* lock */
@@ -57,32 +74,14 @@ typedef struct proc {
   size_t doom_len;                 /* lock */
   pthread_t thread;                /* lock: the thread running the process */
   _Atomic int has_thread;          /* written under lock: `thread` may be signalled */
-
-  _Atomic int doomed;              /* atomic, set after doom_reason: the process must die */
-  _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
-
+  char *label;                     /* lock: set_label's string, or NULL */
   char *name;                      /* the registry's lock */
   proc_vec aliases;                /* the registry's lock: term_id of each active alias */
-
-  term_id parent;                  /* immutable: the spawner ({0} for host threads) */
-  char *label;                     /* lock: set_label's string, or NULL */
-
-  /* The owner's thread only. */
-  lua_State *L;
-  codec_buf scratch;               /* reused encode buffer for send */
-  int in_receive;                  /* receive's protected step is running */
-
-  /* Memory of the state, published by its allocator (state_slot) with a
-  ** relaxed store for readers; `mem_limit` is immutable. */
-  _Atomic size_t mem_pub;
-  size_t mem_limit;                /* 0: unlimited */
-
-  /* Spawn payload: written before the process is handed to a thread (the
-  ** pool lock orders it), then consumed by that thread. */
-  proc_entry entry;
-  unsigned char *payload;
-  size_t payload_len;
-  char *chunkname;
+  /* Written by senders: kept off the lines above. */
+  char pad[64];
+  _Atomic int refs;                /* atomic: table + thread + lookups in progress */
+  struct proc *hnext;              /* the table shard's lock */
+  mbox mb;                         /* its own atomics and owner-only part (mailbox.h) */
 } proc;
 
 typedef struct proc_opts {

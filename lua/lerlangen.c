@@ -78,7 +78,9 @@ static proc *cur(lua_State *L) {
     state_set_current(L);   /* the Lua thread running now, maybe a coroutine */
   }
   if (atomic_load_explicit(&p->doomed, memory_order_acquire)) raise_doom(L, p);
-  if (atomic_exchange(&p->interrupt, 0)) luaL_error(L, "interrupted");
+  /* A load first: the exchange writes, and this runs on every call. */
+  if (atomic_load_explicit(&p->interrupt, memory_order_relaxed) && atomic_exchange(&p->interrupt, 0))
+    luaL_error(L, "interrupted");
   return p;
 }
 

@@ -39,8 +39,10 @@ enum {
   R_SPAWN_REPLY      /* req, to, to_creation, ok, pid | error text */
 };
 
-#define SPAWN_LINK    1
-#define SPAWN_MONITOR 2
+#define SPAWN_LINK    DIST_SPAWN_LINK
+#define SPAWN_MONITOR DIST_SPAWN_MONITOR
+#define SPAWN_TRAP    DIST_SPAWN_TRAP_EXIT
+#define ABANDONED_MAX 1024  /* abandoned spawns kept for their late replies */
 #define HDR_MAX       80    /* the largest record header: a type and up to 7 varints */
 #define CONNECT_MAX   5.0   /* seconds a remote operation may spend connecting */
 #define CONNECT_MIN   2.0   /* ... and at least this, whatever the tick */
@@ -56,6 +58,7 @@ typedef struct pending {
   int flags;
   term_id ref;
   int done, ok;            /* D.lock */
+  int abandoned;           /* D.lock: the caller gave up; kept for the late reply */
   term_id pid;             /* D.lock */
   char err[160];           /* D.lock */
 } pending;
@@ -68,7 +71,8 @@ static struct {
   int pmap_fd;
   pthread_mutex_t lock;
   pthread_cond_t answered;
-  pending *spawns;
+  pending *spawns;         /* newest first */
+  unsigned nabandoned;     /* entries of `spawns` with `abandoned` set */
   uint64_t next_req;
 } D = { .pmap_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .answered = PTHREAD_COND_INITIALIZER,
         .next_req = 1 };
@@ -290,13 +294,40 @@ static void pending_remove_locked(pending *p) {
     if (*q == p) { *q = p->next; return; }
 }
 
-int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int link,
-               int monitor, term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
+/* Frees an abandoned entry (D.lock held). */
+static void abandoned_free_locked(pending *p) {
+  pending_remove_locked(p);
+  D.nabandoned--;
+  free(p);
+}
+
+/* Keeps p for its late reply (D.lock held); past ABANDONED_MAX the oldest
+** abandoned entry is forgotten (its reply, if it ever comes, is ignored). */
+static void abandon_locked(pending *p) {
+  p->abandoned = 1;
+  if (++D.nabandoned <= ABANDONED_MAX) return;
+  pending *oldest = NULL;
+  for (pending *q = D.spawns; q; q = q->next)
+    if (q->abandoned) oldest = q;
+  abandoned_free_locked(oldest);
+}
+
+/* Undoes an abandoned spawn whose reply said the child started: the caller
+** never learnt its pid, so the link and monitor it asked for must go. */
+static void abandon_child(term_id caller, term_id child, int flags, term_id ref) {
+  size_t len;
+  const unsigned char *why = kern_reason(KR_ABANDONED, &len);
+  if (flags & SPAWN_LINK) sig_exit(child, caller, why, len, SIG_VIA_LINK);
+  if (flags & SPAWN_MONITOR) dist_demonitor(caller, child, ref);
+}
+
+int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int flags,
+               term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
   pending *p = calloc(1, sizeof *p);
   if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
   p->node = idx;
   p->caller = self->pid;
-  p->flags = (link ? SPAWN_LINK : 0) | (monitor ? SPAWN_MONITOR : 0);
+  p->flags = flags & (SPAWN_LINK | SPAWN_MONITOR | SPAWN_TRAP);
   p->ref = term_new_ref();
   pthread_mutex_lock(&D.lock);
   p->req = D.next_req++;
@@ -321,13 +352,16 @@ int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t le
       pthread_cond_timedwait(&D.answered, &D.lock, &ts);
     }
   }
-  pending_remove_locked(p);
   int ok = p->done && p->ok;
   if (ok) { *pid = p->pid; *ref = p->ref; }
   else if (p->done) snprintf(err, errlen, "%s", p->err);
   else if (rc == DIST_NOCONN) snprintf(err, errlen, "noconnection");
   else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(idx));
   else snprintf(err, errlen, "timeout");
+  if (!p->done && rc == DIST_OK) {   /* the request left: its reply may still come */
+    abandon_locked(p);
+    p = NULL;
+  } else pending_remove_locked(p);
   pthread_mutex_unlock(&D.lock);
   free(p);
   return ok ? 0 : -1;
@@ -367,6 +401,7 @@ static void handle_spawn(conn *c, rd *r) {
   proc_opts o = {0};
   o.link = (flags & SPAWN_LINK) != 0;
   o.monitor = (flags & SPAWN_MONITOR) != 0;
+  o.trap_exit = (flags & SPAWN_TRAP) != 0;
   o.rparent = s.from;
   o.rref = ref;
   o.ready = spawn_ready;
@@ -387,24 +422,37 @@ static void handle_spawn_reply(conn *c, rd *r) {
   ** is needed, set up the caller's side of the link and monitor (here, in
   ** arrival order, before any signal of the child that follows on this
   ** link), and only then mark the entry done, if it is still there. */
-  int flags = 0;
+  int flags = 0, abandoned = 0;
   term_id ref = {0, 0, 0};
   pthread_mutex_lock(&D.lock);
   pending *p = find_pending_locked(req, to);
-  if (p) { flags = p->flags; ref = p->ref; }
+  if (p) {
+    flags = p->flags;
+    ref = p->ref;
+    if (p->abandoned) { abandoned = 1; abandoned_free_locked(p); }
+  }
   pthread_mutex_unlock(&D.lock);
-  if (!p) return;   /* the caller gave up (timeout) */
+  if (abandoned) {   /* the caller gave up (timeout) before this reply */
+    if (ok) abandon_child(to, child, flags, ref);
+    return;
+  }
+  if (!p) return;    /* an abandoned entry forgotten past ABANDONED_MAX */
+  int caller_side = 0;
   if (ok) {
     proc *caller = proc_get(to);
     if (caller) {
       if (flags & SPAWN_LINK) sig_link_remote(caller, child);
       if (flags & SPAWN_MONITOR) sig_monitor_remote(caller, child, ref);
+      caller_side = 1;
       proc_release(caller);
     }
   }
   pthread_mutex_lock(&D.lock);
   p = find_pending_locked(req, to);
-  if (p) {
+  if (p && p->abandoned) {   /* it gave up while we set up its side */
+    abandoned = 1;
+    abandoned_free_locked(p);
+  } else if (p) {
     p->done = 1;
     p->ok = ok;
     if (ok) p->pid = child;
@@ -412,6 +460,14 @@ static void handle_spawn_reply(conn *c, rd *r) {
   }
   pthread_mutex_unlock(&D.lock);
   pthread_cond_broadcast(&D.answered);
+  if (abandoned && ok) {
+    proc *caller = caller_side ? proc_get(to) : NULL;
+    if (caller) {
+      sig_forget(caller, child, (flags & SPAWN_MONITOR) ? &ref : NULL);
+      proc_release(caller);
+    }
+    abandon_child(to, child, flags, ref);
+  }
 }
 
 /* ---- arrivals ---- */
@@ -539,14 +595,18 @@ static void down_one(proc *p, void *ud) {
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
   down_walk w = { idx, creation };
   proc_foreach(down_one, &w);
-  /* Pending spawns on that node fail. */
+  /* Pending spawns on that node fail; abandoned ones will get no reply. */
   pthread_mutex_lock(&D.lock);
-  for (pending *p = D.spawns; p; p = p->next)
-    if (p->node == idx && !p->done) {
+  for (pending *p = D.spawns, *next; p; p = next) {
+    next = p->next;
+    if (p->node != idx) continue;
+    if (p->abandoned) abandoned_free_locked(p);
+    else if (!p->done) {
       p->done = 1;
       p->ok = 0;
       snprintf(p->err, sizeof p->err, "noconnection");
     }
+  }
   pthread_cond_broadcast(&D.answered);
   pthread_mutex_unlock(&D.lock);
   term_id *subs;

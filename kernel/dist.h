@@ -67,11 +67,15 @@ void dist_demonitor(term_id from, term_id to, term_id ref);
 void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *reason, size_t len);
 
 /* Spawns `payload` (a wire message: "module.function" and its arguments)
-** on node idx for `self`, with link/monitor (monitor ref in *ref), waiting
-** until `deadline`. Returns 0 with *pid, or -1 with a message in err. */
+** on node idx for `self`, with the DIST_SPAWN_* flags (monitor ref in
+** *ref), waiting until `deadline`. Returns 0 with *pid, or -1 with a
+** message in err. When the caller gives up before the reply, a reply that
+** comes later undoes what it asked for, as OTP's spawn_request_abandon
+** does: a link becomes exit signal "abandoned" to the new process (through
+** the link), a monitor is taken down. */
+enum { DIST_SPAWN_LINK = 1, DIST_SPAWN_MONITOR = 2, DIST_SPAWN_TRAP_EXIT = 4 };
 int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, size_t len,
-               int link, int monitor, term_id *ref, double deadline, term_id *pid,
-               char *err, size_t errlen);
+               int flags, term_id *ref, double deadline, term_id *pid, char *err, size_t errlen);
 
 /* monitor_node: subscribes (on) or unsubscribes self to idx's nodedown. A
 ** node that cannot be reached gives {"nodedown", name} at once. */

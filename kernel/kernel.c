@@ -20,7 +20,7 @@
 
 static const char *const kern_reason_text[KR_COUNT] = {
   "normal", "kill", "killed", "shutdown", "noproc", "memory", "interrupted",
-  "bad exit reason", "noconnection"
+  "bad exit reason", "noconnection", "abandoned"
 };
 
 /* The module's one global. `cfg` is guarded by `lock`; `running` is atomic;

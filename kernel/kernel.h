@@ -26,7 +26,8 @@ typedef struct kern_config {
 /* Well-known reasons, encoded once so the kernel can send them without a
 ** Lua state and compare them by bytes. */
 enum kern_reason { KR_NORMAL, KR_KILL, KR_KILLED, KR_SHUTDOWN, KR_NOPROC,
-                   KR_MEMORY, KR_INTERRUPTED, KR_BADREASON, KR_NOCONNECTION, KR_COUNT };
+                   KR_MEMORY, KR_INTERRUPTED, KR_BADREASON, KR_NOCONNECTION, KR_ABANDONED,
+                   KR_COUNT };
 
 int kern_start(const erlangen_config *cfg);   /* 0, or -1 if already running */
 int kern_ensure(void);                        /* starts with defaults if needed; 0 or -1 */

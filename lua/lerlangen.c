@@ -181,7 +181,9 @@ static int spawn_remote(lua_State *L, uint32_t idx, const proc_opts *o, double t
   codec_buf b = encode_wire(L, 2, lua_gettop(L) - 1, CODEC_ROOT_SPAWN, "spawn_opt");
   term_id pid, ref;
   char err[200];
-  int rc = dist_spawn(self, idx, b.data, b.len, o->link, o->monitor, &ref, mbox_now() + timeout,
+  int flags = (o->link ? DIST_SPAWN_LINK : 0) | (o->monitor ? DIST_SPAWN_MONITOR : 0) |
+              (o->trap_exit ? DIST_SPAWN_TRAP_EXIT : 0);
+  int rc = dist_spawn(self, idx, b.data, b.len, flags, &ref, mbox_now() + timeout,
                       &pid, err, sizeof err);
   codec_buf_free(&b);
   cur(L);
@@ -224,8 +226,9 @@ static int l_spawn_opt(lua_State *L) {
     } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
     lua_pop(L, 1);
   }
-  if (remote && (o.name || o.mailbox || o.max_memory || o.trap_exit))
-    return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor' and 'timeout' are supported");
+  if (remote && (o.name || o.mailbox || o.max_memory))
+    return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor', 'trap_exit' and 'timeout' "
+                         "are supported");
   if (remote) return spawn_remote(L, idx, &o, timeout);
   return do_spawn(L, 2, &o);
 }

@@ -401,6 +401,32 @@ describe("distribution", function()
       assert.are.equal("normal", H.await_down(ref))
     end)
 
+    it("starts the new process trapping exits with trap_exit = true", function()
+      local b = start_child()
+      local p = puppet(b, {trap_exit = true})
+      assert.is_true(must(p, "trap_exit", false))   -- the flag it had
+      finish(p, "return")
+    end)
+
+    it("sends \"abandoned\" through the link when the caller gave up before the reply", function()
+      local b = start_child()
+      -- A timeout that has passed when the request has left: the reply always comes late.
+      local err = H.error_of(function() puppet(b, {link = true, trap_exit = true, timeout = 1e-9}) end)
+      assert.matches("spawn_opt: on " .. b.name .. ": timeout", err, 1, true)
+      -- The new process runs, and its link to this caller is taken down with exit
+      -- signal "abandoned": trapping, it gets the EXIT and reports it.
+      local m = H.recv(function(m)
+        return type(m) == "table" and m[1] == "got" and type(m[3]) == "table" and m[3][1] == "EXIT"
+      end, "the abandoned puppet's EXIT")
+      assert.are.same({"EXIT", self(), "abandoned"}, m[3])
+      -- This side has no link to it: its normal exit sends us nothing.
+      local p = m[2]
+      local ref = erlangen.monitor(p)
+      finish(p, "die", "bye")
+      assert.are.equal("bye", H.await_down(ref))
+      H.refute_message(H.is_exit(p), "an EXIT from the abandoned process", 0.2)
+    end)
+
     it("ends the remote process with an error for an unknown module", function()
       local b = start_child()
       local _, ref = erlangen.spawn_opt({node = b.name, monitor = true}, "no_such_module_x.f")

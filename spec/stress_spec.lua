@@ -111,14 +111,12 @@ describe("under stress", function()
         end
       end
     end
-    local t0 = erlangen.now()
     for _ = 1, WARMUP // WAVE do wave() end
     settle()
     local threads0, rss0 = H.threads(), H.rss_kb()
     for _ = 1, (CYCLES - WARMUP) // WAVE do wave() end
     settle()
     local threads1, rss1 = H.threads(), H.rss_kb()
-    local elapsed = erlangen.now() - t0
     assert.is_true(threads1 <= threads0 + THREAD_SLACK,
       ("threads went from %d to %d (slack %d)"):format(threads0, threads1, THREAD_SLACK))
     assert.are.equal(procs0, #erlangen.processes())
@@ -126,6 +124,5 @@ describe("under stress", function()
       assert.is_true(rss1 - rss0 < RSS_SLACK,
         ("RSS grew by %d KiB (slack %d KiB)"):format(rss1 - rss0, RSS_SLACK))
     end
-    assert.is_true(elapsed < 60, ("%d cycles took %.1f s"):format(CYCLES, elapsed))
   end)
 end)

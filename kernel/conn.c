@@ -562,7 +562,7 @@ static void rate_fail(const unsigned char key[16], const struct sockaddr_storage
   char host[INET6_ADDRSTRLEN] = "?";
   if (sa->ss_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof host);
   else if (sa->ss_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof host);
-  dist_report("WARNING", "node handshake failed", host, why);
+  dist_report("warning", "node handshake failed", host, why);
 }
 
 /* Runs the responder's side on stack buffers. Returns the connection, or

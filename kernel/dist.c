@@ -1,6 +1,7 @@
 /*
 ** dist.c — distribution: records between nodes and what they do here.
 */
+#include <ctype.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,6 +15,7 @@
 #include "codec.h"
 #include "conn.h"
 #include "dist.h"
+#include "state.h"
 #include "frame.h"
 #include "kernel.h"
 #include "keyfile.h"
@@ -109,7 +111,13 @@ static uint32_t get_u32(rd *r) {
 /* ---- reporting ---- */
 
 void dist_report(const char *level, const char *text, const char *peer, const char *why) {
-  fprintf(stderr, "=%s REPORT==== node %s: %s%s%s%s\n", level, node_self(), text,
+  const char *fields[] = { "node", node_self(), "peer", peer, "reason", why };
+  if (state_log(level, text, fields, 3)) return;
+  char up[16];
+  size_t i = 0;
+  for (; level[i] && i < sizeof up - 1; i++) up[i] = (char)toupper((unsigned char)level[i]);
+  up[i] = '\0';
+  fprintf(stderr, "=%s REPORT==== node %s: %s%s%s%s\n", up, node_self(), text,
           peer ? " (" : "", peer ? peer : "", peer ? ")" : "");
   if (why) fprintf(stderr, "    %s\n", why);
   fflush(stderr);
@@ -230,8 +238,8 @@ int dist_send_alias(term_id alias, const unsigned char *msg, size_t len, double 
 /* ---- signals ---- */
 
 /* A signal record from a local process to one of node to.node. */
-static int signal(int type, term_id from, term_id to, const term_id *ref, const unsigned char *body,
-                  size_t blen, int connect) {
+static int put_signal(int type, term_id from, term_id to, const term_id *ref, const unsigned char *body,
+                      size_t blen, int connect) {
   unsigned char h[HDR_MAX];
   size_t n = 0;
   h[n++] = (unsigned char)type;
@@ -243,26 +251,26 @@ static int signal(int type, term_id from, term_id to, const term_id *ref, const 
 }
 
 int dist_link(term_id from, term_id to) {
-  int rc = signal(R_LINK, from, to, NULL, NULL, 0, 1);
+  int rc = put_signal(R_LINK, from, to, NULL, NULL, 0, 1);
   return rc == DIST_OK ? DIST_OK : rc == DIST_DEAD ? DIST_DEAD : DIST_NOCONN;
 }
 
-void dist_unlink(term_id from, term_id to) { signal(R_UNLINK, from, to, NULL, NULL, 0, 0); }
+void dist_unlink(term_id from, term_id to) { put_signal(R_UNLINK, from, to, NULL, NULL, 0, 0); }
 
 void dist_exit(term_id from, term_id to, const unsigned char *reason, size_t len, int via_link) {
   size_t wl;
   unsigned char *w = reason_to_wire(reason, len, &wl);
-  if (w) signal(via_link ? R_EXIT : R_EXIT2, from, to, NULL, w, wl, !via_link);
+  if (w) put_signal(via_link ? R_EXIT : R_EXIT2, from, to, NULL, w, wl, !via_link);
   free(w);
 }
 
 int dist_monitor(term_id from, term_id to, term_id ref) {
-  int rc = signal(R_MONITOR, from, to, &ref, NULL, 0, 1);
+  int rc = put_signal(R_MONITOR, from, to, &ref, NULL, 0, 1);
   return rc == DIST_OK ? DIST_OK : rc == DIST_DEAD ? DIST_DEAD : DIST_NOCONN;
 }
 
 void dist_demonitor(term_id from, term_id to, term_id ref) {
-  signal(R_DEMONITOR, from, to, &ref, NULL, 0, 0);
+  put_signal(R_DEMONITOR, from, to, &ref, NULL, 0, 0);
 }
 
 void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *reason, size_t len) {
@@ -616,7 +624,7 @@ void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
   for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0}, NULL);
   free(msg);
   free(subs);
-  if (strcmp(why, "closed") != 0) dist_report("INFO", "lost the link", node_name(idx), why);
+  if (strcmp(why, "closed") != 0) dist_report("info", "lost the link", node_name(idx), why);
 }
 
 int dist_monitor_node(proc *self, uint32_t idx, int on) {

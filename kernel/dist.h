@@ -85,8 +85,10 @@ int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
 
-/* Logs a distribution event on stderr: "=LEVEL REPORT==== node NAME: text
-** (peer)" and `why` on the next line. level is "INFO" or "WARNING". */
+/* Logs a distribution event through the registered logger ("erlangen.log")
+** at `level` ("info", "warning") with fields node, peer and reason; without
+** a logger, on stderr: "=LEVEL REPORT==== node NAME: text (peer)" and `why`
+** on the next line. */
 void dist_report(const char *level, const char *text, const char *peer, const char *why);
 
 #endif

@@ -399,25 +399,27 @@ static void encode_reason(lua_State *L, run_result *r) {
 
 #define LOGGER_NAME "erlangen.log"   /* stdlib's logger registers under this name */
 
-/* Sends the crash report {"$log", "error", text, {reason=, traceback=},
-** pid, system time} to the registered logger without waiting. Returns 1 if
-** it was queued; 0 (the caller prints to stderr) when there is no logger,
-** its mailbox is full, or memory is short. May raise (memory). */
-static int report_to_logger(lua_State *L, proc *p, const char *text, const char *reason,
-                            const char *trace) {
+/* Sends the record {"$log", level, text, fields, pid, system time} to the
+** registered logger without waiting; `fields` holds n key/value pairs of
+** strings (a NULL value is left out), and a pid of {0} is left out (the
+** logger then shows its own). Returns 1 if it was queued; 0 (the caller
+** prints to stderr) when there is no logger, its mailbox is full, or memory
+** is short. May raise (memory). */
+static int log_record(lua_State *L, const char *level, const char *text,
+                      const char *const *fields, int n, term_id pid) {
   term_id logger;
   if (!reg_whereis(LOGGER_NAME, &logger)) return 0;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   lua_createtable(L, 6, 0);
   lua_pushliteral(L, "$log"); lua_rawseti(L, -2, 1);
-  lua_pushliteral(L, "error"); lua_rawseti(L, -2, 2);
+  lua_pushstring(L, level); lua_rawseti(L, -2, 2);
   lua_pushstring(L, text); lua_rawseti(L, -2, 3);
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, reason); lua_setfield(L, -2, "reason");
-  if (trace) { lua_pushstring(L, trace); lua_setfield(L, -2, "traceback"); }
+  lua_createtable(L, 0, n);
+  for (int i = 0; i < n; i++)
+    if (fields[2 * i + 1]) { lua_pushstring(L, fields[2 * i + 1]); lua_setfield(L, -2, fields[2 * i]); }
   lua_rawseti(L, -2, 4);
-  term_push(L, TERM_PID, p->pid); lua_rawseti(L, -2, 5);
+  if (pid.n) { term_push(L, TERM_PID, pid); lua_rawseti(L, -2, 5); }
   lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec / 1e9); lua_rawseti(L, -2, 6);
   codec_limits lim = kern_limits(0);
   codec_buf b = {0};
@@ -429,6 +431,38 @@ static int report_to_logger(lua_State *L, proc *p, const char *text, const char 
   int rc = m ? mbox_put(&q->mb, m, -INFINITY, NULL, NULL) : MBOX_FULL;
   if (q) proc_release(q);
   return rc == MBOX_OK;
+}
+
+/* A crash report: level "error", fields reason and traceback. */
+static int report_to_logger(lua_State *L, proc *p, const char *text, const char *reason,
+                            const char *trace) {
+  const char *fields[] = { "reason", reason, "traceback", trace };
+  return log_record(L, "error", text, fields, 2, p->pid);
+}
+
+typedef struct log_args {
+  const char *level, *text;
+  const char *const *fields;
+  int n, queued;
+} log_args;
+
+static int log_protected(lua_State *L) {
+  log_args *a = lua_touserdata(L, 1);
+  a->queued = log_record(L, a->level, a->text, a->fields, a->n, (term_id){0, 0, 0});
+  return 0;
+}
+
+int state_log(const char *level, const char *text, const char *const *fields, int n) {
+  term_id logger;
+  if (!reg_whereis(LOGGER_NAME, &logger)) return 0;   /* the common case: no state to make */
+  lua_State *L = luaL_newstate();
+  if (!L) return 0;
+  log_args a = { level, text, fields, n, 0 };
+  lua_pushcfunction(L, log_protected);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) a.queued = 0;
+  lua_close(L);
+  return a.queued;
 }
 
 /* Protected: turns how the entry ended into a reason, reporting crashes.

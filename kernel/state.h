@@ -71,4 +71,12 @@ int state_is_kernel(lua_State *L);
 /* Puts stdlib/ on package.path of L unless it is there (for stock lua). */
 void state_add_stdlib_path(lua_State *L);
 
+/* For kernel threads, which have no lua_State: sends {"$log", level, text,
+** fields, nil, system time} to the registered logger ("erlangen.log")
+** without waiting, building it in a temporary state. `fields` holds n
+** key/value string pairs (a NULL value is left out). Returns 1 if queued;
+** 0 when there is no logger, its mailbox is full or memory is short (the
+** caller then writes to stderr). */
+int state_log(const char *level, const char *text, const char *const *fields, int n);
+
 #endif

@@ -264,6 +264,33 @@ describe("the erlangen interpreter as a node", function()
     assert_contains(err, key)
   end)
 
+  it("does not link libsodium: the executable loads it when a node starts", function()
+    -- Linked, its static TLS would cost every process thread a stack page
+    -- (doc/performance.md, "RSS per idle process").
+    local p = assert(io.popen("readelf -d " .. q(BIN) .. " 2>&1"))
+    local dynamic = p:read("a")
+    p:close()
+    assert_contains(dynamic, "NEEDED")
+    assert.is_nil(dynamic:find("libsodium", 1, true), dynamic)
+  end)
+
+  it("names the libsodium it could not load when a node starts", function()
+    local env = { ERLANGEN_LIBSODIUM = dir .. "/no-such-libsodium.so" }
+    local code, out, err = run({ "--name", "nosodium@127.0.0.1", "--key", key, "--no-port-mapper",
+                                 "-e", "print('ran')" }, nil, env)
+    assert.are_not.equal(0, code)
+    assert.are.equal("", out)
+    assert_contains(err, "cannot load " .. env.ERLANGEN_LIBSODIUM)
+  end)
+
+  it("refuses a libsodium that lacks its functions, naming the first one missing", function()
+    local code, out, err = run({ "--name", "nosodium@127.0.0.1", "--key", key, "--no-port-mapper",
+                                 "-e", "print('ran')" }, nil, { ERLANGEN_LIBSODIUM = "libm.so.6" })
+    assert.are_not.equal(0, code)
+    assert.are.equal("", out)
+    assert_contains(err, "libm.so.6 has no function sodium_init")
+  end)
+
   it("refuses a --tick that is not a positive number", function()
     local code, out, err = run({ "--name", "t@127.0.0.1", "--key", key, "--tick", "soon",
                                  "--no-port-mapper", "-e", "print('ran')" })

@@ -67,7 +67,6 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->dropped, 0);
   atomic_init(&mb->closed, 0);
   atomic_init(&mb->waiting, 0);
-  atomic_init(&mb->parked, 0);
   atomic_init(&mb->space_waiters, 0);
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->space, 0);
@@ -105,17 +104,30 @@ void mbox_msg_free(mbox_msg *m) {
   free(m);
 }
 
-/* Pushes m onto the inbox and wakes the owner if it waits: the `wake`
-** increment when it spins, and the system call (done here, after the push)
-** only for the first put after it parked, which takes the `parked` flag. */
+#ifdef MBOX_TEST_HOOK
+void mbox_test_after_bump(void);   /* spec/c/test_mailbox.c stalls a sender here */
+#define AFTER_BUMP() mbox_test_after_bump()
+#else
+#define AFTER_BUMP() ((void)0)
+#endif
+
+/* Bumps the owner's wake sequence; the bump that finds the sleeping bit
+** set clears it and makes the system call (see mailbox.h). */
+static void wake_owner(mbox *mb) {
+  uint32_t old = atomic_fetch_add(&mb->wake, 2);
+  AFTER_BUMP();
+  if (old & 1) {
+    atomic_fetch_and(&mb->wake, ~1u);
+    futex_wake(&mb->wake, 1);
+  }
+}
+
+/* Pushes m onto the inbox and wakes the owner if it waits. */
 static void push(mbox *mb, mbox_msg *m) {
   mbox_msg *top = atomic_load_explicit(&mb->inbox, memory_order_relaxed);
   do m->next = top;
   while (!atomic_compare_exchange_weak(&mb->inbox, &top, m));
-  if (atomic_load(&mb->waiting)) {
-    atomic_fetch_add(&mb->wake, 1);
-    if (atomic_load(&mb->parked) && atomic_exchange(&mb->parked, 0)) futex_wake(&mb->wake, 1);
-  }
+  if (atomic_load(&mb->waiting)) wake_owner(mb);
 }
 
 /* Reserves one of `limit` slots counted by *c; 0 when all are taken. */
@@ -253,13 +265,24 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     if (woke) mb->spin = spin * 2 > MBOX_SPIN_MAX ? MBOX_SPIN_MAX : spin * 2;
     else mb->spin /= 2;
   }
-  if (!woke) atomic_store(&mb->parked, 1);
-  while (!woke) {
-    if (atomic_load(&mb->wake) != seq) { woke = 1; break; }
-    if (isfinite(deadline) && mbox_now() >= deadline) break;
-    futex_wait(&mb->wake, seq, deadline);
+  /* Sleep on `target`: our sequence with the sleeping bit, set here. If
+  ** the bit is already set (a sender from an earlier round has not cleared
+  ** it yet), sleep on that value: its clearing wakes us. */
+  uint32_t target = seq;
+  if (!woke && !(seq & 1)) {
+    uint32_t expect = seq;
+    if (atomic_compare_exchange_strong(&mb->wake, &expect, seq | 1)) target = seq | 1;
+    else woke = 1;   /* a put bumped the sequence meanwhile */
   }
-  atomic_store_explicit(&mb->parked, 0, memory_order_relaxed);
+  while (!woke) {
+    if (atomic_load(&mb->wake) != target) { woke = 1; break; }
+    if (isfinite(deadline) && mbox_now() >= deadline) break;
+    futex_wait(&mb->wake, target, deadline);
+  }
+  if (!woke && target != seq) {   /* timed out: take our bit back, unless a put just came */
+    uint32_t expect = target;
+    if (!atomic_compare_exchange_strong(&mb->wake, &expect, seq)) woke = 1;
+  }
   atomic_store(&mb->waiting, 0);
   return woke ? 0 : -1;
 }
@@ -283,8 +306,7 @@ void mbox_remove_down(mbox *mb, term_id ref) {
 }
 
 void mbox_wake(mbox *mb) {
-  atomic_fetch_add_explicit(&mb->wake, 1, memory_order_release);
-  futex_wake(&mb->wake, 1);
+  wake_owner(mb);   /* unlike a put, whether or not the owner is waiting */
 }
 
 void mbox_close(mbox *mb) {

@@ -22,6 +22,13 @@
 **   once more before it sleeps; a sender pushes, then reads `waiting` and
 **   bumps `wake` if it is set. All four are seq_cst, so either the owner
 **   sees the entry or the sender sees the owner waiting.
+** - `wake` counts in steps of 2; bit 0 says the owner sleeps in the kernel.
+**   Only the owner sets it, with a compare-and-swap from the value it armed
+**   with, so a bump it has not seen makes the swap fail instead of being
+**   slept through. The sender whose bump finds bit 0 set clears it and
+**   makes the one FUTEX_WAKE: flag and bump are one atomic step, so a
+**   sender that bumped an earlier round can never take a later round's
+**   flag (with a separate flag, that lost a wake-up).
 ** - After mbox_close (`closed`), puts are refused; an entry pushed by a
 **   sender that passed the check just before is freed by mbox_destroy.
 ** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
@@ -59,9 +66,8 @@ typedef struct mbox {
   _Atomic uint64_t dropped;   /* messages refused because the box was full */
   _Atomic int closed;         /* the owner exited; puts are refused */
   _Atomic int waiting;        /* the owner is spinning or parked on `wake` */
-  _Atomic int parked;         /* the owner sleeps in the kernel: a put must FUTEX_WAKE */
   _Atomic int space_waiters;  /* senders parked on `space` */
-  _Atomic uint32_t wake;      /* futex word: bumped when the waiting owner must look again */
+  _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
   _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   unsigned capacity;          /* immutable */
   char pad[64];               /* keeps the owner's fields off the senders' cache line */

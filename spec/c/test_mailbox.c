@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "ctest.h"
 #include "mailbox.h"
 
@@ -163,6 +164,69 @@ static void test_close_releases_senders(void) {
   mbox_destroy(&mb);
 }
 
+/* A sender whose bump belonged to an earlier waiting round must not
+** swallow the wake-up of a later one. The hook stalls sender A between its
+** bump of `wake` and what it does about the sleeping bit; meanwhile the
+** owner takes A's message, waits again and sleeps; A then goes on, and C
+** sends. With a separate `parked` flag (before this test), A took that
+** flag and made a wake-up the owner slept through, C saw no flag, and the
+** owner slept until its deadline with C's message queued. */
+static mbox stall_mb;
+static _Atomic int stall_stage;      /* 1: A is stalled after its bump; 2: A may go on */
+static __thread int stall_me;
+
+void mbox_test_after_bump(void) {
+  if (!stall_me) return;
+  atomic_store(&stall_stage, 1);
+  while (atomic_load(&stall_stage) != 2) usleep(100);
+}
+
+static void *stalled_sender(void *ud) {
+  (void)ud;
+  stall_me = 1;
+  mbox_put(&stall_mb, msg_of(1, 0), -INFINITY, NULL, NULL);
+  return NULL;
+}
+
+static void *late_sender(void *ud) {
+  (void)ud;
+  while (!(atomic_load(&stall_mb.wake) & 1)) usleep(100);   /* the owner sleeps */
+  usleep(20000);
+  atomic_store(&stall_stage, 2);                            /* A goes on */
+  usleep(50000);
+  mbox_put(&stall_mb, msg_of(2, 0), -INFINITY, NULL, NULL); /* C */
+  return NULL;
+}
+
+static void test_stale_wake_is_not_lost(void) {
+  uint32_t seq;
+  mbox_init(&stall_mb, 16);
+  mbox_msg *m = mbox_pop(&stall_mb, &seq);                  /* round 1: armed */
+  pthread_t a, c;
+  pthread_create(&a, NULL, stalled_sender, NULL);
+  while (atomic_load(&stall_stage) != 1) usleep(100);
+  int r1 = mbox_park(&stall_mb, seq, mbox_now() + 3);
+  m = mbox_pop(&stall_mb, &seq);
+  int got_a = m != NULL;
+  if (m) mbox_msg_free(m);
+  m = mbox_pop(&stall_mb, &seq);                            /* round 2: armed, empty */
+  pthread_create(&c, NULL, late_sender, NULL);
+  double t0 = mbox_now();
+  int r2 = m ? 0 : mbox_park(&stall_mb, seq, t0 + 20);
+  double waited = mbox_now() - t0;
+  if (!m) m = mbox_pop(&stall_mb, &seq);
+  int got_c = m != NULL;
+  if (m) mbox_msg_free(m); else mbox_disarm(&stall_mb);
+  pthread_join(a, NULL);
+  pthread_join(c, NULL);
+  CHECK(r1 == 0 && got_a, "round 1: the owner sees the stalled sender's message", "park %d", r1);
+  /* Not a timing: C's put comes 70 ms in; a lost wake-up sleeps the 20 s. */
+  CHECK(r2 == 0 && got_c && waited < 10,
+        "round 2: a stale sender does not swallow the wake-up of the next put",
+        "park %d after %.2f s, message %s", r2, waited, got_c ? "taken" : "missing");
+  mbox_destroy(&stall_mb);
+}
+
 /* mbox_next walks without taking; mbox_take unlinks from the middle. */
 static void test_walk_and_take(void) {
   mbox mb;
@@ -196,5 +260,6 @@ int main(void) {
   test_walk_and_take();
   test_senders_keep_order();
   test_close_releases_senders();
+  test_stale_wake_is_not_lost();
   return ctest_end();
 }

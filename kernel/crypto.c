@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include "crypto.h"
 
+#ifndef SODIUM_SONAME   /* meson passes the one for the headers it found */
 #define SODIUM_SONAME "libsodium.so.23"   /* libsodium 1.0.18's ABI (Debian 12) */
+#endif
 
 sodium_table sodium_api;   /* written once in load(), under `once` */
 

@@ -465,6 +465,11 @@ static void handle_spawn_reply(conn *c, rd *r) {
     p->ok = ok;
     if (ok) p->pid = child;
     else snprintf(p->err, sizeof p->err, "%.*s", (int)(r->end - r->p), (const char *)r->p);
+  } else if (ok) {
+    /* The entry went while we set up the caller's side: the node went down
+    ** (its caller returned "noconnection") or it was trimmed. The caller
+    ** never learns the pid, so undo as for an abandoned spawn. */
+    abandoned = 1;
   }
   pthread_mutex_unlock(&D.lock);
   pthread_cond_broadcast(&D.answered);

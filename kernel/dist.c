@@ -637,6 +637,7 @@ int dist_monitor_node(proc *self, uint32_t idx, int on) {
   conn *c = link_of(idx, 1);
   if (c) {
     int rc = node_monitor(idx, self->pid, 1);
+    if (rc == 0) self->node_monitors = 1;
     conn_release(c);
     return rc;
   }

@@ -263,6 +263,17 @@ int node_monitor(uint32_t idx, term_id pid, int on) {
   return rc;
 }
 
+void node_forget_monitors(term_id pid) {
+  pthread_mutex_lock(&N.lock);
+  for (uint32_t i = 1; i < N.n; i++) {
+    node_entry *e = &N.e[i];
+    for (size_t j = 0; j < e->nsubs;)
+      if (term_eq(e->subs[j], pid)) e->subs[j] = e->subs[--e->nsubs];
+      else j++;
+  }
+  pthread_mutex_unlock(&N.lock);
+}
+
 void node_take_monitors(uint32_t idx, term_id **out, size_t *n) {
   pthread_mutex_lock(&N.lock);
   node_entry *e = &N.e[idx];

@@ -110,4 +110,7 @@ int node_monitor(uint32_t idx, term_id pid, int on);
 ** malloc'ed (free it), *n the count. */
 void node_take_monitors(uint32_t idx, term_id **out, size_t *n);
 
+/* Removes every subscription of pid, to every node: its process exited. */
+void node_forget_monitors(term_id pid);
+
 #endif

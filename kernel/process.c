@@ -8,6 +8,7 @@
 #include "kernel.h"
 #include "dist.h"
 #include "process.h"
+#include "node.h"
 #include "registry.h"
 #include "links.h"
 #include "state.h"
@@ -499,6 +500,7 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
   for (size_t i = 0; i < watchers.n; i++) sig_down(w[i].pid, w[i].ref, p->pid, reason, len, 0);
   proc_mon *m = monitors.items;
   for (size_t i = 0; i < monitors.n; i++) forget_monitor(p->pid, m[i].pid, m[i].ref);
+  if (p->node_monitors) node_forget_monitors(p->pid);   /* set by its own thread, which runs this */
   proc_vec_free(&links);
   proc_vec_free(&watchers);
   proc_vec_free(&monitors);

@@ -52,6 +52,7 @@ typedef struct proc {
   lua_State *L;
   codec_buf scratch;               /* reused encode buffer for send */
   int in_receive;                  /* receive's protected step is running */
+  int node_monitors;               /* it called monitor_node: forget its subscriptions at exit */
   /* Memory of the state, published by its allocator (state_slot) with a
   ** relaxed store for readers; `mem_limit` is immutable. */
   _Atomic size_t mem_pub;

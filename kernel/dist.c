@@ -11,11 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 #include <lauxlib.h>
-#include "crypto.h"
 #include "codec.h"
 #include "conn.h"
+#include "crypto.h"
 #include "dist.h"
-#include "state.h"
 #include "frame.h"
 #include "kernel.h"
 #include "keyfile.h"
@@ -24,6 +23,7 @@
 #include "portmap.h"
 #include "process.h"
 #include "registry.h"
+#include "state.h"
 
 /* Record types (the first byte of a record; 0 is conn.c's ACCEPT). */
 enum {

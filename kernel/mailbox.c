@@ -71,8 +71,6 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->space, 0);
   mb->capacity = capacity;
-  atomic_init(&mb->spare, NULL);
-  atomic_init(&mb->nspare, 0);
   mb->head = mb->tail = NULL;
   mb->spin = MBOX_SPIN_START;
   mb->probe = 0;
@@ -86,10 +84,11 @@ void mbox_destroy(mbox *mb) {
   free_list(mb->head);
   mb->head = mb->tail = NULL;
   free_list(atomic_exchange(&mb->inbox, NULL));
-  free_list(atomic_exchange(&mb->spare, NULL));
 }
 
-static void msg_fill(mbox_msg *m, mbox_kind kind, const unsigned char *data, size_t len) {
+mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
+  mbox_msg *m = malloc(sizeof *m + len);
+  if (!m) return NULL;
   m->next = NULL;
   m->kind = kind;
   m->counted = 0;
@@ -98,48 +97,7 @@ static void msg_fill(mbox_msg *m, mbox_kind kind, const unsigned char *data, siz
   m->wire = 0;
   m->len = len;
   memcpy(m->data, data, len);
-}
-
-mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
-  size_t cap = len <= MBOX_SMALL ? MBOX_SMALL : len;
-  mbox_msg *m = malloc(sizeof *m + cap);
-  if (!m) return NULL;
-  m->cap = cap;
-  msg_fill(m, kind, data, len);
   return m;
-}
-
-#define MBOX_SPARE_MAX 64    /* spares a mailbox keeps (about 10 KiB); beyond, spent entries are freed */
-
-void mbox_recycle(mbox *mb, mbox_msg *m) {
-  if (m->cap != MBOX_SMALL || atomic_load_explicit(&mb->nspare, memory_order_relaxed) >= MBOX_SPARE_MAX) {
-    free(m);
-    return;
-  }
-  atomic_fetch_add_explicit(&mb->nspare, 1, memory_order_relaxed);
-  mbox_msg *top = atomic_load_explicit(&mb->spare, memory_order_relaxed);
-  do m->next = top;
-  while (!atomic_compare_exchange_weak_explicit(&mb->spare, &top, m, memory_order_release,
-                                                memory_order_relaxed));
-}
-
-mbox_msg *mbox_msg_for(mbox *to, mbox_msg **cache, mbox_kind kind, const unsigned char *data,
-                       size_t len) {
-  if (len > MBOX_SMALL) return mbox_msg_new(kind, data, len);
-  if (!*cache && atomic_load_explicit(&to->spare, memory_order_relaxed)) {
-    *cache = atomic_exchange_explicit(&to->spare, NULL, memory_order_acquire);
-    atomic_store_explicit(&to->nspare, 0, memory_order_relaxed);
-  }
-  mbox_msg *m = *cache;
-  if (!m) return mbox_msg_new(kind, data, len);
-  *cache = m->next;
-  msg_fill(m, kind, data, len);
-  return m;
-}
-
-void mbox_cache_free(mbox_msg **cache) {
-  free_list(*cache);
-  *cache = NULL;
 }
 
 void mbox_msg_free(mbox_msg *m) {
@@ -356,7 +314,6 @@ void mbox_close(mbox *mb) {
   drain(mb);
   free_list(mb->head);
   mb->head = mb->tail = NULL;
-  free_list(atomic_exchange(&mb->spare, NULL));   /* a sender takes all or nothing */
   atomic_store(&mb->count, 0);
   atomic_store(&mb->exits, 0);
   if (atomic_load(&mb->space_waiters)) {   /* they see `closed` and give up */

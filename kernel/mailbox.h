@@ -31,10 +31,6 @@
 **   flag (with a separate flag, that lost a wake-up).
 ** - After mbox_close (`closed`), puts are refused; an entry pushed by a
 **   sender that passed the check just before is freed by mbox_destroy.
-** - `spare` is a second lock-free stack of spent small entries: only the
-**   owner pushes (mbox_recycle), and a sender takes it whole with one
-**   exchange (mbox_msg_for), so there is no ABA. `nspare` only bounds it
-**   roughly (MBOX_SPARE_MAX).
 ** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
 ** takes ownership of the entry, whether it is queued or refused (then it is
 ** freed at once).
@@ -58,7 +54,6 @@ typedef struct mbox_msg {
   term_id from;          /* EXIT/DOWN: the pid that exited */
   term_id ref;           /* DOWN: the monitor's ref; MSG: the alias it came through ({0}: none) */
   int wire;              /* the bytes came from another node: decode them in the wire form */
-  size_t cap;            /* bytes data[] holds: MBOX_SMALL for small entries (reusable) */
   size_t len;
   unsigned char data[];  /* codec bytes (message or reason) */
 } mbox_msg;
@@ -75,8 +70,6 @@ typedef struct mbox {
   _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
   _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   unsigned capacity;          /* immutable */
-  _Atomic(mbox_msg *) spare;  /* spent small entries the owner pushed back for senders */
-  _Atomic unsigned nspare;    /* about how many (a soft bound) */
   char pad[64];               /* keeps the owner's fields off the senders' cache line */
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
@@ -90,25 +83,9 @@ enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };
 void mbox_init(mbox *mb, unsigned capacity);
 void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 
-#define MBOX_SMALL 112   /* entries of up to this many bytes are reused */
-
 /* A new entry holding a copy of `data`; NULL when out of memory. */
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len);
 void mbox_msg_free(mbox_msg *m);
-
-/* Owner only. Frees a spent entry, or keeps a small one in `spare` for the
-** senders to this mailbox, so a stream of messages stops crossing malloc's
-** per-thread arenas. */
-void mbox_recycle(mbox *mb, mbox_msg *m);
-
-/* A sender's entry for a message to `to`: from its own cache (*cache, a
-** list only the sender touches), which it refills by taking all of `to`'s
-** spares at once; else a new one. NULL when out of memory. */
-mbox_msg *mbox_msg_for(mbox *to, mbox_msg **cache, mbox_kind kind, const unsigned char *data,
-                       size_t len);
-
-/* Frees a sender's cache. */
-void mbox_cache_free(mbox_msg **cache);
 
 /* Queues a regular message. When the box is full and `deadline` (monotonic
 ** seconds) is in the future, waits for space until then; `cancelled(ud)` is

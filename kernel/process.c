@@ -501,7 +501,6 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
   proc_mon *m = monitors.items;
   for (size_t i = 0; i < monitors.n; i++) forget_monitor(p->pid, m[i].pid, m[i].ref);
   if (p->node_monitors) node_forget_monitors(p->pid);   /* set by its own thread, which runs this */
-  mbox_cache_free(&p->msg_cache);
   proc_vec_free(&links);
   proc_vec_free(&watchers);
   proc_vec_free(&monitors);

@@ -51,7 +51,6 @@ typedef struct proc {
   /* The owner's thread only. */
   lua_State *L;
   codec_buf scratch;               /* reused encode buffer for send */
-  mbox_msg *msg_cache;             /* spare entries taken from receivers (mbox_msg_for) */
   int in_receive;                  /* receive's protected step is running */
   int node_monitors;               /* it called monitor_node: forget its subscriptions at exit */
   /* Memory of the state, published by its allocator (state_slot) with a

@@ -343,7 +343,7 @@ static int l_send(lua_State *L) {
     lua_pushliteral(L, "noproc");
     return 2;
   }
-  mbox_msg *m = mbox_msg_for(&p->mb, &self->msg_cache, MBOX_MSG, b->data, b->len);
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
   if (m) m->ref = alias;  /* receive drops it if the alias is gone by then */
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
@@ -450,7 +450,7 @@ static int l_receive(lua_State *L) {
         self->in_receive = 1;
         int st = lua_pcall(L, 2, 3, 0);
         self->in_receive = 0;
-        mbox_recycle(&self->mb, m);
+        mbox_msg_free(m);
         if (atomic_load(&self->doomed)) cur(L);
         if (st != LUA_OK) return lua_error(L);
         if (!lua_toboolean(L, -3)) { lua_pop(L, 1); return dropped(L); }

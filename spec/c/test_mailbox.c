@@ -227,34 +227,6 @@ static void test_stale_wake_is_not_lost(void) {
   mbox_destroy(&stall_mb);
 }
 
-/* Spent small entries go back to the receiving mailbox and a sender to it
-** reuses them; a big one is never kept; a close frees the spares. */
-static void test_recycling(void) {
-  mbox mb;
-  mbox_init(&mb, 16);
-  mbox_msg *cache = NULL;
-  uint32_t seq;
-  mbox_msg *first = mbox_msg_for(&mb, &cache, MBOX_MSG, (const unsigned char *)"one", 3);
-  mbox_put(&mb, first, -INFINITY, NULL, NULL);
-  mbox_msg *m = mbox_pop(&mb, &seq);
-  mbox_recycle(&mb, m);                                /* spare: the same memory */
-  mbox_msg *again = mbox_msg_for(&mb, &cache, MBOX_MSG, (const unsigned char *)"two!", 4);
-  CHECK(again == first && again->len == 4 && memcmp(again->data, "two!", 4) == 0 &&
-        again->kind == MBOX_MSG && again->next == NULL,
-        "a sender reuses the receiver's spent entry, refilled", "entry %p vs %p", (void *)again,
-        (void *)first);
-  unsigned char big[MBOX_SMALL + 1];
-  memset(big, 'b', sizeof big);
-  mbox_msg *b = mbox_msg_for(&mb, &cache, MBOX_MSG, big, sizeof big);
-  mbox_recycle(&mb, b);                                /* too big to keep: freed */
-  CHECK(atomic_load(&mb.spare) == NULL, "a big entry is freed, not kept", "a spare is kept");
-  mbox_recycle(&mb, again);
-  mbox_close(&mb);
-  CHECK(atomic_load(&mb.spare) == NULL, "closing the mailbox frees its spares", "spares left");
-  mbox_cache_free(&cache);
-  mbox_destroy(&mb);
-}
-
 /* mbox_next walks without taking; mbox_take unlinks from the middle. */
 static void test_walk_and_take(void) {
   mbox mb;
@@ -289,6 +261,5 @@ int main(void) {
   test_senders_keep_order();
   test_close_releases_senders();
   test_stale_wake_is_not_lost();
-  test_recycling();
   return ctest_end();
 }

@@ -55,4 +55,31 @@ function lib.spread(t, fmt)
   return fmt(lo) .. "–" .. fmt(hi)
 end
 
+-- The verdict on one target, counted in `tally` (misses, unmeasured):
+-- "pass" or "**miss**" for the ratio x against `op limit`, "**miss**
+-- (failed)" when the shape ran and failed, "n/a" when x is missing
+-- ("n/a (no BEAM)" when BEAM is what is missing).
+function lib.verdict(tally, failed, x, op, limit, no_beam)
+  local result
+  if failed then
+    result = "**miss** (failed)"
+  elseif x == nil then
+    result = no_beam and "n/a (no BEAM)" or "n/a"
+  elseif (op == "<=" and x <= limit) or (op == ">=" and x >= limit) then
+    result = "pass"
+  else
+    result = "**miss**"
+  end
+  if result:find("miss") then tally.misses = (tally.misses or 0) + 1 end
+  if result:find("n/a") then tally.unmeasured = (tally.unmeasured or 0) + 1 end
+  return result
+end
+
+-- The line under a table: how many targets were missed or not measured.
+function lib.summary(tally)
+  local misses, unmeasured = tally.misses or 0, tally.unmeasured or 0
+  local verdict = misses == 0 and "All measured targets met" or misses .. " target(s) missed"
+  return verdict .. (unmeasured > 0 and ", " .. unmeasured .. " not measured." or ".")
+end
+
 return lib

@@ -31,29 +31,17 @@ local function spread(t) return lib.spread(t, fmt) end
 
 print("| shape | median | unit | runs | BEAM | BEAM runs | ÷ BEAM | target | result |")
 print("|---|---:|---|---|---:|---|---:|---|---|")
-local misses, unmeasured = 0, 0
+local tally = {}
 for _, row in ipairs(rows) do
   local shape, label, unit, target = row[1], row[2], row[3], row[4]
   local m, b = ours[shape] and ours[shape].med, beam[shape] and beam[shape].med
   local r = m and b and b ~= 0 and m / b or nil
   local op, limit, text = target[1], target[2], target[3]
-  local result
-  if ours[shape] and not m then
-    result = "**miss** (failed)"
-  elseif r == nil then
-    result = b == nil and "n/a (no BEAM)" or "n/a"
-  elseif (op == "<=" and r <= limit) or (op == ">=" and r >= limit) then
-    result = "pass"
-  else
-    result = "**miss**"
-  end
-  if result:find("miss") then misses = misses + 1 end
-  if result:find("n/a") then unmeasured = unmeasured + 1 end
+  local result = lib.verdict(tally, ours[shape] and not m, r, op, limit, b == nil)
   local mtext = m and fmt(m) or (ours[shape] and ours[shape].raw) or "—"
   print(string.format("| %s | %s | %s | %s | %s | %s | %s | %s | %s |", label, mtext, unit,
                       spread(ours[shape]), fmt(b), spread(beam[shape]),
                       r and string.format("%.2f×", r) or "—", text, result))
 end
 print()
-local verdict = misses == 0 and "All measured targets met" or misses .. " target(s) missed"
-print(verdict .. (unmeasured > 0 and ", " .. unmeasured .. " not measured." or "."))
+print(lib.summary(tally))

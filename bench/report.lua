@@ -55,7 +55,7 @@ local function spread(t) return lib.spread(t, fmt) end
 
 print("| shape | median | unit | runs | BEAM | ÷ BEAM | floor | ÷ floor | target | result |")
 print("|---|---:|---|---|---:|---:|---:|---:|---|---|")
-local misses, unmeasured = 0, 0
+local tally = {}
 for _, row in ipairs(rows) do
   local shape, label, unit, target = row[1], row[2], row[3], row[4]
   local m, b, fl = val(ours, shape), val(beam, shape), floors[shape]
@@ -65,17 +65,7 @@ for _, row in ipairs(rows) do
     local against, op, limit, text = target[1], target[2], target[3], target[4]
     local x = m
     if against == "beam" then x = rb elseif against == "floor" then x = rf end
-    if ours[shape] and not m then
-      result = "**miss** (failed)"
-    elseif x == nil then
-      result = against == "beam" and "n/a (no BEAM)" or "n/a"
-    elseif (op == "<=" and x <= limit) or (op == ">=" and x >= limit) then
-      result = "pass"
-    else
-      result = "**miss**"
-    end
-    if result:find("miss") then misses = misses + 1 end
-    if result:find("n/a") then unmeasured = unmeasured + 1 end
+    result = lib.verdict(tally, ours[shape] and not m, x, op, limit, against == "beam")
     target = text
   end
   local mtext = m and fmt(m) or (ours[shape] and ours[shape].raw) or "—"
@@ -89,5 +79,4 @@ for _, row in ipairs(rows) do
                       result))
 end
 print()
-local verdict = misses == 0 and "All measured targets met" or misses .. " target(s) missed"
-print(verdict .. (unmeasured > 0 and ", " .. unmeasured .. " not measured." or "."))
+print(lib.summary(tally))

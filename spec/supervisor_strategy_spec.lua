@@ -279,6 +279,44 @@ describe("shutdown of a child", function()
     assert.are.same({"stop z", "stop w2", "stop w1", "stop a"}, S.events(4))
   end)
 
+  -- OTP 24 and later keep the link until the child's DOWN: a supervisor killed
+  -- while it waits for a child to stop still takes that child down with it.
+  -- (Unlinking first left the child running, orphaned, for its whole shutdown time.)
+  it("keeps its link to a child it is stopping, so being killed meanwhile takes the child too", function()
+    local sup = S.start{children = {child("slow", {shutdown = 30, opts = {ignore_shutdown = true}})}}
+    local _, msgs = S.events(1)
+    local ref = erlangen.monitor(msgs[1][3])
+    local caller = erlangen.spawn(function(s)
+      pcall(require("erlangen.supervisor").terminate_child, s, "slow")
+    end, sup)
+    assert.are.same({"ignored slow"}, S.events(1))   -- the supervisor now waits up to 30 s
+    erlangen.exit(sup, "kill")
+    local names, stops = S.events(1, "the child to hear of its supervisor's death")
+    assert.are.same({"stop slow"}, names)
+    assert.are.equal("killed", stops[1][4])
+    assert.are.equal("killed", H.await_down(ref))
+    H.exit_reason(caller)
+  end)
+
+  it("keeps its links to dynamic children it is stopping, so being killed meanwhile takes them too", function()
+    local sup = S.start{strategy = "simple_one_for_one", children = {
+      {id = "w", start = {"sup_child.start_link", self()}, shutdown = 30}}}
+    local refs = {}
+    for i = 1, 3 do
+      local pid = supervisor.start_child(sup, "w" .. i, {ignore_shutdown = true})
+      refs[#refs + 1] = erlangen.monitor(pid)
+    end
+    S.events(3)
+    local stopper = erlangen.spawn(function(s) pcall(require("erlangen.supervisor").stop, s) end, sup)
+    S.events(3, "the children to ignore their shutdown")
+    erlangen.exit(sup, "kill")
+    local names = S.events(3, "the children to hear of their supervisor's death")
+    table.sort(names)
+    assert.are.same({"stop w1", "stop w2", "stop w3"}, names)
+    for _, ref in ipairs(refs) do assert.are.equal("killed", H.await_down(ref)) end
+    H.exit_reason(stopper)
+  end)
+
   it("stops the dynamic children of simple_one_for_one in parallel", function()
     local sup = S.start{strategy = "simple_one_for_one", children = {
       {id = "w", start = {"sup_child.start_link", self()}, shutdown = "infinity"}}}

@@ -198,33 +198,32 @@ end
 
 -- Stopping children ----------------------------------------------------------
 
--- Monitors `pid`, then unlinks it. If its EXIT was already queued (it died
--- before the unlink), consumes that EXIT and its DOWN and returns nil and
--- the exit reason; otherwise returns the monitor ref.
-local function monitor_child(pid)
-  local ref = erlangen.monitor(pid)
+-- The link to a child stays until the child is dead, as in OTP 24 and
+-- later: a supervisor that is killed while it stops its children still takes
+-- each of them down through its link. (Unlinking first, as older OTP did,
+-- leaves an orphan when the kill lands between the unlink and the exit.)
+
+-- After the DOWN of `pid`: drops the link and the EXIT it may have queued
+-- (links hear of an end before monitors, so it is already here). Returns the
+-- EXIT's reason, or `reason` (the DOWN's) when there was none: a child that
+-- had already gone gives "noproc" in its DOWN but its real reason in its EXIT.
+local function unlink_flush(pid, reason)
   erlangen.unlink(pid)
   local m = erlangen.receive(is_exit_of(pid), 0)
-  if m then
-    erlangen.receive(is_down_of(ref))
-    return nil, m[3]
-  end
-  return ref
+  return m and m[3] or reason
 end
 
 -- Stops one child the OTP way and returns its exit reason. `how` is
 -- "brutal_kill", "infinity" or seconds to wait after "shutdown" before a kill.
 local function shutdown(pid, how)
-  local ref, reason = monitor_child(pid)
-  if not ref then return reason end
+  local ref = erlangen.monitor(pid)
   erlangen.exit(pid, how == "brutal_kill" and "kill" or "shutdown")
   local m = erlangen.receive(is_down_of(ref), type(how) == "number" and how or nil)
   if not m then
     erlangen.exit(pid, "kill")
     m = erlangen.receive(is_down_of(ref))
   end
-  erlangen.receive(is_exit_of(pid), 0)  -- an EXIT sent before the unlink took effect
-  return m[4]
+  return unlink_flush(pid, m[4])
 end
 
 -- Whether `reason` is what a child stopped with `how` should end with.
@@ -255,14 +254,9 @@ local function terminate_dynamic(S)
   for rec in pairs(S.dynamic) do recs[#recs + 1] = rec end
   for _, rec in ipairs(recs) do
     if rec.pid then
-      local ref, reason = monitor_child(rec.pid)
-      if ref then
-        waiting[ref] = rec
-        left = left + 1
-        erlangen.exit(rec.pid, how == "brutal_kill" and "kill" or "shutdown")
-      elseif not expected_stop(rec, how, reason) then
-        child_report(S, "error", "shutdown error", rec, reason)
-      end
+      waiting[erlangen.monitor(rec.pid)] = rec
+      left = left + 1
+      erlangen.exit(rec.pid, how == "brutal_kill" and "kill" or "shutdown")
     end
   end
   local function is_ours(m)
@@ -285,9 +279,9 @@ local function terminate_dynamic(S)
       local rec = waiting[m[2]]
       waiting[m[2]] = nil
       left = left - 1
-      erlangen.receive(is_exit_of(rec.pid), 0)
-      if not expected_stop(rec, how, m[4]) then
-        child_report(S, "error", "shutdown error", rec, m[4])
+      local reason = unlink_flush(rec.pid, m[4])
+      if not expected_stop(rec, how, reason) then
+        child_report(S, "error", "shutdown error", rec, reason)
       end
     end
   end

@@ -269,13 +269,19 @@ static void *worker_main(void *arg) {
     proc *p = w->job;
     run_process(p, &w->slot);
     size_t stack = kern_config_get().stack_size;  /* not under pool_lock: lock order */
-    if (stack == w->stack && !kern_stopping()) state_prepare(&w->slot);  /* off the critical path */
     pthread_mutex_lock(&P.pool_lock);
     w->job = NULL;
     if (P.stopping || P.nidle >= POOL_MAX || w->stack != stack) break;
     w->next = P.idle;
     P.idle = w;
     P.nidle++;
+    /* Idle already while it prepares its next state: a spawn that comes
+    ** meanwhile hands the job to this running thread, which takes it when
+    ** the state is ready, instead of waking a parked one (a wake-up costs
+    ** more than the rest of the preparation on a virtual machine). */
+    pthread_mutex_unlock(&P.pool_lock);
+    if (!kern_stopping()) state_prepare(&w->slot);
+    pthread_mutex_lock(&P.pool_lock);
     while (!w->job && !P.stopping) pthread_cond_wait(&w->cv, &P.pool_lock);
     if (!w->job) {  /* stopping: unlink ourselves from the idle list */
       for (worker **q = &P.idle; *q; q = &(*q)->next)

@@ -141,12 +141,121 @@ static void publish(state_slot *s) {
   if (s->owner) atomic_store_explicit(&s->owner->mem_pub, s->used, memory_order_relaxed);
 }
 
+/* ---- the arena (see state_slot) ----
+** Carving is a bump of arena_top. A block freed while carving goes back:
+** the last one by moving the top down, any other into a short list of
+** holes that later carves fill first (the opening grows a few tables, and
+** each growth frees the smaller part). A block freed after the opening
+** stays unused until the state is closed. */
+
+#define ARENA_ALIGN 16           /* what malloc gives: any type, userdata included */
+#define ARENA_FIRST (40u << 10)  /* a slot's first guess; then what its last opening used */
+
+/* Under AddressSanitizer the arena's free parts are poisoned, so a use of
+** a block after Lua freed it is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ARENA_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
+#define ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define ARENA_POISON(p, n)   ((void)(p), (void)(n))
+#define ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+static size_t arena_round(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
+
+static int in_arena(const state_slot *s, const void *ptr) {
+  const unsigned char *q = ptr;
+  return s->arena && q >= s->arena && q < s->arena + s->arena_cap;
+}
+
+/* n bytes from the arena while the state is being opened, else NULL. */
+static void *carve(state_slot *s, size_t n) {
+  if (!s->carving) return NULL;
+  size_t need = arena_round(n);
+  for (int i = 0; i < s->nholes; i++) {
+    arena_hole *h = &s->holes[i];
+    if (h->len < need) continue;
+    void *q = s->arena + h->at;
+    h->at += need;
+    h->len -= need;
+    if (h->len == 0) *h = s->holes[--s->nholes];
+    ARENA_UNPOISON(q, n);
+    return q;
+  }
+  if (s->arena_cap - s->arena_top < need) { s->arena_over += need; return NULL; }
+  void *q = s->arena + s->arena_top;
+  s->arena_top += need;
+  ARENA_UNPOISON(q, n);
+  return q;
+}
+
+/* Lua freed the arena block ptr of osize bytes: while carving it can be
+** carved again; afterwards it stays unused (and poisoned) until the close. */
+static void uncarve(state_slot *s, void *ptr, size_t osize) {
+  ARENA_POISON(ptr, osize);
+  if (!s->carving) return;
+  size_t at = (size_t)((unsigned char *)ptr - s->arena), len = arena_round(osize);
+  if (at + len == s->arena_top) s->arena_top = at;
+  else if (s->nholes < ARENA_HOLES) s->holes[s->nholes++] = (arena_hole){ at, len };
+}
+
+/* Grows the arena block ptr (osize bytes) to nsize: in place when it is
+** the last one carved and there is room, else into a new block. */
+static void *arena_grow(state_slot *s, void *ptr, size_t osize, size_t nsize) {
+  size_t at = (size_t)((unsigned char *)ptr - s->arena);
+  if (s->carving && at + arena_round(osize) == s->arena_top &&
+      s->arena_cap - at >= arena_round(nsize)) {
+    s->arena_top = at + arena_round(nsize);
+    ARENA_UNPOISON(ptr, nsize);
+    return ptr;
+  }
+  void *n = carve(s, nsize);
+  if (!n) n = malloc(nsize);
+  if (!n) return NULL;
+  memcpy(n, ptr, osize);
+  uncarve(s, ptr, osize);
+  return n;
+}
+
+/* A new arena for an opening, as large as the last opening needed. */
+static void arena_open(state_slot *s) {
+  size_t cap = s->arena_want ? s->arena_want : ARENA_FIRST;
+  s->arena = malloc(cap);
+  s->arena_cap = s->arena ? cap : 0;
+  if (s->arena) ARENA_POISON(s->arena, cap);
+  s->arena_top = s->arena_over = 0;
+  s->nholes = 0;
+  s->carving = s->arena != NULL;
+}
+
+/* The opening is over: from here every allocation is malloc's. */
+static void arena_seal(state_slot *s) {
+  if (s->carving) s->arena_want = s->arena_top + s->arena_over;
+  s->carving = 0;
+}
+
+static void arena_release(state_slot *s) {
+  if (s->arena) ARENA_UNPOISON(s->arena, s->arena_cap);
+  free(s->arena);
+  s->arena = NULL;
+  s->arena_cap = s->arena_top = 0;
+  s->carving = 0;
+}
+
+/* Closes L, whose objects may live in s's arena, and then the arena. */
+static void close_state(state_slot *s, lua_State *L) {
+  lua_close(L);
+  arena_release(s);
+}
+
 static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   state_slot *s = ud;
   proc *p = s->owner;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    free(ptr);
+    if (in_arena(s, ptr)) uncarve(s, ptr, osize);
+    else free(ptr);
     s->used -= old;
     publish(s);
     return NULL;
@@ -163,7 +272,12 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
       return NULL;
     }
   }
-  void *q = realloc(ptr, nsize);
+  void *q;
+  if (ptr && in_arena(s, ptr)) {
+    if (nsize > osize) q = arena_grow(s, ptr, osize, nsize);
+    else { q = ptr; ARENA_POISON((unsigned char *)ptr + nsize, osize - nsize); }  /* shrunk in place */
+  }
+  else if (ptr || !(q = carve(s, nsize))) q = realloc(ptr, nsize);
   if (!q) return NULL;
   s->used = s->used - old + nsize;
   publish(s);
@@ -285,12 +399,20 @@ static int open_protected(lua_State *L) {
   return 0;
 }
 
+/* A new state with everything state_open gives. Its opening allocates
+** from the slot's arena, with the collector stopped: nothing it makes is
+** garbage yet, so a collection would only walk it. */
 static lua_State *state_new(state_slot *s) {
+  arena_open(s);
   lua_State *L = lua_newstate(state_alloc, s);
-  if (!L) return NULL;
+  if (!L) { arena_release(s); return NULL; }
   lua_setwarnf(L, no_warnings, NULL);
+  lua_gc(L, LUA_GCSTOP);
   lua_pushcfunction(L, open_protected);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) { lua_close(L); return NULL; }
+  int st = lua_pcall(L, 0, 0, 0);
+  arena_seal(s);
+  if (st != LUA_OK) { close_state(s, L); return NULL; }
+  lua_gc(L, LUA_GCRESTART);
   return L;
 }
 
@@ -506,7 +628,7 @@ void state_prepare(state_slot *s) {
 }
 
 void state_slot_close(state_slot *s) {
-  if (s->L) lua_close(s->L);
+  if (s->L) close_state(s, s->L);
   s->L = NULL;
   s->owner = NULL;
 }
@@ -556,7 +678,7 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
   }
   state_set_current(NULL);
   lua_sethook(L, NULL, 0, 0);
-  lua_close(L);
+  close_state(s, L);
   p->L = NULL;
   s->owner = NULL;
   if (!*reason) copy_reason(KR_BADREASON, reason, len);  /* out of memory on the way */

@@ -32,11 +32,26 @@ void state_arm_hook(lua_State *L);
 ** accounting of that state. Owned by one thread; `owner` is the process
 ** the state is bound to (NULL while prepared), and the allocator publishes
 ** its byte count to owner->mem_pub. */
+#define ARENA_HOLES 16
+typedef struct arena_hole { size_t at, len; } arena_hole;
+
 typedef struct state_slot {
   lua_State *L;       /* NULL: none prepared */
   size_t used;        /* bytes allocated by L */
   size_t limit;       /* 0: unlimited */
   struct proc *owner;
+  /* The arena: one block that the objects made while the state is opened
+  ** are carved from (one malloc instead of hundreds; freeing one of them
+  ** afterwards is a no-op, and the block goes when the state is closed).
+  ** Invariant: every pointer of L inside [arena, arena + arena_cap) was
+  ** carved, and the arena lives exactly as long as L. */
+  unsigned char *arena;
+  size_t arena_cap, arena_top;
+  size_t arena_over;  /* bytes this opening wanted beyond the arena (went to malloc) */
+  size_t arena_want;  /* bytes the last opening used: the next arena's size */
+  int carving;        /* the state is being opened: new objects come from the arena */
+  int nholes;         /* blocks freed while carving, filled again first */
+  arena_hole holes[ARENA_HOLES];
 } state_slot;
 
 /* Prepares s->L if there is none (quietly leaves it NULL when memory is short). */

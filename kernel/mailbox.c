@@ -14,13 +14,22 @@
 #include "mailbox.h"
 
 /* The owner spins before it parks, so a reply that comes back within a few
-** microseconds costs no system call on either side. The spin adapts per
-** mailbox: it doubles when a spin caught a message and halves when it did
-** not, so a process that waits long (one of a ring) stops burning the core
-** that its peers need; from 0 it probes now and then to notice a change. Iterations of `pause`, roughly 30 ns each. */
-#define MBOX_SPIN_MAX 1000
-#define MBOX_SPIN_START 100
-#define MBOX_SPIN_PROBE 64   /* when the spin has decayed to 0, every 32nd park probes with this */
+** microseconds costs no system call on either side, and no wake-up, which
+** on a virtual machine can take tens of microseconds. The spin is a time
+** budget learnt per mailbox from how long its waits take:
+** - a wait that a spin ended sets the budget to twice its length, or lets
+**   the old budget decay by a quarter if that is more;
+** - a wait that had to sleep and still ended within MBOX_SPIN_MAX_NS sets
+**   the budget to one and a half times its length (including the wake-up,
+**   which errs on the side of spinning), so the next such wait is caught;
+** - a longer wait halves the budget, so a process that waits long (one of
+**   a ring, a server between requests) soon stops burning the core that
+**   its peers need. Budgets under MBOX_SPIN_MIN_NS are 0.
+** The spin yields the core every 64 rounds: on two cores the process that
+** will answer may be waiting for this very one. */
+#define MBOX_SPIN_MAX_NS 60000u
+#define MBOX_SPIN_MIN_NS 1000u
+#define MBOX_SPIN_START_NS 4000u
 
 double mbox_now(void) {
   struct timespec ts;
@@ -72,8 +81,7 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->space, 0);
   mb->capacity = capacity;
   mb->head = mb->tail = NULL;
-  mb->spin = MBOX_SPIN_START;
-  mb->probe = 0;
+  mb->spin_ns = MBOX_SPIN_START_NS;
 }
 
 static void free_list(mbox_msg *m) {
@@ -251,19 +259,32 @@ void mbox_disarm(mbox *mb) {
   atomic_store(&mb->waiting, 0);
 }
 
-int mbox_park(mbox *mb, uint32_t seq, double deadline) {
-  int woke = 0;
-  unsigned spin = mb->spin;
-  if (spin == 0 && (++mb->probe & 31) == 0) spin = MBOX_SPIN_PROBE;
-  if (isfinite(deadline) && mbox_now() >= deadline) spin = 0;
-  for (unsigned i = 0; i < spin; i++) {
-    if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) { woke = 1; break; }
-    if ((i & 63) == 63) sched_yield();  /* the peer may be waiting for this very core */
+static unsigned spin_clamp(double ns) {
+  if (ns > MBOX_SPIN_MAX_NS) return MBOX_SPIN_MAX_NS;
+  return ns < MBOX_SPIN_MIN_NS ? 0 : (unsigned)ns;
+}
+
+/* Spins up to mb->spin_ns for `wake` to leave `seq`; 1 if it did. */
+static int spin_wait(mbox *mb, uint32_t seq, double t0, double deadline) {
+  double until = t0 + mb->spin_ns * 1e-9;
+  if (isfinite(deadline) && deadline < until) until = deadline;
+  for (unsigned i = 1; ; i++) {
+    if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) return 1;
+    if ((i & 15) == 0 && mbox_now() >= until) return 0;
+    if ((i & 63) == 0) sched_yield();
     else cpu_relax();
   }
-  if (spin) {
-    if (woke) mb->spin = spin * 2 > MBOX_SPIN_MAX ? MBOX_SPIN_MAX : spin * 2;
-    else mb->spin /= 2;
+}
+
+int mbox_park(mbox *mb, uint32_t seq, double deadline) {
+  double t0 = mbox_now();
+  unsigned budget = mb->spin_ns;
+  int woke = budget && spin_wait(mb, seq, t0, deadline);
+  if (woke) {
+    double e = (mbox_now() - t0) * 1e9;
+    mb->spin_ns = spin_clamp(2 * e > budget * 0.75 ? 2 * e : budget * 0.75);
+    atomic_store(&mb->waiting, 0);
+    return 0;
   }
   /* Sleep on `target`: our sequence with the sleeping bit, set here. If
   ** the bit is already set (a sender from an earlier round has not cleared
@@ -284,6 +305,10 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     if (!atomic_compare_exchange_strong(&mb->wake, &expect, seq)) woke = 1;
   }
   atomic_store(&mb->waiting, 0);
+  if (woke) {
+    double e = (mbox_now() - t0) * 1e9;
+    mb->spin_ns = e <= MBOX_SPIN_MAX_NS ? spin_clamp(1.5 * e) : budget / 2 < MBOX_SPIN_MIN_NS ? 0 : budget / 2;
+  }
   return woke ? 0 : -1;
 }
 

@@ -6,7 +6,7 @@
 ** takes the whole stack with one atomic exchange, reverses it, and appends
 ** it to its private list `head`..`tail`, which is the front of the queue.
 ** Invariants:
-** - Only the owner's thread touches `head`, `tail`, `spin` and `probe`
+** - Only the owner's thread touches `head`, `tail` and `spin_ns`
 **   (mbox_pop/next/take/remove_down/park/close); the owner may therefore hold
 **   a pointer to a queued entry across any stretch. Every other field is an
 **   atomic or immutable (`capacity`).
@@ -73,8 +73,7 @@ typedef struct mbox {
   char pad[64];               /* keeps the owner's fields off the senders' cache line */
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
-  unsigned spin;              /* current spin before parking (adaptive) */
-  unsigned probe;             /* parks since the spin reached 0 */
+  unsigned spin_ns;           /* how long to spin before parking, learnt (mailbox.c) */
 } mbox;
 
 enum { MBOX_COUNT_NONE = 0, MBOX_COUNT_MSG = 1, MBOX_COUNT_EXIT = 2 };

@@ -11,6 +11,7 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "entry.h"
 #include "mailbox.h"
 
 /* The owner spins before it parks, so a reply that comes back within a few
@@ -94,8 +95,12 @@ void mbox_destroy(mbox *mb) {
   free_list(atomic_exchange(&mb->inbox, NULL));
 }
 
+/* Small entries come from entry.c's magazines; `len` never changes, so
+** it tells which way an entry goes back. */
+static int pooled(size_t len) { return len <= ENTRY_SMALL - sizeof(mbox_msg); }
+
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
-  mbox_msg *m = malloc(sizeof *m + len);
+  mbox_msg *m = pooled(len) ? entry_alloc() : malloc(sizeof *m + len);
   if (!m) return NULL;
   m->next = NULL;
   m->kind = kind;
@@ -109,7 +114,8 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
 }
 
 void mbox_msg_free(mbox_msg *m) {
-  free(m);
+  if (m && pooled(m->len)) entry_free(m);
+  else free(m);
 }
 
 #ifdef MBOX_TEST_HOOK
@@ -167,6 +173,7 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
     uint32_t seen = atomic_load(&mb->space);
     atomic_fetch_add(&mb->space_waiters, 1);
     if (atomic_load(&mb->count) >= mb->capacity && !atomic_load(&mb->closed)) {
+      entry_flush();
       double slice = mbox_now() + 0.02;
       futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
     }
@@ -286,6 +293,7 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     atomic_store(&mb->waiting, 0);
     return 0;
   }
+  entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
   /* Sleep on `target`: our sequence with the sleeping bit, set here. If
   ** the bit is already set (a sender from an earlier round has not cleared
   ** it yet), sleep on that value: its clearing wakes us. */

@@ -1,0 +1,116 @@
+/*
+** entry.c — magazines of small mailbox entries (see entry.h).
+*/
+#include <pthread.h>
+#include <stdlib.h>
+#include "entry.h"
+
+/* Under AddressSanitizer a cached block is poisoned but for its link, so a
+** use of an entry after it was freed is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define CACHED(b)  ASAN_POISON_MEMORY_REGION((char *)(b) + sizeof(block), ENTRY_SMALL - sizeof(block))
+#define IN_USE(b)  ASAN_UNPOISON_MEMORY_REGION((b), ENTRY_SMALL)
+#else
+#define CACHED(b)  ((void)(b))
+#define IN_USE(b)  ((void)(b))
+#endif
+
+typedef struct block { struct block *next; } block;
+typedef struct mag { block *head; unsigned n; } mag;
+
+/* A thread's own magazines: only that thread touches them. */
+typedef struct cache {
+  mag alloc;    /* allocated from */
+  mag freed;    /* freed into */
+  int keyed;    /* registered for the flush at thread exit */
+} cache;
+
+/* The module's one global: the depot (under `lock`) and the key whose
+** destructor flushes an exiting thread's cache. Each thread also has its
+** cache, `T`. */
+static struct {
+  pthread_mutex_t lock;
+  mag depot[ENTRY_DEPOT];   /* lock */
+  unsigned n;               /* lock: magazines in the depot */
+  pthread_key_t key;        /* written once under `once` */
+  pthread_once_t once;
+} E = { .lock = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT };
+
+static __thread cache T;
+
+static void free_all(block *b) {
+  while (b) { block *n = b->next; IN_USE(b); free(b); b = n; }
+}
+
+/* Puts m in the depot, or frees its blocks when the depot is full. */
+static void depot_put(mag m) {
+  if (!m.head) return;
+  pthread_mutex_lock(&E.lock);
+  if (E.n < ENTRY_DEPOT) { E.depot[E.n++] = m; m.head = NULL; }
+  pthread_mutex_unlock(&E.lock);
+  free_all(m.head);
+}
+
+static void at_thread_exit(void *unused) { (void)unused; entry_flush(); }
+static void make_key(void) { pthread_key_create(&E.key, at_thread_exit); }
+
+/* The first use in a thread registers the flush at its exit. */
+static void join(cache *c) {
+  pthread_once(&E.once, make_key);
+  pthread_setspecific(E.key, c);
+  c->keyed = 1;
+}
+
+void entry_flush(void) {
+  cache *c = &T;
+  mag a = c->alloc, f = c->freed;
+  c->alloc = (mag){0};
+  c->freed = (mag){0};
+  depot_put(a);
+  depot_put(f);
+}
+
+void *entry_alloc(void) {
+  cache *c = &T;
+  if (!c->keyed) join(c);
+  if (!c->alloc.head) {
+    if (c->freed.head) {        /* our own frees first: no lock */
+      c->alloc = c->freed;
+      c->freed = (mag){0};
+    } else {
+      pthread_mutex_lock(&E.lock);
+      if (E.n) c->alloc = E.depot[--E.n];
+      pthread_mutex_unlock(&E.lock);
+    }
+  }
+  block *b = c->alloc.head;
+  if (!b) return malloc(ENTRY_SMALL);
+  c->alloc.head = b->next;
+  c->alloc.n--;
+  IN_USE(b);
+  return b;
+}
+
+void entry_free(void *p) {
+  if (!p) return;
+  cache *c = &T;
+  if (!c->keyed) join(c);
+  block *b = p;
+  b->next = c->freed.head;
+  CACHED(b);
+  c->freed.head = b;
+  if (++c->freed.n >= ENTRY_MAG) {
+    mag m = c->freed;
+    c->freed = (mag){0};
+    depot_put(m);
+  }
+}
+
+size_t entry_depot_blocks(void) {
+  size_t n = 0;
+  pthread_mutex_lock(&E.lock);
+  for (unsigned i = 0; i < E.n; i++) n += E.depot[i].n;
+  pthread_mutex_unlock(&E.lock);
+  return n;
+}

@@ -309,7 +309,8 @@ void state_add_stdlib_path(lua_State *L) {
   lua_pop(L, 3);
 }
 
-void state_open(lua_State *L) {
+/* What every state has before the host's hook: the same in every state. */
+static int open_base(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &kernel_key);
   luaL_openlibs(L);
@@ -317,8 +318,18 @@ void state_open(lua_State *L) {
   luaL_requiref(L, "erlangen", luaopen_erlangen, 1);
   lua_pop(L, 1);
   state_add_stdlib_path(L);
+  return 0;
+}
+
+static int open_host(lua_State *L) {
   kern_config c = kern_config_get();
   if (c.open_libs) c.open_libs(L, c.open_libs_ud);
+  return 0;
+}
+
+void state_open(lua_State *L) {
+  open_base(L);
+  open_host(L);
 }
 
 /* ---- coroutines ----
@@ -394,25 +405,26 @@ static void wrap_coroutines(lua_State *L) {
   lua_pop(L, 1);
 }
 
-static int open_protected(lua_State *L) {
-  state_open(L);
-  return 0;
-}
-
-/* A new state with everything state_open gives. Its opening allocates
+/* A new state with everything state_open gives. Its fixed part is opened
 ** from the slot's arena, with the collector stopped: nothing it makes is
-** garbage yet, so a collection would only walk it. */
+** garbage yet, so a collection would only walk it. The host's hook runs
+** after, as ordinary Lua: its garbage is collected and does not size the
+** next arena. */
 static lua_State *state_new(state_slot *s) {
   arena_open(s);
   lua_State *L = lua_newstate(state_alloc, s);
   if (!L) { arena_release(s); return NULL; }
   lua_setwarnf(L, no_warnings, NULL);
   lua_gc(L, LUA_GCSTOP);
-  lua_pushcfunction(L, open_protected);
+  lua_pushcfunction(L, open_base);
   int st = lua_pcall(L, 0, 0, 0);
   arena_seal(s);
-  if (st != LUA_OK) { close_state(s, L); return NULL; }
   lua_gc(L, LUA_GCRESTART);
+  if (st == LUA_OK) {
+    lua_pushcfunction(L, open_host);
+    st = lua_pcall(L, 0, 0, 0);
+  }
+  if (st != LUA_OK) { close_state(s, L); return NULL; }
   return L;
 }
 

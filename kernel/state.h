@@ -40,9 +40,10 @@ typedef struct state_slot {
   size_t used;        /* bytes allocated by L */
   size_t limit;       /* 0: unlimited */
   struct proc *owner;
-  /* The arena: one block that the objects made while the state is opened
-  ** are carved from (one malloc instead of hundreds; freeing one of them
-  ** afterwards is a no-op, and the block goes when the state is closed).
+  /* The arena: one block that the objects of the state's fixed part (std
+  ** libs, erlangen, the stdlib path; not the host's hook) are carved from
+  ** while it is opened: one malloc instead of hundreds. Freeing one of them
+  ** afterwards is a no-op; the block goes when the state is closed.
   ** Invariant: every pointer of L inside [arena, arena + arena_cap) was
   ** carved, and the arena lives exactly as long as L. */
   unsigned char *arena;

@@ -507,7 +507,7 @@ static void deliver(term_id to, const unsigned char *msg, size_t len, term_id al
     m->ref = alias;
     double t = now(), hold = D.tick / 4 < HOLD_MAX ? D.tick / 4 : HOLD_MAX;
     int skip = s && term_eq(s->pid, to) && t < s->until;
-    int rc = mbox_put(&p->mb, m, skip || !s ? -INFINITY : t + hold, NULL, NULL);
+    int rc = mbox_put(&p->mb, m, skip || !s ? 0 : hold, NULL, NULL);
     if (rc == MBOX_FULL && s) { s->pid = to; s->until = now() + HOLD_FORGET; }
   }
   proc_release(p);

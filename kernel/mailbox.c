@@ -152,7 +152,8 @@ static int reserve(_Atomic unsigned *c, unsigned limit) {
   return 1;
 }
 
-int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud) {
+int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), void *ud) {
+  double deadline = NAN;   /* read the clock only once the box is full */
   for (;;) {
     if (atomic_load(&mb->closed)) break;
     if (reserve(&mb->count, mb->capacity)) {
@@ -160,6 +161,7 @@ int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), v
       push(mb, m);
       return MBOX_OK;
     }
+    if (isnan(deadline)) deadline = timeout > 0 ? mbox_now() + timeout : -INFINITY;
     if (!(deadline > mbox_now())) {
       atomic_fetch_add_explicit(&mb->dropped, 1, memory_order_relaxed);
       mbox_msg_free(m);

@@ -86,12 +86,13 @@ void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len);
 void mbox_msg_free(mbox_msg *m);
 
-/* Queues a regular message. When the box is full and `deadline` (monotonic
-** seconds) is in the future, waits for space until then; `cancelled(ud)` is
-** polled while waiting so a sender that is being killed stops waiting.
+/* Queues a regular message. When the box is full and `timeout` (seconds,
+** INFINITY for ever) is above 0, waits for space up to that long from the
+** moment it found the box full; `cancelled(ud)` is polled while waiting so
+** a sender that is being killed stops waiting.
 ** Returns MBOX_OK, MBOX_FULL (counted in `dropped`), MBOX_CLOSED or
 ** MBOX_CANCELLED. */
-int mbox_put(mbox *mb, mbox_msg *m, double deadline, int (*cancelled)(void *), void *ud);
+int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), void *ud);
 
 /* Queues an EXIT or DOWN. Neither counts against the capacity (a full
 ** mailbox still takes it). An EXIT or DOWN of a link or monitor

@@ -562,7 +562,7 @@ static int log_record(lua_State *L, const char *level, const char *text,
   proc *q = ok ? proc_get(logger) : NULL;
   mbox_msg *m = q ? mbox_msg_new(MBOX_MSG, b.data, b.len) : NULL;
   codec_buf_free(&b);
-  int rc = m ? mbox_put(&q->mb, m, -INFINITY, NULL, NULL) : MBOX_FULL;
+  int rc = m ? mbox_put(&q->mb, m, 0, NULL, NULL) : MBOX_FULL;
   if (q) proc_release(q);
   return rc == MBOX_OK;
 }

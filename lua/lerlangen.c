@@ -89,11 +89,16 @@ static int cancelled(void *ud) {
   return atomic_load(&p->doomed) || atomic_load(&p->interrupt);
 }
 
-static double opt_deadline(lua_State *L, int arg) {
-  if (lua_isnoneornil(L, arg)) return INFINITY;
+/* The timeout at `arg`: a non-negative number of seconds. */
+static double check_timeout(lua_State *L, int arg) {
   lua_Number t = luaL_checknumber(L, arg);
   luaL_argcheck(L, t >= 0 && t == t, arg, "timeout must be a non-negative number");
-  return mbox_now() + t;
+  return t;
+}
+
+static double opt_deadline(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return INFINITY;
+  return mbox_now() + check_timeout(L, arg);
 }
 
 /* ---- encoding helpers ---- */
@@ -333,7 +338,7 @@ static int l_send(lua_State *L) {
     known = dest_pid(L, 1, &pid, &alias);          /* {name, this node}: a local name */
   } else known = dest_pid(L, 1, &pid, &alias);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "message expected, got nil");
-  double deadline = lua_isnoneornil(L, 3) ? -INFINITY : opt_deadline(L, 3);
+  double timeout = lua_isnoneornil(L, 3) ? 0 : check_timeout(L, 3);  /* the clock is read only if full */
   codec_limits lim = kern_limits(1);
   codec_buf *b = &self->scratch;
   if (codec_encode(L, 2, 1, "msg", &lim, b) != 0) return lua_error(L);  /* before proc_get: may raise */
@@ -346,7 +351,7 @@ static int l_send(lua_State *L) {
   mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
   if (m) m->ref = alias;  /* receive drops it if the alias is gone by then */
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
-  int rc = m ? mbox_put(&p->mb, m, deadline, cancelled, self) : MBOX_FULL;
+  int rc = m ? mbox_put(&p->mb, m, timeout, cancelled, self) : MBOX_FULL;
   proc_release(p);
   if (rc == MBOX_OK) { lua_pushboolean(L, 1); return 1; }
   if (rc == MBOX_CANCELLED) cur(L);

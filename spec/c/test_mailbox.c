@@ -35,7 +35,7 @@ static void parse(const mbox_msg *m, int *id, int *seq) {
 static void *send_all(void *ud) {
   sender *s = ud;
   for (int i = 0; i < s->n; i++)
-    if (mbox_put(s->mb, msg_of(s->id, i), mbox_now() + 30, NULL, NULL) != MBOX_OK) s->refused++;
+    if (mbox_put(s->mb, msg_of(s->id, i), 30, NULL, NULL) != MBOX_OK) s->refused++;
   return NULL;
 }
 
@@ -97,7 +97,7 @@ static void test_full_box_refuses_and_counts(void) {
   mbox mb;
   mbox_init(&mb, 3);
   int ok = 0;
-  for (int i = 0; i < 5; i++) ok += mbox_put(&mb, msg_of(0, i), -INFINITY, NULL, NULL) == MBOX_OK;
+  for (int i = 0; i < 5; i++) ok += mbox_put(&mb, msg_of(0, i), 0, NULL, NULL) == MBOX_OK;
   unsigned count, cap;
   uint64_t dropped;
   int waiting;
@@ -133,7 +133,7 @@ typedef struct closer { mbox *mb; int closed_seen, ok; } closer;
 static void *send_until_closed(void *ud) {
   closer *c = ud;
   for (int i = 0; i < 1000000; i++) {
-    int rc = mbox_put(c->mb, msg_of(0, i), mbox_now() + 5, NULL, NULL);
+    int rc = mbox_put(c->mb, msg_of(0, i), 5, NULL, NULL);
     if (rc == MBOX_CLOSED) { c->closed_seen = 1; break; }
     if (rc == MBOX_OK) c->ok++;
   }
@@ -184,7 +184,7 @@ void mbox_test_after_bump(void) {
 static void *stalled_sender(void *ud) {
   (void)ud;
   stall_me = 1;
-  mbox_put(&stall_mb, msg_of(1, 0), -INFINITY, NULL, NULL);
+  mbox_put(&stall_mb, msg_of(1, 0), 0, NULL, NULL);
   return NULL;
 }
 
@@ -194,7 +194,7 @@ static void *late_sender(void *ud) {
   usleep(20000);
   atomic_store(&stall_stage, 2);                            /* A goes on */
   usleep(50000);
-  mbox_put(&stall_mb, msg_of(2, 0), -INFINITY, NULL, NULL); /* C */
+  mbox_put(&stall_mb, msg_of(2, 0), 0, NULL, NULL); /* C */
   return NULL;
 }
 
@@ -231,7 +231,7 @@ static void test_stale_wake_is_not_lost(void) {
 static void test_walk_and_take(void) {
   mbox mb;
   mbox_init(&mb, 16);
-  for (int i = 0; i < 5; i++) mbox_put(&mb, msg_of(0, i), -INFINITY, NULL, NULL);
+  for (int i = 0; i < 5; i++) mbox_put(&mb, msg_of(0, i), 0, NULL, NULL);
   uint32_t seq;
   mbox_msg *prev = NULL, *m;
   while ((m = mbox_next(&mb, prev, &seq)) != NULL) {
@@ -241,7 +241,7 @@ static void test_walk_and_take(void) {
     else prev = m;
   }
   mbox_disarm(&mb);
-  mbox_put(&mb, msg_of(0, 5), -INFINITY, NULL, NULL);   /* lands after the walk's end */
+  mbox_put(&mb, msg_of(0, 5), 0, NULL, NULL);   /* lands after the walk's end */
   int want[] = { 0, 2, 4, 5 }, n = 0, ok = 1;
   while ((m = mbox_pop(&mb, &seq)) != NULL) {
     int id, s;

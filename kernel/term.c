@@ -10,6 +10,7 @@
 /* Registry keys: the address of these statics is the key. */
 static const char *const term_mt_name[] = { NULL, "erlangen.pid", "erlangen.ref" };
 static const char term_cache_key = 'c';
+static const char term_kind_key = 'k';   /* in our metatables: the kind, as an integer */
 
 /* The module's one global. `refs` is the node-wide ref counter: atomic, so
 ** any thread may draw from it; refs are never reused while the node runs.
@@ -58,6 +59,7 @@ static void term_metatable(lua_State *L, enum term_kind kind) {
     lua_pushcfunction(L, term_lt); lua_setfield(L, -2, "__lt");
     lua_pushstring(L, kind == TERM_PID ? "pid" : "ref"); lua_setfield(L, -2, "__name");
     lua_pushboolean(L, 0); lua_setfield(L, -2, "__metatable");
+    lua_pushinteger(L, kind); lua_rawsetp(L, -2, &term_kind_key);
   }
 }
 
@@ -92,17 +94,17 @@ void term_push(lua_State *L, enum term_kind kind, term_id id) {
   lua_remove(L, -2);
 }
 
+/* One look into the value's metatable (a key only this file knows) rather
+** than fetching each of ours from the registry by name: term_test runs on
+** every send. The size check keeps a foreign userdata that was given our
+** metatable through the debug library from being read as a term. */
 enum term_kind term_test(lua_State *L, int idx, term_id *out) {
   if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return TERM_NONE;
-  enum term_kind kind = TERM_NONE;
-  for (int k = TERM_PID; k <= TERM_REF && kind == TERM_NONE; k++) {
-    luaL_getmetatable(L, term_mt_name[k]);
-    if (lua_rawequal(L, -1, -2)) kind = (enum term_kind)k;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  if (kind != TERM_NONE && out) *out = ((term_ud *)lua_touserdata(L, idx))->id;
-  return kind;
+  lua_Integer k = lua_rawgetp(L, -1, &term_kind_key) == LUA_TNUMBER ? lua_tointeger(L, -1) : 0;
+  lua_pop(L, 2);
+  if ((k != TERM_PID && k != TERM_REF) || lua_rawlen(L, idx) != sizeof(term_ud)) return TERM_NONE;
+  if (out) *out = ((term_ud *)lua_touserdata(L, idx))->id;
+  return (enum term_kind)k;
 }
 
 term_id term_check(lua_State *L, int arg, enum term_kind kind) {

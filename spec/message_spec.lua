@@ -63,6 +63,16 @@ describe("messages", function()
       assert.are.equal("to my own node", H.recv(nil, "the message sent through {name, node}"))
     end)
 
+    it("does not read another userdata as a pid, even one given a pid's metatable", function()
+      local f = io.tmpfile()                 -- a userdata smaller than a pid
+      local file_mt = debug.getmetatable(f)
+      debug.setmetatable(f, debug.getmetatable(self()))
+      local err = H.error_of(function() erlangen.send(f, "hi") end)
+      debug.setmetatable(f, file_mt)
+      f:close()
+      assert.matches("bad argument #1 to 'send' (pid, name or alias expected", err, 1, true)
+    end)
+
     it("raises a bad-argument error for a nil destination", function()
       local err = H.error_of(function() erlangen.send(nil, "hi") end)
       assert.matches("bad argument #1 to 'send'", err, 1, true)

@@ -150,6 +150,22 @@ proc *proc_get(term_id pid) {
   return found;
 }
 
+proc *proc_dest(proc *self, term_id pid) {
+  if (self->dest && term_eq(self->dest->pid, pid)) return self->dest;
+  proc *p = proc_get(pid);
+  if (!p) return NULL;
+  if (term_eq(self->last_pid, pid)) {   /* the second lookup in a row: keep it */
+    if (self->dest) proc_release(self->dest);
+    self->dest = p;                      /* the cache owns proc_get's reference */
+  }
+  self->last_pid = pid;
+  return p;
+}
+
+void proc_dest_done(proc *self, proc *p) {
+  if (p && p != self->dest) proc_release(p);
+}
+
 void proc_retain(proc *p) { atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); }
 
 void proc_release(proc *p) {
@@ -487,6 +503,7 @@ static void forget_monitor(term_id self, term_id target, term_id ref) {
 }
 
 void proc_exit(proc *p, const unsigned char *reason, size_t len) {
+  if (p->dest) { proc_release(p->dest); p->dest = NULL; }   /* the owner is done sending */
   pthread_mutex_lock(&p->lock);
   if (p->status != PROC_ALIVE) { pthread_mutex_unlock(&p->lock); return; }
   p->status = PROC_EXITING;

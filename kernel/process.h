@@ -51,6 +51,10 @@ typedef struct proc {
   /* The owner's thread only. */
   lua_State *L;
   codec_buf scratch;               /* reused encode buffer for send */
+  struct proc *dest;               /* send's cache: a destination looked up twice in a
+                                   ** row, held with a reference until another one
+                                   ** replaces it or this process exits */
+  term_id last_pid;                /* send's cache: the pid of the last lookup */
   int in_receive;                  /* receive's protected step is running */
   int node_monitors;               /* it called monitor_node: forget its subscriptions at exit */
   /* Memory of the state, published by its allocator (state_slot) with a
@@ -134,6 +138,15 @@ int proc_alive(proc *p);
 
 /* Looks up a live local process; the caller must proc_release it. */
 proc *proc_get(term_id pid);
+
+/* For self's sends, owner only: the live or recently exited local process
+** `pid`, or NULL; hand it back with proc_dest_done. A destination that self
+** looks up twice in a row is kept with a reference (until another one
+** replaces it or self exits) and found again without the table's lock or
+** a reference count per send; one that has exited since is told by its
+** closed mailbox, as a lookup just before its exit would be. */
+proc *proc_dest(proc *self, term_id pid);
+void proc_dest_done(proc *self, proc *p);
 void proc_retain(proc *p);
 void proc_release(proc *p);
 

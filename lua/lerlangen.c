@@ -342,7 +342,7 @@ static int l_send(lua_State *L) {
   codec_limits lim = kern_limits(1);
   codec_buf *b = &self->scratch;
   if (codec_encode(L, 2, 1, "msg", &lim, b) != 0) return lua_error(L);  /* before proc_get: may raise */
-  proc *p = known ? proc_get(pid) : NULL;
+  proc *p = known ? proc_dest(self, pid) : NULL;
   if (!p) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "noproc");
@@ -352,7 +352,7 @@ static int l_send(lua_State *L) {
   if (m) m->ref = alias;  /* receive drops it if the alias is gone by then */
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, timeout, cancelled, self) : MBOX_FULL;
-  proc_release(p);
+  proc_dest_done(self, p);
   if (rc == MBOX_OK) { lua_pushboolean(L, 1); return 1; }
   if (rc == MBOX_CANCELLED) cur(L);
   lua_pushboolean(L, 0);

@@ -40,6 +40,15 @@ describe("messages", function()
       assert.are.same({false, "noproc"}, {erlangen.send(H.dead_pid(), "hi")})
     end)
 
+    it("returns false, \"noproc\" for a process that exited after several sends to it", function()
+      local pid, ref = erlangen.spawn_monitor(function() erlangen.receive() erlangen.receive() end)
+      assert.is_true((erlangen.send(pid, 1)))
+      assert.is_true((erlangen.send(pid, 2)))   -- a destination sent to twice in a row is kept
+      assert.are.equal("normal", H.await_down(ref))
+      assert.are.same({false, "noproc"}, {erlangen.send(pid, 3)})
+      assert.are.same({false, "noproc"}, {erlangen.send(pid, 4, 0.1)})
+    end)
+
     it("returns false, \"noproc\" for an unknown name", function()
       assert.are.same({false, "noproc"}, {erlangen.send("nobody_has_this_name", "hi")})
     end)

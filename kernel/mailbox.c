@@ -23,9 +23,12 @@
 ** - a wait that had to sleep and still ended within MBOX_SPIN_MAX_NS sets
 **   the budget to one and a half times its length (including the wake-up,
 **   which errs on the side of spinning), so the next such wait is caught;
-** - a longer wait halves the budget, so a process that waits long (one of
-**   a ring, a server between requests) soon stops burning the core that
-**   its peers need. Budgets under MBOX_SPIN_MIN_NS are 0.
+** - a longer wait, or one that timed out, halves the budget, so a process
+**   that waits long (one of a ring, a server between requests, a loop of
+**   short receives or sleeps) soon stops burning the core that its peers
+**   need. Budgets under MBOX_SPIN_MIN_NS are 0.
+** A wait whose deadline has already passed (a poll) neither spins nor
+** sleeps, and leaves the budget alone.
 ** The spin yields the core every 64 rounds: on two cores the process that
 ** will answer may be waiting for this very one. */
 #define MBOX_SPIN_MAX_NS 60000u
@@ -287,7 +290,8 @@ static int spin_wait(mbox *mb, uint32_t seq, double t0, double deadline) {
 
 int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   double t0 = mbox_now();
-  unsigned budget = mb->spin_ns;
+  int due = isfinite(deadline) && t0 >= deadline;   /* a poll: neither spin nor sleep */
+  unsigned budget = due ? 0 : mb->spin_ns;
   int woke = budget && spin_wait(mb, seq, t0, deadline);
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
@@ -295,7 +299,7 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     atomic_store(&mb->waiting, 0);
     return 0;
   }
-  entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
+  if (!due) entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
   /* Sleep on `target`: our sequence with the sleeping bit, set here. If
   ** the bit is already set (a sender from an earlier round has not cleared
   ** it yet), sleep on that value: its clearing wakes us. */
@@ -318,6 +322,8 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
     mb->spin_ns = e <= MBOX_SPIN_MAX_NS ? spin_clamp(1.5 * e) : budget / 2 < MBOX_SPIN_MIN_NS ? 0 : budget / 2;
+  } else if (!due) {   /* timed out: a loop of short receives or sleeps must not keep spinning */
+    mb->spin_ns = budget / 2 < MBOX_SPIN_MIN_NS ? 0 : budget / 2;
   }
   return woke ? 0 : -1;
 }

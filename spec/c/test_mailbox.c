@@ -255,11 +255,36 @@ static void test_walk_and_take(void) {
   mbox_destroy(&mb);
 }
 
+/* The learnt spin: a wait that times out halves it (a loop of short
+** receives must not keep spinning), and a poll leaves it alone. */
+static void test_spin_budget_decays(void) {
+  mbox mb;
+  mbox_init(&mb, 4);
+  mb.spin_ns = 60000;
+  uint32_t seq;
+  CHECK(mbox_pop(&mb, &seq) == NULL, "an empty box arms parking", "an entry");
+  int rc = mbox_park(&mb, seq, mbox_now() + 0.0002);
+  CHECK(rc == -1 && mb.spin_ns == 30000, "a wait that times out halves the spin budget",
+        "rc %d, budget %u ns", rc, mb.spin_ns);
+  for (int i = 0; i < 8; i++) {
+    if (mbox_pop(&mb, &seq)) break;
+    mbox_park(&mb, seq, mbox_now() + 0.0002);
+  }
+  CHECK(mb.spin_ns == 0, "a loop of timed-out waits stops spinning", "budget %u ns", mb.spin_ns);
+  mb.spin_ns = 60000;
+  mbox_pop(&mb, &seq);
+  rc = mbox_park(&mb, seq, mbox_now() - 1);
+  CHECK(rc == -1 && mb.spin_ns == 60000, "a poll times out at once and leaves the budget alone",
+        "rc %d, budget %u ns", rc, mb.spin_ns);
+  mbox_destroy(&mb);
+}
+
 int main(void) {
   test_full_box_refuses_and_counts();
   test_walk_and_take();
   test_senders_keep_order();
   test_close_releases_senders();
   test_stale_wake_is_not_lost();
+  test_spin_budget_decays();
   return ctest_end();
 }

@@ -17,7 +17,7 @@
 #endif
 
 typedef struct block { struct block *next; } block;
-typedef struct mag { block *head; unsigned n; } mag;
+typedef struct mag { block *head, *tail; unsigned n; } mag;
 
 /* A thread's own magazines: only that thread touches them. */
 typedef struct cache {
@@ -43,16 +43,31 @@ static void free_all(block *b) {
   while (b) { block *n = b->next; IN_USE(b); free(b); b = n; }
 }
 
-/* Puts m in the depot, or frees its blocks when the depot is full. */
+/* Puts m in the depot, or frees its blocks when the depot is full. A short
+** magazine (a flush before a sleep) joins a short one on top if both fit
+** in one, so that flushes do not fill the depot with a block or two each. */
 static void depot_put(mag m) {
   if (!m.head) return;
   pthread_mutex_lock(&E.lock);
-  if (E.n < ENTRY_DEPOT) { E.depot[E.n++] = m; m.head = NULL; }
+  mag *top = E.n ? &E.depot[E.n - 1] : NULL;
+  if (top && top->n + m.n <= ENTRY_MAG) {
+    m.tail->next = top->head;
+    top->head = m.head;
+    top->n += m.n;
+    m.head = NULL;
+  } else if (E.n < ENTRY_DEPOT) {
+    E.depot[E.n++] = m;
+    m.head = NULL;
+  }
   pthread_mutex_unlock(&E.lock);
   free_all(m.head);
 }
 
-static void at_thread_exit(void *unused) { (void)unused; entry_flush(); }
+static void at_thread_exit(void *unused) {
+  (void)unused;
+  entry_flush();
+  T.keyed = 0;   /* a block freed by a later destructor registers again */
+}
 static void make_key(void) { pthread_key_create(&E.key, at_thread_exit); }
 
 /* The first use in a thread registers the flush at its exit. */
@@ -99,6 +114,7 @@ void entry_free(void *p) {
   block *b = p;
   b->next = c->freed.head;
   CACHED(b);
+  if (!c->freed.head) c->freed.tail = b;
   c->freed.head = b;
   if (++c->freed.n >= ENTRY_MAG) {
     mag m = c->freed;

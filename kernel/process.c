@@ -7,6 +7,7 @@
 #include <string.h>
 #include "kernel.h"
 #include "dist.h"
+#include "entry.h"
 #include "process.h"
 #include "node.h"
 #include "registry.h"
@@ -297,6 +298,7 @@ static void *worker_main(void *arg) {
     ** more than the rest of the preparation on a virtual machine). */
     pthread_mutex_unlock(&P.pool_lock);
     if (!kern_stopping()) state_prepare(&w->slot);
+    entry_flush();   /* a parked thread holds no recycled entries (the dead process's queue was freed here) */
     pthread_mutex_lock(&P.pool_lock);
     while (!w->job && !P.stopping) pthread_cond_wait(&w->cv, &P.pool_lock);
     if (!w->job) {  /* stopping: unlink ourselves from the idle list */
@@ -503,7 +505,11 @@ static void forget_monitor(term_id self, term_id target, term_id ref) {
 }
 
 void proc_exit(proc *p, const unsigned char *reason, size_t len) {
-  if (p->dest) { proc_release(p->dest); p->dest = NULL; }   /* the owner is done sending */
+  /* The owner is done sending: drop its kept destination and its encode
+  ** buffer now, not when the last reference to p goes (another process may
+  ** keep p as its destination for a long time). */
+  if (p->dest) { proc_release(p->dest); p->dest = NULL; }
+  codec_buf_free(&p->scratch);
   pthread_mutex_lock(&p->lock);
   if (p->status != PROC_ALIVE) { pthread_mutex_unlock(&p->lock); return; }
   p->status = PROC_EXITING;

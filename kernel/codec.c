@@ -898,13 +898,17 @@ static int enc_run(enc *e, int first, int n) {
   }
 }
 
-/* The commonest message, one table of booleans, numbers and strings, in
-** one pass: no frames, no object set, no per-value dispatch of enc_run.
-** The bytes are those enc_run writes. Returns 1 when done, 0 when the
-** table holds anything else (the caller starts over the general way), -1
-** on an error (the size limit). */
-static int is_scalar(int type) {
-  return type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING;
+/* The commonest message, one table of booleans, numbers, strings and local
+** pids and refs, in one pass: no frames, no object set, no per-value
+** dispatch of enc_run. The bytes are those enc_run writes. Returns 1 when
+** done, 0 when the table holds anything else (the caller starts over the
+** general way), -1 on an error (the size limit, which names no path).
+** The wire form is left to enc_run: naming a pid's node may fail, and that
+** error names the path, which only enc_run's frames can tell. */
+static int is_flat(enc *e, int idx) {
+  int type = lua_type(e->L, idx);
+  if (type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING) return 1;
+  return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, NULL) != TERM_NONE;
 }
 
 static int enc_flat(enc *e, int t) {
@@ -917,7 +921,7 @@ static int enc_flat(enc *e, int t) {
   lua_pushnil(L);
   while (lua_next(L, t)) {
     int top = lua_gettop(L);
-    if (!is_scalar(lua_type(L, top)) || !is_scalar(lua_type(L, top - 1))) {
+    if (!is_flat(e, top) || !is_flat(e, top - 1)) {
       lua_pop(L, 2);
       return 0;
     }

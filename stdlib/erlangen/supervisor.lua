@@ -204,12 +204,16 @@ end
 -- leaves an orphan when the kill lands between the unlink and the exit.)
 
 -- After the DOWN of `pid`: drops the link and the EXIT it may have queued
--- (links hear of an end before monitors, so it is already here). Returns the
--- EXIT's reason, or `reason` (the DOWN's) when there was none: a child that
--- had already gone gives "noproc" in its DOWN but its real reason in its EXIT.
+-- (links hear of an end before monitors, so it is normally here already).
+-- Returns the EXIT's reason, or `reason` (the DOWN's) when there was none.
+-- A DOWN of "noproc" means the child was already ending when it was
+-- monitored; its EXIT may still be on its way, and an unlink now would
+-- drop it, so it is waited for (briefly: a child that unlinked itself sends
+-- none).
 local function unlink_flush(pid, reason)
+  local m = reason == "noproc" and erlangen.receive(is_exit_of(pid), 1) or nil
   erlangen.unlink(pid)
-  local m = erlangen.receive(is_exit_of(pid), 0)
+  m = m or erlangen.receive(is_exit_of(pid), 0)
   return m and m[3] or reason
 end
 

@@ -4,17 +4,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include "entry.h"
+#include "poison.h"
 
 /* Under AddressSanitizer a cached block is poisoned but for its link, so a
 ** use of an entry after it was freed is still caught. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define CACHED(b)  ASAN_POISON_MEMORY_REGION((char *)(b) + sizeof(block), ENTRY_SMALL - sizeof(block))
-#define IN_USE(b)  ASAN_UNPOISON_MEMORY_REGION((b), ENTRY_SMALL)
-#else
-#define CACHED(b)  ((void)(b))
-#define IN_USE(b)  ((void)(b))
-#endif
+#define CACHED(b)  POISON((char *)(b) + sizeof(block), ENTRY_SMALL - sizeof(block))
+#define IN_USE(b)  UNPOISON((b), ENTRY_SMALL)
 
 typedef struct block { struct block *next; } block;
 typedef struct mag { block *head, *tail; unsigned n; } mag;

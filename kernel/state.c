@@ -15,6 +15,7 @@
 #include "kernel.h"
 #include "process.h"
 #include "registry.h"
+#include "poison.h"
 #include "state.h"
 
 #define HOOK_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
@@ -146,21 +147,12 @@ static void publish(state_slot *s) {
 ** the last one by moving the top down, any other into a short list of
 ** holes that later carves fill first (the opening grows a few tables, and
 ** each growth frees the smaller part). A block freed after the opening
-** stays unused until the state is closed. */
+** stays unused until the state is closed. Under AddressSanitizer the
+** arena's free parts are poisoned, so a use of a freed block is caught. */
 
 #define ARENA_ALIGN 16           /* what malloc gives: any type, userdata included */
 #define ARENA_FIRST (40u << 10)  /* a slot's first guess; then what its last opening used */
 
-/* Under AddressSanitizer the arena's free parts are poisoned, so a use of
-** a block after Lua freed it is still caught. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define ARENA_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
-#define ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define ARENA_POISON(p, n)   ((void)(p), (void)(n))
-#define ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 static size_t arena_round(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
 
@@ -180,20 +172,20 @@ static void *carve(state_slot *s, size_t n) {
     h->at += need;
     h->len -= need;
     if (h->len == 0) *h = s->holes[--s->nholes];
-    ARENA_UNPOISON(q, n);
+    UNPOISON(q, n);
     return q;
   }
   if (s->arena_cap - s->arena_top < need) { s->arena_over += need; return NULL; }
   void *q = s->arena + s->arena_top;
   s->arena_top += need;
-  ARENA_UNPOISON(q, n);
+  UNPOISON(q, n);
   return q;
 }
 
 /* Lua freed the arena block ptr of osize bytes: while carving it can be
 ** carved again; afterwards it stays unused (and poisoned) until the close. */
 static void uncarve(state_slot *s, void *ptr, size_t osize) {
-  ARENA_POISON(ptr, osize);
+  POISON(ptr, osize);
   if (!s->carving) return;
   size_t at = (size_t)((unsigned char *)ptr - s->arena), len = arena_round(osize);
   if (at + len == s->arena_top) s->arena_top = at;
@@ -207,7 +199,7 @@ static void *arena_grow(state_slot *s, void *ptr, size_t osize, size_t nsize) {
   if (s->carving && at + arena_round(osize) == s->arena_top &&
       s->arena_cap - at >= arena_round(nsize)) {
     s->arena_top = at + arena_round(nsize);
-    ARENA_UNPOISON(ptr, nsize);
+    UNPOISON(ptr, nsize);
     return ptr;
   }
   void *n = carve(s, nsize);
@@ -223,7 +215,7 @@ static void arena_open(state_slot *s) {
   size_t cap = s->arena_want ? s->arena_want : ARENA_FIRST;
   s->arena = malloc(cap);
   s->arena_cap = s->arena ? cap : 0;
-  if (s->arena) ARENA_POISON(s->arena, cap);
+  if (s->arena) POISON(s->arena, cap);
   s->arena_top = s->arena_over = 0;
   s->nholes = 0;
   s->carving = s->arena != NULL;
@@ -236,7 +228,7 @@ static void arena_seal(state_slot *s) {
 }
 
 static void arena_release(state_slot *s) {
-  if (s->arena) ARENA_UNPOISON(s->arena, s->arena_cap);
+  if (s->arena) UNPOISON(s->arena, s->arena_cap);
   free(s->arena);
   s->arena = NULL;
   s->arena_cap = s->arena_top = 0;
@@ -275,7 +267,7 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   void *q;
   if (ptr && in_arena(s, ptr)) {
     if (nsize > osize) q = arena_grow(s, ptr, osize, nsize);
-    else { q = ptr; ARENA_POISON((unsigned char *)ptr + nsize, osize - nsize); }  /* shrunk in place */
+    else { q = ptr; POISON((unsigned char *)ptr + nsize, osize - nsize); }  /* shrunk in place */
   }
   else if (ptr || !(q = carve(s, nsize))) q = realloc(ptr, nsize);
   if (!q) return NULL;

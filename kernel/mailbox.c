@@ -321,9 +321,9 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   atomic_store(&mb->waiting, 0);
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
-    mb->spin_ns = e <= MBOX_SPIN_MAX_NS ? spin_clamp(1.5 * e) : budget / 2 < MBOX_SPIN_MIN_NS ? 0 : budget / 2;
+    mb->spin_ns = spin_clamp(e <= MBOX_SPIN_MAX_NS ? 1.5 * e : budget / 2.0);
   } else if (!due) {   /* timed out: a loop of short receives or sleeps must not keep spinning */
-    mb->spin_ns = budget / 2 < MBOX_SPIN_MIN_NS ? 0 : budget / 2;
+    mb->spin_ns = spin_clamp(budget / 2.0);
   }
   return woke ? 0 : -1;
 }

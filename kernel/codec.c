@@ -916,24 +916,15 @@ static int enc_flat(enc *e, int t) {
   unsigned char *b = enc_need(e, 1 + 2 * COUNT_WIDTH);
   if (!b) return -1;
   *b = TAG_TABLE;
-  enc_frame f = { .kind = EF_ARRAY, .slot = t, .at = e->len + 1 };
+  enc_frame f = { .kind = EF_ARRAY, .slot = t, .base = lua_gettop(L), .at = e->len + 1 };
   e->len = f.at + 2 * COUNT_WIDTH;
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    int top = lua_gettop(L);
-    if (!is_flat(e, top) || !is_flat(e, top - 1)) {
-      lua_pop(L, 2);
-      return 0;
-    }
-    if (f.kind == EF_ARRAY && lua_isinteger(L, top - 1) && lua_tointeger(L, top - 1) == f.i + 1) f.i++;
-    else {
-      f.kind = EF_KEY;
-      f.nhash++;
-      if (enc_value(e, top - 1)) { lua_pop(L, 2); return -1; }
-    }
-    int r = enc_value(e, top);
-    lua_pop(L, 1);
-    if (r) { lua_pop(L, 1); return -1; }
+  lua_pushnil(L);                     /* the first lua_next key, at base+1 */
+  int key = f.base + 1, value = f.base + 2, idx;
+  while ((idx = enc_next_entry(e, &f)) != 0) {   /* the same array/pairs split as enc_run */
+    if (!is_flat(e, value) || !is_flat(e, key)) { lua_settop(L, f.base); return 0; }
+    if (idx == key) f.nhash++;
+    if ((idx == key && enc_value(e, key)) || enc_value(e, value)) { lua_settop(L, f.base); return -1; }
+    lua_settop(L, key);
   }
   e->nobj = 1;
   return enc_close_table(e, &f) ? -1 : 1;

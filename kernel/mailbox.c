@@ -75,7 +75,9 @@ static inline void cpu_relax(void) {
 
 void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->inbox, NULL);
-  atomic_init(&mb->count, 0);
+  atomic_init(&mb->sent, 0);
+  atomic_init(&mb->taken_seen, 0);
+  atomic_init(&mb->taken, 0);
   atomic_init(&mb->exits, 0);
   atomic_init(&mb->dropped, 0);
   atomic_init(&mb->closed, 0);
@@ -155,11 +157,31 @@ static int reserve(_Atomic unsigned *c, unsigned limit) {
   return 1;
 }
 
+/* Reserves a slot for a regular message; 0 when the box is full. Reads the
+** owner's `taken` only when the senders' copy says full (mailbox.h). */
+static int reserve_msg(mbox *mb) {
+  unsigned s = atomic_load(&mb->sent);
+  for (;;) {
+    unsigned t = atomic_load_explicit(&mb->taken_seen, memory_order_relaxed);
+    if (s - t >= mb->capacity) {
+      t = atomic_load(&mb->taken);
+      atomic_store_explicit(&mb->taken_seen, t, memory_order_relaxed);
+      if (s - t >= mb->capacity) return 0;
+    }
+    if (atomic_compare_exchange_weak(&mb->sent, &s, s + 1)) return 1;
+  }
+}
+
+static unsigned queued(mbox *mb) {
+  unsigned t = atomic_load(&mb->taken);   /* first: `sent` is never behind it */
+  return atomic_load(&mb->sent) - t;
+}
+
 int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), void *ud) {
   double deadline = NAN;   /* read the clock only once the box is full */
   for (;;) {
     if (atomic_load(&mb->closed)) break;
-    if (reserve(&mb->count, mb->capacity)) {
+    if (reserve_msg(mb)) {
       m->counted = MBOX_COUNT_MSG;
       push(mb, m);
       return MBOX_OK;
@@ -172,12 +194,12 @@ int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), vo
     }
     if (cancelled && cancelled(ud)) { mbox_msg_free(m); return MBOX_CANCELLED; }
     /* Wait for the owner to free slots, waking now and then to notice our
-    ** own cancellation. We count ourselves and then look at `count`; the
-    ** owner decrements `count` and then looks at `space_waiters` (both
-    ** seq_cst), so one of us sees the other. */
+    ** own cancellation. We count ourselves and then look at `taken`; the
+    ** owner bumps `taken` and then looks at `space_waiters` (both seq_cst),
+    ** so one of us sees the other. */
     uint32_t seen = atomic_load(&mb->space);
     atomic_fetch_add(&mb->space_waiters, 1);
-    if (atomic_load(&mb->count) >= mb->capacity && !atomic_load(&mb->closed)) {
+    if (queued(mb) >= mb->capacity && !atomic_load(&mb->closed)) {
       entry_flush();
       double slice = mbox_now() + 0.02;
       futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
@@ -244,8 +266,9 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
 static int account_removed(mbox *mb, mbox_msg *m) {
   if (m->counted == MBOX_COUNT_EXIT) atomic_fetch_sub(&mb->exits, 1);
   if (m->counted != MBOX_COUNT_MSG) return 0;
-  unsigned left = atomic_fetch_sub(&mb->count, 1) - 1;
-  if (atomic_load(&mb->space_waiters) && left <= mb->capacity - (mb->capacity + 3) / 4) {
+  unsigned t = atomic_load_explicit(&mb->taken, memory_order_relaxed) + 1;
+  atomic_store(&mb->taken, t);   /* only the owner writes it */
+  if (atomic_load(&mb->space_waiters) && atomic_load(&mb->sent) - t <= mb->capacity - (mb->capacity + 3) / 4) {
     atomic_fetch_add(&mb->space, 1);
     return 1;
   }
@@ -355,7 +378,7 @@ void mbox_close(mbox *mb) {
   drain(mb);
   free_list(mb->head);
   mb->head = mb->tail = NULL;
-  atomic_store(&mb->count, 0);
+  atomic_store(&mb->taken, atomic_load(&mb->sent));
   atomic_store(&mb->exits, 0);
   if (atomic_load(&mb->space_waiters)) {   /* they see `closed` and give up */
     atomic_fetch_add(&mb->space, 1);
@@ -364,7 +387,7 @@ void mbox_close(mbox *mb) {
 }
 
 void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting) {
-  *count = atomic_load(&mb->count);
+  *count = queued(mb);
   *capacity = mb->capacity;
   *dropped = atomic_load_explicit(&mb->dropped, memory_order_relaxed);
   *waiting = atomic_load(&mb->waiting);

@@ -13,11 +13,17 @@
 ** - Order: entries from one sender keep their order. A sender's pushes are
 **   ordered by its compare-and-swaps; each exchange takes a prefix of that
 **   order, newest first, and is reversed before it is appended.
-** - `count` is the number of regular messages queued (in `inbox` or the
-**   private list); it never exceeds `capacity`: a sender reserves its slot
-**   with a compare-and-swap before it pushes. The owner decrements it when
-**   an entry leaves. EXIT and DOWN entries are not counted (one per link or
-**   monitor); EXITs of exit/2 have their own bound, `exits`.
+** - The regular messages queued (in `inbox` or the private list) number
+**   `sent - taken` (unsigned, wrapping), and never more than `capacity`:
+**   a sender reserves its slot by a compare-and-swap on `sent`, which only
+**   succeeds while `sent - taken` is below the capacity; `taken` (written
+**   by the owner alone, when a message leaves) only grows, so a sender that
+**   compares with an older `taken` errs on the side of "full". Senders
+**   compare with `taken_seen`, a copy on their own line that a sender
+**   refreshes from `taken` when the copy says "full": the owner's line is
+**   then read about once per `capacity` messages, not once per message.
+**   EXIT and DOWN entries are not counted (one per link or monitor); EXITs
+**   of exit/2 have their own bound, `exits`.
 ** - Parking: the owner sets `waiting`, reads `wake`, then looks at `inbox`
 **   once more before it sleeps; a sender pushes, then reads `waiting` and
 **   bumps `wake` if it is set. All four are seq_cst, so either the owner
@@ -59,18 +65,21 @@ typedef struct mbox_msg {
 } mbox_msg;
 
 typedef struct mbox {
-  /* Shared with senders: atomics, and one immutable field. */
+  /* Written by senders: atomics, and one immutable field. */
   _Atomic(mbox_msg *) inbox;  /* pushed entries, newest first (see above) */
-  _Atomic unsigned count;     /* messages queued (MBOX_COUNT_MSG) */
+  _Atomic unsigned sent;      /* regular messages ever reserved (wraps) */
+  _Atomic unsigned taken_seen;/* a past value of `taken` (see above) */
   _Atomic unsigned exits;     /* EXITs of exit/2 queued (MBOX_COUNT_EXIT) */
   _Atomic uint64_t dropped;   /* messages refused because the box was full */
   _Atomic int closed;         /* the owner exited; puts are refused */
   _Atomic int waiting;        /* the owner is spinning or parked on `wake` */
-  _Atomic int space_waiters;  /* senders parked on `space` */
   _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
-  _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   unsigned capacity;          /* immutable */
   char pad[64];               /* keeps the owner's fields off the senders' cache line */
+  /* Written by the owner (and by a sender that waits for space). */
+  _Atomic unsigned taken;     /* regular messages ever removed (wraps); only grows */
+  _Atomic int space_waiters;  /* senders parked on `space` */
+  _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
   unsigned spin_ns;           /* how long to spin before parking, learnt (mailbox.c) */
@@ -134,7 +143,9 @@ void mbox_wake(mbox *mb);
 ** frees what is queued. */
 void mbox_close(mbox *mb);
 
-/* Snapshot for introspection. */
+/* Snapshot for introspection. `count` is exact when the owner asks; asked
+** from another thread it may be off by the messages that moved while it
+** was read. */
 void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped, int *waiting);
 
 /* Monotonic clock in seconds. */

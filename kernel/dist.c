@@ -501,10 +501,9 @@ static _Thread_local stuck reader_stuck;   /* each link's reader thread has its 
 static void deliver(term_id to, const unsigned char *msg, size_t len, term_id alias, stuck *s) {
   proc *p = proc_get(to);
   if (!p) return;
-  mbox_msg *m = mbox_msg_new(MBOX_MSG, msg, len);
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, msg, len, (term_id){0, 0, 0}, alias);
   if (m) {
     m->wire = 1;
-    m->ref = alias;
     double t = now(), hold = D.tick / 4 < HOLD_MAX ? D.tick / 4 : HOLD_MAX;
     int skip = s && term_eq(s->pid, to) && t < s->until;
     int rc = mbox_put(&p->mb, m, skip || !s ? 0 : hold, NULL, NULL);

@@ -24,8 +24,8 @@
 
 #define ENTRY_SMALL 128   /* the size of every pooled block, in bytes */
 
-/* A block of ENTRY_SMALL bytes (malloc'ed when no recycled one is at hand),
-** or NULL when memory is short. */
+/* A block of ENTRY_SMALL bytes, 64-byte aligned (allocated when no recycled
+** one is at hand), or NULL when memory is short. */
 void *entry_alloc(void);
 
 /* Takes back a block from entry_alloc (any thread's). */

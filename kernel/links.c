@@ -38,9 +38,8 @@ static int mon_remove(proc_vec *v, term_id ref, proc_mon *out) {
 ** exit/2 have a bound of their own (see mbox_put_signal). */
 static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason, size_t len,
                               int flags) {
-  mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len);
+  mbox_msg *m = mbox_msg_new(MBOX_EXIT, reason, len, from, (term_id){0, 0, 0});
   if (!m) return;  /* out of memory: the signal is lost, as on a dead link */
-  m->from = from;
   m->wire = (flags & SIG_WIRE) != 0;
   mbox_put_signal(&p->mb, m, !(flags & SIG_VIA_LINK));
 }
@@ -197,10 +196,8 @@ void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *r
   if (!p) return;
   pthread_mutex_lock(&p->lock);
   if (p->status == PROC_ALIVE && mon_remove(&p->monitors, ref, NULL)) {
-    mbox_msg *m = mbox_msg_new(MBOX_DOWN, reason, len);
+    mbox_msg *m = mbox_msg_new(MBOX_DOWN, reason, len, from, ref);
     if (m) {
-      m->from = from;
-      m->ref = ref;
       m->wire = (flags & SIG_WIRE) != 0;
       mbox_put_signal(&p->mb, m, 0);
     }

@@ -100,26 +100,55 @@ void mbox_destroy(mbox *mb) {
   free_list(atomic_exchange(&mb->inbox, NULL));
 }
 
-/* Small entries come from entry.c's magazines; `len` never changes, so
-** it tells which way an entry goes back. */
-static int pooled(size_t len) { return len <= ENTRY_SMALL - sizeof(mbox_msg); }
+/* Where the ids of a tagged entry start: 8-aligned, after the bytes. */
+static size_t ids_at(size_t len) {
+  return (offsetof(mbox_msg, data) + len + 7) & ~(size_t)7;
+}
 
-mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len) {
-  mbox_msg *m = pooled(len) ? entry_alloc() : malloc(sizeof *m + len);
+static size_t entry_size(size_t len, int tagged) {
+  return tagged ? ids_at(len) + 2 * sizeof(term_id) : offsetof(mbox_msg, data) + len;
+}
+
+/* Small entries come from entry.c's magazines; `len` and `tagged` never
+** change, so they tell which way an entry goes back. */
+static int pooled(size_t len, int tagged) {
+  return len <= ENTRY_SMALL && entry_size(len, tagged) <= ENTRY_SMALL;
+}
+
+mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
+                       term_id from, term_id ref) {
+  int tagged = from.n != 0 || ref.n != 0;
+  if (len > SIZE_MAX - 64) return NULL;
+  mbox_msg *m = pooled(len, tagged) ? entry_alloc() : malloc(entry_size(len, tagged));
   if (!m) return NULL;
   m->next = NULL;
-  m->kind = kind;
-  m->counted = 0;
-  m->from = (term_id){0, 0, 0};
-  m->ref = (term_id){0, 0, 0};
-  m->wire = 0;
   m->len = len;
+  m->kind = (uint8_t)kind;
+  m->counted = 0;
+  m->wire = 0;
+  m->tagged = (uint8_t)tagged;
   memcpy(m->data, data, len);
+  if (tagged) {
+    term_id ids[2] = { from, ref };
+    memcpy((char *)m + ids_at(len), ids, sizeof ids);
+  }
   return m;
 }
 
+term_id mbox_msg_from(const mbox_msg *m) {
+  term_id id = {0, 0, 0};
+  if (m->tagged) memcpy(&id, (const char *)m + ids_at(m->len), sizeof id);
+  return id;
+}
+
+term_id mbox_msg_ref(const mbox_msg *m) {
+  term_id id = {0, 0, 0};
+  if (m->tagged) memcpy(&id, (const char *)m + ids_at(m->len) + sizeof id, sizeof id);
+  return id;
+}
+
 void mbox_msg_free(mbox_msg *m) {
-  if (m && pooled(m->len)) entry_free(m);
+  if (m && pooled(m->len, m->tagged)) entry_free(m);
   else free(m);
 }
 
@@ -362,7 +391,7 @@ void mbox_remove_down(mbox *mb, term_id ref) {
   mbox_msg *prev = NULL;
   drain(mb);
   for (mbox_msg *m = mb->head; m; prev = m, m = m->next)
-    if (m->kind == MBOX_DOWN && term_eq(m->ref, ref)) {
+    if (m->kind == MBOX_DOWN && term_eq(mbox_msg_ref(m), ref)) {
       mbox_take(mb, prev, m);
       mbox_msg_free(m);
       return;

@@ -37,7 +37,7 @@
 **   flag (with a separate flag, that lost a wake-up).
 ** - After mbox_close (`closed`), puts are refused; an entry pushed by a
 **   sender that passed the check just before is freed by mbox_destroy.
-** Ownership: an entry is one allocation holding its bytes. Every mbox_put*
+** Ownership: an entry is one allocation holding its bytes (and ids). Every mbox_put*
 ** takes ownership of the entry, whether it is queued or refused (then it is
 ** freed at once).
 */
@@ -53,14 +53,18 @@
 
 typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
 
+/* An entry: a 20-byte header, then the codec bytes, then (only for an
+** EXIT, a DOWN, or a message sent through an alias) the pid and ref that
+** come with it, at the next multiple of 8. A small message thus fits in
+** the first cache line of its 64-byte-aligned entry, the one line that
+** passes from sender to receiver. */
 typedef struct mbox_msg {
   struct mbox_msg *next;
-  mbox_kind kind;
-  int counted;           /* MBOX_COUNT_*: which bound the entry counts against (set before the push) */
-  term_id from;          /* EXIT/DOWN: the pid that exited */
-  term_id ref;           /* DOWN: the monitor's ref; MSG: the alias it came through ({0}: none) */
-  int wire;              /* the bytes came from another node: decode them in the wire form */
-  size_t len;
+  size_t len;            /* bytes in `data` */
+  uint8_t kind;          /* mbox_kind */
+  uint8_t counted;       /* MBOX_COUNT_*: which bound the entry counts against (set before the push) */
+  uint8_t wire;          /* the bytes came from another node: decode them in the wire form */
+  uint8_t tagged;        /* a pid and a ref follow the bytes (see mbox_msg_from/ref) */
   unsigned char data[];  /* codec bytes (message or reason) */
 } mbox_msg;
 
@@ -91,9 +95,15 @@ enum { MBOX_OK = 0, MBOX_FULL = 1, MBOX_CLOSED = 2, MBOX_CANCELLED = 3 };
 void mbox_init(mbox *mb, unsigned capacity);
 void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 
-/* A new entry holding a copy of `data`; NULL when out of memory. */
-mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len);
+/* A new entry holding a copy of `data`, and `from` and `ref` unless both
+** are zero; NULL when out of memory. `from`: the pid that exited (EXIT,
+** DOWN); `ref`: the monitor's ref (DOWN), or the alias a message came
+** through. */
+mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
+                       term_id from, term_id ref);
 void mbox_msg_free(mbox_msg *m);
+term_id mbox_msg_from(const mbox_msg *m);   /* zero when not given */
+term_id mbox_msg_ref(const mbox_msg *m);    /* zero when not given */
 
 /* Queues a regular message. When the box is full and `timeout` (seconds,
 ** INFINITY for ever) is above 0, waits for space up to that long from the

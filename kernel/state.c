@@ -552,7 +552,7 @@ static int log_record(lua_State *L, const char *level, const char *text,
   int ok = codec_encode(L, -1, 1, "report", &lim, &b) == 0;
   lua_pop(L, 1);   /* the table or the codec's error */
   proc *q = ok ? proc_get(logger) : NULL;
-  mbox_msg *m = q ? mbox_msg_new(MBOX_MSG, b.data, b.len) : NULL;
+  mbox_msg *m = q ? mbox_msg_new(MBOX_MSG, b.data, b.len, (term_id){0, 0, 0}, (term_id){0, 0, 0}) : NULL;
   codec_buf_free(&b);
   int rc = m ? mbox_put(&q->mb, m, 0, NULL, NULL) : MBOX_FULL;
   if (q) proc_release(q);

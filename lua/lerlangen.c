@@ -348,8 +348,8 @@ static int l_send(lua_State *L) {
     lua_pushliteral(L, "noproc");
     return 2;
   }
-  mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len);
-  if (m) m->ref = alias;  /* receive drops it if the alias is gone by then */
+  /* with an alias: receive drops it if the alias is gone by then */
+  mbox_msg *m = mbox_msg_new(MBOX_MSG, b->data, b->len, (term_id){0, 0, 0}, alias);
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, timeout, cancelled, self) : MBOX_FULL;
   proc_dest_done(self, p);
@@ -377,8 +377,8 @@ static int push_entry(lua_State *L, mbox_msg *m) {
   lua_pushstring(L, m->kind == MBOX_DOWN ? "DOWN" : "EXIT");
   lua_rawseti(L, -2, 1);
   int i = 2;
-  if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, m->ref); lua_rawseti(L, -2, i++); }
-  term_push(L, TERM_PID, m->from);
+  if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, mbox_msg_ref(m)); lua_rawseti(L, -2, i++); }
+  term_push(L, TERM_PID, mbox_msg_from(m));
   lua_rawseti(L, -2, i++);
   int n = codec_decode(L, m->data, m->len, &lim);
   if (n != 1) {
@@ -429,7 +429,8 @@ static void check_before_park(lua_State *L, proc *self) {
 /* A message sent through an alias that its owner has since deactivated:
 ** unalias promises that such a message is never seen. */
 static int stale(proc *self, mbox_msg *m) {
-  return m->kind == MBOX_MSG && m->ref.n != 0 && !reg_alias_active(self, m->ref);
+  if (m->kind != MBOX_MSG || !m->tagged) return 0;
+  return !reg_alias_active(self, mbox_msg_ref(m));
 }
 
 static int l_receive(lua_State *L) {

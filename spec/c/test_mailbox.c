@@ -23,7 +23,7 @@ static mbox_msg *msg_of(int id, int seq) {
   unsigned char b[8];
   memcpy(b, &id, 4);
   memcpy(b + 4, &seq, 4);
-  return mbox_msg_new(MBOX_MSG, b, sizeof b);
+  return mbox_msg_new(MBOX_MSG, b, sizeof b, (term_id){0, 0, 0}, (term_id){0, 0, 0});
 }
 
 static void parse(const mbox_msg *m, int *id, int *seq) {
@@ -105,10 +105,10 @@ static void test_full_box_refuses_and_counts(void) {
   CHECK(ok == 3 && count == 3 && dropped == 2, "a full box refuses without waiting and counts the drops",
         "ok %d count %u dropped %llu", ok, count, (unsigned long long)dropped);
   /* Signals do not count against the capacity; exit/2's EXITs have a bound of their own. */
-  int sig = mbox_put_signal(&mb, mbox_msg_new(MBOX_DOWN, (const unsigned char *)"r", 1), 0);
+  int sig = mbox_put_signal(&mb, mbox_msg_new(MBOX_DOWN, (const unsigned char *)"r", 1, (term_id){7, 0, 0}, (term_id){9, 0, 0}), 0);
   int bounded = 0;
   for (int i = 0; i < 4; i++)
-    bounded += mbox_put_signal(&mb, mbox_msg_new(MBOX_EXIT, (const unsigned char *)"r", 1), 1) == MBOX_OK;
+    bounded += mbox_put_signal(&mb, mbox_msg_new(MBOX_EXIT, (const unsigned char *)"r", 1, (term_id){7, 0, 0}, (term_id){0, 0, 0}), 1) == MBOX_OK;
   CHECK(sig == MBOX_OK && bounded == 3, "a DOWN enters a full box; exit/2 EXITs stop at the capacity",
         "down %d, exits queued %d", sig, bounded);
   uint32_t seq;
@@ -279,7 +279,33 @@ static void test_spin_budget_decays(void) {
   mbox_destroy(&mb);
 }
 
+/* An entry keeps its bytes, and the pid and ref given with it, whatever
+** its size: small ones come from the magazines, 64-byte aligned, larger
+** ones from malloc. */
+static void test_entry_layout(void) {
+  static const size_t lens[] = { 0, 1, 23, 44, 80, 100, 108, 109, 127, 128, 129, 4000 };
+  unsigned char bytes[4000];
+  for (size_t i = 0; i < sizeof bytes; i++) bytes[i] = (unsigned char)(i * 7 + 1);
+  int bad = 0, misaligned = 0;
+  for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+    for (int tagged = 0; tagged < 2; tagged++) {
+      term_id from = { tagged ? 1000 + i : 0, tagged ? 3 : 0, tagged ? 5 : 0 };
+      term_id ref = { tagged ? 2000 + i : 0, 0, tagged ? 6 : 0 };
+      mbox_msg *m = mbox_msg_new(tagged ? MBOX_DOWN : MBOX_MSG, bytes, lens[i], from, ref);
+      if (!m) { bad++; continue; }
+      if (lens[i] <= 44 && ((uintptr_t)m & 63) != 0) misaligned++;
+      term_id f = mbox_msg_from(m), r = mbox_msg_ref(m);
+      if (m->len != lens[i] || memcmp(m->data, bytes, lens[i]) != 0 || !term_eq(f, from) ||
+          !term_eq(r, ref) || m->tagged != tagged)
+        bad++;
+      mbox_msg_free(m);
+    }
+  CHECK(bad == 0, "an entry keeps its bytes, pid and ref at every size", "%d entries wrong", bad);
+  CHECK(misaligned == 0, "a small entry starts on a cache line", "%d misaligned", misaligned);
+}
+
 int main(void) {
+  test_entry_layout();
   test_full_box_refuses_and_counts();
   test_walk_and_take();
   test_senders_keep_order();

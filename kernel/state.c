@@ -154,6 +154,9 @@ static void publish(state_slot *s) {
 #define ARENA_FIRST (40u << 10)  /* a slot's first guess; then what its last opening used */
 
 
+static size_t small_class(size_t n) { return (n + 15) / 16 - 1; }
+static size_t small_size(size_t n) { return (n + 15) & ~(size_t)15; }
+
 static size_t arena_round(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
 
 static int in_arena(const state_slot *s, const void *ptr) {
@@ -203,7 +206,7 @@ static void *arena_grow(state_slot *s, void *ptr, size_t osize, size_t nsize) {
     return ptr;
   }
   void *n = carve(s, nsize);
-  if (!n) n = malloc(nsize);
+  if (!n) n = malloc(nsize <= STATE_SMALL_MAX ? small_size(nsize) : nsize);   /* see state_slot.small */
   if (!n) return NULL;
   memcpy(n, ptr, osize);
   uncarve(s, ptr, osize);
@@ -236,9 +239,87 @@ static void arena_release(state_slot *s) {
 }
 
 /* Closes L, whose objects may live in s's arena, and then the arena. */
+/* ---- small blocks (see state_slot.small) ---- */
+
+
+/* A block for n (1..STATE_SMALL_MAX) bytes with room for its whole class. */
+static void *small_get(state_slot *s, size_t n) {
+  void **head = &s->small[small_class(n)];
+  void *q = *head;
+  if (q) {
+    UNPOISON(q, sizeof(void *));
+    *head = *(void **)q;
+    s->small_kept -= small_size(n);
+    UNPOISON(q, n);
+    return q;
+  }
+  q = carve(s, n);   /* rounds up to 16 itself */
+  return q ? q : malloc(small_size(n));
+}
+
+/* Takes back a block that held n (1..STATE_SMALL_MAX) bytes. */
+static void small_put(state_slot *s, void *ptr, size_t n) {
+  size_t size = small_size(n);
+  if (!s->carving && s->small_kept + size <= STATE_SMALL_KEEP) {
+    void **head = &s->small[small_class(n)];
+    *(void **)ptr = *head;
+    *head = ptr;
+    s->small_kept += size;
+    POISON(ptr, size);
+  } else if (in_arena(s, ptr)) uncarve(s, ptr, n);
+  else free(ptr);
+}
+
+/* Gives back the kept blocks that are not in the arena (which goes whole). */
+static void small_release(state_slot *s) {
+  for (size_t c = 0; c < STATE_SMALL_MAX / 16; c++) {
+    void *q = s->small[c];
+    while (q) {
+      UNPOISON(q, sizeof(void *));
+      void *next = *(void **)q;
+      if (!in_arena(s, q)) { UNPOISON(q, (c + 1) * 16); free(q); }
+      q = next;
+    }
+    s->small[c] = NULL;
+  }
+  s->small_kept = 0;
+}
+
 static void close_state(state_slot *s, lua_State *L) {
+  small_release(s);
+  s->small_kept = STATE_SMALL_KEEP;   /* what lua_close frees is not kept */
   lua_close(L);
+  s->small_kept = 0;
   arena_release(s);
+}
+
+/* Frees a block of osize bytes, wherever it came from. */
+static void block_free(state_slot *s, void *ptr, size_t osize) {
+  if (osize <= STATE_SMALL_MAX) small_put(s, ptr, osize);
+  else if (in_arena(s, ptr)) uncarve(s, ptr, osize);
+  else free(ptr);
+}
+
+/* Resizes ptr (osize bytes; NULL for a new block) to nsize > 0 bytes. */
+static void *block_resize(state_slot *s, void *ptr, size_t osize, size_t nsize) {
+  if (!ptr) {
+    if (nsize <= STATE_SMALL_MAX) return small_get(s, nsize);
+    void *q = carve(s, nsize);
+    return q ? q : malloc(nsize);
+  }
+  int small = osize <= STATE_SMALL_MAX;
+  if ((small && nsize <= small_size(osize)) || (!small && in_arena(s, ptr) && nsize <= osize)) {
+    if (nsize < osize) POISON((unsigned char *)ptr + nsize, osize - nsize);   /* in place */
+    else UNPOISON(ptr, nsize);
+    return ptr;
+  }
+  if (s->carving && in_arena(s, ptr)) return arena_grow(s, ptr, osize, nsize);
+  if (!small && !in_arena(s, ptr) && nsize > STATE_SMALL_MAX) return realloc(ptr, nsize);
+  void *q = block_resize(s, NULL, 0, nsize);
+  if (!q) return NULL;
+  memcpy(q, ptr, osize < nsize ? osize : nsize);
+  block_free(s, ptr, osize);
+  return q;
 }
 
 static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -246,8 +327,7 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   proc *p = s->owner;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    if (in_arena(s, ptr)) uncarve(s, ptr, osize);
-    else free(ptr);
+    if (ptr) block_free(s, ptr, osize);
     s->used -= old;
     publish(s);
     return NULL;
@@ -264,12 +344,7 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
       return NULL;
     }
   }
-  void *q;
-  if (ptr && in_arena(s, ptr)) {
-    if (nsize > osize) q = arena_grow(s, ptr, osize, nsize);
-    else { q = ptr; POISON((unsigned char *)ptr + nsize, osize - nsize); }  /* shrunk in place */
-  }
-  else if (ptr || !(q = carve(s, nsize))) q = realloc(ptr, nsize);
+  void *q = block_resize(s, ptr, old, nsize);
   if (!q) return NULL;
   s->used = s->used - old + nsize;
   publish(s);

@@ -262,6 +262,7 @@ static void small_put(state_slot *s, void *ptr, size_t n) {
   size_t size = small_size(n);
   if (!s->carving && s->small_kept + size <= STATE_SMALL_KEEP) {
     void **head = &s->small[small_class(n)];
+    UNPOISON(ptr, sizeof(void *));   /* a shrink in place may have poisoned it */
     *(void **)ptr = *head;
     *head = ptr;
     s->small_kept += size;
@@ -493,6 +494,70 @@ static lua_State *state_new(state_slot *s) {
   }
   if (st != LUA_OK) { close_state(s, L); return NULL; }
   return L;
+}
+
+/* ---- states of host threads (erlangen_attach) ----
+** Made with the kernel's allocator, so that the process's memory shows in
+** info() and its small blocks are recycled like a spawned process's; with
+** the panic and warning behaviour of luaL_newstate (warnings off until
+** "@on"). The slot lives as long as the state. */
+
+typedef struct host_slot {
+  state_slot s;   /* first: the allocator's ud is also the host_slot */
+  int warnings;   /* "@on" was given */
+  int continued;  /* the last piece of a warning had a continuation */
+} host_slot;
+
+static void host_warn(void *ud, const char *msg, int tocont) {
+  host_slot *h = ud;
+  if (!h->continued && !tocont && msg[0] == '@') {   /* a control message */
+    if (strcmp(msg, "@on") == 0) h->warnings = 1;
+    else if (strcmp(msg, "@off") == 0) h->warnings = 0;
+    return;
+  }
+  if (h->warnings) {
+    if (!h->continued) fputs("Lua warning: ", stderr);
+    fputs(msg, stderr);
+    if (!tocont) fputs("\n", stderr);
+  }
+  h->continued = tocont;
+}
+
+static int host_panic(lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error object is not a string";
+  fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n", msg);
+  return 0;
+}
+
+lua_State *state_new_host(void) {
+  host_slot *h = calloc(1, sizeof *h);
+  if (!h) return NULL;
+  lua_State *L = lua_newstate(state_alloc, &h->s);
+  if (!L) { free(h); return NULL; }
+  lua_atpanic(L, host_panic);
+  lua_setwarnf(L, host_warn, h);
+  return L;
+}
+
+/* The slot of a state made by the kernel, else NULL (stock lua's states). */
+static state_slot *slot_of(lua_State *L) {
+  void *ud;
+  return lua_getallocf(L, &ud) == state_alloc ? ud : NULL;
+}
+
+void state_close_host(lua_State *L) {
+  state_slot *s = slot_of(L);
+  if (!s) { lua_close(L); return; }
+  s->owner = NULL;
+  close_state(s, L);
+  free(s);
+}
+
+void state_bind(lua_State *L, proc *p) {
+  state_slot *s = slot_of(L);
+  if (!s) return;
+  s->owner = p;
+  publish(s);
 }
 
 /* ---- running ---- */

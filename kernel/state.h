@@ -66,6 +66,15 @@ typedef struct state_slot {
   size_t small_kept;  /* bytes in `small` */
 } state_slot;
 
+/* A bare state for a host thread (erlangen_attach), using the kernel's
+** allocator; NULL when memory is short. Close it with state_close_host. */
+lua_State *state_new_host(void);
+void state_close_host(lua_State *L);   /* any state; frees the slot of ours */
+
+/* Accounts L's memory to process p from now on (NULL: to none). Does
+** nothing for a state the kernel did not make (stock lua's). */
+void state_bind(lua_State *L, struct proc *p);
+
 /* Prepares s->L if there is none (quietly leaves it NULL when memory is short). */
 void state_prepare(state_slot *s);
 

@@ -41,6 +41,7 @@ static void detach_self(lua_State *L) {
   proc *p = proc_self();
   if (p && p->attached) {
     set_extra(main_thread(L), NULL);   /* erlangen_interrupt must not see it freed */
+    state_bind(L, NULL);               /* nor the allocator */
     size_t len;
     const unsigned char *r = kern_reason(KR_NORMAL, &len);
     proc_detach(p, r, len);
@@ -75,6 +76,7 @@ static proc *cur(lua_State *L) {
     p = proc_attach(main);
     if (!p) luaL_error(L, "erlangen: out of memory");
     set_extra(main, p);
+    state_bind(main, p);
     state_set_current(L);   /* the Lua thread running now, maybe a coroutine */
   }
   if (atomic_load_explicit(&p->doomed, memory_order_acquire)) raise_doom(L, p);
@@ -1011,11 +1013,12 @@ static int open_all(lua_State *L) {
 
 lua_State *erlangen_attach(void) {
   if (!kern_running() || proc_self()) return NULL;
-  lua_State *L = luaL_newstate();
+  lua_State *L = state_new_host();
   if (!L) return NULL;
   proc *p = proc_attach(L);
-  if (!p) { lua_close(L); return NULL; }
+  if (!p) { state_close_host(L); return NULL; }
   set_extra(L, p);
+  state_bind(L, p);
   state_set_current(L);
   lua_pushcfunction(L, open_all);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
@@ -1027,7 +1030,7 @@ lua_State *erlangen_attach(void) {
 
 void erlangen_detach(lua_State *L) {
   detach_self(L);
-  lua_close(L);
+  state_close_host(L);
 }
 
 void erlangen_interrupt(lua_State *L) {

@@ -105,6 +105,25 @@ describe("the erlangen interpreter", function()
     assert.are.equal("42\n", out)
   end)
 
+  it("shows warnings only after -W or warn(\"@on\"), as lua does", function()
+    local code, _, err = run({ "-e", "warn('hidden')" })
+    assert.are.equal(0, code)
+    assert.are.equal("", err)
+    code, _, err = run({ "-W", "-e", "warn('shown', ' in ', 'parts') warn('@off') warn('not')" })
+    assert.are.equal(0, code)
+    assert.are.equal("Lua warning: shown in parts\n", err)
+  end)
+
+  it("accounts the main process's memory like any other process's", function()
+    local code, out = run({ "-e", [[
+      local before = erlangen.info(erlangen.self()).memory
+      local t = {}
+      for i = 1, 20000 do t[i] = i end
+      print(before > 0, erlangen.info(erlangen.self()).memory >= before + 20000 * 8)]] })
+    assert.are.equal(0, code)
+    assert.are.equal("true\ttrue\n", out)
+  end)
+
   it("runs several -e options in order", function()
     local _, out = run({ "-e", "x = 1", "-ex = x + 1", "-e", "print(x)" })
     assert.are.equal("2\n", out)

@@ -83,6 +83,7 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->closed, 0);
   atomic_init(&mb->waiting, 0);
   atomic_init(&mb->space_waiters, 0);
+  atomic_init(&mb->resting, 0);
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->space, 0);
   mb->capacity = capacity;
@@ -315,11 +316,12 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
 }
 
 uint32_t mbox_arm(mbox *mb) {
-  atomic_store(&mb->waiting, 1);
+  atomic_store_explicit(&mb->resting, 1, memory_order_relaxed);
   return atomic_load(&mb->wake);
 }
 
 void mbox_disarm(mbox *mb) {
+  atomic_store_explicit(&mb->resting, 0, memory_order_relaxed);
   atomic_store(&mb->waiting, 0);
 }
 
@@ -348,7 +350,7 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
     mb->spin_ns = spin_clamp(2 * e > budget * 0.75 ? 2 * e : budget * 0.75);
-    atomic_store(&mb->waiting, 0);
+    mbox_disarm(mb);
     return 0;
   }
   if (!due) entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
@@ -370,7 +372,7 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     uint32_t expect = target;
     if (!atomic_compare_exchange_strong(&mb->wake, &expect, seq)) woke = 1;
   }
-  atomic_store(&mb->waiting, 0);
+  mbox_disarm(mb);
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
     mb->spin_ns = spin_clamp(e <= MBOX_SPIN_MAX_NS ? 1.5 * e : budget / 2.0);
@@ -419,5 +421,5 @@ void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped
   *count = queued(mb);
   *capacity = mb->capacity;
   *dropped = atomic_load_explicit(&mb->dropped, memory_order_relaxed);
-  *waiting = atomic_load(&mb->waiting);
+  *waiting = atomic_load(&mb->waiting) || atomic_load_explicit(&mb->resting, memory_order_relaxed);
 }

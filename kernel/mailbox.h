@@ -83,6 +83,7 @@ typedef struct mbox {
   /* Written by the owner (and by a sender that waits for space). */
   _Atomic unsigned taken;     /* regular messages ever removed (wraps); only grows */
   _Atomic int space_waiters;  /* senders parked on `space` */
+  _Atomic int resting;        /* the owner sleeps (mbox_arm); read by mbox_stats */
   _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
@@ -129,8 +130,10 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 ** and returns NULL. */
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 
-/* Owner only. Arms parking without looking at the queue (sleep): the owner
-** shows as waiting, and puts wake it. Returns the wake sequence. */
+/* Owner only. Prepares a wait that only mbox_wake ends (a sleep): the
+** owner shows as waiting, but puts do not wake it (they do not even bump
+** `wake`, so a flood into a sleeping process costs no system calls).
+** Returns the wake sequence for mbox_park. */
 uint32_t mbox_arm(mbox *mb);
 
 /* Owner only. Undoes the arming of mbox_next/mbox_pop without parking. */

@@ -515,7 +515,7 @@ static int l_sleep(lua_State *L) {
   luaL_argcheck(L, t >= 0 && t < 1e9, 1, "seconds must be a number from 0 to 1e9");
   double deadline = mbox_now() + t;
   for (;;) {
-    uint32_t seq = mbox_arm(&self->mb);   /* shows as "waiting"; a message only wakes us early */
+    uint32_t seq = mbox_arm(&self->mb);   /* shows as "waiting"; messages do not wake us */
     check_before_park(L, self);
     if (mbox_now() >= deadline) { mbox_disarm(&self->mb); return 0; }
     mbox_park(&self->mb, seq, deadline);

@@ -304,6 +304,27 @@ static void test_entry_layout(void) {
   CHECK(misaligned == 0, "a small entry starts on a cache line", "%d misaligned", misaligned);
 }
 
+/* A sleep (mbox_arm) shows as waiting, but a put neither bumps `wake` nor
+** ends it: a flood into a sleeping process makes no system calls. */
+static void test_sleep_ignores_puts(void) {
+  mbox mb;
+  mbox_init(&mb, 8);
+  uint32_t seq = mbox_arm(&mb);
+  unsigned count, cap;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&mb, &count, &cap, &dropped, &waiting);
+  for (int i = 0; i < 4; i++) mbox_put(&mb, msg_of(1, i), 0, NULL, NULL);
+  uint32_t after = atomic_load(&mb.wake);
+  int rc = mbox_park(&mb, seq, mbox_now() + 0.01);
+  int still;
+  mbox_stats(&mb, &count, &cap, &dropped, &still);
+  CHECK(waiting && after == seq && rc == -1 && !still,
+        "a sleeping owner shows as waiting, and puts neither bump its wake word nor end the sleep",
+        "waiting %d, wake %u -> %u, park %d, waiting after %d", waiting, seq, after, rc, still);
+  mbox_destroy(&mb);
+}
+
 int main(void) {
   test_entry_layout();
   test_full_box_refuses_and_counts();
@@ -312,5 +333,6 @@ int main(void) {
   test_close_releases_senders();
   test_stale_wake_is_not_lost();
   test_spin_budget_decays();
+  test_sleep_ignores_puts();
   return ctest_end();
 }

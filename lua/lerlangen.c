@@ -435,6 +435,33 @@ static int stale(proc *self, mbox_msg *m) {
   return !reg_alias_active(self, mbox_msg_ref(m));
 }
 
+/* The entry receive decodes without a protected call: its header and up
+** to QUICK_MAX bytes, copied out of the mailbox's entry. */
+#define QUICK_MAX 128
+typedef union quick_entry {
+  mbox_msg m;
+  unsigned char room[sizeof(mbox_msg) + QUICK_MAX];
+} quick_entry;
+
+/* Returns the message of entry m, taken off the queue, to a plain receive:
+** decoding may run Lua code (a module the message names is required), so
+** it is protected, and with in_receive set so that code cannot take entries
+** from under us. Frees m if `owned`. */
+static int receive_protected(lua_State *L, proc *self, mbox_msg *m, int owned) {
+  lua_pushcfunction(L, receive_step);
+  lua_pushlightuserdata(L, m);
+  lua_pushnil(L);
+  self->in_receive = 1;
+  int st = lua_pcall(L, 2, 3, 0);
+  self->in_receive = 0;
+  if (owned) mbox_msg_free(m);
+  if (atomic_load(&self->doomed)) cur(L);
+  if (st != LUA_OK) return lua_error(L);
+  if (!lua_toboolean(L, -3)) { lua_pop(L, 1); return dropped(L); }
+  lua_pop(L, 1);
+  return 1;
+}
+
 static int l_receive(lua_State *L) {
   proc *self = cur(L);
   int match = lua_type(L, 1) == LUA_TFUNCTION || lua_type(L, 1) == LUA_TTABLE;
@@ -448,23 +475,35 @@ static int l_receive(lua_State *L) {
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
       if (m && stale(self, m)) { mbox_msg_free(m); continue; }
-      if (m) {
-        /* Decoding may run Lua code (a module the message names is
-        ** required): protected, and with in_receive set so that code cannot
-        ** take entries from under us. */
-        lua_pushcfunction(L, receive_step);
-        lua_pushlightuserdata(L, m);
-        lua_pushnil(L);
-        self->in_receive = 1;
-        int st = lua_pcall(L, 2, 3, 0);
-        self->in_receive = 0;
+      if (m && m->kind == MBOX_MSG && !m->wire && m->len <= QUICK_MAX) {
+        /* A short local message: decoded without a protected call from a
+        ** copy (the entry goes back at once, so an error raised by the
+        ** decoder, only ever "not enough memory", leaks nothing). Without
+        ** functions the decoder runs no Lua code of ours, so no entry is
+        ** held for a match or a require to disturb. One that holds a
+        ** function, or anything else the quick decode refuses, takes the
+        ** protected way, from the copy. A finalizer that the decoder's
+        ** allocations run may call receive meanwhile: it takes the next
+        ** message, which is all it could do anyway. */
+        quick_entry q;
+        q.m.next = NULL;
+        q.m.len = m->len;
+        q.m.kind = MBOX_MSG;
+        q.m.counted = 0;
+        q.m.wire = 0;
+        q.m.tagged = 0;
+        memcpy(q.m.data, m->data, m->len);
         mbox_msg_free(m);
-        if (atomic_load(&self->doomed)) cur(L);
-        if (st != LUA_OK) return lua_error(L);
-        if (!lua_toboolean(L, -3)) { lua_pop(L, 1); return dropped(L); }
-        lua_pop(L, 1);
-        return 1;
+        codec_limits lim = kern_limits(0);
+        int n = codec_decode(L, q.m.data, q.m.len, &lim);
+        if (n == 1) {
+          if (atomic_load(&self->doomed)) cur(L);
+          return 1;
+        }
+        lua_pop(L, n < 0 ? 1 : n);
+        return receive_protected(L, self, &q.m, 0);
       }
+      if (m) return receive_protected(L, self, m, 1);
     } else {
       mbox_msg *m = mbox_next(&self->mb, prev, &seq);
       if (m && stale(self, m)) { mbox_take(&self->mb, prev, m); mbox_msg_free(m); continue; }

@@ -79,7 +79,9 @@ int erlangen_spawn(lua_State *L, int nargs, erlangen_pid *pid);
 ** Returns NULL if the kernel is not running or the thread is attached. */
 lua_State *erlangen_attach(void);
 
-/* Ends the attached process with reason "normal" and closes its state. */
+/* Ends the attached process with reason "normal" and closes its state.
+** The only way to close a state from erlangen_attach (not lua_close: the
+** state uses the kernel's allocator, whose slot is freed here). */
 void erlangen_detach(lua_State *L);
 
 /* Interrupts the process whose state is L (attached or spawned): if it is

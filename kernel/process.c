@@ -38,7 +38,17 @@ typedef struct worker {
   proc *job;               /* pool lock */
   size_t stack;            /* immutable */
   struct worker *next;     /* pool lock: idle or dead list */
+  double preparing;        /* pool lock: when it began preparing its idle state; 0: ready */
+  double prepared_in;      /* pool lock: how long its last preparation took */
 } worker;
+
+/* A spawn waits for an idle thread that is still preparing its state (it
+** is at the head of the idle list) rather than waking a parked one: a
+** wake-up takes 25-30 us on the reference VM, more than the rest of a
+** preparation usually does. Not when that thread's last preparation took
+** longer than this (a slow open_libs hook), or this one has overrun the
+** last by more than this (a hook that blocks). */
+#define PREPARE_WAIT_MAX 50e-6
 
 /* The module's one global. */
 static struct {
@@ -281,7 +291,9 @@ static void *worker_main(void *arg) {
   /* The first state too is opened here, at the shallowest point of the
   ** thread: luaL_openlibs is the deepest thing a process start does, and
   ** every stack page it touches stays resident while the process lives. */
+  double t0 = mbox_now();
   state_prepare(&w->slot);
+  w->prepared_in = mbox_now() - t0;   /* not in the idle list yet: no lock needed */
   for (;;) {
     proc *p = w->job;
     run_process(p, &w->slot);
@@ -294,12 +306,16 @@ static void *worker_main(void *arg) {
     P.nidle++;
     /* Idle already while it prepares its next state: a spawn that comes
     ** meanwhile hands the job to this running thread, which takes it when
-    ** the state is ready, instead of waking a parked one (a wake-up costs
-    ** more than the rest of the preparation on a virtual machine). */
+    ** the state is ready (see PREPARE_WAIT_MAX). */
+    double t0 = mbox_now();
+    w->preparing = t0;
     pthread_mutex_unlock(&P.pool_lock);
     if (!kern_stopping()) state_prepare(&w->slot);
     entry_flush();   /* a parked thread holds no recycled entries (the dead process's queue was freed here) */
+    double t1 = mbox_now();
     pthread_mutex_lock(&P.pool_lock);
+    w->preparing = 0;
+    w->prepared_in = t1 - t0;
     while (!w->job && !P.stopping) pthread_cond_wait(&w->cv, &P.pool_lock);
     if (!w->job) {  /* stopping: unlink ourselves from the idle list */
       for (worker **q = &P.idle; *q; q = &(*q)->next)
@@ -334,9 +350,14 @@ static int dispatch(proc *p) {
   size_t stack = kern_config_get().stack_size;
   pthread_mutex_lock(&P.pool_lock);
   reap_locked();
-  worker *w = P.idle;
+  worker **pick = &P.idle, *w = P.idle;
+  if (w && w->preparing &&
+      (w->prepared_in > PREPARE_WAIT_MAX || mbox_now() - w->preparing > w->prepared_in + PREPARE_WAIT_MAX))
+    for (worker **q = &w->next; *q; q = &(*q)->next)
+      if (!(*q)->preparing) { pick = q; break; }   /* a parked thread with its state ready */
+  w = *pick;
   if (w) {
-    P.idle = w->next;
+    *pick = w->next;
     P.nidle--;
     w->job = p;
     pthread_cond_signal(&w->cv);

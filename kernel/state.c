@@ -238,9 +238,7 @@ static void arena_release(state_slot *s) {
   s->carving = 0;
 }
 
-/* Closes L, whose objects may live in s's arena, and then the arena. */
 /* ---- small blocks (see state_slot.small) ---- */
-
 
 /* A block for n (1..STATE_SMALL_MAX) bytes with room for its whole class. */
 static void *small_get(state_slot *s, size_t n) {
@@ -286,6 +284,7 @@ static void small_release(state_slot *s) {
   s->small_kept = 0;
 }
 
+/* Closes L, whose objects may live in s's arena, and then the arena. */
 static void close_state(state_slot *s, lua_State *L) {
   small_release(s);
   s->small_kept = STATE_SMALL_KEEP;   /* what lua_close frees is not kept */

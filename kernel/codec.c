@@ -814,9 +814,11 @@ CODEC_NOINLINE static int enc_userdata(enc *e, int idx) {
 }
 
 /* Writes the value at idx, or opens a frame for it (table, Lua function). */
-static int enc_value(enc *e, int idx) {
+/* Encodes the nil, boolean, number, string or userdata at idx, whose
+** type (lua_type) is `type`. */
+static int enc_scalar(enc *e, int idx, int type) {
   lua_State *L = e->L;
-  switch (lua_type(L, idx)) {
+  switch (type) {
   case LUA_TNIL: return enc_byte(e, TAG_NIL);
   case LUA_TBOOLEAN: return enc_byte(e, lua_toboolean(L, idx) ? TAG_TRUE : TAG_FALSE);
   case LUA_TNUMBER:
@@ -842,11 +844,20 @@ static int enc_value(enc *e, int idx) {
     const char *s = lua_tolstring(L, idx, &n);
     return enc_lstring(e, TAG_STRING, s, n);
   }
+  default: return enc_userdata(e, idx);   /* LUA_TUSERDATA */
+  }
+}
+
+static int enc_value(enc *e, int idx) {
+  lua_State *L = e->L;
+  int type = lua_type(L, idx);
+  switch (type) {
+  case LUA_TNIL: case LUA_TBOOLEAN: case LUA_TNUMBER: case LUA_TSTRING: case LUA_TUSERDATA:
+    return enc_scalar(e, idx, type);
   case LUA_TTABLE: return enc_open_table(e, idx);
   case LUA_TFUNCTION:
     if (!e->allow_functions) return enc_fail(e, 1, "cannot send function");
     return lua_iscfunction(L, idx) ? enc_cfunction(e, idx) : enc_open_function(e, idx);
-  case LUA_TUSERDATA: return enc_userdata(e, idx);
   case LUA_TLIGHTUSERDATA: return enc_fail(e, 1, "cannot send light userdata");
   case LUA_TTHREAD: return enc_fail(e, 1, "cannot send thread");
   default: return enc_fail(e, 1, "cannot send %s", lua_typename(L, lua_type(L, idx)));
@@ -905,8 +916,8 @@ static int enc_run(enc *e, int first, int n) {
 ** general way), -1 on an error (the size limit, which names no path).
 ** The wire form is left to enc_run: naming a pid's node may fail, and that
 ** error names the path, which only enc_run's frames can tell. */
-static int is_flat(enc *e, int idx) {
-  int type = lua_type(e->L, idx);
+/* 1 if the value at idx, of lua_type `type`, goes in a flat table. */
+static int is_flat(enc *e, int idx, int type) {
   if (type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING) return 1;
   return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, NULL) != TERM_NONE;
 }
@@ -921,9 +932,10 @@ static int enc_flat(enc *e, int t) {
   lua_pushnil(L);                     /* the first lua_next key, at base+1 */
   int key = f.base + 1, value = f.base + 2, idx;
   while ((idx = enc_next_entry(e, &f)) != 0) {   /* the same array/pairs split as enc_run */
-    if (!is_flat(e, value) || !is_flat(e, key)) { lua_settop(L, f.base); return 0; }
+    int vt = lua_type(L, value), kt = idx == key ? lua_type(L, key) : LUA_TNUMBER;
+    if (!is_flat(e, value, vt) || (idx == key && !is_flat(e, key, kt))) { lua_settop(L, f.base); return 0; }
     if (idx == key) f.nhash++;
-    if ((idx == key && enc_value(e, key)) || enc_value(e, value)) { lua_settop(L, f.base); return -1; }
+    if ((idx == key && enc_scalar(e, key, kt)) || enc_scalar(e, value, vt)) { lua_settop(L, f.base); return -1; }
     lua_settop(L, key);
   }
   e->nobj = 1;
@@ -958,10 +970,7 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
     lua_pushliteral(L, "Lua stack overflow");
     return -1;
   }
-  if (e.allow_functions) {            /* slots for T and F, nil until needed */
-    lua_pushnil(L); e.slot_t = lua_gettop(L);
-    lua_pushnil(L); e.slot_f = lua_gettop(L);
-  }
+  int tried_flat = 0;
   for (;;) {
     enc_reset(&e);
     unsigned char *b = enc_need(&e, 2 + (size_t)varint_len((uint64_t)n));
@@ -969,8 +978,16 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
       b[0] = CODEC_VERSION; b[1] = 0;
       e.len = 2 + (size_t)varint_put(b + 2, (uint64_t)n);
       size_t head = e.len;
-      int flat = n == 1 && lua_type(L, first) == LUA_TTABLE ? enc_flat(&e, first) : 0;
-      if (flat == 0) { e.len = head; enc_run(&e, first, n); }
+      int flat = 0;                   /* (a flat table never restarts: try it once) */
+      if (!tried_flat++ && n == 1 && lua_type(L, first) == LUA_TTABLE) flat = enc_flat(&e, first);
+      if (flat == 0) {
+        e.len = head;
+        if (e.allow_functions && !e.slot_t) {   /* slots for T and F, nil until needed */
+          lua_pushnil(L); e.slot_t = base + 1;
+          lua_pushnil(L); e.slot_f = base + 2;
+        }
+        enc_run(&e, first, n);
+      }
     }
     if (e.status != ENC_RESTART) break;
     lua_settop(L, base + 2);          /* now in module mode from the start: no second restart */

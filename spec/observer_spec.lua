@@ -10,7 +10,8 @@ local self = erlangen.self
 -- link_to=name}: it labels and registers itself, spawn_links its children one
 -- by one (each reports before the next starts), links to the process named
 -- `link_to` if any, reports {"up", ids} to `report_to` (ids = {pid=,
--- children={ids, ...}}) and then waits, blocked in receive, for "stop".
+-- children={ids, ...}}) and then waits, blocked in receive, for "stop",
+-- answering {"ping", from} with "pong" meanwhile.
 local function member(report_to, shape)
   if shape.label then erlangen.set_label(shape.label) end
   if shape.name then erlangen.register(shape.name, erlangen.self()) end
@@ -21,7 +22,11 @@ local function member(report_to, shape)
   end
   if shape.link_to then erlangen.link(erlangen.whereis(shape.link_to)) end
   erlangen.send(report_to, {"up", {pid = erlangen.self(), children = kids}})
-  erlangen.receive(function(m) return m == "stop" end)
+  while true do
+    local m = erlangen.receive(function(m) return m == "stop" or (type(m) == "table" and m[1] == "ping") end)
+    if m == "stop" then return end
+    erlangen.send(m[2], "pong")
+  end
 end
 
 -- Waits until every process of `ids` is blocked in receive, so that each
@@ -243,6 +248,11 @@ describe("observer.text", function()
   it("shows a mailbox's fill as queued/capacity", function()
     local p = kv_pids(start(KV))
     for i = 1, 3 do erlangen.send(p.acceptor, {"unwanted", i}) end
+    -- The ping comes after them, so once it has answered, the acceptor has
+    -- looked at all three; "waiting" then means it went back to its receive
+    -- (the mailbox alone can count three while it is still waking for them).
+    erlangen.send(p.acceptor, {"ping", self()})
+    H.recv(function(m) return m == "pong" end, "the acceptor's pong")
     H.eventually(function()
       local info = erlangen.info(p.acceptor)
       return info.mailbox == 3 and info.status == "waiting"

@@ -44,11 +44,13 @@ typedef struct worker {
 
 /* A spawn waits for an idle thread that is still preparing its state (it
 ** is at the head of the idle list) rather than waking a parked one: a
-** wake-up takes 25-30 us on the reference VM, more than the rest of a
-** preparation usually does. Not when that thread's last preparation took
-** longer than this (a slow open_libs hook), or this one has overrun the
-** last by more than this (a hook that blocks). */
-#define PREPARE_WAIT_MAX 50e-6
+** wake-up takes 25-30 us on the reference VM (more when it is loaded),
+** about what the rest of a preparation takes (20-60 us). Not when that
+** thread's last preparation took over PREPARE_SLOW (a slow open_libs
+** hook), or this one has overrun the last by PREPARE_OVERRUN (a hook that
+** blocks). */
+#define PREPARE_SLOW 1e-3
+#define PREPARE_OVERRUN 200e-6
 
 /* The module's one global. */
 static struct {
@@ -306,7 +308,7 @@ static void *worker_main(void *arg) {
     P.nidle++;
     /* Idle already while it prepares its next state: a spawn that comes
     ** meanwhile hands the job to this running thread, which takes it when
-    ** the state is ready (see PREPARE_WAIT_MAX). */
+    ** the state is ready (see PREPARE_SLOW). */
     double t0 = mbox_now();
     w->preparing = t0;
     pthread_mutex_unlock(&P.pool_lock);
@@ -352,7 +354,7 @@ static int dispatch(proc *p) {
   reap_locked();
   worker **pick = &P.idle, *w = P.idle;
   if (w && w->preparing &&
-      (w->prepared_in > PREPARE_WAIT_MAX || mbox_now() - w->preparing > w->prepared_in + PREPARE_WAIT_MAX))
+      (w->prepared_in > PREPARE_SLOW || mbox_now() - w->preparing > w->prepared_in + PREPARE_OVERRUN))
     for (worker **q = &w->next; *q; q = &(*q)->next)
       if (!(*q)->preparing) { pick = q; break; }   /* a parked thread with its state ready */
   w = *pick;

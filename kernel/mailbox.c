@@ -155,9 +155,12 @@ void mbox_msg_free(mbox_msg *m) {
 
 #ifdef MBOX_TEST_HOOK
 void mbox_test_after_bump(void);   /* spec/c/test_mailbox.c stalls a sender here */
+void mbox_test_after_sent(void);   /* and here */
 #define AFTER_BUMP() mbox_test_after_bump()
+#define AFTER_SENT() mbox_test_after_sent()
 #else
 #define AFTER_BUMP() ((void)0)
+#define AFTER_SENT() ((void)0)
 #endif
 
 /* Bumps the owner's wake sequence; the bump that finds the sleeping bit
@@ -191,12 +194,21 @@ static int reserve(_Atomic unsigned *c, unsigned limit) {
 ** owner's `taken` only when the senders' copy says full (mailbox.h). */
 static int reserve_msg(mbox *mb) {
   unsigned s = atomic_load(&mb->sent);
+  AFTER_SENT();
   for (;;) {
     unsigned t = atomic_load_explicit(&mb->taken_seen, memory_order_relaxed);
     if (s - t >= mb->capacity) {
       t = atomic_load(&mb->taken);
       atomic_store_explicit(&mb->taken_seen, t, memory_order_relaxed);
-      if (s - t >= mb->capacity) return 0;
+      if (s - t >= mb->capacity) {
+        /* Full, unless our `sent` is old: then `taken` may have passed it
+        ** (the difference wrapped) while the box emptied. Only a current
+        ** `sent` (taken <= sent always) makes "full" true. */
+        unsigned now = atomic_load(&mb->sent);
+        if (now == s) return 0;
+        s = now;
+        continue;
+      }
     }
     if (atomic_compare_exchange_weak(&mb->sent, &s, s + 1)) return 1;
   }

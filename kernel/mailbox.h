@@ -22,6 +22,8 @@
 **   compare with `taken_seen`, a copy on their own line that a sender
 **   refreshes from `taken` when the copy says "full": the owner's line is
 **   then read about once per `capacity` messages, not once per message.
+**   "Full" is concluded only from a current `sent`: with an old one,
+**   `taken` may have passed it (the difference wraps) while the box emptied.
 **   EXIT and DOWN entries are not counted (one per link or monitor); EXITs
 **   of exit/2 have their own bound, `exits`.
 ** - Parking: the owner sets `waiting`, reads `wake`, then looks at `inbox`

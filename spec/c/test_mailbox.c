@@ -325,6 +325,48 @@ static void test_sleep_ignores_puts(void) {
   mbox_destroy(&mb);
 }
 
+/* A sender that read `sent` and then stalled while the box filled, emptied
+** and took another message (so the senders' copy of `taken` passed its
+** `sent`) must not take the box for full: with timeout 0 that dropped the
+** message while one slot of four was used. */
+static mbox sent_mb;
+static pthread_t sent_staller;
+static _Atomic int sent_stalled, sent_release;
+static int sent_rc;
+
+void mbox_test_after_sent(void) {
+  if (!pthread_equal(pthread_self(), sent_staller)) return;
+  atomic_store(&sent_stalled, 1);
+  while (!atomic_load(&sent_release)) usleep(100);
+}
+
+static void *stalled_put(void *ud) {
+  (void)ud;
+  sent_rc = mbox_put(&sent_mb, msg_of(9, 0), 0, NULL, NULL);
+  return NULL;
+}
+
+static void test_stale_sent_is_not_full(void) {
+  mbox_init(&sent_mb, 4);
+  pthread_create(&sent_staller, NULL, stalled_put, NULL);
+  while (!atomic_load(&sent_stalled)) usleep(100);
+  uint32_t seq;
+  for (int i = 0; i < 4; i++) mbox_put(&sent_mb, msg_of(1, i), 0, NULL, NULL);
+  for (int i = 0; i < 4; i++) mbox_msg_free(mbox_pop(&sent_mb, &seq));
+  int other = mbox_put(&sent_mb, msg_of(2, 0), 0, NULL, NULL);   /* refreshes the copy of `taken` */
+  atomic_store(&sent_release, 1);
+  pthread_join(sent_staller, NULL);
+  unsigned count, cap;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&sent_mb, &count, &cap, &dropped, &waiting);
+  CHECK(other == MBOX_OK && sent_rc == MBOX_OK && count == 2 && dropped == 0,
+        "a sender with an old view of `sent` does not take a nearly empty box for full",
+        "other %d, stalled sender %d, queued %u, dropped %llu", other, sent_rc, count,
+        (unsigned long long)dropped);
+  mbox_destroy(&sent_mb);
+}
+
 int main(void) {
   test_entry_layout();
   test_full_box_refuses_and_counts();
@@ -332,6 +374,7 @@ int main(void) {
   test_senders_keep_order();
   test_close_releases_senders();
   test_stale_wake_is_not_lost();
+  test_stale_sent_is_not_full();
   test_spin_budget_decays();
   test_sleep_ignores_puts();
   return ctest_end();

@@ -475,10 +475,13 @@ static int l_receive(lua_State *L) {
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
       if (m && stale(self, m)) { mbox_msg_free(m); continue; }
-      if (m && m->kind == MBOX_MSG && !m->wire && m->len <= QUICK_MAX) {
+      if (m && m->kind == MBOX_MSG && !m->wire && m->len <= QUICK_MAX && !self->mem_limit) {
         /* A short local message: decoded without a protected call from a
         ** copy (the entry goes back at once, so an error raised by the
-        ** decoder, only ever "not enough memory", leaks nothing). Without
+        ** decoder, only ever "not enough memory", leaks nothing; a process
+        ** with max_memory takes the protected way, so that going over its
+        ** limit here ends it with the exit "memory" as anywhere else in
+        ** receive, not with an error its own pcall could catch). Without
         ** functions the decoder runs no Lua code of ours, so no entry is
         ** held for a match or a require to disturb. One that holds a
         ** function, or anything else the quick decode refuses, takes the

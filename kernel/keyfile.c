@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <unistd.h>
 
 #include "crypto.h"
+#include "errbuf.h"
 
 #include "keyfile.h"
 
@@ -20,14 +20,6 @@
 ** from its size alone, before a byte is read. */
 #define FILE_MAX  (KEY_HEX_BYTES + 1u)
 #define PWBUF_BYTES 4096
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  if (err == NULL || errlen == 0) return;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* The home directory into out: $HOME, else the password database's. */
 static int home_dir(char *out, size_t cap, char *err, size_t errlen) {
@@ -39,12 +31,12 @@ static int home_dir(char *out, size_t cap, char *err, size_t errlen) {
       home = res->pw_dir;
   }
   if (home == NULL || home[0] == '\0') {
-    seterr(err, errlen, "no home directory for the default key file (HOME is not set): "
+    errbuf_set(err, errlen, "no home directory for the default key file (HOME is not set): "
            "name a key file with --key or %s", KEY_ENV);
     return -1;
   }
   if (strlen(home) >= cap) {
-    seterr(err, errlen, "the home directory's path is too long");
+    errbuf_set(err, errlen, "the home directory's path is too long");
     return -1;
   }
   strcpy(out, home);
@@ -56,7 +48,7 @@ int key_path(char *out, size_t cap, int *is_default, char *err, size_t errlen) {
   char home[KEY_PATH_MAX];
   if (env != NULL && env[0] != '\0') {
     if (strlen(env) >= cap) {
-      seterr(err, errlen, "%s is too long", KEY_ENV);
+      errbuf_set(err, errlen, "%s is too long", KEY_ENV);
       return -1;
     }
     strcpy(out, env);
@@ -65,7 +57,7 @@ int key_path(char *out, size_t cap, int *is_default, char *err, size_t errlen) {
   }
   if (home_dir(home, sizeof home, err, errlen) != 0) return -1;
   if ((size_t)snprintf(out, cap, "%s/%s/%s", home, KEY_DEFAULT_DIR, KEY_DEFAULT_FILE) >= cap) {
-    seterr(err, errlen, "the default key file's path is too long");
+    errbuf_set(err, errlen, "the default key file's path is too long");
     return -1;
   }
   *is_default = 1;
@@ -78,17 +70,17 @@ int key_create(const char *path, char *err, size_t errlen) {
   size_t off = 0;
   int fd, e = 0;
   if (sodium_init() < 0) {
-    seterr(err, errlen, "cannot start libsodium: %s", sodium_why());
+    errbuf_set(err, errlen, "cannot start libsodium: %s", sodium_why());
     return -1;
   }
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.%ld.%08x.tmp", path, (long)getpid(),
                        (unsigned)randombytes_random()) >= sizeof tmp) {
-    seterr(err, errlen, "key file path is too long");
+    errbuf_set(err, errlen, "key file path is too long");
     return -1;
   }
   fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
-    seterr(err, errlen, "cannot create key file '%s': %s", path, strerror(errno));
+    errbuf_set(err, errlen, "cannot create key file '%s': %s", path, strerror(errno));
     return -1;
   }
   randombytes_buf(key, sizeof key);
@@ -107,9 +99,9 @@ int key_create(const char *path, char *err, size_t errlen) {
   unlink(tmp);
   if (e != 0) {
     if (e == EEXIST)
-      seterr(err, errlen, "cannot create key file '%s': it already exists", path);
+      errbuf_set(err, errlen, "cannot create key file '%s': it already exists", path);
     else
-      seterr(err, errlen, "cannot create key file '%s': %s", path, strerror(e));
+      errbuf_set(err, errlen, "cannot create key file '%s': %s", path, strerror(e));
     errno = e;
     return -1;
   }
@@ -126,7 +118,7 @@ static int make_parent(const char *path, char *err, size_t errlen) {
   if (slash == NULL || slash == dir) return 0;
   *slash = '\0';
   if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-    seterr(err, errlen, "cannot create the key directory '%s': %s", dir, strerror(errno));
+    errbuf_set(err, errlen, "cannot create the key directory '%s': %s", dir, strerror(errno));
     return -1;
   }
   return 0;
@@ -147,30 +139,30 @@ static int read_key(const char *path, const char *from, int named, int *missing,
     int e = errno;
     *missing = (e == ENOENT);
     if (e == ENOENT && named)
-      seterr(err, errlen, "key file '%s'%s does not exist (only the default key file is "
+      errbuf_set(err, errlen, "key file '%s'%s does not exist (only the default key file is "
              "created; make one with 32 random bytes and chmod 600)", path, from);
     else
-      seterr(err, errlen, "cannot open key file '%s'%s: %s", path, from, strerror(e));
+      errbuf_set(err, errlen, "cannot open key file '%s'%s: %s", path, from, strerror(e));
     return -1;
   }
   if (fstat(fd, &st) != 0) {
-    seterr(err, errlen, "cannot stat key file '%s'%s: %s", path, from, strerror(errno));
+    errbuf_set(err, errlen, "cannot stat key file '%s'%s: %s", path, from, strerror(errno));
     close(fd);
     return -1;
   }
   if (!S_ISREG(st.st_mode)) {
-    seterr(err, errlen, "key file '%s'%s is not a regular file", path, from);
+    errbuf_set(err, errlen, "key file '%s'%s is not a regular file", path, from);
     close(fd);
     return -1;
   }
   if ((st.st_mode & 077) != 0) {
-    seterr(err, errlen, "key file '%s'%s has mode %04o: it must not be accessible by group "
+    errbuf_set(err, errlen, "key file '%s'%s has mode %04o: it must not be accessible by group "
            "or others (chmod 600)", path, from, (unsigned)(st.st_mode & 07777));
     close(fd);
     return -1;
   }
   if (st.st_size != KEY_BYTES && st.st_size != KEY_HEX_BYTES && st.st_size != KEY_HEX_BYTES + 1) {
-    seterr(err, errlen, "key file '%s'%s has %lld bytes: it must hold %u raw bytes or %u hex "
+    errbuf_set(err, errlen, "key file '%s'%s has %lld bytes: it must hold %u raw bytes or %u hex "
            "digits", path, from, (long long)st.st_size, KEY_BYTES, KEY_HEX_BYTES);
     close(fd);
     return -1;
@@ -179,7 +171,7 @@ static int read_key(const char *path, const char *from, int named, int *missing,
     ssize_t n = read(fd, buf + got, sizeof buf - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      seterr(err, errlen, "cannot read key file '%s'%s: %s", path, from, strerror(errno));
+      errbuf_set(err, errlen, "cannot read key file '%s'%s: %s", path, from, strerror(errno));
       close(fd);
       sodium_memzero(buf, sizeof buf);
       return -1;
@@ -198,12 +190,12 @@ static int read_key(const char *path, const char *from, int named, int *missing,
          binlen == KEY_BYTES;
     if (!ok) {
       sodium_memzero(key, KEY_BYTES);
-      seterr(err, errlen, "key file '%s'%s holds %zu bytes that are not %u hex digits",
+      errbuf_set(err, errlen, "key file '%s'%s holds %zu bytes that are not %u hex digits",
              path, from, len, KEY_HEX_BYTES);
     }
   }
   else
-    seterr(err, errlen, "key file '%s'%s has %zu bytes: it must hold %u raw bytes or %u hex "
+    errbuf_set(err, errlen, "key file '%s'%s has %zu bytes: it must hold %u raw bytes or %u hex "
            "digits", path, from, len, KEY_BYTES, KEY_HEX_BYTES);
   sodium_memzero(buf, sizeof buf);
   return ok ? 0 : -1;
@@ -214,17 +206,17 @@ int key_load(const char *path, unsigned char key[KEY_BYTES], char *err, size_t e
   const char *from = "";
   int is_default = 0, missing = 0, r;
   if (sodium_init() < 0) {
-    seterr(err, errlen, "cannot start libsodium: %s", sodium_why());
+    errbuf_set(err, errlen, "cannot start libsodium: %s", sodium_why());
     return -1;
   }
   sodium_memzero(key, KEY_BYTES);
   if (path != NULL) {
     if (path[0] == '\0') {
-      seterr(err, errlen, "the key file's name is empty");
+      errbuf_set(err, errlen, "the key file's name is empty");
       return -1;
     }
     if (strlen(path) >= sizeof file) {
-      seterr(err, errlen, "the key file's path is too long");
+      errbuf_set(err, errlen, "the key file's path is too long");
       return -1;
     }
     strcpy(file, path);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "erlangen_config.h"
+#include "errbuf.h"
 #include "portmap.h"
 
 #define LISTEN_BACKLOG  128
@@ -57,14 +58,6 @@ static struct {
 
 
 /* {================= helpers */
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  if (err == NULL || errlen == 0) return;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -138,7 +131,7 @@ int pmap_default_port(int *port, char *err, size_t errlen) {
     return 0;
   }
   if (pmap_parse_port(s, &p) != 0 || p == 0) {
-    seterr(err, errlen, "%s is '%.32s': it must be a port number 1..65535", PMAP_PORT_ENV, s);
+    errbuf_set(err, errlen, "%s is '%.32s': it must be a port number 1..65535", PMAP_PORT_ENV, s);
     return -1;
   }
   *port = p;
@@ -170,7 +163,7 @@ static int try_listen(int family, int port, int *fd, char *err, size_t errlen) {
   int e;
   if (s < 0) {
     e = errno;
-    seterr(err, errlen, "port mapper: cannot make a socket: %s", strerror(e));
+    errbuf_set(err, errlen, "port mapper: cannot make a socket: %s", strerror(e));
     return e;
   }
   setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -195,9 +188,9 @@ static int try_listen(int family, int port, int *fd, char *err, size_t errlen) {
   if (e != 0) {
     close(s);
     if (e == EADDRINUSE)
-      seterr(err, errlen, "port mapper: port %d is already in use", port);
+      errbuf_set(err, errlen, "port mapper: port %d is already in use", port);
     else
-      seterr(err, errlen, "port mapper: cannot listen on port %d: %s", port, strerror(e));
+      errbuf_set(err, errlen, "port mapper: cannot listen on port %d: %s", port, strerror(e));
     return e;
   }
   *fd = s;
@@ -209,7 +202,7 @@ int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen) {
   socklen_t len = sizeof ss;
   int s, e;
   if (port < 0 || port > 65535) {
-    seterr(err, errlen, "port mapper: port %d is not in 0..65535", port);
+    errbuf_set(err, errlen, "port mapper: port %d is not in 0..65535", port);
     return -1;
   }
   e = try_listen(AF_INET6, port, &s, err, errlen);
@@ -220,7 +213,7 @@ int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen) {
     return -1;
   }
   if (getsockname(s, (struct sockaddr *)&ss, &len) != 0) {
-    seterr(err, errlen, "port mapper: getsockname: %s", strerror(errno));
+    errbuf_set(err, errlen, "port mapper: getsockname: %s", strerror(errno));
     close(s);
     return -1;
   }
@@ -445,7 +438,7 @@ int pmap_serve(int listen_fd, char *err, size_t errlen) {
   if (S.clients == NULL || S.outbuf == NULL) {
     serve_free();
     close(listen_fd);
-    seterr(err, errlen, "port mapper: out of memory");
+    errbuf_set(err, errlen, "port mapper: out of memory");
     return -1;
   }
   for (i = 0; i < PMAP_MAX_CLIENTS; i++) {
@@ -498,7 +491,7 @@ int pmap_serve(int listen_fd, char *err, size_t errlen) {
     r = ppoll(pfd, (nfds_t)n, tsp, &wait_mask);
     if (r < 0) {
       if (errno == EINTR) continue;
-      seterr(err, errlen, "port mapper: poll: %s", strerror(errno));
+      errbuf_set(err, errlen, "port mapper: poll: %s", strerror(errno));
       break;
     }
     now = now_ms();
@@ -537,7 +530,7 @@ static int connect_by(const struct sockaddr *sa, socklen_t len, int64_t deadline
   int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int e = 0;
   if (s < 0) {
-    seterr(err, errlen, "cannot make a socket: %s", strerror(errno));
+    errbuf_set(err, errlen, "cannot make a socket: %s", strerror(errno));
     return -1;
   }
   if (connect(s, sa, len) != 0) {
@@ -552,7 +545,7 @@ static int connect_by(const struct sockaddr *sa, socklen_t len, int64_t deadline
     }
   }
   if (e != 0) {
-    seterr(err, errlen, "%s", strerror(e));
+    errbuf_set(err, errlen, "%s", strerror(e));
     close(s);
     return -1;
   }
@@ -569,11 +562,11 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
     ssize_t n = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) { off += (size_t)n; continue; }
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-      seterr(err, errlen, "%s", strerror(errno));
+      errbuf_set(err, errlen, "%s", strerror(errno));
       return -1;
     }
     if (poll(&p, 1, ms_left(deadline)) == 0) {
-      seterr(err, errlen, "no answer in time");
+      errbuf_set(err, errlen, "no answer in time");
       return -1;
     }
   }
@@ -584,17 +577,17 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
     int r;
     do r = poll(&p, 1, ms_left(deadline)); while (r < 0 && errno == EINTR);
     if (r == 0) {
-      seterr(err, errlen, "no answer in time");
+      errbuf_set(err, errlen, "no answer in time");
       return -1;
     }
     n = recv(fd, reply + got, cap - 1 - got, MSG_DONTWAIT);
     if (n == 0) {
-      seterr(err, errlen, "the connection was closed without an answer");
+      errbuf_set(err, errlen, "the connection was closed without an answer");
       return -1;
     }
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-      seterr(err, errlen, "%s", strerror(errno));
+      errbuf_set(err, errlen, "%s", strerror(errno));
       return -1;
     }
     got += (size_t)n;
@@ -604,7 +597,7 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
       return 0;
     }
     if (got == cap - 1) {
-      seterr(err, errlen, "the answer is too long");
+      errbuf_set(err, errlen, "the answer is too long");
       return -1;
     }
   }
@@ -632,7 +625,7 @@ static int ping(int port, double seconds, char *err, size_t errlen) {
   if (r != 0) return -1;
   snprintf(expect, sizeof expect, "PONG %d", PMAP_PROTOCOL);
   if (strcmp(reply, expect) != 0) {
-    seterr(err, errlen, "port %d is held by something that is not an erlangen port mapper "
+    errbuf_set(err, errlen, "port %d is held by something that is not an erlangen port mapper "
            "(it answered '%.40s')", port, reply);
     return 1;
   }
@@ -647,12 +640,12 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
   int64_t deadline;
   int mport, r, p;
   if (!pmap_valid_name(name)) {
-    seterr(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
+    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
            name ? name : "(null)", PMAP_NAME_MAX);
     return -1;
   }
   if (!(timeout_seconds > 0)) {
-    seterr(err, errlen, "port mapper lookup: the timeout must be positive");
+    errbuf_set(err, errlen, "port mapper lookup: the timeout must be positive");
     return -1;
   }
   if (pmap_default_port(&mport, err, errlen) != 0) return -1;
@@ -664,7 +657,7 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
   hints.ai_flags = AI_NUMERICSERV;
   r = getaddrinfo(h, service, &hints, &res);
   if (r != 0) {
-    seterr(err, errlen, "cannot resolve host '%.100s': %s", h, gai_strerror(r));
+    errbuf_set(err, errlen, "cannot resolve host '%.100s': %s", h, gai_strerror(r));
     return -1;
   }
   snprintf(line, sizeof line, "LOOKUP %s\n", name);
@@ -681,18 +674,18 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
     if (r != 0) continue;
     freeaddrinfo(res);
     if (strcmp(reply, "NONE") == 0) {
-      seterr(err, errlen, "no node '%s' on %.100s", name, h);
+      errbuf_set(err, errlen, "no node '%s' on %.100s", name, h);
       return -1;
     }
     if (strncmp(reply, "PORT ", 5) == 0 && pmap_parse_port(reply + 5, &p) == 0 && p != 0) {
       *port = p;
       return 0;
     }
-    seterr(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
+    errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
     return -1;
   }
   freeaddrinfo(res);
-  seterr(err, errlen, "no port mapper answers on %.100s port %d: %s", h, mport, why);
+  errbuf_set(err, errlen, "no port mapper answers on %.100s port %d: %s", h, mport, why);
   return -1;
 }
 
@@ -701,23 +694,23 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
   int64_t deadline = deadline_after(PMAP_CLIENT_SECONDS);
   int mport, s;
   if (!pmap_valid_name(name)) {
-    seterr(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
+    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
            name ? name : "(null)", PMAP_NAME_MAX);
     return -1;
   }
   if (port < 1 || port > 65535) {
-    seterr(err, errlen, "port %d is not in 1..65535", port);
+    errbuf_set(err, errlen, "port %d is not in 1..65535", port);
     return -1;
   }
   if (pmap_default_port(&mport, err, errlen) != 0) return -1;
   if (connect_local(mport, deadline, &s, why, sizeof why) != 0) {
-    seterr(err, errlen, "no port mapper answers on port %d: %s", mport, why);
+    errbuf_set(err, errlen, "no port mapper answers on port %d: %s", mport, why);
     return -1;
   }
   snprintf(line, sizeof line, "REGISTER %s %d\n", name, port);
   if (exchange(s, line, deadline, reply, sizeof reply, why, sizeof why) != 0) {
     close(s);
-    seterr(err, errlen, "registering '%s' with the port mapper: %s", name, why);
+    errbuf_set(err, errlen, "registering '%s' with the port mapper: %s", name, why);
     return -1;
   }
   if (strcmp(reply, "OK") == 0) {
@@ -726,9 +719,9 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
   }
   close(s);
   if (strcmp(reply, "ERR taken") == 0)
-    seterr(err, errlen, "the name '%s' is already registered with the port mapper", name);
+    errbuf_set(err, errlen, "the name '%s' is already registered with the port mapper", name);
   else
-    seterr(err, errlen, "the port mapper refused '%s': %.40s", name, reply);
+    errbuf_set(err, errlen, "the port mapper refused '%s': %.40s", name, reply);
   return -1;
 }
 
@@ -770,7 +763,7 @@ static int find_executable(char *out, size_t cap, char *err, size_t errlen) {
       from_build = under(lib, root);
     if (from_build) {
       if ((size_t)snprintf(out, cap, "%s/erlangen", root) >= cap) {
-        seterr(err, errlen, "the build tree's path is too long");
+        errbuf_set(err, errlen, "the build tree's path is too long");
         return -1;
       }
       if (is_executable(out)) return 0;
@@ -780,7 +773,7 @@ static int find_executable(char *out, size_t cap, char *err, size_t errlen) {
     strcpy(out, ERLANGEN_BIN_INSTALL);
     return 0;
   }
-  seterr(err, errlen, "cannot find the erlangen executable to start the port mapper "
+  errbuf_set(err, errlen, "cannot find the erlangen executable to start the port mapper "
          "(not at %s): start one with 'erlangen --port-mapper'", ERLANGEN_BIN_INSTALL);
   return -1;
 }
@@ -829,7 +822,7 @@ int pmap_ensure(char *err, size_t errlen) {
   r = ping(port, PING_SECONDS, why, sizeof why);
   if (r == 0) return 0;
   if (r == 1) {
-    seterr(err, errlen, "%s", why);
+    errbuf_set(err, errlen, "%s", why);
     return -1;
   }
   if (find_executable(exe, sizeof exe, err, errlen) != 0) return -1;
@@ -841,18 +834,18 @@ int pmap_ensure(char *err, size_t errlen) {
   argv[4] = NULL;
   devnull = above_stdio(open("/dev/null", O_RDWR | O_CLOEXEC));
   if (devnull < 0) {
-    seterr(err, errlen, "cannot open /dev/null: %s", strerror(errno));
+    errbuf_set(err, errlen, "cannot open /dev/null: %s", strerror(errno));
     return -1;
   }
   if (pipe2(pipefd, O_CLOEXEC) != 0) {
-    seterr(err, errlen, "cannot make a pipe: %s", strerror(errno));
+    errbuf_set(err, errlen, "cannot make a pipe: %s", strerror(errno));
     close(devnull);
     return -1;
   }
   pipefd[0] = above_stdio(pipefd[0]);
   pipefd[1] = above_stdio(pipefd[1]);
   if (pipefd[0] < 0 || pipefd[1] < 0) {
-    seterr(err, errlen, "cannot make a pipe: %s", strerror(errno));
+    errbuf_set(err, errlen, "cannot make a pipe: %s", strerror(errno));
     if (pipefd[0] >= 0) close(pipefd[0]);
     if (pipefd[1] >= 0) close(pipefd[1]);
     close(devnull);
@@ -864,7 +857,7 @@ int pmap_ensure(char *err, size_t errlen) {
   close(devnull);
   close(pipefd[1]);
   if (pid < 0) {
-    seterr(err, errlen, "cannot start the port mapper: fork: %s", strerror(errno));
+    errbuf_set(err, errlen, "cannot start the port mapper: fork: %s", strerror(errno));
     close(pipefd[0]);
     return -1;
   }
@@ -890,7 +883,7 @@ int pmap_ensure(char *err, size_t errlen) {
     if (r == 1 || now_ms() >= deadline) break;
     sleep_ms(RETRY_MS);
   }
-  seterr(err, errlen, "the port mapper did not start on port %d within %g s: %s", port,
+  errbuf_set(err, errlen, "the port mapper did not start on port %d within %g s: %s", port,
          PMAP_START_SECONDS, why);
   return -1;
 }

@@ -813,7 +813,6 @@ CODEC_NOINLINE static int enc_userdata(enc *e, int idx) {
   return 0;
 }
 
-/* Writes the value at idx, or opens a frame for it (table, Lua function). */
 /* Encodes the nil, boolean, number, string or userdata at idx, whose
 ** type (lua_type) is `type`. */
 static int enc_scalar(enc *e, int idx, int type) {
@@ -848,6 +847,7 @@ static int enc_scalar(enc *e, int idx, int type) {
   }
 }
 
+/* Writes the value at idx, or opens a frame for it (table, Lua function). */
 static int enc_value(enc *e, int idx) {
   lua_State *L = e->L;
   int type = lua_type(L, idx);
@@ -909,6 +909,12 @@ static int enc_run(enc *e, int first, int n) {
   }
 }
 
+/* 1 if the value at idx, of lua_type `type`, goes in a flat table. */
+static int is_flat(enc *e, int idx, int type) {
+  if (type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING) return 1;
+  return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, NULL) != TERM_NONE;
+}
+
 /* The commonest message, one table of booleans, numbers, strings and local
 ** pids and refs, in one pass: no frames, no object set, no per-value
 ** dispatch of enc_run. The bytes are those enc_run writes. Returns 1 when
@@ -916,12 +922,6 @@ static int enc_run(enc *e, int first, int n) {
 ** general way), -1 on an error (the size limit, which names no path).
 ** The wire form is left to enc_run: naming a pid's node may fail, and that
 ** error names the path, which only enc_run's frames can tell. */
-/* 1 if the value at idx, of lua_type `type`, goes in a flat table. */
-static int is_flat(enc *e, int idx, int type) {
-  if (type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING) return 1;
-  return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, NULL) != TERM_NONE;
-}
-
 static int enc_flat(enc *e, int t) {
   lua_State *L = e->L;
   unsigned char *b = enc_need(e, 1 + 2 * COUNT_WIDTH);

@@ -136,17 +136,15 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
   return m;
 }
 
-term_id mbox_msg_from(const mbox_msg *m) {
+/* Id `i` of an entry (0: from, 1: ref), zero when it was given none. */
+static term_id msg_id(const mbox_msg *m, int i) {
   term_id id = {0, 0, 0};
-  if (m->tagged) memcpy(&id, (const char *)m + ids_at(m->len), sizeof id);
+  if (m->tagged) memcpy(&id, (const char *)m + ids_at(m->len) + (size_t)i * sizeof id, sizeof id);
   return id;
 }
 
-term_id mbox_msg_ref(const mbox_msg *m) {
-  term_id id = {0, 0, 0};
-  if (m->tagged) memcpy(&id, (const char *)m + ids_at(m->len) + sizeof id, sizeof id);
-  return id;
-}
+term_id mbox_msg_from(const mbox_msg *m) { return msg_id(m, 0); }
+term_id mbox_msg_ref(const mbox_msg *m) { return msg_id(m, 1); }
 
 void mbox_msg_free(mbox_msg *m) {
   if (m && pooled(m->len, m->tagged)) entry_free(m);

@@ -146,18 +146,21 @@ static void publish(state_slot *s) {
 ** Carving is a bump of arena_top. A block freed while carving goes back:
 ** the last one by moving the top down, any other into a short list of
 ** holes that later carves fill first (the opening grows a few tables, and
-** each growth frees the smaller part). A block freed after the opening
-** stays unused until the state is closed. Under AddressSanitizer the
-** arena's free parts are poisoned, so a use of a freed block is caught. */
+** each growth frees the smaller part). A small block freed after the
+** opening is kept for reuse (see "small blocks"), a larger one stays unused
+** until the state is closed. Under AddressSanitizer the arena's free parts
+** are poisoned, so a use of a freed block is caught. */
 
-#define ARENA_ALIGN 16           /* what malloc gives: any type, userdata included */
+/* What malloc gives (any type, userdata included). It is also the small
+** blocks' class step: a carved block has room for its whole class. */
+#define ARENA_ALIGN STATE_SMALL_STEP
 #define ARENA_FIRST (40u << 10)  /* a slot's first guess; then what its last opening used */
 
-
-static size_t small_class(size_t n) { return (n + 15) / 16 - 1; }
-static size_t small_size(size_t n) { return (n + 15) & ~(size_t)15; }
-
 static size_t arena_round(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
+
+/* The class of a small block of n (1..STATE_SMALL_MAX) bytes; its blocks
+** have room for arena_round(n). */
+static size_t small_class(size_t n) { return (n - 1) / STATE_SMALL_STEP; }
 
 static int in_arena(const state_slot *s, const void *ptr) {
   const unsigned char *q = ptr;
@@ -206,7 +209,7 @@ static void *arena_grow(state_slot *s, void *ptr, size_t osize, size_t nsize) {
     return ptr;
   }
   void *n = carve(s, nsize);
-  if (!n) n = malloc(nsize <= STATE_SMALL_MAX ? small_size(nsize) : nsize);   /* see state_slot.small */
+  if (!n) n = malloc(nsize <= STATE_SMALL_MAX ? arena_round(nsize) : nsize);   /* see state_slot.small */
   if (!n) return NULL;
   memcpy(n, ptr, osize);
   uncarve(s, ptr, osize);
@@ -247,17 +250,17 @@ static void *small_get(state_slot *s, size_t n) {
   if (q) {
     UNPOISON(q, sizeof(void *));
     *head = *(void **)q;
-    s->small_kept -= small_size(n);
+    s->small_kept -= arena_round(n);
     UNPOISON(q, n);
     return q;
   }
-  q = carve(s, n);   /* rounds up to 16 itself */
-  return q ? q : malloc(small_size(n));
+  q = carve(s, n);   /* rounds up to the class itself */
+  return q ? q : malloc(arena_round(n));
 }
 
 /* Takes back a block that held n (1..STATE_SMALL_MAX) bytes. */
 static void small_put(state_slot *s, void *ptr, size_t n) {
-  size_t size = small_size(n);
+  size_t size = arena_round(n);
   if (!s->carving && s->small_kept + size <= STATE_SMALL_KEEP) {
     void **head = &s->small[small_class(n)];
     UNPOISON(ptr, sizeof(void *));   /* a shrink in place may have poisoned it */
@@ -271,12 +274,12 @@ static void small_put(state_slot *s, void *ptr, size_t n) {
 
 /* Gives back the kept blocks that are not in the arena (which goes whole). */
 static void small_release(state_slot *s) {
-  for (size_t c = 0; c < STATE_SMALL_MAX / 16; c++) {
+  for (size_t c = 0; c < STATE_SMALL_MAX / STATE_SMALL_STEP; c++) {
     void *q = s->small[c];
     while (q) {
       UNPOISON(q, sizeof(void *));
       void *next = *(void **)q;
-      if (!in_arena(s, q)) { UNPOISON(q, (c + 1) * 16); free(q); }
+      if (!in_arena(s, q)) { UNPOISON(q, (c + 1) * STATE_SMALL_STEP); free(q); }
       q = next;
     }
     s->small[c] = NULL;
@@ -308,7 +311,7 @@ static void *block_resize(state_slot *s, void *ptr, size_t osize, size_t nsize) 
     return q ? q : malloc(nsize);
   }
   int small = osize <= STATE_SMALL_MAX;
-  if ((small && nsize <= small_size(osize)) || (!small && in_arena(s, ptr) && nsize <= osize)) {
+  if ((small && nsize <= arena_round(osize)) || (!small && in_arena(s, ptr) && nsize <= osize)) {
     if (nsize < osize) POISON((unsigned char *)ptr + nsize, osize - nsize);   /* in place */
     else UNPOISON(ptr, nsize);
     return ptr;

@@ -36,6 +36,7 @@ void state_arm_hook(lua_State *L);
 typedef struct arena_hole { size_t at, len; } arena_hole;
 
 #define STATE_SMALL_MAX 128          /* the largest block the slot recycles itself */
+#define STATE_SMALL_STEP 16          /* its size classes; also the arena's rounding */
 #define STATE_SMALL_KEEP (16u << 10)  /* bytes of such blocks it keeps at most */
 
 typedef struct state_slot {
@@ -57,12 +58,13 @@ typedef struct state_slot {
   int nholes;         /* blocks freed while carving, filled again first */
   arena_hole holes[ARENA_HOLES];
   /* Blocks of up to STATE_SMALL_MAX bytes that L freed, by size class of
-  ** 16 bytes, kept for its next allocations of the class (a collection
-  ** frees in bursts what the program allocates again right after) instead
-  ** of going back to malloc. At most STATE_SMALL_KEEP bytes; freed when L
-  ** is closed. Invariant: a block L holds of n <= STATE_SMALL_MAX bytes
-  ** has room for n rounded up to 16, so any block of its class fits. */
-  void *small[STATE_SMALL_MAX / 16];
+  ** STATE_SMALL_STEP bytes, kept for its next allocations of the class (a
+  ** collection frees in bursts what the program allocates again right
+  ** after) instead of going back to malloc. At most STATE_SMALL_KEEP bytes;
+  ** freed when L is closed. Invariant: a block L holds of n <=
+  ** STATE_SMALL_MAX bytes has room for n rounded up to STATE_SMALL_STEP,
+  ** so any block of its class fits. */
+  void *small[STATE_SMALL_MAX / STATE_SMALL_STEP];
   size_t small_kept;  /* bytes in `small` */
 } state_slot;
 

@@ -89,6 +89,7 @@ static void codec_limits_of(const codec_limits *lim, size_t *max_size, int *max_
   *max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
   *max_depth = lim && lim->max_depth > 0 ? lim->max_depth : CODEC_DEFAULT_MAX_DEPTH;
   if (*max_depth > CODEC_HARD_DEPTH) *max_depth = CODEC_HARD_DEPTH;
+  if (*max_size > CODEC_HARD_SIZE) *max_size = CODEC_HARD_SIZE;
   *allow_functions = lim ? lim->allow_functions : 0;
 }
 

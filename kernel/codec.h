@@ -40,7 +40,7 @@ typedef struct codec_nodes {
 } codec_nodes;
 
 typedef struct codec_limits {
-  size_t max_size;      /* largest encoded message in bytes; 0: the default */
+  size_t max_size;      /* largest encoded message in bytes (<= CODEC_HARD_SIZE); 0: the default */
   int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH); 0: the default */
   int allow_functions;  /* encode/decode Lua functions as bytecode */
   const codec_nodes *nodes;  /* NULL: pids and refs of other nodes cannot be decoded */
@@ -53,6 +53,8 @@ typedef struct codec_limits {
 #define CODEC_DEFAULT_MAX_DEPTH 100
 #define CODEC_HARD_DEPTH        1000   /* cap on max_depth; nesting uses explicit frames,
                                           ** not C recursion, so any C stack suffices */
+#define CODEC_HARD_SIZE         0xffffffffu   /* cap on max_size: a mailbox entry keeps
+                                                ** its length in 32 bits */
 
 /* As `root`: the values are a function and its arguments, named "fn" and
 ** "args[1]", "args[2]", ... in error paths. */

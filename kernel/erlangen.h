@@ -33,7 +33,7 @@ typedef struct erlangen_config {
   size_t stack_size;          /* C stack of each process thread; 0: ERLANGEN_DEFAULT_STACK;
                                  at least ERLANGEN_MIN_STACK */
   unsigned mailbox_capacity;  /* default mailbox capacity; 0: ERLANGEN_DEFAULT_MAILBOX */
-  size_t max_message;         /* largest encoded message in bytes; 0: 64 MiB */
+  size_t max_message;         /* largest encoded message in bytes; 0: 64 MiB; at most 4 GiB - 1 */
   int max_depth;              /* deepest table nesting in a message; 0: 100 */
   /* Called in every new process state after the standard libraries and the
   ** `erlangen` module are open, before the process's function runs —

@@ -99,7 +99,7 @@ int kern_start(const erlangen_config *c) {
   if (c) {
     if (c->stack_size) cfg.stack_size = c->stack_size < ERLANGEN_MIN_STACK ? ERLANGEN_MIN_STACK : c->stack_size;
     if (c->mailbox_capacity) cfg.mailbox = c->mailbox_capacity;
-    if (c->max_message) cfg.max_message = c->max_message;
+    if (c->max_message) cfg.max_message = c->max_message > CODEC_HARD_SIZE ? CODEC_HARD_SIZE : c->max_message;
     if (c->max_depth > 0) cfg.max_depth = c->max_depth > CODEC_HARD_DEPTH ? CODEC_HARD_DEPTH : c->max_depth;
     cfg.open_libs = c->open_libs;
     cfg.open_libs_ud = c->open_libs_ud;

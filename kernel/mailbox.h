@@ -55,14 +55,15 @@
 
 typedef enum mbox_kind { MBOX_MSG, MBOX_EXIT, MBOX_DOWN } mbox_kind;
 
-/* An entry: a 20-byte header, then the codec bytes, then (only for an
+/* An entry: a 24-byte header, then the codec bytes, then (only for an
 ** EXIT, a DOWN, or a message sent through an alias) the pid and ref that
-** come with it, at the next multiple of 8. A small message thus fits in
-** the first cache line of its 64-byte-aligned entry, the one line that
-** passes from sender to receiver. */
+** come with it, at the next multiple of 8. A small message (up to 40
+** bytes) thus fits in the first cache line of its 64-byte-aligned entry,
+** the one line that passes from sender to receiver. */
 typedef struct mbox_msg {
   struct mbox_msg *next;
-  size_t len;            /* bytes in `data` */
+  struct mbox_msg *hint; /* set by push: an older entry of the same sender, to prefetch (mailbox.c) */
+  uint32_t len;          /* bytes in `data` (<= CODEC_HARD_SIZE) */
   uint8_t kind;          /* mbox_kind */
   uint8_t counted;       /* MBOX_COUNT_*: which bound the entry counts against (set before the push) */
   uint8_t wire;          /* the bytes came from another node: decode them in the wire form */
@@ -99,9 +100,9 @@ void mbox_init(mbox *mb, unsigned capacity);
 void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 
 /* A new entry holding a copy of `data`, and `from` and `ref` unless both
-** are zero; NULL when out of memory. `from`: the pid that exited (EXIT,
-** DOWN); `ref`: the monitor's ref (DOWN), or the alias a message came
-** through. */
+** are zero; NULL when out of memory or `len` is above UINT32_MAX.
+** `from`: the pid that exited (EXIT, DOWN); `ref`: the monitor's ref
+** (DOWN), or the alias a message came through. */
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
                        term_id from, term_id ref);
 void mbox_msg_free(mbox_msg *m);

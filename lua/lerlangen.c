@@ -489,7 +489,7 @@ static int l_receive(lua_State *L) {
         ** allocations run may call receive meanwhile: it takes the next
         ** message, which is all it could do anyway. */
         quick_entry q;
-        q.m.next = NULL;
+        q.m.next = q.m.hint = NULL;
         q.m.len = m->len;
         q.m.kind = MBOX_MSG;
         q.m.counted = 0;
@@ -946,10 +946,11 @@ static int l_configure(lua_State *L) {
     lua_Integer v = lua_tointegerx(L, -1, &isnum);
     if (!isnum || v <= 0) return luaL_error(L, "configure: '%s' must be a positive integer", k);
     if (!strcmp(k, "mailbox") && v <= 0x7fffffff) c.mailbox = (unsigned)v;
-    else if (!strcmp(k, "max_message")) c.max_message = (size_t)v;
+    else if (!strcmp(k, "max_message") && (uint64_t)v <= CODEC_HARD_SIZE) c.max_message = (size_t)v;
     else if (!strcmp(k, "max_depth") && v <= CODEC_HARD_DEPTH) c.max_depth = (int)v;
     else if (!strcmp(k, "stack_size") && v >= (lua_Integer)ERLANGEN_MIN_STACK) c.stack_size = (size_t)v;
-    else if (!strcmp(k, "mailbox") || !strcmp(k, "max_depth") || !strcmp(k, "stack_size"))
+    else if (!strcmp(k, "mailbox") || !strcmp(k, "max_message") || !strcmp(k, "max_depth") ||
+             !strcmp(k, "stack_size"))
       return luaL_error(L, "configure: '%s' is out of range", k);
     else return luaL_error(L, "configure: unknown key '%s'", k);
     lua_pop(L, 1);

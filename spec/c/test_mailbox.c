@@ -175,6 +175,7 @@ static mbox stall_mb;
 static _Atomic int stall_stage;      /* 1: A is stalled after its bump; 2: A may go on */
 static __thread int stall_me;
 
+
 void mbox_test_after_bump(void) {
   if (!stall_me) return;
   atomic_store(&stall_stage, 1);
@@ -283,7 +284,7 @@ static void test_spin_budget_decays(void) {
 ** its size: small ones come from the magazines, 64-byte aligned, larger
 ** ones from malloc. */
 static void test_entry_layout(void) {
-  static const size_t lens[] = { 0, 1, 23, 44, 80, 100, 108, 109, 127, 128, 129, 4000 };
+  static const size_t lens[] = { 0, 1, 23, 40, 41, 44, 72, 73, 80, 100, 104, 105, 127, 128, 129, 4000 };
   unsigned char bytes[4000];
   for (size_t i = 0; i < sizeof bytes; i++) bytes[i] = (unsigned char)(i * 7 + 1);
   int bad = 0, misaligned = 0;
@@ -293,7 +294,7 @@ static void test_entry_layout(void) {
       term_id ref = { tagged ? 2000 + i : 0, 0, tagged ? 6 : 0 };
       mbox_msg *m = mbox_msg_new(tagged ? MBOX_DOWN : MBOX_MSG, bytes, lens[i], from, ref);
       if (!m) { bad++; continue; }
-      if (lens[i] <= 44 && ((uintptr_t)m & 63) != 0) misaligned++;
+      if (lens[i] <= 40 && (((uintptr_t)m & 63) != 0 || offsetof(mbox_msg, data) + lens[i] > 64)) misaligned++;
       term_id f = mbox_msg_from(m), r = mbox_msg_ref(m);
       if (m->len != lens[i] || memcmp(m->data, bytes, lens[i]) != 0 || !term_eq(f, from) ||
           !term_eq(r, ref) || m->tagged != tagged)
@@ -301,7 +302,9 @@ static void test_entry_layout(void) {
       mbox_msg_free(m);
     }
   CHECK(bad == 0, "an entry keeps its bytes, pid and ref at every size", "%d entries wrong", bad);
-  CHECK(misaligned == 0, "a small entry starts on a cache line", "%d misaligned", misaligned);
+  CHECK(misaligned == 0, "an entry of up to 40 bytes is one cache line", "%d misaligned", misaligned);
+  CHECK(mbox_msg_new(MBOX_MSG, bytes, (size_t)UINT32_MAX + 1, (term_id){0, 0, 0}, (term_id){0, 0, 0}) == NULL,
+        "an entry longer than 32 bits can count is refused", "it was made");
 }
 
 /* A sleep (mbox_arm) shows as waiting, but a put neither bumps `wake` nor

@@ -82,7 +82,7 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->dropped, 0);
   atomic_init(&mb->closed, 0);
   atomic_init(&mb->waiting, 0);
-  atomic_init(&mb->space_waiters, 0);
+  atomic_init(&mb->space_wanted, 0);
   atomic_init(&mb->resting, 0);
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->space, 0);
@@ -250,18 +250,15 @@ int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), vo
       return MBOX_FULL;
     }
     if (cancelled && cancelled(ud)) { mbox_msg_free(m); return MBOX_CANCELLED; }
-    /* Wait for the owner to free slots, waking now and then to notice our
-    ** own cancellation. We count ourselves and then look at `taken`; the
-    ** owner bumps `taken` and then looks at `space_waiters` (both seq_cst),
-    ** so one of us sees the other. */
+    /* Wait for the owner to free slots (mailbox.h, "Space"), waking now
+    ** and then to notice our own cancellation. */
     uint32_t seen = atomic_load(&mb->space);
-    atomic_fetch_add(&mb->space_waiters, 1);
+    atomic_store(&mb->space_wanted, 1);
     if (queued(mb) >= mb->capacity && !atomic_load(&mb->closed)) {
       entry_flush();
       double slice = mbox_now() + 0.02;
       futex_wait(&mb->space, seen, slice < deadline ? slice : deadline);
     }
-    atomic_fetch_sub(&mb->space_waiters, 1);
   }
   mbox_msg_free(m);
   return MBOX_CLOSED;
@@ -326,7 +323,8 @@ static int account_removed(mbox *mb, mbox_msg *m) {
   if (m->counted != MBOX_COUNT_MSG) return 0;
   unsigned t = atomic_load_explicit(&mb->taken, memory_order_relaxed) + 1;
   atomic_store(&mb->taken, t);   /* only the owner writes it */
-  if (atomic_load(&mb->space_waiters) && atomic_load(&mb->sent) - t <= mb->capacity - (mb->capacity + 3) / 4) {
+  if (atomic_load(&mb->space_wanted) && atomic_load(&mb->sent) - t <= mb->capacity - (mb->capacity + 3) / 4 &&
+      atomic_exchange(&mb->space_wanted, 0)) {
     atomic_fetch_add(&mb->space, 1);
     return 1;
   }
@@ -439,7 +437,7 @@ void mbox_close(mbox *mb) {
   mb->head = mb->tail = NULL;
   atomic_store(&mb->taken, atomic_load(&mb->sent));
   atomic_store(&mb->exits, 0);
-  if (atomic_load(&mb->space_waiters)) {   /* they see `closed` and give up */
+  if (atomic_exchange(&mb->space_wanted, 0)) {   /* they see `closed` and give up */
     atomic_fetch_add(&mb->space, 1);
     futex_wake(&mb->space, INT_MAX);
   }

@@ -37,6 +37,15 @@
 **   makes the one FUTEX_WAKE: flag and bump are one atomic step, so a
 **   sender that bumped an earlier round can never take a later round's
 **   flag (with a separate flag, that lost a wake-up).
+** - Space: a sender that finds the box full reads `space`, sets
+**   `space_wanted`, then looks at `taken` once more before it sleeps on
+**   `space`; the owner stores `taken`, then reads `space_wanted` (all
+**   seq_cst), so either the sender sees the slot or the owner sees it
+**   wanted. The owner wakes senders once a quarter of the box is free, and
+**   it clears `space_wanted` with the exchange that decides to wake, so one
+**   bump and one system call serve every sender waiting then (a count of
+**   waiters, which they lower only once they run, made every message
+**   taken meanwhile another FUTEX_WAKE).
 ** - After mbox_close (`closed`), puts are refused; an entry pushed by a
 **   sender that passed the check just before is freed by mbox_destroy.
 ** Ownership: an entry is one allocation holding its bytes (and ids). Every mbox_put*
@@ -85,7 +94,7 @@ typedef struct mbox {
   char pad[64];               /* keeps the owner's fields off the senders' cache line */
   /* Written by the owner (and by a sender that waits for space). */
   _Atomic unsigned taken;     /* regular messages ever removed (wraps); only grows */
-  _Atomic int space_waiters;  /* senders parked on `space` */
+  _Atomic int space_wanted;   /* a sender waits on `space`: set by it, cleared by the bump that wakes it */
   _Atomic int resting;        /* the owner sleeps (mbox_arm); read by mbox_stats */
   _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   /* The owner's thread only. */

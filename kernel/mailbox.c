@@ -83,12 +83,13 @@ void mbox_init(mbox *mb, unsigned capacity) {
   atomic_init(&mb->closed, 0);
   atomic_init(&mb->waiting, 0);
   atomic_init(&mb->space_wanted, 0);
-  atomic_init(&mb->resting, 0);
+  atomic_init(&mb->idle, 0);
   atomic_init(&mb->wake, 0);
   atomic_init(&mb->space, 0);
   mb->capacity = capacity;
   mb->head = mb->tail = NULL;
   mb->spin_ns = MBOX_SPIN_START_NS;
+  mb->polling = 0;
 }
 
 static void free_list(mbox_msg *m) {
@@ -154,11 +155,14 @@ void mbox_msg_free(mbox_msg *m) {
 #ifdef MBOX_TEST_HOOK
 void mbox_test_after_bump(void);   /* spec/c/test_mailbox.c stalls a sender here */
 void mbox_test_after_sent(void);   /* and here */
+void mbox_test_after_arm(void);    /* and stalls the owner here */
 #define AFTER_BUMP() mbox_test_after_bump()
 #define AFTER_SENT() mbox_test_after_sent()
+#define AFTER_ARM() mbox_test_after_arm()
 #else
 #define AFTER_BUMP() ((void)0)
 #define AFTER_SENT() ((void)0)
+#define AFTER_ARM() ((void)0)
 #endif
 
 /* Bumps the owner's wake sequence; the bump that finds the sleeping bit
@@ -294,15 +298,12 @@ static int drain(mbox *mb) {
   return 1;
 }
 
-/* Owner, with nothing left to take: arms parking (puts from now on bump
-** `wake`) and takes a last look at the inbox. Returns 1 when that look
-** found entries (parking is disarmed again), else 0 with *seq set. */
-static int arm_or_drain(mbox *mb, uint32_t *seq) {
-  atomic_store(&mb->waiting, 1);
+/* Owner, with nothing left to take: prepares parking, which spins on the
+** inbox first (mailbox.h). */
+static void found_empty(mbox *mb, uint32_t *seq) {
   *seq = atomic_load(&mb->wake);
-  if (!drain(mb)) return 0;
-  atomic_store(&mb->waiting, 0);
-  return 1;
+  mb->polling = 1;
+  atomic_store_explicit(&mb->idle, 1, memory_order_relaxed);
 }
 
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
@@ -312,7 +313,8 @@ mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
       m = after ? after->next : mb->head;
       if (m) return m;
     }
-    if (!arm_or_drain(mb, seq)) return NULL;
+    found_empty(mb, seq);
+    return NULL;
   }
 }
 
@@ -332,7 +334,7 @@ static int account_removed(mbox *mb, mbox_msg *m) {
 }
 
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
-  if (!mb->head && !drain(mb) && !arm_or_drain(mb, seq)) return NULL;
+  if (!mb->head && !drain(mb)) { found_empty(mb, seq); return NULL; }
   mbox_msg *m = mb->head;
   mb->head = m->next;
   if (!mb->head) mb->tail = NULL;
@@ -342,13 +344,14 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq) {
 }
 
 uint32_t mbox_arm(mbox *mb) {
-  atomic_store_explicit(&mb->resting, 1, memory_order_relaxed);
+  atomic_store_explicit(&mb->idle, 1, memory_order_relaxed);
   return atomic_load(&mb->wake);
 }
 
 void mbox_disarm(mbox *mb) {
-  atomic_store_explicit(&mb->resting, 0, memory_order_relaxed);
-  atomic_store(&mb->waiting, 0);
+  mb->polling = 0;
+  atomic_store_explicit(&mb->idle, 0, memory_order_relaxed);
+  if (atomic_load_explicit(&mb->waiting, memory_order_relaxed)) atomic_store(&mb->waiting, 0);
 }
 
 static unsigned spin_clamp(double ns) {
@@ -356,12 +359,14 @@ static unsigned spin_clamp(double ns) {
   return ns < MBOX_SPIN_MIN_NS ? 0 : (unsigned)ns;
 }
 
-/* Spins up to mb->spin_ns for `wake` to leave `seq`; 1 if it did. */
+/* Spins up to mb->spin_ns for `wake` to leave `seq` or, when polling, for
+** an entry; 1 if either came. */
 static int spin_wait(mbox *mb, uint32_t seq, double t0, double deadline) {
   double until = t0 + mb->spin_ns * 1e-9;
   if (isfinite(deadline) && deadline < until) until = deadline;
   for (unsigned i = 1; ; i++) {
     if (atomic_load_explicit(&mb->wake, memory_order_acquire) != seq) return 1;
+    if (mb->polling && atomic_load_explicit(&mb->inbox, memory_order_relaxed)) return 1;
     if ((i & 15) == 0 && mbox_now() >= until) return 0;
     if ((i & 63) == 0) sched_yield();
     else cpu_relax();
@@ -379,7 +384,17 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
     mbox_disarm(mb);
     return 0;
   }
-  if (!due) entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
+  if (due) {   /* a poll: no arming, no sleep */
+    woke = atomic_load(&mb->wake) != seq;
+    mbox_disarm(mb);
+    return woke ? 0 : -1;
+  }
+  if (mb->polling) {   /* arm: from here on puts bump `wake` (mailbox.h) */
+    atomic_store(&mb->waiting, 1);
+    AFTER_ARM();
+    woke = atomic_load(&mb->inbox) != NULL;
+  }
+  if (!woke) entry_flush();   /* a sleeping thread holds no recycled entries (entry.h) */
   /* Sleep on `target`: our sequence with the sleeping bit, set here. If
   ** the bit is already set (a sender from an earlier round has not cleared
   ** it yet), sleep on that value: its clearing wakes us. */
@@ -402,7 +417,7 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
     mb->spin_ns = spin_clamp(e <= MBOX_SPIN_MAX_NS ? 1.5 * e : budget / 2.0);
-  } else if (!due) {   /* timed out: a loop of short receives or sleeps must not keep spinning */
+  } else {   /* timed out: a loop of short receives or sleeps must not keep spinning */
     mb->spin_ns = spin_clamp(budget / 2.0);
   }
   return woke ? 0 : -1;
@@ -447,5 +462,5 @@ void mbox_stats(mbox *mb, unsigned *count, unsigned *capacity, uint64_t *dropped
   *count = queued(mb);
   *capacity = mb->capacity;
   *dropped = atomic_load_explicit(&mb->dropped, memory_order_relaxed);
-  *waiting = atomic_load(&mb->waiting) || atomic_load_explicit(&mb->resting, memory_order_relaxed);
+  *waiting = atomic_load_explicit(&mb->idle, memory_order_relaxed);
 }

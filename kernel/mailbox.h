@@ -26,10 +26,14 @@
 **   `taken` may have passed it (the difference wraps) while the box emptied.
 **   EXIT and DOWN entries are not counted (one per link or monitor); EXITs
 **   of exit/2 have their own bound, `exits`.
-** - Parking: the owner sets `waiting`, reads `wake`, then looks at `inbox`
-**   once more before it sleeps; a sender pushes, then reads `waiting` and
-**   bumps `wake` if it is set. All four are seq_cst, so either the owner
-**   sees the entry or the sender sees the owner waiting.
+** - Parking: an owner that finds the box empty first spins watching
+**   `inbox` itself (`polling`; puts leave `wake` alone meanwhile, so a
+**   flood into a box whose owner keeps up costs the senders no writes to a
+**   line the owner reads, and the owner none to theirs). To sleep, the
+**   owner sets `waiting` and looks at `inbox` once more; a sender pushes,
+**   then reads `waiting` and bumps `wake` if it is set. All four are
+**   seq_cst, so either the owner sees the entry or the sender sees the
+**   owner waiting.
 ** - `wake` counts in steps of 2; bit 0 says the owner sleeps in the kernel.
 **   Only the owner sets it, with a compare-and-swap from the value it armed
 **   with, so a bump it has not seen makes the swap fail instead of being
@@ -88,18 +92,19 @@ typedef struct mbox {
   _Atomic unsigned exits;     /* EXITs of exit/2 queued (MBOX_COUNT_EXIT) */
   _Atomic uint64_t dropped;   /* messages refused because the box was full */
   _Atomic int closed;         /* the owner exited; puts are refused */
-  _Atomic int waiting;        /* the owner is spinning or parked on `wake` */
+  _Atomic int waiting;        /* the owner is about to sleep, or sleeps, on `wake`: puts bump it */
   _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
   unsigned capacity;          /* immutable */
   char pad[64];               /* keeps the owner's fields off the senders' cache line */
   /* Written by the owner (and by a sender that waits for space). */
   _Atomic unsigned taken;     /* regular messages ever removed (wraps); only grows */
   _Atomic int space_wanted;   /* a sender waits on `space`: set by it, cleared by the bump that wakes it */
-  _Atomic int resting;        /* the owner sleeps (mbox_arm); read by mbox_stats */
+  _Atomic int idle;           /* the owner waits (for a message, or in a sleep); read by mbox_stats */
   _Atomic uint32_t space;     /* futex word: bumped when slots free and senders wait */
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
   unsigned spin_ns;           /* how long to spin before parking, learnt (mailbox.c) */
+  int polling;                /* found empty, not armed: the spin watches `inbox` (see above) */
 } mbox;
 
 enum { MBOX_COUNT_NONE = 0, MBOX_COUNT_MSG = 1, MBOX_COUNT_EXIT = 2 };
@@ -135,11 +140,11 @@ int mbox_put(mbox *mb, mbox_msg *m, double timeout, int (*cancelled)(void *), vo
 int mbox_put_signal(mbox *mb, mbox_msg *m, int bounded);
 
 /* Owner only. Returns the entry after `after` (the head when NULL). When
-** there is none it arms parking and stores the wake sequence in *seq. */
+** there is none it prepares parking and stores the wake sequence in *seq. */
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq);
 
-/* Owner only. Unlinks and returns the head, or arms parking (as mbox_next)
-** and returns NULL. */
+/* Owner only. Unlinks and returns the head, or prepares parking (as
+** mbox_next) and returns NULL. */
 mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 
 /* Owner only. Prepares a wait that only mbox_wake ends (a sleep): the
@@ -148,11 +153,12 @@ mbox_msg *mbox_pop(mbox *mb, uint32_t *seq);
 ** Returns the wake sequence for mbox_park. */
 uint32_t mbox_arm(mbox *mb);
 
-/* Owner only. Undoes the arming of mbox_next/mbox_pop without parking. */
+/* Owner only. Undoes what mbox_next/mbox_pop/mbox_arm prepared, without parking. */
 void mbox_disarm(mbox *mb);
 
-/* Owner only. Parks until a put, an mbox_wake, or `deadline`. Spins briefly
-** first. Returns 0 on wake-up, -1 on timeout. */
+/* Owner only. Parks until a put (unless prepared by mbox_arm), an
+** mbox_wake, or `deadline`. Spins briefly first. Returns 0 on wake-up,
+** -1 on timeout. */
 int mbox_park(mbox *mb, uint32_t seq, double deadline);
 
 /* Owner only. Unlinks `m`, whose predecessor is `prev` (NULL for the head). */

@@ -179,8 +179,13 @@ static void test_close_releases_senders(void) {
 ** owner slept until its deadline with C's message queued. */
 static mbox stall_mb;
 static _Atomic int stall_stage;      /* 1: A is stalled after its bump; 2: A may go on */
+static _Atomic int stall_owner;      /* the owner, once armed, waits for stage 1 */
 static __thread int stall_me;
 
+void mbox_test_after_arm(void) {
+  if (!atomic_load(&stall_owner)) return;
+  while (atomic_load(&stall_stage) != 1) usleep(100);
+}
 
 void mbox_test_after_bump(void) {
   if (!stall_me) return;
@@ -190,6 +195,7 @@ void mbox_test_after_bump(void) {
 
 static void *stalled_sender(void *ud) {
   (void)ud;
+  while (!atomic_load(&stall_mb.waiting)) usleep(100);      /* the owner is armed */
   stall_me = 1;
   mbox_put(&stall_mb, msg_of(1, 0), 0, NULL, NULL);
   return NULL;
@@ -208,15 +214,17 @@ static void *late_sender(void *ud) {
 static void test_stale_wake_is_not_lost(void) {
   uint32_t seq;
   mbox_init(&stall_mb, 16);
-  mbox_msg *m = mbox_pop(&stall_mb, &seq);                  /* round 1: armed */
+  stall_mb.spin_ns = 0;
+  mbox_msg *m = mbox_pop(&stall_mb, &seq);                  /* round 1: empty */
   pthread_t a, c;
   pthread_create(&a, NULL, stalled_sender, NULL);
-  while (atomic_load(&stall_stage) != 1) usleep(100);
-  int r1 = mbox_park(&stall_mb, seq, mbox_now() + 3);
+  atomic_store(&stall_owner, 1);
+  int r1 = mbox_park(&stall_mb, seq, mbox_now() + 3);       /* armed, A bumps and stalls */
+  atomic_store(&stall_owner, 0);
   m = mbox_pop(&stall_mb, &seq);
   int got_a = m != NULL;
   if (m) mbox_msg_free(m);
-  m = mbox_pop(&stall_mb, &seq);                            /* round 2: armed, empty */
+  m = mbox_pop(&stall_mb, &seq);                            /* round 2: empty, sleeps */
   pthread_create(&c, NULL, late_sender, NULL);
   double t0 = mbox_now();
   int r2 = m ? 0 : mbox_park(&stall_mb, seq, t0 + 20);
@@ -269,7 +277,7 @@ static void test_spin_budget_decays(void) {
   mbox_init(&mb, 4);
   mb.spin_ns = 60000;
   uint32_t seq;
-  CHECK(mbox_pop(&mb, &seq) == NULL, "an empty box arms parking", "an entry");
+  CHECK(mbox_pop(&mb, &seq) == NULL, "an empty box gives no entry", "an entry");
   int rc = mbox_park(&mb, seq, mbox_now() + 0.0002);
   CHECK(rc == -1 && mb.spin_ns == 30000, "a wait that times out halves the spin budget",
         "rc %d, budget %u ns", rc, mb.spin_ns);
@@ -334,6 +342,33 @@ static void test_sleep_ignores_puts(void) {
   mbox_destroy(&mb);
 }
 
+/* An owner that found its box empty spins on the inbox before it arms: a
+** put meanwhile ends the wait without touching `wake` or `waiting`, so a
+** flood into a box whose owner keeps up costs no writes to the owner's
+** lines. The owner shows as waiting all the while. */
+static void test_spinning_owner_is_not_bumped(void) {
+  mbox mb;
+  mbox_init(&mb, 8);
+  mb.spin_ns = 60000;
+  uint32_t seq;
+  mbox_msg *m = mbox_pop(&mb, &seq);
+  unsigned count, cap;
+  uint64_t dropped;
+  int waiting;
+  mbox_stats(&mb, &count, &cap, &dropped, &waiting);
+  mbox_put(&mb, msg_of(1, 0), 0, NULL, NULL);
+  uint32_t after = atomic_load(&mb.wake);
+  int armed = atomic_load(&mb.waiting);
+  int rc = m ? -2 : mbox_park(&mb, seq, mbox_now() + 5);
+  m = mbox_pop(&mb, &seq);
+  CHECK(waiting && !armed && after == seq && rc == 0 && m,
+        "a put to an owner that has not armed ends its spin without a bump",
+        "waiting %d, armed %d, wake %u -> %u, park %d, message %s", waiting, armed, seq, after, rc,
+        m ? "taken" : "missing");
+  mbox_msg_free(m);
+  mbox_destroy(&mb);
+}
+
 /* A sender that read `sent` and then stalled while the box filled, emptied
 ** and took another message (so the senders' copy of `taken` passed its
 ** `sent`) must not take the box for full: with timeout 0 that dropped the
@@ -386,5 +421,6 @@ int main(void) {
   test_stale_sent_is_not_full();
   test_spin_budget_decays();
   test_sleep_ignores_puts();
+  test_spinning_owner_is_not_bumped();
   return ctest_end();
 }

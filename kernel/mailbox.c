@@ -194,15 +194,17 @@ static void wake_owner(mbox *mb) {
 ** prefetch of any address is harmless). The module's one global: each
 ** thread's last HINT_BACK pushes, touched by that thread alone. */
 #define HINT_BACK 8
-static _Thread_local struct { mbox *mb; mbox_msg *m; } recent[HINT_BACK];
-static _Thread_local unsigned recent_at;
+static _Thread_local struct {
+  struct { mbox *mb; mbox_msg *m; } push[HINT_BACK];
+  unsigned at;             /* pushes so far; the next goes to push[at % HINT_BACK] */
+} recent;
 
 /* Pushes m onto the inbox and wakes the owner if it waits. */
 static void push(mbox *mb, mbox_msg *m) {
-  unsigned i = recent_at++ % HINT_BACK;
-  m->hint = recent[i].mb == mb ? recent[i].m : NULL;
-  recent[i].mb = mb;
-  recent[i].m = m;
+  unsigned i = recent.at++ % HINT_BACK;
+  m->hint = recent.push[i].mb == mb ? recent.push[i].m : NULL;
+  recent.push[i].mb = mb;
+  recent.push[i].m = m;
   mbox_msg *top = atomic_load_explicit(&mb->inbox, memory_order_relaxed);
   do m->next = top;
   while (!atomic_compare_exchange_weak(&mb->inbox, &top, m));

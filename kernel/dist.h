@@ -81,9 +81,12 @@ int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, si
 ** node that cannot be reached gives {"nodedown", name} at once. */
 int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 
-/* From conn.c: a record arrived, a link was lost. */
+/* From conn.c: a record arrived, a link was lost. dist_node_down fires
+** the lost link's signals and, with `report` and unless `why` is "closed",
+** logs it (dist_report); a caller that holds a link's lock passes 0 and
+** reports after it lets go, since the report makes a Lua state. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
-void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
+void dist_node_down(uint32_t idx, uint32_t creation, const char *why, int report);
 
 /* Logs a distribution event through the registered logger ("erlangen.log")
 ** at `level` ("info", "warning") with fields node, peer and reason; without

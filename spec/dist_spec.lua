@@ -1232,5 +1232,25 @@ describe("distribution", function()
       erlangen.send(p, {"ping", self(), "new"})
       assert.are.equal(p, H.recv(H.tagged("pong"), "the pong of the new incarnation")[3])
     end)
+
+    it("reports the replaced link through erlangen.log, once the new link is up", function()
+      local log = require "erlangen.log"
+      assert.is_true(log.set_sink{pid = self()})
+      finally(function() log.set_sink{stderr = true} end)
+      local b = start_child{prefix = "rl"}
+      puppet(b)
+      signal(b, "STOP")
+      local b2 = start_child{name = b.name}   -- restarted: a new creation
+      local m = H.recv(function(m)
+        return type(m) == "table" and m[1] == "log" and m[3].text == "lost the link"
+          and m[3].fields.peer == b.name
+      end, "the record of the replaced link")
+      local rec = m[3]
+      assert.are.equal("info", rec.level)
+      assert.are.equal("restarted", rec.fields.reason)
+      local p = erlangen.spawn_opt({node = b2.addr}, "dist_node.echo")
+      erlangen.send(p, {"ping", self(), "after"})
+      assert.are.equal(p, H.recv(H.tagged("pong"), "the pong over the new link")[3])
+    end)
   end)
 end)

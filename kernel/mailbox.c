@@ -317,15 +317,10 @@ static void found_empty(mbox *mb, uint32_t *seq) {
 }
 
 mbox_msg *mbox_next(mbox *mb, mbox_msg *after, uint32_t *seq) {
-  for (;;) {
-    mbox_msg *m = after ? after->next : mb->head;
-    if (m || drain(mb)) {
-      m = after ? after->next : mb->head;
-      if (m) return m;
-    }
-    found_empty(mb, seq);
-    return NULL;
-  }
+  mbox_msg *m = after ? after->next : mb->head;
+  if (!m && drain(mb)) m = after ? after->next : mb->head;   /* drain appends after the tail */
+  if (!m) found_empty(mb, seq);
+  return m;
 }
 
 /* Owner: an entry has left the queue. Returns 1 if blocked senders must be

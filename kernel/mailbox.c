@@ -121,12 +121,8 @@ static int pooled(size_t len, int tagged) {
   return len <= ENTRY_SMALL && entry_size(len, tagged) <= ENTRY_SMALL;
 }
 
-mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
-                       term_id from, term_id ref) {
-  int tagged = from.n != 0 || ref.n != 0;
-  if ((uint64_t)len > UINT32_MAX || len > SIZE_MAX - 64) return NULL;
-  mbox_msg *m = pooled(len, tagged) ? entry_alloc() : malloc(entry_size(len, tagged));
-  if (!m) return NULL;
+/* Fills m's header and bytes: an entry not queued, counted against nothing. */
+static void fill(mbox_msg *m, mbox_kind kind, const unsigned char *data, size_t len, int tagged) {
   m->next = m->hint = NULL;
   m->len = (uint32_t)len;
   m->kind = (uint8_t)kind;
@@ -134,11 +130,25 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
   m->wire = 0;
   m->tagged = (uint8_t)tagged;
   memcpy(m->data, data, len);
+}
+
+mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
+                       term_id from, term_id ref) {
+  int tagged = from.n != 0 || ref.n != 0;
+  if ((uint64_t)len > UINT32_MAX || len > SIZE_MAX - 64) return NULL;
+  mbox_msg *m = pooled(len, tagged) ? entry_alloc() : malloc(entry_size(len, tagged));
+  if (!m) return NULL;
+  fill(m, kind, data, len, tagged);
   if (tagged) {
     term_id ids[2] = { from, ref };
     memcpy((char *)m + ids_at(len), ids, sizeof ids);
   }
   return m;
+}
+
+void mbox_msg_copy(mbox_msg *to, const mbox_msg *m) {
+  fill(to, (mbox_kind)m->kind, m->data, m->len, 0);
+  to->wire = m->wire;
 }
 
 /* Id `i` of an entry (0: from, 1: ref), zero when it was given none. */

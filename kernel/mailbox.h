@@ -120,6 +120,12 @@ void mbox_destroy(mbox *mb);               /* frees whatever is still queued */
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
                        term_id from, term_id ref);
 void mbox_msg_free(mbox_msg *m);
+
+/* Copies entry m's header and bytes into `to`, which has room for
+** offsetof(mbox_msg, data) + m->len bytes: an entry that is not queued,
+** owns nothing (never mbox_msg_free it) and carries no pid or ref, so
+** mbox_msg_from/ref give zero for it. */
+void mbox_msg_copy(mbox_msg *to, const mbox_msg *m);
 term_id mbox_msg_from(const mbox_msg *m);   /* zero when not given */
 term_id mbox_msg_ref(const mbox_msg *m);    /* zero when not given */
 

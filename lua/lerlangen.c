@@ -488,14 +488,8 @@ static int l_receive(lua_State *L) {
         ** protected way, from the copy. A finalizer that the decoder's
         ** allocations run may call receive meanwhile: it takes the next
         ** message, which is all it could do anyway. */
-        quick_entry q;
-        q.m.next = q.m.hint = NULL;
-        q.m.len = m->len;
-        q.m.kind = MBOX_MSG;
-        q.m.counted = 0;
-        q.m.wire = 0;
-        q.m.tagged = 0;
-        memcpy(q.m.data, m->data, m->len);
+        quick_entry q;   /* its alias, if any, was checked by stale() */
+        mbox_msg_copy(&q.m, m);
         mbox_msg_free(m);
         codec_limits lim = kern_limits(0);
         int n = codec_decode(L, q.m.data, q.m.len, &lim);

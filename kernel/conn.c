@@ -302,7 +302,10 @@ static void *reader_main(void *arg) {
   pthread_mutex_unlock(&c->lock);
   /* A peer that closed in order gets our CLOSE in answer. */
   conn_close(c, strcmp(why, "closed") == 0);
-  if (node_clear_conn(c->node, c)) dist_node_down(c->node, c->peer_creation, why, 1);
+  if (node_clear_conn(c->node, c)) {
+    dist_node_down(c->node, c->peer_creation);
+    dist_link_lost(c->node, why);
+  }
   conn_release(c);
   return NULL;
 }
@@ -623,7 +626,7 @@ static conn *respond(int fd, const char **why) {
   if (old) {   /* restarted, or a half-open link: the old link's signals fire now */
     conn_close(old, 0);
     old_why = conn_peer_creation(old) != peer.creation ? "restarted" : "replaced by a new link";
-    dist_node_down(idx, conn_peer_creation(old), old_why, 0);
+    dist_node_down(idx, conn_peer_creation(old));
     conn_release(old);
   }
   if (rc != NODE_ACCEPTED) {   /* a duplicate is not a failure */
@@ -632,14 +635,14 @@ static conn *respond(int fd, const char **why) {
     size_t outn;
     if (frame_enc_flush(&c->enc, &out, &outn) == 0) write_all(fd, out, outn, deadline);
     pthread_mutex_unlock(&c->lock);
-    if (old_why) dist_report("info", "lost the link", node_name(idx), old_why);
     c->fd = -1;    /* the caller closes fd */
     conn_release(c);
-    return NULL;
+    c = NULL;
+  } else {
+    send_record(c, REC_ACCEPT, deadline);   /* a failed write shows up as a lost link */
+    pthread_mutex_unlock(&c->lock);
   }
-  send_record(c, REC_ACCEPT, deadline);   /* a failed write shows up as a lost link */
-  pthread_mutex_unlock(&c->lock);
-  if (old_why) dist_report("info", "lost the link", node_name(idx), old_why);
+  if (old_why) dist_link_lost(idx, old_why);
   return c;
 }
 

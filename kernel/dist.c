@@ -604,7 +604,11 @@ static void down_one(proc *p, void *ud) {
   free(mons);
 }
 
-void dist_node_down(uint32_t idx, uint32_t creation, const char *why, int report) {
+void dist_link_lost(uint32_t idx, const char *why) {
+  if (strcmp(why, "closed") != 0) dist_report("info", "lost the link", node_name(idx), why);
+}
+
+void dist_node_down(uint32_t idx, uint32_t creation) {
   down_walk w = { idx, creation };
   proc_foreach(down_one, &w);
   /* Pending spawns on that node fail; abandoned ones will get no reply. */
@@ -628,7 +632,6 @@ void dist_node_down(uint32_t idx, uint32_t creation, const char *why, int report
   for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0}, NULL);
   free(msg);
   free(subs);
-  if (report && strcmp(why, "closed") != 0) dist_report("info", "lost the link", node_name(idx), why);
 }
 
 int dist_monitor_node(proc *self, uint32_t idx, int on) {

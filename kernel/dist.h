@@ -82,11 +82,12 @@ int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, si
 int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 
 /* From conn.c: a record arrived, a link was lost. dist_node_down fires
-** the lost link's signals and, with `report` and unless `why` is "closed",
-** logs it (dist_report); a caller that holds a link's lock passes 0 and
-** reports after it lets go, since the report makes a Lua state. */
+** the lost link's signals; dist_link_lost logs the loss (dist_report)
+** unless `why` is "closed". A caller that holds a link's lock logs after
+** it lets go: the report makes a Lua state. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
-void dist_node_down(uint32_t idx, uint32_t creation, const char *why, int report);
+void dist_node_down(uint32_t idx, uint32_t creation);
+void dist_link_lost(uint32_t idx, const char *why);
 
 /* Logs a distribution event through the registered logger ("erlangen.log")
 ** at `level` ("info", "warning") with fields node, peer and reason; without

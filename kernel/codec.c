@@ -949,17 +949,62 @@ static void enc_reset(enc *e) {
   e->nobj = 0; e->len = 0; e->copied = 0; e->status = ENC_OK; e->top = 0;
 }
 
+/* The short way for one boolean, number or string when the caller's
+** storage holds it and it is within max_size: writes the bytes the general
+** encoder would and returns their length, else 0 (the general encoder
+** takes it, and reports what is wrong). */
+static size_t enc_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *b, size_t cap) {
+  size_t max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
+  if (max_size > CODEC_HARD_SIZE) max_size = CODEC_HARD_SIZE;
+  if (cap > max_size) cap = max_size;
+  if (cap < 13) return 0;   /* the header and a float or the longest integer */
+  b[0] = CODEC_VERSION; b[1] = 0; b[2] = 1;   /* one value, no flags */
+  switch (lua_type(L, idx)) {
+  case LUA_TBOOLEAN:
+    b[3] = lua_toboolean(L, idx) ? TAG_TRUE : TAG_FALSE;
+    return 4;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      b[3] = TAG_INT;
+      return 4 + (size_t)varint_put(b + 4, zigzag(lua_tointeger(L, idx)));
+    } else {
+      double x = (double)lua_tonumber(L, idx);
+      uint64_t u;
+      memcpy(&u, &x, sizeof u);
+      b[3] = TAG_FLOAT;
+      for (int i = 0; i < 8; i++) b[4 + i] = (unsigned char)(u >> (8 * i));
+      return 12;
+    }
+  case LUA_TSTRING: {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (len > cap || cap - len < 4 + (size_t)varint_len(len)) return 0;
+    b[3] = TAG_STRING;
+    size_t at = 4 + (size_t)varint_put(b + 4, len);
+    memcpy(b + at, s, len);
+    return at + len;
+  }
+  default: return 0;
+  }
+}
+
 int codec_encode(lua_State *L, int first, int n, const char *root,
                  const codec_limits *lim, codec_buf *out) {
+  if (n == 1 && out->data) {
+    size_t len = enc_single(L, first, lim, out->data, out->cap);
+    if (len) { out->len = len; return 0; }
+  }
   int base = lua_gettop(L);
   enc e;
   first = lua_absindex(L, first);
   e.L = L;
   unsigned char *const given = out->data;   /* reused scratch storage, or NULL */
-  e.buf = out->data; e.cap = out->data ? out->cap : 0;
   e.set = NULL;
   e.fr = e.infr; e.frcap = ENC_INLINE_FRAMES;
   codec_limits_of(lim, &e.max_size, &e.max_depth, &e.allow_functions);
+  /* Storage larger than max_size is used only up to it, so that the size
+  ** check (made when the buffer must grow) holds for it too. */
+  e.buf = out->data; e.cap = out->data ? (out->cap < e.max_size ? out->cap : e.max_size) : 0;
   e.nodes = lim ? lim->nodes : NULL;
   e.wire = lim && lim->wire;
   e.modmode = e.copied = e.have_f = e.fbuilt = 0;
@@ -1084,16 +1129,25 @@ static int dec_truncated(dec *d) {
 }
 
 /* LEB128, at most 10 bytes, must fit 64 bits; non-minimal forms accepted. */
-CODEC_NOINLINE static int dec_varint_slow(dec *d, uint64_t *out) {
+/* Reads a varint from *p, before end: 0 and *p past it, -1 when the bytes
+** end first, -2 when it does not fit in 64 bits (*p past the bad byte). */
+static int varint_get(const unsigned char **p, const unsigned char *end, uint64_t *out) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
-    if (d->p >= d->lim) return dec_truncated(d);
-    unsigned c = *d->p++;
+    if (*p >= end) return -1;
+    unsigned c = *(*p)++;
     if (shift == 63 && c > 1) break;
     v |= (uint64_t)(c & 0x7f) << shift;
     if (!(c & 0x80)) { *out = v; return 0; }
   }
-  return dec_fail(d, "varint overflow at byte %zu", (size_t)(d->p - d->start));
+  return -2;
+}
+
+CODEC_NOINLINE static int dec_varint_slow(dec *d, uint64_t *out) {
+  int r = varint_get(&d->p, d->lim, out);
+  if (r == -1) return dec_truncated(d);
+  if (r == -2) return dec_fail(d, "varint overflow at byte %zu", (size_t)(d->p - d->start));
+  return 0;
 }
 
 static inline int dec_varint(dec *d, uint64_t *out) {
@@ -1455,7 +1509,44 @@ static int dec_run(dec *d, uint64_t n) {
   }
 }
 
+/* The short way for a message of exactly one boolean, number or string
+** with no header flags, the bytes of which the general decoder would take
+** the same way: pushes the value and returns 1. Anything else, malformed
+** bytes included, returns 0 with nothing pushed, and the general decoder
+** takes it (and names what is wrong). */
+static int dec_single(lua_State *L, const unsigned char *p, size_t len) {
+  if (len < 4 || p[0] != CODEC_VERSION || p[1] != 0 || p[2] != 1) return 0;
+  const unsigned char *q = p + 4, *end = p + len;
+  uint64_t u;
+  switch (p[3]) {
+  case TAG_FALSE: case TAG_TRUE:
+    if (q != end) return 0;
+    lua_pushboolean(L, p[3] == TAG_TRUE);
+    return 1;
+  case TAG_INT:
+    if (varint_get(&q, end, &u) != 0 || q != end) return 0;
+    lua_pushinteger(L, unzigzag(u));
+    return 1;
+  case TAG_FLOAT: {
+    if (end - q != 8) return 0;
+    double x;
+    u = 0;
+    for (int i = 0; i < 8; i++) u |= (uint64_t)q[i] << (8 * i);
+    memcpy(&x, &u, sizeof x);
+    lua_pushnumber(L, (lua_Number)x);
+    return 1;
+  }
+  case TAG_STRING:
+    if (varint_get(&q, end, &u) != 0 || u != (uint64_t)(end - q)) return 0;
+    lua_pushlstring(L, (const char *)q, (size_t)u);
+    return 1;
+  default: return 0;
+  }
+}
+
 int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_limits *lim) {
+  size_t limit = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
+  if (len <= limit && len <= CODEC_HARD_SIZE && lua_checkstack(L, 1) && dec_single(L, p, len)) return 1;
   int base = lua_gettop(L);
   dec d;
   size_t max_size;

@@ -121,6 +121,22 @@ describe("messages", function()
       assert.are.same({}, H.peek())
     end)
 
+    it("holds a lowered max_message after larger messages were sent", function()
+      -- send reuses its encode buffer: one grown by a large message must not
+      -- let a message over the new limit through
+      erlangen.send(self(), {string.rep("x", 4000)})
+      erlangen.send(self(), string.rep("y", 4000))
+      assert.are.equal(4000, #erlangen.receive(0)[1])
+      assert.are.equal(4000, #erlangen.receive(0))
+      local old = erlangen.configure({max_message = 1000})
+      finally(function() erlangen.configure(old) end)
+      for _, msg in ipairs({{string.rep("x", 2000)}, string.rep("y", 2000)}) do
+        local err = H.error_of(function() erlangen.send(self(), msg) end)
+        assert.matches("message larger than 1000 bytes", err, 1, true)
+      end
+      assert.are.same({}, H.peek())
+    end)
+
     it("raises \"nesting deeper than N\" over the configured depth", function()
       local old = erlangen.configure({max_depth = 10})
       finally(function() erlangen.configure(old) end)

@@ -195,6 +195,83 @@ static void test_scalars(lua_State *A, lua_State *B) {
   CHECK(1, "integer powers of two round-trip", " ");
 }
 
+/* One boolean, number or string takes a short way through codec_encode
+** (when the caller gives storage) and codec_decode: its bytes must be the
+** general encoder's (which a call without storage takes), and both must
+** still honour max_size and decode back to the same value. */
+static void test_single_values(lua_State *L) {
+  static const char *vals[] = { "true", "false", "0", "1", "-1", "63", "64", "-65", "math.maxinteger",
+                                "math.mininteger", "1.5", "-0.0", "1/0", "0/0", "2^53", "''", "'a\\0b'",
+                                "string.rep('x', 127)", "string.rep('y', 128)", "string.rep('z', 300)" };
+  int same = 1, back = 1;
+  for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+    char code[128];
+    snprintf(code, sizeof code, "return %s", vals[i]);
+    run(L, "x = nil");
+    if (luaL_dostring(L, code) != LUA_OK) { CHECK(0, "single values: chunk runs", "%s", code); return; }
+    codec_buf general = {0}, shortway = {0};
+    shortway.data = malloc(512);
+    shortway.cap = 512;
+    int r1 = codec_encode(L, -1, 1, "msg", &LIM_DATA, &general);
+    int r2 = codec_encode(L, -1, 1, "msg", &LIM_DATA, &shortway);
+    if (r1 || r2 || general.len != shortway.len || memcmp(general.data, shortway.data, general.len) != 0) {
+      same = 0;
+      fprintf(stderr, "  %s: general %d len %zu, short %d len %zu\n", vals[i], r1, general.len, r2, shortway.len);
+    }
+    int n = r2 ? -1 : codec_decode(L, shortway.data, shortway.len, &LIM_DATA);
+    if (n != 1 || !(lua_rawequal(L, -1, -2) || (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+        || lua_isinteger(L, -1) != lua_isinteger(L, -2)) {
+      back = 0;
+      fprintf(stderr, "  %s does not decode to itself (n = %d)\n", vals[i], n);
+    }
+    if (n == 1 && lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 0 && !lua_isinteger(L, -1) &&
+        1 / lua_tonumber(L, -1) > 0) back = 0;   /* -0.0 lost its sign */
+    lua_settop(L, 0);
+    codec_buf_free(&general);
+    codec_buf_free(&shortway);
+  }
+  CHECK(same, "a single value takes the general encoder's bytes when storage is given", " ");
+  CHECK(back, "a single value decodes to itself, integer or float, -0.0 and nan included", " ");
+
+  /* storage too small for the value: the general way grows it */
+  lua_pushstring(L, "a string longer than sixteen bytes");
+  codec_buf b = {0};
+  b.data = malloc(16);
+  b.cap = 16;
+  int r = codec_encode(L, -1, 1, "msg", &LIM_DATA, &b);
+  CHECK(r == 0 && b.len == 5 + 34 && b.cap >= b.len && memcmp(b.data + 5, "a string longer", 15) == 0,
+        "a single value larger than the storage given is encoded all the same", "r %d len %zu", r, b.len);
+  /* max_size holds on both ways, with storage given */
+  codec_limits tight = { .max_size = 20, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 0 };
+  lua_settop(L, 1);
+  r = codec_encode(L, -1, 1, "msg", &tight, &b);
+  CHECK(r == -1 && strstr(lua_tostring(L, -1), "larger than 20 bytes") != NULL,
+        "a single string over max_size is refused though the storage given holds it", "r %d %s", r,
+        r ? lua_tostring(L, -1) : "");
+  lua_settop(L, 0);
+  run(L, "big = {string.rep('x', 30)}");
+  lua_getglobal(L, "big");
+  codec_buf roomy = { malloc(512), 0, 512 };
+  r = codec_encode(L, -1, 1, "msg", &tight, &roomy);
+  CHECK(r == -1 && roomy.data && strstr(lua_tostring(L, -1), "larger than 20 bytes") != NULL,
+        "a table over max_size is refused though the storage given holds it", "r %d", r);
+  codec_buf_free(&roomy);
+  lua_settop(L, 0);
+  lua_pushinteger(L, 7);
+  r = codec_encode(L, -1, 1, "msg", &tight, &b);
+  CHECK(r == 0 && b.len == 5 && memcmp(b.data, "\x01\x00\x01\x03\x0e", 5) == 0,
+        "a single integer within max_size: version, flags, count, tag, zigzag varint", "r %d len %zu", r, b.len);
+  lua_settop(L, 0);
+  int n = codec_decode(L, b.data, b.len, &LIM_DATA);
+  CHECK(n == 1 && lua_isinteger(L, -1) && lua_tointeger(L, -1) == 7, "and decodes to 7", "n %d", n);
+  lua_settop(L, 0);
+  n = codec_decode(L, b.data, b.len, &(codec_limits){ .max_size = 4 });
+  CHECK(n == -1 && strstr(lua_tostring(L, -1), "larger than 4 bytes") != NULL,
+        "decode refuses a single value over max_size", "n %d", n);
+  lua_settop(L, 0);
+  codec_buf_free(&b);
+}
+
 static void test_tables(lua_State *A, lua_State *B) {
   int n = xfer(A, B, "return {a = {b = {c = {1, 2, 3}}}, list = {1, 2, 3, nil, 5}, [1.5] = true, "
                      "[true] = 't', [false] = 'f', [-1] = 'neg', [0] = 'zero', [100] = 'far', s = 'x', "
@@ -755,6 +832,7 @@ static void test_fuzz(lua_State *L) {
 int main(void) {
   lua_State *A = state_new("A"), *B = state_new("B");
   test_scalars(A, B);
+  test_single_values(A);
   test_tables(A, B);
   test_terms(A, B);
   test_functions(A, B);

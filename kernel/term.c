@@ -10,7 +10,6 @@
 /* Registry keys: the address of these statics is the key. */
 static const char *const term_mt_name[] = { NULL, "erlangen.pid", "erlangen.ref" };
 static const char term_cache_key = 'c';
-static const char term_kind_key = 'k';   /* in our metatables: the kind, as an integer */
 
 /* The module's one global. `refs` is the node-wide ref counter: atomic, so
 ** any thread may draw from it; refs are never reused while the node runs.
@@ -28,18 +27,33 @@ term_id term_new_ref(void) {
 
 void term_set_namer(const char *(*node_name)(uint32_t node)) { atomic_store(&T.node_name, node_name); }
 
-typedef struct term_ud { term_id id; enum term_kind kind; } term_ud;
+/* The block of a pid or ref userdata. `mark` is TERM_MARK xor its kind: a
+** userdata is ours when it has this size and a mark that decodes to a kind.
+** No other library makes such a block by chance (64 bits must match), and
+** Lua code cannot make a full userdata at all. */
+typedef struct term_ud { term_id id; uint64_t mark; } term_ud;
+#define TERM_MARK UINT64_C(0x8f1d6b2ce07a4935)
+
+static enum term_kind ud_kind(const term_ud *u) {
+  uint64_t k = u->mark ^ TERM_MARK;
+  return k == TERM_PID || k == TERM_REF ? (enum term_kind)k : TERM_NONE;
+}
 
 static int term_tostring(lua_State *L) {
-  term_ud *u = lua_touserdata(L, 1);
+  term_id id;
+  enum term_kind k = term_test(L, 1, &id);
+  if (k == TERM_NONE) {   /* a foreign block given our metatable through the debug library */
+    lua_pushfstring(L, "userdata: %p", lua_touserdata(L, 1));
+    return 1;
+  }
   const char *(*namer)(uint32_t) = atomic_load(&T.node_name);
-  const char *node = u->id.node && namer ? namer(u->id.node) : NULL;
+  const char *node = id.node && namer ? namer(id.node) : NULL;
   if (node)   /* a pid or ref of another node shows that node's name */
-    lua_pushfstring(L, u->kind == TERM_PID ? "<%s.%I>" : "#Ref<%s.%I>", node, (lua_Integer)u->id.n);
-  else if (u->kind == TERM_PID)
-    lua_pushfstring(L, "<%d.%I>", (int)u->id.node, (lua_Integer)u->id.n);
+    lua_pushfstring(L, k == TERM_PID ? "<%s.%I>" : "#Ref<%s.%I>", node, (lua_Integer)id.n);
+  else if (k == TERM_PID)
+    lua_pushfstring(L, "<%d.%I>", (int)id.node, (lua_Integer)id.n);
   else
-    lua_pushfstring(L, "#Ref<%d.%I>", (int)u->id.node, (lua_Integer)u->id.n);
+    lua_pushfstring(L, "#Ref<%d.%I>", (int)id.node, (lua_Integer)id.n);
   return 1;
 }
 
@@ -59,7 +73,6 @@ static void term_metatable(lua_State *L, enum term_kind kind) {
     lua_pushcfunction(L, term_lt); lua_setfield(L, -2, "__lt");
     lua_pushstring(L, kind == TERM_PID ? "pid" : "ref"); lua_setfield(L, -2, "__name");
     lua_pushboolean(L, 0); lua_setfield(L, -2, "__metatable");
-    lua_pushinteger(L, kind); lua_rawsetp(L, -2, &term_kind_key);
   }
 }
 
@@ -85,7 +98,7 @@ void term_push(lua_State *L, enum term_kind kind, term_id id) {
   if (lua_rawget(L, -2) == LUA_TUSERDATA) { lua_remove(L, -2); return; }
   lua_pop(L, 1);
   term_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->id = id; u->kind = kind;
+  u->id = id; u->mark = TERM_MARK ^ (uint64_t)kind;
   term_metatable(L, kind);
   lua_setmetatable(L, -2);
   lua_pushlstring(L, key, sizeof key);
@@ -94,17 +107,17 @@ void term_push(lua_State *L, enum term_kind kind, term_id id) {
   lua_remove(L, -2);
 }
 
-/* One look into the value's metatable (a key only this file knows) rather
-** than fetching each of ours from the registry by name: term_test runs on
-** every send. The size check keeps a foreign userdata that was given our
-** metatable through the debug library from being read as a term. */
+/* One look at the value's own block, rather than at its metatable (a
+** chain of three loads, each a cache miss in a process that has not run
+** for a while): term_test runs on every send. A foreign userdata given our
+** metatable through the debug library is not a term; a term whose
+** metatable the debug library took away still is one. */
 enum term_kind term_test(lua_State *L, int idx, term_id *out) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return TERM_NONE;
-  lua_Integer k = lua_rawgetp(L, -1, &term_kind_key) == LUA_TNUMBER ? lua_tointeger(L, -1) : 0;
-  lua_pop(L, 2);
-  if ((k != TERM_PID && k != TERM_REF) || lua_rawlen(L, idx) != sizeof(term_ud)) return TERM_NONE;
-  if (out) *out = ((term_ud *)lua_touserdata(L, idx))->id;
-  return (enum term_kind)k;
+  if (lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof(term_ud)) return TERM_NONE;
+  const term_ud *u = lua_touserdata(L, idx);
+  enum term_kind k = ud_kind(u);
+  if (k != TERM_NONE && out) *out = u->id;
+  return k;
 }
 
 term_id term_check(lua_State *L, int arg, enum term_kind kind) {

@@ -84,18 +84,10 @@ typedef struct mbox_msg {
   unsigned char data[];  /* codec bytes (message or reason) */
 } mbox_msg;
 
+/* Two cache lines (the struct is 64-byte aligned): the owner's, then the
+** senders'. A receive that finds a message touches both; a put only the
+** senders' (and the owner's `taken` about once per `capacity` puts). */
 typedef struct mbox {
-  /* Written by senders: atomics, and one immutable field. */
-  _Atomic(mbox_msg *) inbox;  /* pushed entries, newest first (see above) */
-  _Atomic unsigned sent;      /* regular messages ever reserved (wraps) */
-  _Atomic unsigned taken_seen;/* a past value of `taken` (see above) */
-  _Atomic unsigned exits;     /* EXITs of exit/2 queued (MBOX_COUNT_EXIT) */
-  _Atomic uint64_t dropped;   /* messages refused because the box was full */
-  _Atomic int closed;         /* the owner exited; puts are refused */
-  _Atomic int waiting;        /* the owner is about to sleep, or sleeps, on `wake`: puts bump it */
-  _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
-  unsigned capacity;          /* immutable */
-  char pad[64];               /* keeps the owner's fields off the senders' cache line */
   /* Written by the owner (and by a sender that waits for space). */
   _Atomic unsigned taken;     /* regular messages ever removed (wraps); only grows */
   _Atomic int space_wanted;   /* a sender waits on `space`: set by it, cleared by the bump that wakes it */
@@ -105,6 +97,16 @@ typedef struct mbox {
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
   unsigned spin_ns;           /* how long to spin before parking, learnt (mailbox.c) */
   int polling;                /* found empty, not armed: the spin watches `inbox` (see above) */
+  /* Written by senders, on a line of their own: atomics, and one immutable field. */
+  _Alignas(64) _Atomic(mbox_msg *) inbox;  /* pushed entries, newest first (see above) */
+  _Atomic unsigned sent;      /* regular messages ever reserved (wraps) */
+  _Atomic unsigned taken_seen;/* a past value of `taken` (see above) */
+  _Atomic unsigned exits;     /* EXITs of exit/2 queued (MBOX_COUNT_EXIT) */
+  _Atomic uint64_t dropped;   /* messages refused because the box was full */
+  _Atomic int closed;         /* the owner exited; puts are refused */
+  _Atomic int waiting;        /* the owner is about to sleep, or sleeps, on `wake`: puts bump it */
+  _Atomic uint32_t wake;      /* futex word: sequence (steps of 2) | sleeping bit (see above) */
+  unsigned capacity;          /* immutable */
 } mbox;
 
 enum { MBOX_COUNT_NONE = 0, MBOX_COUNT_MSG = 1, MBOX_COUNT_EXIT = 2 };

@@ -164,12 +164,13 @@ proc *proc_get(term_id pid) {
 }
 
 proc *proc_dest(proc *self, term_id pid) {
-  if (self->dest && term_eq(self->dest->pid, pid)) return self->dest;
+  if (self->dest && pid.node == 0 && self->dest_n == pid.n) return self->dest;
   proc *p = proc_get(pid);
   if (!p) return NULL;
   if (term_eq(self->last_pid, pid)) {   /* the second lookup in a row: keep it */
     if (self->dest) proc_release(self->dest);
     self->dest = p;                      /* the cache owns proc_get's reference */
+    self->dest_n = pid.n;
   }
   self->last_pid = pid;
   return p;
@@ -217,8 +218,9 @@ void proc_foreach(void (*fn)(proc *, void *), void *ud) {
 /* ---- creation ---- */
 
 static proc *proc_new(unsigned capacity) {
-  proc *p = calloc(1, sizeof *p);
+  proc *p = aligned_alloc(_Alignof(proc), sizeof *p);   /* whole lines (process.h) */
   if (!p) return NULL;
+  memset(p, 0, sizeof *p);
   p->pid.n = atomic_fetch_add(&P.next_id, 1);
   atomic_init(&p->refs, 1);  /* the table's reference */
   mbox_init(&p->mb, capacity);

@@ -96,6 +96,7 @@ typedef struct mbox {
   /* The owner's thread only. */
   mbox_msg *head, *tail;      /* entries taken from `inbox`, oldest first */
   unsigned spin_ns;           /* how long to spin before parking, learnt (mailbox.c) */
+  unsigned untimed;           /* waits with neither budget nor deadline: one in MBOX_SAMPLE is timed */
   int polling;                /* found empty, not armed: the spin watches `inbox` (see above) */
   /* Written by senders, on a line of their own: atomics, and one immutable field. */
   _Alignas(64) _Atomic(mbox_msg *) inbox;  /* pushed entries, newest first (see above) */

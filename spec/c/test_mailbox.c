@@ -6,6 +6,7 @@
 */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,6 +309,48 @@ static void test_spin_budget_decays(void) {
   mbox_destroy(&mb);
 }
 
+/* A box whose budget went to 0 times only some of its waits (the clock
+** costs a cache miss after a sleep), but still finds out when waits become
+** short again: a partner that puts as soon as the owner sleeps makes the
+** waits a wake-up long, well under MBOX_SPIN_MAX_NS, and the budget must
+** come back within a few samples. Up to 400 waits, so a slow wake-up now
+** and then (a loaded machine, a sanitizer) does not fail the check. */
+typedef struct quick_partner { mbox *mb; _Atomic int stop; } quick_partner;
+
+static void *put_when_asleep(void *ud) {
+  quick_partner *q = ud;
+  uint32_t served = 0;   /* the wake word of the last sleep ended (each sleep has its own) */
+  for (int i = 0; !atomic_load(&q->stop);) {
+    uint32_t w = atomic_load(&q->mb->wake);
+    if (!(w & 1) || w == served) { sched_yield(); continue; }
+    served = w;
+    mbox_put(q->mb, msg_of(3, i++), 0, NULL, NULL);
+  }
+  return NULL;
+}
+
+static void test_spin_budget_returns(void) {
+  mbox mb;
+  mbox_init(&mb, 8);
+  mb.spin_ns = 0;
+  quick_partner q = { &mb, 0 };
+  pthread_t t;
+  pthread_create(&t, NULL, put_when_asleep, &q);
+  int waits = 0;
+  uint32_t seq;
+  while (waits < 400 && mb.spin_ns == 0) {
+    mbox_msg *m = mbox_pop(&mb, &seq);
+    if (m) { mbox_msg_free(m); continue; }
+    mbox_park(&mb, seq, INFINITY);
+    waits++;
+  }
+  atomic_store(&q.stop, 1);
+  pthread_join(t, NULL);
+  CHECK(mb.spin_ns > 0, "a box whose spin budget went to 0 regains one when waits become short",
+        "still 0 after %d waits", waits);
+  mbox_destroy(&mb);
+}
+
 /* An entry keeps its bytes, and the pid and ref given with it, whatever
 ** its size: small ones come from the magazines, 64-byte aligned, larger
 ** ones from malloc. */
@@ -463,6 +506,7 @@ int main(void) {
   test_stale_wake_is_not_lost();
   test_stale_sent_is_not_full();
   test_spin_budget_decays();
+  test_spin_budget_returns();
   test_sleep_ignores_puts();
   test_spinning_owner_is_not_bumped();
   test_put_before_arming_is_seen();

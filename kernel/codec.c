@@ -949,11 +949,10 @@ static void enc_reset(enc *e) {
   e->nobj = 0; e->len = 0; e->copied = 0; e->status = ENC_OK; e->top = 0;
 }
 
-/* The short way for one boolean, number or string when the caller's
-** storage holds it and it is within max_size: writes the bytes the general
-** encoder would and returns their length, else 0 (the general encoder
-** takes it, and reports what is wrong). */
-static size_t enc_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *b, size_t cap) {
+/* One boolean, number or string (codec.h): the bytes the general encoder
+** would write, without its set-up; 0 sends the value the general way,
+** which reports what is wrong. */
+size_t codec_encode_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *b, size_t cap) {
   size_t max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
   if (max_size > CODEC_HARD_SIZE) max_size = CODEC_HARD_SIZE;
   if (cap > max_size) cap = max_size;
@@ -991,7 +990,7 @@ static size_t enc_single(lua_State *L, int idx, const codec_limits *lim, unsigne
 int codec_encode(lua_State *L, int first, int n, const char *root,
                  const codec_limits *lim, codec_buf *out) {
   if (n == 1 && out->data) {
-    size_t len = enc_single(L, first, lim, out->data, out->cap);
+    size_t len = codec_encode_single(L, first, lim, out->data, out->cap);
     if (len) { out->len = len; return 0; }
   }
   int base = lua_gettop(L);

@@ -67,6 +67,8 @@ typedef struct codec_limits {
 ** When out->data is NULL the buffer is allocated; otherwise out's storage
 ** (out->cap bytes) is reused as scratch and may be reallocated, and on
 ** failure it stays in `out` with len 0 (the caller still owns and frees it).
+** max_size holds whatever the storage's size: only its first max_size
+** bytes are used, so `out->cap` may come back smaller than it went in.
 ** Returns 0 on success. On failure returns -1, leaves `out` empty (len 0), and pushes
 ** one error string onto L naming the path, e.g. "msg.conn: cannot send userdata".
 ** Does not otherwise change the stack. May raise only on memory errors of L. */
@@ -76,6 +78,13 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
 /* Decodes a message and pushes its values. Returns the number of values
 ** pushed (>= 0), or -1 after pushing one error string ("codec: ...").
 ** On failure nothing else is left on the stack. */
+/* The short way of codec_encode for one boolean, number or string at idx:
+** writes its bytes (the same codec_encode writes) into buf, which has room
+** for cap bytes, and returns their length; returns 0 when the value is of
+** another type or does not fit in cap or in lim's max_size (codec_encode
+** then takes it). Touches neither the stack nor any memory but buf. */
+size_t codec_encode_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *buf, size_t cap);
+
 int codec_decode(lua_State *L, const unsigned char *p, size_t len,
                  const codec_limits *lim);
 

@@ -133,6 +133,20 @@ describe("messages", function()
       assert.are.same({}, H.peek())
     end)
 
+    it("holds max_message for a short string, a number and a boolean too", function()
+      local old = erlangen.configure({max_message = 20})
+      finally(function() erlangen.configure(old) end)
+      -- a string of n bytes is n + 5 bytes encoded (header 3, tag, length)
+      for _, n in ipairs({16, 30}) do
+        local err = H.error_of(function() erlangen.send(self(), string.rep("s", n)) end)
+        assert.matches("message larger than 20 bytes", err, 1, true)
+      end
+      assert.is_true(erlangen.send(self(), string.rep("s", 15)))
+      assert.is_true(erlangen.send(self(), 2.5))
+      assert.is_true(erlangen.send(self(), false))
+      assert.are.same({string.rep("s", 15), 2.5, false}, H.drain())
+    end)
+
     it("holds a lowered max_message after larger messages were sent", function()
       -- send reuses its encode buffer: one grown by a large message must not
       -- let a message over the new limit through

@@ -233,6 +233,20 @@ static void test_single_values(lua_State *L) {
   CHECK(same, "a single value takes the general encoder's bytes when storage is given", " ");
   CHECK(back, "a single value decodes to itself, integer or float, -0.0 and nan included", " ");
 
+  /* codec_encode_single alone: 0 for what it does not take */
+  unsigned char tiny[16];
+  run(L, "x = nil");
+  lua_pushstring(L, "twelve bytes");                            /* 17 encoded: over 16 */
+  lua_pushinteger(L, -3);
+  lua_newtable(L);
+  size_t over = codec_encode_single(L, 1, &LIM_DATA, tiny, sizeof tiny);
+  size_t fits = codec_encode_single(L, 2, &LIM_DATA, tiny, sizeof tiny);
+  size_t table = codec_encode_single(L, 3, &LIM_DATA, tiny, sizeof tiny);
+  CHECK(over == 0 && table == 0 && fits == 5 && memcmp(tiny, "\x01\x00\x01\x03\x05", 5) == 0 &&
+        lua_gettop(L) == 3, "codec_encode_single takes a fitting scalar only, and leaves the stack",
+        "over %zu, fits %zu, table %zu, top %d", over, fits, table, lua_gettop(L));
+  lua_settop(L, 0);
+
   /* storage too small for the value: the general way grows it */
   lua_pushstring(L, "a string longer than sixteen bytes");
   codec_buf b = {0};

@@ -75,9 +75,6 @@ typedef struct codec_limits {
 int codec_encode(lua_State *L, int first, int n, const char *root,
                  const codec_limits *lim, codec_buf *out);
 
-/* Decodes a message and pushes its values. Returns the number of values
-** pushed (>= 0), or -1 after pushing one error string ("codec: ...").
-** On failure nothing else is left on the stack. */
 /* The short way of codec_encode for one boolean, number or string at idx:
 ** writes its bytes (the same codec_encode writes) into buf, which has room
 ** for cap bytes, and returns their length; returns 0 when the value is of
@@ -85,6 +82,9 @@ int codec_encode(lua_State *L, int first, int n, const char *root,
 ** then takes it). Touches neither the stack nor any memory but buf. */
 size_t codec_encode_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *buf, size_t cap);
 
+/* Decodes a message and pushes its values. Returns the number of values
+** pushed (>= 0), or -1 after pushing one error string ("codec: ...").
+** On failure nothing else is left on the stack. */
 int codec_decode(lua_State *L, const unsigned char *p, size_t len,
                  const codec_limits *lim);
 

@@ -217,6 +217,9 @@ void proc_foreach(void (*fn)(proc *, void *), void *ud) {
 
 /* ---- creation ---- */
 
+/* The lines process.h promises: the owner's line, then the mailbox's two. */
+_Static_assert(offsetof(proc, mb) == 64 && _Alignof(proc) == 64, "proc: line 0 is the owner's");
+
 static proc *proc_new(unsigned capacity) {
   proc *p = aligned_alloc(_Alignof(proc), sizeof *p);   /* whole lines (process.h) */
   if (!p) return NULL;

@@ -956,7 +956,7 @@ size_t codec_encode_single(lua_State *L, int idx, const codec_limits *lim, unsig
   size_t max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
   if (max_size > CODEC_HARD_SIZE) max_size = CODEC_HARD_SIZE;
   if (cap > max_size) cap = max_size;
-  if (cap < 13) return 0;   /* the header and a float or the longest integer */
+  if (cap < 14) return 0;   /* the header and the longest value below: a 10-byte varint */
   b[0] = CODEC_VERSION; b[1] = 0; b[2] = 1;   /* one value, no flags */
   switch (lua_type(L, idx)) {
   case LUA_TBOOLEAN:

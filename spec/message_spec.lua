@@ -137,10 +137,17 @@ describe("messages", function()
       local old = erlangen.configure({max_message = 20})
       finally(function() erlangen.configure(old) end)
       -- a string of n bytes is n + 5 bytes encoded (header 3, tag, length)
+      local err
       for _, n in ipairs({16, 30}) do
-        local err = H.error_of(function() erlangen.send(self(), string.rep("s", n)) end)
+        err = H.error_of(function() erlangen.send(self(), string.rep("s", n)) end)
         assert.matches("message larger than 20 bytes", err, 1, true)
       end
+      erlangen.configure({max_message = 13})   -- the longest integer is 14 bytes
+      err = H.error_of(function() erlangen.send(self(), 1 << 62) end)
+      assert.matches("message larger than 13 bytes", err, 1, true)
+      assert.is_true(erlangen.send(self(), 1 << 55))   -- 13 bytes
+      assert.are.equal(1 << 55, erlangen.receive(0))
+      erlangen.configure({max_message = 20})
       assert.is_true(erlangen.send(self(), string.rep("s", 15)))
       assert.is_true(erlangen.send(self(), 2.5))
       assert.is_true(erlangen.send(self(), false))

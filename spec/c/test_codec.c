@@ -246,6 +246,20 @@ static void test_single_values(lua_State *L) {
         lua_gettop(L) == 3, "codec_encode_single takes a fitting scalar only, and leaves the stack",
         "over %zu, fits %zu, table %zu, top %d", over, fits, table, lua_gettop(L));
   lua_settop(L, 0);
+  /* the longest integer is 14 bytes: 13 of room are not enough */
+  unsigned char *thirteen = malloc(13);
+  lua_pushinteger(L, (lua_Integer)1 << 62);
+  size_t wrote = codec_encode_single(L, 1, &LIM_DATA, thirteen, 13);
+  codec_buf given = { thirteen, 0, 13 };
+  int rc = codec_encode(L, 1, 1, "msg", &LIM_DATA, &given);   /* grows it: under ASan, no overflow */
+  codec_limits at13 = { .max_size = 13, .max_depth = CODEC_DEFAULT_MAX_DEPTH, .allow_functions = 0 };
+  unsigned char roomy13[64];
+  size_t over13 = codec_encode_single(L, 1, &at13, roomy13, sizeof roomy13);
+  CHECK(wrote == 0 && rc == 0 && given.len == 14 && over13 == 0,
+        "an integer of 14 bytes is not written into 13 bytes of room, nor under a max_size of 13",
+        "wrote %zu, rc %d, len %zu, over %zu", wrote, rc, given.len, over13);
+  codec_buf_free(&given);
+  lua_settop(L, 0);
 
   /* storage too small for the value: the general way grows it */
   lua_pushstring(L, "a string longer than sixteen bytes");

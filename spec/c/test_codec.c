@@ -727,6 +727,61 @@ static uint64_t rng(void) {     /* xorshift64* */
   return rng_state * 0x2545F4914F6CDD1DULL;
 }
 
+/* The short decoder against the general one, on single values made valid,
+** near valid and broken. The header flag CODEC_F_SHARED (0x01) changes
+** nothing for a scalar but turns the short way off, so decoding the same
+** bytes with it set is the general decoder's verdict: both must agree on
+** the count, the value (type, integer or float, its bits) or the error. */
+static int same_value(lua_State *L, int a, int b) {
+  if (lua_type(L, a) != lua_type(L, b)) return 0;
+  if (lua_type(L, a) != LUA_TNUMBER) return lua_rawequal(L, a, b);
+  if (lua_isinteger(L, a) != lua_isinteger(L, b)) return 0;
+  if (lua_isinteger(L, a)) return lua_tointeger(L, a) == lua_tointeger(L, b);
+  lua_Number x = lua_tonumber(L, a), y = lua_tonumber(L, b);
+  return memcmp(&x, &y, sizeof x) == 0;
+}
+
+static void test_short_decoder_agrees(lua_State *L) {
+  static const unsigned char tags[] = { 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x3f };
+  unsigned char b[40], g[40];
+  long n_short = 0, differ = 0;
+  for (long it = 0; it < 100000; it++) {
+    size_t len = 4;
+    b[0] = rng() % 16 ? 1 : (unsigned char)rng();                 /* version */
+    b[1] = 0;
+    b[2] = rng() % 8 ? 1 : (unsigned char)(rng() % 3);            /* the count */
+    b[3] = tags[rng() % sizeof tags];
+    size_t body = rng() % 4 == 0 ? rng() % 24 : rng() % 12;
+    for (size_t j = 0; j < body; j++) {
+      unsigned r = (unsigned)rng();
+      b[len++] = r % 4 == 0 ? 0xff : r % 4 == 1 ? 0x80 : r % 4 == 2 ? (unsigned char)(r >> 8) & 0x7f : (unsigned char)(r >> 8);
+    }
+    if (b[3] == 0x05 && body && rng() % 2) b[4] = (unsigned char)(body - 1 + (rng() % 3) - 1);   /* length near right */
+    codec_limits lim = LIM_DATA;
+    if (rng() % 8 == 0) lim.max_size = 1 + rng() % 20;
+    memcpy(g, b, len);
+    g[1] = 0x01;
+    lua_settop(L, 0);
+    int ns = codec_decode(L, b, len, &lim);
+    int top = lua_gettop(L);
+    int ng = codec_decode(L, g, len, &lim);
+    int ok;
+    if (ns < 0 || ng < 0)
+      ok = ns == ng && strcmp(lua_tostring(L, top), lua_tostring(L, -1)) == 0;
+    else
+      ok = ns == ng && top == ns && lua_gettop(L) == 2 * ns && (ns != 1 || same_value(L, 1, 2));
+    if (ns == 1 && b[0] == 1 && b[2] == 1) n_short++;
+    if (!ok && differ++ < 3) {
+      fprintf(stderr, "  differ: ns %d ng %d, bytes", ns, ng);
+      for (size_t j = 0; j < len; j++) fprintf(stderr, " %02x", b[j]);
+      fprintf(stderr, "\n");
+    }
+  }
+  lua_settop(L, 0);
+  CHECK(differ == 0 && n_short > 1000, "the short decoder agrees with the general one on single values",
+        "%ld of 100000 differ; %ld decoded", differ, n_short);
+}
+
 static void test_fuzz(lua_State *L) {
   /* Seeds use no string or userdata keys: those iterate in an order that
   ** depends on Lua's per-state hash seed, and the corpus must be the same
@@ -870,6 +925,7 @@ int main(void) {
   test_memory_errors(A);
   test_small_stack(A);
   test_fuzz(B);
+  test_short_decoder_agrees(B);
   CHECK(lua_gettop(A) == 0 && lua_gettop(B) == 0, "states end with empty stacks", "%d %d", lua_gettop(A),
         lua_gettop(B));
   lua_close(A);

@@ -53,7 +53,8 @@ typedef struct proc {
   _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
   int in_receive;                  /* owner only: receive's protected step is running */
   size_t mem_limit;                /* immutable; 0: unlimited */
-  codec_buf scratch;               /* owner only: reused encode buffer for send */
+  const void *dest_ud;             /* owner only: the block of the pid last sent to (only
+                                   ** ever prefetched, never read through) */
   struct proc *dest;               /* owner only, send's cache: a destination looked up
                                    ** twice in a row, held with a reference until another
                                    ** one replaces it or this process exits */
@@ -62,6 +63,7 @@ typedef struct proc {
   /* Lines 1 and 2: the owner's part, then the senders' (mailbox.h). */
   mbox mb;
   /* Read on other paths. */
+  codec_buf scratch;               /* owner only: reused encode buffer for send */
   term_id pid;                     /* immutable */
   lua_State *L;                    /* owner only */
   term_id last_pid;                /* owner only, send's cache: the pid of the last lookup */

@@ -333,7 +333,10 @@ static int l_send(lua_State *L) {
   term_id pid, alias = {0, 0, 0};
   int known;
   enum term_kind k = lua_type(L, 1) == LUA_TUSERDATA ? term_test(L, 1, &pid) : TERM_NONE;
-  if (k == TERM_PID && pid.node == 0) known = 1;   /* the common case: one look at the value */
+  if (k == TERM_PID && pid.node == 0) {   /* the common case: one look at the value */
+    known = 1;
+    self->dest_ud = lua_touserdata(L, 1);   /* for receive's prefetch */
+  }
   else if (lua_type(L, 1) == LUA_TTABLE || (k != TERM_NONE && pid.node != 0)) {
     int n = send_remote(L, pid, k);
     if (n >= 0) return n;
@@ -546,6 +549,18 @@ static int l_receive(lua_State *L) {
     }
     check_before_park(L, self);
     int timed_out = mbox_park(&self->mb, seq, deadline) != 0;
+    /* Woken: the next send most likely goes where the last one went. Its
+    ** pid's block (two lines: Lua's header, then ours) and the destination
+    ** mailbox's senders' line were last touched a round ago in a ring, so
+    ** start loading them now, under the decode and the Lua code before that
+    ** send, instead of in the send, where the first is a dependent load.
+    ** Read prefetches only: the destination may be awake and reading that
+    ** line. dest_ud may be stale, which a prefetch does not mind. */
+    if (!timed_out && self->dest) {
+      __builtin_prefetch((const char *)self->dest_ud - 32);
+      __builtin_prefetch(self->dest_ud);
+      __builtin_prefetch(&self->dest->mb.inbox);
+    }
     cur(L);  /* a doom or an interrupt ends the wait */
     if (timed_out) {
       lua_pushnil(L);

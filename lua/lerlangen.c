@@ -557,8 +557,10 @@ static int l_receive(lua_State *L) {
     ** Read prefetches only: the destination may be awake and reading that
     ** line. dest_ud may be stale, which a prefetch does not mind. */
     if (!timed_out && self->dest) {
-      __builtin_prefetch((const char *)self->dest_ud - 32);
-      __builtin_prefetch(self->dest_ud);
+      if (self->dest_ud) {   /* NULL until a send to a pid (a name does not set it) */
+        __builtin_prefetch((const char *)self->dest_ud - 32);
+        __builtin_prefetch(self->dest_ud);
+      }
       __builtin_prefetch(&self->dest->mb.inbox);
     }
     cur(L);  /* a doom or an interrupt ends the wait */

@@ -36,6 +36,24 @@ describe("messages", function()
       assert.are.same({"got", "hello"}, H.recv(H.tagged("got"), "the named process's reply"))
     end)
 
+    it("lets a process that sent only to a name go on receiving", function()
+      -- two sends in a row to one name make it send's kept destination, with
+      -- no pid seen yet; receive then wakes with that cache half filled
+      local pid = erlangen.spawn(function(parent)
+        erlangen.register("message_named_twice", parent)
+        erlangen.send("message_named_twice", "one")
+        erlangen.send("message_named_twice", "two")
+        local m = erlangen.receive(5)
+        erlangen.send(parent, {"echo", m})
+      end, self())
+      assert.are.equal("one", H.recv(nil, "the first message by name"))
+      assert.are.equal("two", H.recv(nil, "the second message by name"))
+      erlangen.sleep(0.05)   -- let it fall asleep in receive
+      erlangen.send(pid, "three")
+      assert.are.same({"echo", "three"}, H.recv(H.tagged("echo"), "the reply after its wake-up"))
+      erlangen.unregister("message_named_twice")
+    end)
+
     it("returns false, \"noproc\" for a dead pid", function()
       assert.are.same({false, "noproc"}, {erlangen.send(H.dead_pid(), "hi")})
     end)

@@ -63,7 +63,8 @@ typedef struct proc {
   /* Lines 1 and 2: the owner's part, then the senders' (mailbox.h). */
   mbox mb;
   /* Read on other paths. */
-  codec_buf scratch;               /* owner only: reused encode buffer for send */
+  codec_buf scratch;               /* owner only: send's reused encode buffer (not for
+                                   ** one scalar, which send encodes on its stack) */
   term_id pid;                     /* immutable */
   lua_State *L;                    /* owner only */
   term_id last_pid;                /* owner only, send's cache: the pid of the last lookup */

@@ -4,6 +4,7 @@
 */
 #include <dlfcn.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -558,7 +559,7 @@ static int l_receive(lua_State *L) {
     ** line. dest_ud may be stale, which a prefetch does not mind. */
     if (!timed_out && self->dest) {
       if (self->dest_ud) {   /* NULL until a send to a pid (a name does not set it) */
-        __builtin_prefetch((const char *)self->dest_ud - 32);
+        __builtin_prefetch((const void *)((uintptr_t)self->dest_ud - 32));   /* Lua's header */
         __builtin_prefetch(self->dest_ud);
       }
       __builtin_prefetch(&self->dest->mb.inbox);

@@ -84,12 +84,17 @@ static lua_Integer unzigzag(uint64_t u) {
   return (lua_Integer)((u >> 1) ^ (0 - (u & 1)));
 }
 
+/* The message size limit lim sets (the default for 0, never above the hard cap). */
+static size_t codec_max_size(const codec_limits *lim) {
+  size_t max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
+  return max_size > CODEC_HARD_SIZE ? CODEC_HARD_SIZE : max_size;
+}
+
 static void codec_limits_of(const codec_limits *lim, size_t *max_size, int *max_depth,
                             int *allow_functions) {
-  *max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
+  *max_size = codec_max_size(lim);
   *max_depth = lim && lim->max_depth > 0 ? lim->max_depth : CODEC_DEFAULT_MAX_DEPTH;
   if (*max_depth > CODEC_HARD_DEPTH) *max_depth = CODEC_HARD_DEPTH;
-  if (*max_size > CODEC_HARD_SIZE) *max_size = CODEC_HARD_SIZE;
   *allow_functions = lim ? lim->allow_functions : 0;
 }
 
@@ -953,8 +958,7 @@ static void enc_reset(enc *e) {
 ** would write, without its set-up; 0 sends the value the general way,
 ** which reports what is wrong. */
 size_t codec_encode_single(lua_State *L, int idx, const codec_limits *lim, unsigned char *b, size_t cap) {
-  size_t max_size = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
-  if (max_size > CODEC_HARD_SIZE) max_size = CODEC_HARD_SIZE;
+  size_t max_size = codec_max_size(lim);
   if (cap > max_size) cap = max_size;
   if (cap < 14) return 0;   /* the header and the longest value below: a 10-byte varint */
   b[0] = CODEC_VERSION; b[1] = 0; b[2] = 1;   /* one value, no flags */
@@ -1544,8 +1548,7 @@ static int dec_single(lua_State *L, const unsigned char *p, size_t len) {
 }
 
 int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_limits *lim) {
-  size_t limit = lim && lim->max_size ? lim->max_size : CODEC_DEFAULT_MAX_SIZE;
-  if (len <= limit && len <= CODEC_HARD_SIZE && lua_checkstack(L, 1) && dec_single(L, p, len)) return 1;
+  if (len <= codec_max_size(lim) && lua_checkstack(L, 1) && dec_single(L, p, len)) return 1;
   int base = lua_gettop(L);
   dec d;
   size_t max_size;

@@ -227,20 +227,28 @@ end
 function H.after()
   local me = erlangen.self()
   erlangen.trap_exit(true)
-  local refs = {}
-  for _, p in ipairs(erlangen.processes()) do
-    if p ~= me and not before_procs[p] then
-      refs[erlangen.monitor(p)] = p
-      erlangen.exit(p, "kill")
-    end
-  end
+  -- Kill in rounds until a round finds nothing new: a supervisor that sees a
+  -- child killed may start a replacement before its own kill lands, and that
+  -- replacement (not in the first round's list) would otherwise live on and
+  -- report into the next test. A process's messages arrive before its DOWN,
+  -- so once every DOWN is in, the drain below takes all they sent.
   local deadline = erlangen.now() + H.TIMEOUT
-  for ref, p in pairs(refs) do
-    local left = math.max(0, deadline - erlangen.now())
-    if not erlangen.receive(H.is_down(ref), left) then
-      io.stderr:write("spec/helpers: ", tostring(p), " outlived exit(pid, \"kill\")\n")
+  repeat
+    local refs, found = {}, false
+    for _, p in ipairs(erlangen.processes()) do
+      if p ~= me and not before_procs[p] then
+        refs[erlangen.monitor(p)] = p
+        erlangen.exit(p, "kill")
+        found = true
+      end
     end
-  end
+    for ref, p in pairs(refs) do
+      local left = math.max(0, deadline - erlangen.now())
+      if not erlangen.receive(H.is_down(ref), left) then
+        io.stderr:write("spec/helpers: ", tostring(p), " outlived exit(pid, \"kill\")\n")
+      end
+    end
+  until not found or erlangen.now() >= deadline
   for _, n in ipairs(erlangen.registered()) do
     if not before_names[n] and erlangen.whereis(n) == me then erlangen.unregister(n) end
   end

@@ -1547,8 +1547,12 @@ static int dec_single(lua_State *L, const unsigned char *p, size_t len) {
   }
 }
 
-int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_limits *lim) {
-  if (len <= codec_max_size(lim) && lua_checkstack(L, 1) && dec_single(L, p, len)) return 1;
+/* The general decoder. Out of line: its frame (the inline frame stack and
+** the error buffer, ~600 bytes) would otherwise be set up for the short
+** way too, and every call made from there would touch a stack line ~600
+** bytes down, one more cold line per message in a ring of 1,000. */
+static __attribute__((noinline)) int decode_general(lua_State *L, const unsigned char *p, size_t len,
+                                                    const codec_limits *lim) {
   int base = lua_gettop(L);
   dec d;
   size_t max_size;
@@ -1593,4 +1597,9 @@ int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_l
   if (d.frslot) lua_remove(L, d.frslot);
   if (d.refs) lua_remove(L, d.refs);
   return (int)n;
+}
+
+int codec_decode(lua_State *L, const unsigned char *p, size_t len, const codec_limits *lim) {
+  if (len <= codec_max_size(lim) && lua_checkstack(L, 1) && dec_single(L, p, len)) return 1;
+  return decode_general(L, p, len, lim);
 }

@@ -22,9 +22,12 @@ static _Atomic unsigned mask = UNKNOWN;
 
 /* An XSAVE area in the standard form whose header (at byte 512) says every
 ** component is in its initial state: XRSTOR from it initializes each
-** component it is asked for without reading that component's bytes. Only
-** the header is read, since neither x87 nor SSE is asked for. */
-static _Alignas(64) const unsigned char initial[576];
+** component it is asked for. It is whole, not just the header: XRSTOR may
+** read any byte of a component it is asked for even when the header marks
+** it initial (the SDM says so, and this AMD CPU does: with the area cut
+** short before a guard page it faults), and AVX-512's components end at
+** byte 2,688. find_mask checks that against what the CPU reports. */
+static _Alignas(64) const unsigned char initial[4096];
 
 static unsigned find_mask(void) {
   unsigned a, b, c, d;
@@ -32,7 +35,12 @@ static unsigned find_mask(void) {
   unsigned lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));   /* XCR0: what the OS enabled */
   (void)hi;
-  return (lo & X_AVX512) == X_AVX512 ? X_AVX512 : 0;
+  if ((lo & X_AVX512) != X_AVX512) return 0;
+  for (unsigned i = 5; i <= 7; i++) {   /* each component's size (EAX) and offset (EBX) */
+    if (!__get_cpuid_count(0xd, i, &a, &b, &c, &d)) return 0;
+    if ((unsigned long)a + b > sizeof initial) return 0;
+  }
+  return X_AVX512;
 }
 
 unsigned vec_release_mask(void) {
@@ -44,7 +52,21 @@ unsigned vec_release_mask(void) {
   return m;
 }
 
-__attribute__((noinline)) void vec_release(void) {
+/* noipa, not just noinline: the asm declares no vector clobbers (a build
+** without -mavx512f cannot name zmm16-31 or k0-7), and GCC's interprocedural
+** register allocation would otherwise let a caller that sees this body keep
+** values in registers it believes untouched. With noipa every caller
+** assumes the ABI: all vector and mask registers are clobbered. */
+#if defined(__has_attribute)
+#if __has_attribute(noipa)
+#define VEC_OPAQUE __attribute__((noipa))
+#endif
+#endif
+#ifndef VEC_OPAQUE
+#define VEC_OPAQUE __attribute__((noinline))
+#endif
+
+VEC_OPAQUE void vec_release(void) {
   unsigned m = vec_release_mask();
   /* Not the AVX component (bit 2): restoring it also loads MXCSR, which
   ** would then come from the zero area and unmask every FP exception. */

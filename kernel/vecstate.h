@@ -14,7 +14,8 @@
 ** Contract: vec_release() changes no register a caller may hold a value in.
 ** It resets only the opmask, ZMM_Hi256 and Hi16_ZMM components (k0-7, the
 ** upper halves of zmm0-15, zmm16-31), which the x86-64 System V ABI makes
-** call-clobbered, and it is an out-of-line call; x87, SSE (xmm0-15, MXCSR)
+** call-clobbered, and it is an opaque call (noipa: no caller may assume it
+** leaves any of them alone); x87, SSE (xmm0-15, MXCSR)
 ** and the AVX upper halves of ymm0-15 are left as they are. It does nothing
 ** where the OS has not enabled AVX-512 state (other CPUs, valgrind) or on
 ** other architectures. Safe from any thread at any time.

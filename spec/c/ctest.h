@@ -17,6 +17,13 @@ static int ctest_failed, ctest_passed;
     fflush(stdout);                                                  \
   } while (0)
 
+/* A check this machine cannot make: "ok - name # SKIP why", which spec/run
+** lists as pending and does not count as passed. */
+#define SKIP(name, ...) do {                                          \
+    printf("ok - %s # SKIP ", name); printf(__VA_ARGS__); printf("\n"); \
+    fflush(stdout);                                                  \
+  } while (0)
+
 static inline int ctest_end(void) {
   printf("# %d passed, %d failed\n", ctest_passed, ctest_failed);
   return ctest_failed ? 1 : 0;

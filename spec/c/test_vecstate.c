@@ -45,20 +45,34 @@ static void control_state_is_kept(void) {
 }
 
 static void avx512_state_is_reset(void) {
-  unsigned char z[64];
-  /* Dirty what glibc's string functions dirty: zmm16 and a mask register. */
+  unsigned char z16[64], z15[64];
+  unsigned k1;
+  /* Dirty what glibc's string functions dirty (zmm16, a mask register),
+  ** and all of zmm15, whose upper half is the ZMM_Hi256 component while its
+  ** lower half (xmm15 and the AVX part) must survive. Compiled code between
+  ** here and the reads below uses no vector register above xmm7. */
   __asm__ volatile("vpternlogd $0xff, %%zmm16, %%zmm16, %%zmm16\n\t"
+                   "vpternlogd $0xff, %%zmm15, %%zmm15, %%zmm15\n\t"
                    "kxnorw %%k1, %%k1, %%k1" : : : "memory");
   long long before = in_use();
   vec_release();
   long long after = in_use();
-  __asm__ volatile("vmovdqu64 %%zmm16, %0" : "=m"(z));
-  unsigned char zero[64] = {0};
-  CHECK(memcmp(z, zero, sizeof z) == 0, "zmm16 is zero after vec_release", "it kept its bytes");
+  __asm__ volatile("vmovdqu64 %%zmm16, %0\n\t"
+                   "vmovdqu64 %%zmm15, %1\n\t"
+                   "kmovw %%k1, %2" : "=m"(z16), "=m"(z15), "=r"(k1));
+  unsigned char zero[64] = {0}, ones[32];
+  memset(ones, 0xff, sizeof ones);
+  CHECK(memcmp(z16, zero, sizeof z16) == 0, "zmm16 is zero after vec_release", "it kept its bytes");
+  CHECK(memcmp(z15 + 32, zero, 32) == 0, "zmm15's upper half is zero after vec_release", "it kept its bytes");
+  CHECK(memcmp(z15, ones, 32) == 0, "ymm15 (the SSE and AVX parts) is kept", "it changed");
+  CHECK(k1 == 0, "k1 is zero after vec_release", "%#x", k1);
   if (before >= 0) {
     CHECK((before & X_AVX512) != 0, "zmm16 and k1 show as in use before", "XINUSE %#llx", before);
-    CHECK((after & X_AVX512) == 0, "no AVX-512 component is in use after", "XINUSE %#llx", after);
     CHECK((after & 2) == (before & 2), "SSE's in-use bit is left alone", "%#llx -> %#llx", before, after);
+    /* The SDM lets a CPU keep a component marked in use after XRSTOR put it
+    ** in its initial state; then the reset still works but frees nothing. */
+    if ((after & X_AVX512) == 0) CHECK(1, "no AVX-512 component is in use after", "-");
+    else SKIP("no AVX-512 component is in use after", "this CPU keeps XINUSE %#llx after an initializing XRSTOR", after);
   }
 }
 

@@ -182,8 +182,7 @@ void proc_dest_done(proc *self, proc *p) {
 
 void proc_retain(proc *p) { atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); }
 
-void proc_release(proc *p) {
-  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1) return;
+static void proc_free(proc *p) {
   mbox_destroy(&p->mb);
   pthread_mutex_destroy(&p->lock);
   proc_vec_free(&p->links);
@@ -196,6 +195,19 @@ void proc_release(proc *p) {
   free(p->payload);
   free(p->chunkname);
   free(p);
+}
+
+/* The last reference frees p and, since no owner can be sending any more,
+** drops p's kept destination too (proc_exit does that earlier for a process
+** that exits; an attached thread that never detached still holds one).
+** A loop, not a recursion: that destination may in turn be the last holder
+** of its own. */
+void proc_release(proc *p) {
+  while (p && atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
+    proc *next = p->dest;
+    proc_free(p);
+    p = next;
+  }
 }
 
 size_t proc_count(void) { return atomic_load(&P.live); }

@@ -1,8 +1,9 @@
 /*
 ** test_vecstate.c — vec_release (kernel/vecstate.c): after it, the AVX-512
-** registers are back in their initial state (the CPU reports them not in
-** use, and zmm16 reads as zero), while the callee-saved control state a
-** caller relies on (MXCSR's modes, the x87 control word) is unchanged.
+** registers are back in their initial state (zmm16, k1 and zmm15's upper
+** half read as zero, and the CPU reports them not in use), while ymm15 and
+** the callee-saved control state a caller relies on (MXCSR's modes, the x87
+** control word) are unchanged.
 */
 #include <cpuid.h>
 #include <stdint.h>

@@ -52,11 +52,12 @@
 
 /* Flags collected from the command line. */
 enum {
-  OPT_BAD = 1,      /* an unknown option, or -e/-l without its argument */
+  OPT_BAD = 1,      /* an unknown option, or one without its argument */
   OPT_EXEC = 2,     /* -e */
   OPT_INTERACT = 4, /* -i */
   OPT_VERSION = 8,  /* -v (and -i) */
-  OPT_NOENV = 16    /* -E */
+  OPT_NOENV = 16,   /* -E */
+  OPT_NOARG = 32    /* with OPT_BAD: the option lacks its argument */
 };
 
 /* What reading a line of the REPL can give. */
@@ -202,8 +203,8 @@ static void print_version(void) {
 
 /* {================= the command line */
 
-static void print_usage(const char *bad) {
-  if (bad[1] == 'e' || bad[1] == 'l')
+static void print_usage(const char *bad, int noarg) {
+  if (noarg)
     fprintf(stderr, "%s: '%s' needs argument\n", PROGNAME, bad);
   else
     fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, bad);
@@ -245,7 +246,7 @@ static void parse_cmdline(cmdline *c) {
         const char **slot = !strcmp(a, "--name") ? &c->node_name : !strcmp(a, "--key") ? &c->key_file
                           : !strcmp(a, "--listen") ? &c->listen : !strcmp(a, "--tick") ? &c->tick : NULL;
         if (slot) {
-          if (i + 1 >= c->argc) { c->flags = OPT_BAD; return; }
+          if (i + 1 >= c->argc) { c->flags = OPT_BAD | OPT_NOARG; return; }
           *slot = c->argv[++i];
           break;
         }
@@ -263,7 +264,7 @@ static void parse_cmdline(cmdline *c) {
       case 'e': case 'l':
         if (a[1] == 'e') c->flags |= OPT_EXEC;
         if (a[2] == '\0') {  /* the argument is the next word */
-          if (i + 1 >= c->argc || c->argv[i + 1][0] == '-') { c->flags = OPT_BAD; return; }
+          if (i + 1 >= c->argc || c->argv[i + 1][0] == '-') { c->flags = OPT_BAD | OPT_NOARG; return; }
           i++;
         }
         break;
@@ -866,6 +867,11 @@ static int port_mapper(int argc, char **argv) {
     }
   }
   else if (argc != 2) {
+    int port_given = strcmp(argv[2], "--port") == 0;
+    if (port_given && argc == 3)
+      fprintf(stderr, "%s: '--port' needs argument\n", PROGNAME);
+    else
+      fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, argv[port_given ? 4 : 2]);
     fputs("usage: " PROGNAME " --port-mapper [--port N]\n", stderr);
     return EXIT_FAILURE;
   }
@@ -910,7 +916,7 @@ int main(int argc, char **argv) {
     return port_mapper(argc, argv);
   parse_cmdline(&c);
   if (c.flags & OPT_BAD) {
-    print_usage(c.argv[c.script]);
+    print_usage(c.argv[c.script], c.flags & OPT_NOARG);
     return EXIT_FAILURE;
   }
   if (c.flags & OPT_NOENV) ignore_environment();

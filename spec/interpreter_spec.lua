@@ -324,10 +324,28 @@ describe("the erlangen interpreter as a node", function()
     assert_contains(err, "--tick 'soon'")
   end)
 
-  it("prints a usage message when --name has no value", function()
-    local code, _, err = run({ "--name" })
+  for _, option in ipairs({ "--name", "--key", "--listen", "--tick" }) do
+    it("says that " .. option .. " needs an argument when it has none", function()
+      local code, out, err = run({ option })
+      assert.are_not.equal(0, code)
+      assert.are.equal("", out)
+      assert_contains(err, "erlangen: '" .. option .. "' needs argument\n")
+      assert_contains(err, "usage: erlangen [options] [script [args]]")
+    end)
+  end
+
+  it("says that --port needs an argument when the port mapper gets none", function()
+    local code, out, err = run({ "--port-mapper", "--port" })
     assert.are_not.equal(0, code)
-    assert_contains(err, "usage:")
+    assert.are.equal("", out)
+    assert_contains(err, "erlangen: '--port' needs argument\n")
+    assert_contains(err, "usage: erlangen --port-mapper [--port N]")
+  end)
+
+  it("names the word the port mapper does not know", function()
+    local code, _, err = run({ "--port-mapper", "--port", "0", "extra" })
+    assert.are_not.equal(0, code)
+    assert_contains(err, "erlangen: unrecognized option 'extra'\n")
   end)
 end)
 

@@ -53,6 +53,8 @@ int erlangen_start(const erlangen_config *cfg);
 
 /* Stops the kernel: every process gets exit signal "shutdown"; those still
 ** alive after `grace` seconds are killed; then waits for their threads.
+** The process registered as "erlangen.log" (the stdlib's logger) is stopped
+** after all the others, so it writes their last records; it gets 2 seconds.
 ** Attached threads are detached for you. Returns the number killed. */
 int erlangen_stop(double grace);
 

@@ -159,18 +159,26 @@ const char *kern_stdlib_dir(void) { return K.stdlib; }
 
 /* ---- stopping ---- */
 
+/* Seconds the logger gets, once every other process has ended, to write
+** what it holds (at most its mailbox bound of records). */
+#define LOGGER_GRACE 2.0
+
 typedef struct stop_walk {
   proc *self;
+  term_id spare;    /* left out of the walk (the logger); {0} for none */
   enum kern_reason reason;
   size_t spawned;   /* live processes not attached */
   int kill;         /* doom instead of signalling */
   int killed;
 } stop_walk;
 
+static int left_out(const stop_walk *w, const proc *p) {
+  return p == w->self || p->attached || (w->spare.n && term_eq(p->pid, w->spare));
+}
+
 static void stop_visit(proc *p, void *ud) {
   stop_walk *w = ud;
-  if (p == w->self) return;
-  if (p->attached) return;
+  if (left_out(w, p)) return;
   w->spawned++;
   size_t len;
   const unsigned char *r = kern_reason(w->reason, &len);
@@ -193,11 +201,11 @@ static void detach_visit(proc *p, void *ud) {
 
 static void count_visit(proc *p, void *ud) {
   stop_walk *w = ud;
-  if (p != w->self && !p->attached) w->spawned++;
+  if (!left_out(w, p)) w->spawned++;
 }
 
-static size_t spawned_alive(proc *self) {
-  stop_walk w = { self, KR_NORMAL, 0, 0, 0 };
+static size_t spawned_alive(proc *self, term_id spare) {
+  stop_walk w = { self, spare, KR_NORMAL, 0, 0, 0 };
   proc_foreach(count_visit, &w);
   return w.spawned;
 }
@@ -207,28 +215,43 @@ static void nap(void) {
   nanosleep(&ts, NULL);
 }
 
-/* Waits up to `seconds` for the spawned processes (all but self) to end. */
-static void await_spawned(proc *self, double seconds) {
+/* Waits up to `seconds` for the spawned processes (all but self and spare)
+** to end. */
+static void await_spawned(proc *self, term_id spare, double seconds) {
   double deadline = mbox_now() + seconds;
-  while (spawned_alive(self) > 0 && mbox_now() < deadline) nap();
+  while (spawned_alive(self, spare) > 0 && mbox_now() < deadline) nap();
 }
 
+/* "shutdown" to every spawned process but `spare`, "killed" to those still
+** alive after `grace`; returns how many were killed. */
+static int stop_all(proc *self, term_id spare, double grace) {
+  stop_walk w = { self, spare, KR_SHUTDOWN, 0, 0, 0 };
+  proc_foreach(stop_visit, &w);
+  await_spawned(self, spare, grace);
+  stop_walk k = { self, spare, KR_KILLED, 0, 1, 0 };
+  proc_foreach(stop_visit, &k);   /* no spawn can start now: one pass sees everyone */
+  await_spawned(self, spare, 2.0);  /* killed processes blocked in C may take a moment */
+  return k.killed;
+}
+
+/* The logger (registered as KERN_LOGGER_NAME) is stopped after everyone
+** else, so the records and crash reports of the others' last moments reach
+** it before it gets "shutdown"; it writes what it holds, then ends. */
 int kern_stop(double grace) {
   if (!atomic_load(&K.running)) return 0;
   proc *self = proc_self();
   atomic_store(&K.stopping, 1);   /* from here on spawns fail, so the passes below see everyone */
   while (atomic_load(&K.spawning) > 0) nap();
-  stop_walk w = { self, KR_SHUTDOWN, 0, 0, 0 };
-  proc_foreach(stop_visit, &w);
-  await_spawned(self, grace);
-  stop_walk k = { self, KR_KILLED, 0, 1, 0 };
-  proc_foreach(stop_visit, &k);   /* no spawn can start now: one pass sees everyone */
-  await_spawned(self, 2.0);       /* killed processes blocked in C may take a moment */
+  term_id logger = {0, 0, 0};
+  if (!reg_whereis(KERN_LOGGER_NAME, &logger) || (self && term_eq(logger, self->pid)))
+    logger = (term_id){0, 0, 0};
+  int killed = stop_all(self, logger, grace);
+  if (logger.n) killed += stop_all(self, (term_id){0, 0, 0}, LOGGER_GRACE);
   proc_foreach(detach_visit, self);
   dist_stop();                    /* after the exits: their signals to other nodes leave first */
   proc_shutdown_pool();
   atomic_store(&K.running, 0);
-  return k.killed;
+  return killed;
 }
 
 /* ---- the public API (erlangen.h) that needs no Lua binding ---- */

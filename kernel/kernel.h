@@ -39,6 +39,10 @@ int kern_spawn_begin(void);
 void kern_spawn_end(void);
 int kern_stop(double grace);                  /* see erlangen_stop */
 
+/* The name the stdlib's logger registers under: crash reports go to it, and
+** kern_stop stops it after every other process. */
+#define KERN_LOGGER_NAME "erlangen.log"
+
 kern_config kern_config_get(void);
 void kern_config_set(const kern_config *c);
 codec_limits kern_limits(int allow_functions);

@@ -1006,6 +1006,27 @@ static int stop_at_close(lua_State *L) {
   return 0;
 }
 
+/* os.exit in a stock lua: the kernel stops first, as when the state closes,
+** so that the logger writes what it holds; then the original os.exit runs.
+** Upvalue 1: the original. */
+static int os_exit_stopping(lua_State *L) {
+  detach_self(L);
+  kern_stop(1.0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 0);
+  return 0;
+}
+
+static void wrap_os_exit(lua_State *L) {
+  if (lua_getglobal(L, "os") == LUA_TTABLE && lua_getfield(L, -1, "exit") == LUA_TFUNCTION) {
+    lua_pushcclosure(L, os_exit_stopping, 1);
+    lua_setfield(L, -2, "exit");
+  } else if (lua_type(L, -1) == LUA_TTABLE)
+    lua_pop(L, 1);   /* os.exit, not a function */
+  lua_pop(L, 1);     /* os */
+}
+
 static const luaL_Reg funcs[] = {
   {"spawn", l_spawn}, {"spawn_link", l_spawn_link}, {"spawn_monitor", l_spawn_monitor},
   {"spawn_opt", l_spawn_opt}, {"self", l_self},
@@ -1026,7 +1047,7 @@ static const luaL_Reg funcs[] = {
 
 /* In a stock lua: keep this library mapped for good (kernel threads run its
 ** code until the kernel stops), start the kernel, and stop it when the
-** state closes. */
+** state closes or os.exit is called. */
 static void open_in_foreign_state(lua_State *L) {
   Dl_info info;
   if (dladdr((void *)luaopen_erlangen, &info) && info.dli_fname)
@@ -1040,6 +1061,7 @@ static void open_in_foreign_state(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &sentinel_key);
+    wrap_os_exit(L);
   }
   lua_pop(L, 1);
   cur(L);
@@ -1106,3 +1128,40 @@ void erlangen_interrupt(lua_State *L) {
   }
   state_arm_hook(L);
 }
+
+/* ---- the stdlib from a stock lua ----
+** `require "erlangen.log"` before `require "erlangen"`: no Lua searcher
+** knows the stdlib's directory yet, so Lua's all-in-one searcher finds this
+** library by the name's root and calls luaopen_erlangen_log. The opener
+** requires "erlangen" (which puts the stdlib on package.path) and then
+** loads the module's file from there. Every module of stdlib/erlangen/ has
+** an opener below. */
+static int open_stdlib_module(lua_State *L, const char *name) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "erlangen");
+  lua_call(L, 1, 0);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchpath");
+  lua_pushstring(L, name);
+  lua_getfield(L, -3, "path");
+  lua_call(L, 2, 2);
+  if (lua_isnil(L, -2))
+    return luaL_error(L, "module '%s' not found in package.path:%s", name, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  const char *file = lua_tostring(L, -1);
+  if (luaL_loadfile(L, file) != LUA_OK) return lua_error(L);
+  lua_pushstring(L, name);
+  lua_pushstring(L, file);
+  lua_call(L, 2, 1);   /* as Lua's own searcher calls a module: name, file */
+  return 1;
+}
+
+#define STDLIB_OPENER(m) \
+  int luaopen_erlangen_##m(lua_State *L); \
+  int luaopen_erlangen_##m(lua_State *L) { return open_stdlib_module(L, "erlangen." #m); }
+STDLIB_OPENER(log)
+STDLIB_OPENER(observer)
+STDLIB_OPENER(server)
+STDLIB_OPENER(service)
+STDLIB_OPENER(supervisor)
+STDLIB_OPENER(timer)

@@ -1,6 +1,7 @@
 -- erlangen.log: levels and the level filter, the record and its line,
--- the stderr, file and process sinks, crash reports from the kernel, drop
--- counting, the logger's restart on demand, bad arguments.
+-- the stderr, file, process and syslog sinks, crash reports from the kernel,
+-- drop counting, the logger's restart on demand, nothing lost when the
+-- program ends, bad arguments.
 local erlangen = require "erlangen"
 local log = require "erlangen.log"
 local H = require "spec.helpers"
@@ -51,6 +52,38 @@ local function run(code)
   p:close()
   os.remove(file)
   return out
+end
+
+-- Runs `code` as a script with `log` in scope, in a fresh `erlangen`
+-- interpreter or (how = "lua") a stock lua5.4 that requires the module.
+-- Returns what it wrote to stderr and its exit status.
+local function run_script(code, how)
+  local bin = assert(os.getenv("ERLANGEN_BIN"), "ERLANGEN_BIN is set by spec/run")
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write('local erlangen = require "erlangen"\nlocal log = require "erlangen.log"\n', code, "\n")
+  f:close()
+  local p = assert(io.popen(string.format("timeout 20 %s %s 2>&1 >/dev/null; echo \"status $?\"",
+    how == "lua" and "lua5.4" or bin, file)))
+  local out = p:read("a")
+  p:close()
+  os.remove(file)
+  local status = tonumber(out:match("status (%d+)\n$"))
+  return out:gsub("status %d+\n$", ""), status
+end
+
+-- The numbers i of the lines "... record i=<i>" in `out`, as a set, and how
+-- many lines there were.
+local function records_in(out)
+  local seen, lines = {}, 0
+  for i in out:gmatch("record i=(%d+)\n") do seen[tonumber(i)] = true; lines = lines + 1 end
+  return seen, lines
+end
+
+-- The first number in 1..n missing from `seen`, or nil.
+local function first_missing(seen, n)
+  for i = 1, n do if not seen[i] then return i end end
+  return nil
 end
 
 describe("erlangen.log", function()
@@ -260,6 +293,57 @@ describe("erlangen.log", function()
     end)
   end)
 
+  describe("the syslog sink", function()
+    local unix = require "socket.unix"
+
+    -- A datagram socket bound at a fresh path, standing in for /dev/log.
+    local function fake_syslog()
+      local path = os.tmpname()
+      os.remove(path)
+      local s = assert(unix.dgram())
+      assert(s:bind(path))
+      s:settimeout(H.TIMEOUT)
+      return s, path
+    end
+
+    it("sends one datagram per record as syslog(3) does, the level as its priority", function()
+      fresh_logger()
+      local s, path = fake_syslog()
+      assert.is_true(log.set_sink{syslog = true, path = path, ident = "spec", facility = "local3"})
+      log.warning("disk low", {free = 12})
+      log.info("second")
+      log.flush()
+      local d1, d2 = s:receive(), s:receive()
+      log.set_sink{stderr = true}
+      s:close(); os.remove(path)
+      -- local3 = 19: warning 19*8+4, info 19*8+6.
+      assert.matches("^<156>%u%l%l [ %d]%d %d%d:%d%d:%d%d spec%[%d+%]: " .. tostring(self()) ..
+        " disk low free=12$", d1)
+      assert.matches("^<158>%u%l%l [ %d]%d %d%d:%d%d:%d%d spec%[%d+%]: " .. tostring(self()) .. " second$", d2)
+    end)
+
+    it("is refused with a message naming the socket when nothing listens there", function()
+      fresh_logger()
+      local ok, err = log.set_sink{syslog = true, path = "/nonexistent/dev-log"}
+      assert.is_nil(ok)
+      assert.matches("^/nonexistent/dev%-log: ", err)
+    end)
+
+    it("falls back to stderr, saying why, when the syslog socket goes away", function()
+      local out = run([[
+        local unix = require "socket.unix"
+        local path = os.tmpname(); os.remove(path)
+        local s = assert(unix.dgram()); assert(s:bind(path))
+        assert(log.set_sink{syslog = true, path = path})
+        log.info("to syslog"); log.flush()
+        s:close(); os.remove(path)
+        log.info("after")
+        log.flush()]])
+      assert.matches("^" .. ISO .. " info    <[%d.]+> after\n" .. ISO ..
+        " error   <[%d.]+> syslog failed, logging to stderr path=/tmp/[^ ]+ reason=", out)
+    end)
+  end)
+
   describe("drops", function()
     -- A sink with room for one line that reads nothing until it gets the
     -- exit signal "go" (trapped: it needs no mailbox room), then reports the
@@ -296,7 +380,91 @@ describe("erlangen.log", function()
     end)
   end)
 
+  describe("at the end of a program", function()
+    it("writes every record logged by the main chunk, in 20 runs of 1,000 records", function()
+      local runs = H.sanitizer() and 5 or 20
+      for run_no = 1, runs do
+        local out = run_script('for i = 1, 1000 do log.info("record", {i = i}) end')
+        local seen, lines = records_in(out)
+        assert.are.equal(1000, lines, "run " .. run_no .. " lost records; first missing: " ..
+          tostring(first_missing(seen, 1000)))
+      end
+    end)
+
+    it("writes every record when the main chunk calls os.exit(1), and exits 1", function()
+      local runs = H.sanitizer() and 3 or 10
+      for run_no = 1, runs do
+        local out, status = run_script('for i = 1, 1000 do log.info("record", {i = i}) end os.exit(1)')
+        local seen, lines = records_in(out)
+        assert.are.equal(1, status)
+        assert.are.equal(1000, lines, "run " .. run_no .. " lost records; first missing: " ..
+          tostring(first_missing(seen, 1000)))
+      end
+    end)
+
+    it("writes every record under a stock lua5.4, at the end and at os.exit", function()
+      if H.sanitizer() then return pending("a stock lua5.4 cannot load a sanitizer build") end
+      for _, tail in ipairs{"", "os.exit(3)"} do
+        for run_no = 1, 10 do
+          local out, status = run_script('for i = 1, 1000 do log.info("record", {i = i}) end ' .. tail, "lua")
+          local _, lines = records_in(out)
+          assert.are.equal(tail == "" and 0 or 3, status)
+          assert.are.equal(1000, lines, "run " .. run_no .. " (" .. tail .. ") lost records: " .. out:sub(1, 300))
+        end
+      end
+    end)
+
+    it("writes the crash report of a process that crashed just before the end", function()
+      for run_no = 1, 10 do
+        local out = run_script([[
+          log.logger()
+          local pid, ref = erlangen.spawn_monitor(function() error("boom at the end") end)
+          erlangen.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)]])
+        assert.matches(" error   <[%d.]+> process crashed reason=\"[^\n]*boom at the end\"", out,
+          1, false, "run " .. run_no)
+      end
+    end)
+
+    it("writes the records that processes log while they handle shutdown", function()
+      local out = run_script([[
+        local pids = {}
+        for i = 1, 5 do
+          pids[i] = erlangen.spawn_opt({trap_exit = true}, function()
+            erlangen.receive(function(m) return type(m) == "table" and m[1] == "EXIT" end)
+            log.info("stopping", {n = i})
+          end)
+        end
+        log.info("main done")]])
+      assert.matches("main done", out, 1, true)
+      for i = 1, 5 do assert.matches(" stopping n=" .. i .. "\n", out, 1, true) end
+    end)
+  end)
+
   describe("the logger", function()
+    it("ends on an exit signal only after writing the records queued before it", function()
+      sink_to_self()
+      local logger = erlangen.whereis("erlangen.log")
+      local ref = erlangen.monitor(logger)
+      for i = 1, 100 do log.info("queued", {i = i}) end
+      erlangen.exit(logger, "shutdown")
+      for i = 1, 100 do
+        local _, rec = next_line("record " .. i)
+        assert.are.equal(i, rec.fields.i)
+      end
+      assert.are.equal("shutdown", H.await_down(ref))
+    end)
+
+    it("ignores a normal exit signal from a linked process, as if it did not trap exits", function()
+      sink_to_self()
+      local logger = erlangen.whereis("erlangen.log")
+      local p, ref = erlangen.spawn_monitor(function() erlangen.link(logger) end)
+      H.await_down(ref)
+      log.info("still here")
+      local line = next_line("a line after the linked exit")
+      assert.matches("still here$", line)
+      assert.are.equal(logger, erlangen.whereis("erlangen.log"))
+    end)
+
     it("is registered as erlangen.log", function()
       local pid = log.logger()
       assert.are.equal(pid, erlangen.whereis("erlangen.log"))
@@ -357,7 +525,7 @@ describe("erlangen.log", function()
       assert.matches("got number", e, 1, true)
     end)
 
-    it("refuse a sink that is not one of stderr, file and pid", function()
+    it("refuse a sink that is not one of stderr, file, pid and syslog", function()
       local cases = {
         {nil, "bad argument #1 to 'set_sink' %(table expected, got nil%)"},
         {{}, "set_sink: give exactly one of"},
@@ -368,6 +536,11 @@ describe("erlangen.log", function()
         {{pid = self(), timeout = -1}, "set_sink: option 'timeout' must be a non%-negative number"},
         {{file = "a", timeout = 1}, "set_sink: option 'timeout' goes with 'pid'"},
         {{colour = true}, "set_sink: unknown option 'colour'"},
+        {{syslog = 1}, "set_sink: option 'syslog' must be true"},
+        {{syslog = true, ident = ""}, "set_sink: option 'ident' must be a non%-empty string"},
+        {{syslog = true, facility = "kern"}, "set_sink: option 'facility' must be user, daemon or local0..local7, got \"kern\""},
+        {{file = "a", ident = "x"}, "set_sink: option 'ident' goes with 'syslog'"},
+        {{syslog = true, file = "a"}, "set_sink: give exactly one of"},
       }
       for _, c in ipairs(cases) do
         local e = err_of(function() log.set_sink(c[1]) end)

@@ -5,7 +5,9 @@
 -- log call copies its record into the logger's bounded mailbox with a short
 -- timeout and never waits longer: when the logger cannot keep up, records are
 -- dropped, the kernel counts them in the logger's `info().dropped`, and the
--- logger reports how many were lost.
+-- logger reports how many were lost. The logger traps exits only to write
+-- what it holds before it ends; the kernel stops it after every other process
+-- (kernel.h, KERN_LOGGER_NAME), so a program's last records are written.
 local erlangen = require "erlangen"
 local svc = require "erlangen.service"
 
@@ -17,8 +19,14 @@ local SEND_WAIT = 0.05        -- seconds a log call waits for room, then drops
 local CALL_TIMEOUT = 5        -- seconds a synchronous request waits for its answer
 local SINK_TIMEOUT = 0.1      -- default wait for room in a process sink
 
+local SYSLOG_PATH = "/dev/log"  -- the local syslog socket (journald listens there too)
+local SYSLOG_MAX = 16384        -- bytes of a syslog datagram; longer records are cut
+
 local LEVELS = {debug = 1, info = 2, notice = 3, warning = 4, error = 5}
 local LEVEL_NAMES = {"debug", "info", "notice", "warning", "error"}
+local SEVERITY = {debug = 7, info = 6, notice = 5, warning = 4, error = 3}  -- RFC 5424's numbers
+local FACILITY = {user = 1, daemon = 3, local0 = 16, local1 = 17, local2 = 18, local3 = 19,
+                  local4 = 20, local5 = 21, local6 = 22, local7 = 23}
 
 -- Values ----------------------------------------------------------------------
 
@@ -98,13 +106,13 @@ local function indent(s, prefix)
   return prefix .. s:gsub("\n", "\n" .. prefix)
 end
 
--- The text of one record: its first line holds the timestamp, the level, the
--- pid, the text and the fields as key=value sorted by key. A text or string
--- value spanning several lines continues on indented lines below, so every
--- line of a record but the first starts with a space.
-local function format(level, text, fields, pid, time)
+-- A record without its timestamp and level: the pid, the text and the fields
+-- as key=value sorted by key. A text or string value spanning several lines
+-- continues on indented lines below, so every line but the first starts with
+-- a space.
+local function body(text, fields, pid)
   local head, rest = text:match("^([^\n]*)\n(.*)$")
-  local line = {timestamp(time), string.format("%-7s", level), tostring(pid), head or text}
+  local line = {tostring(pid), head or text}
   local tail = {}
   if rest then tail[1] = indent(rest, "    ") end
   local keys = {}
@@ -123,7 +131,43 @@ local function format(level, text, fields, pid, time)
   return s
 end
 
+-- The text of one record: the timestamp, the level, then its body.
+local function format(level, text, fields, pid, time)
+  return timestamp(time) .. " " .. string.format("%-7s", level) .. " " .. body(text, fields, pid)
+end
+
 log.format = format
+
+-- Syslog ---------------------------------------------------------------------------
+
+-- The OS process id, for the syslog tag.
+local function os_pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("n")
+  if f then f:close() end
+  return pid and math.tointeger(pid) or 0
+end
+
+-- A datagram socket connected to the syslog socket at `path`, or nil and why.
+local function syslog_connect(path)
+  local ok, unix = pcall(require, "socket.unix")
+  if not ok then return nil, "the syslog sink needs luasocket (socket.unix)" end
+  local s, err = unix.dgram()
+  if not s then return nil, err end
+  local done, cerr = s:connect(path)
+  if not done then s:close(); return nil, path .. ": " .. tostring(cerr) end
+  return s
+end
+
+-- One record as a syslog datagram, in the form syslog(3) sends to /dev/log:
+-- "<PRI>Mmm dd hh:mm:ss ident[pid]: body". The priority carries the level.
+local function syslog_datagram(sink, rec)
+  local pri = sink.facility * 8 + SEVERITY[rec.level]
+  local d = string.format("<%d>%s %s[%d]: %s", pri, os.date("%b %e %H:%M:%S", math.floor(rec.time)),
+    sink.ident, sink.os_pid, body(rec.text, rec.fields, rec.pid))
+  if #d > SYSLOG_MAX then d = d:sub(1, SYSLOG_MAX - 3) .. "..." end
+  return d
+end
 
 -- The logger process --------------------------------------------------------------
 
@@ -140,7 +184,18 @@ local function logger()
   local reported = 0   -- drops already reported
 
   local function close(s)
-    if s.kind == "file" then s.file:close() end
+    if s.kind == "file" then s.file:close() elseif s.kind == "syslog" then s.socket:close() end
+  end
+
+  -- Sends one datagram; a syslog daemon that restarted is connected to again once.
+  local function syslog_send(rec)
+    local d = syslog_datagram(sink, rec)
+    local ok, err = sink.socket:send(d)
+    if ok then return true end
+    local again = syslog_connect(sink.path)
+    if not again then return nil, err end
+    sink.socket:close(); sink.socket = again
+    return again:send(d)
   end
 
   local emit
@@ -155,6 +210,14 @@ local function logger()
         close(sink); sink = {kind = "stderr"}
         io.stderr:write(line, "\n")
         emit("error", "log file failed, logging to stderr", {path = path, reason = tostring(err)})
+      end
+    elseif sink.kind == "syslog" then
+      local ok, err = syslog_send(rec)
+      if not ok then
+        local path = sink.path
+        close(sink); sink = {kind = "stderr"}
+        io.stderr:write(line, "\n")
+        emit("error", "syslog failed, logging to stderr", {path = path, reason = tostring(err)})
       end
     else
       local sent, why = erlangen.send(sink.pid, {"log", line, rec}, sink.timeout)
@@ -189,6 +252,12 @@ local function logger()
       if not f then return nil, err end
       f:setvbuf("line")
       return {kind = "file", file = f, path = spec.file}
+    elseif spec.syslog then
+      local path = spec.path or SYSLOG_PATH
+      local socket, err = syslog_connect(path)
+      if not socket then return nil, err end
+      return {kind = "syslog", socket = socket, path = path, ident = spec.ident or "erlangen",
+              facility = FACILITY[spec.facility or "user"], os_pid = os_pid()}
     elseif spec.pid then
       return {kind = "process", pid = spec.pid, timeout = spec.timeout or SINK_TIMEOUT}
     end
@@ -222,19 +291,36 @@ local function logger()
     end
   end
 
+  local function handle(m)
+    if type(m) ~= "table" then return end
+    local ok, err = true, nil
+    if m[1] == "$log" then
+      ok, err = pcall(take, m)
+    elseif m[1] == "$log_ctl" then
+      local ok2, v, e = pcall(control, m[2], m[4])
+      if not ok2 then v, e = nil, tostring(v) end
+      erlangen.send(m[3], {m[3], v, e}, SINK_TIMEOUT)
+    end
+    if not ok then io.stderr:write("erlangen.log: cannot write a record: ", tostring(err), "\n") end
+  end
+
+  -- It traps exits from its start (spawn_opt), so that an exit signal ends it
+  -- as it would a process that does not trap exits, but only once what is
+  -- queued is written: the signal's EXIT comes after the records sent before
+  -- it, and those already behind it are written too.
   while true do
     local m = erlangen.receive()
-    if type(m) == "table" then
-      local ok, err = true, nil
-      if m[1] == "$log" then
-        ok, err = pcall(take, m)
-      elseif m[1] == "$log_ctl" then
-        local ok2, v, e = pcall(control, m[2], m[4])
-        if not ok2 then v, e = nil, tostring(v) end
-        erlangen.send(m[3], {m[3], v, e}, SINK_TIMEOUT)
+    if type(m) == "table" and m[1] == "EXIT" and (m[3] ~= "normal" or m[2] == self) then
+      for _ = 1, MAILBOX do
+        local rest = erlangen.receive(0)
+        if rest == nil then break end
+        handle(rest)
       end
-      if not ok then io.stderr:write("erlangen.log: cannot write a record: ", tostring(err), "\n") end
+      check_drops()
+      close(sink)
+      erlangen.exit(m[3])
     end
+    handle(m)
     check_drops()
   end
 end
@@ -243,7 +329,7 @@ end
 
 -- The logger's pid, started if needed.
 local function ensure()
-  return svc.ensure(NAME, {mailbox = MAILBOX}, logger, "erlangen.log: cannot start the logger")
+  return svc.ensure(NAME, {mailbox = MAILBOX, trap_exit = true}, logger, "erlangen.log: cannot start the logger")
 end
 
 -- A synchronous request (see erlangen.service's ask). A logger that dies before it
@@ -355,8 +441,13 @@ end
 --   {stderr = true}                  standard error (the default)
 --   {file = path}                    appended to the file, flushed per record
 --   {pid = p [, timeout = seconds]}  sent to p as {"log", line, record}
+--   {syslog = true [, ident = s] [, facility = f] [, path = p]}
+--                                    one datagram per record to the local
+--                                    syslog socket (journald's too), /dev/log
+--                                    unless `path`; ident "erlangen", facility
+--                                    "user", "daemon" or "local0".."local7"
 -- Returns true once the logger uses the new sink, or nil and a message when
--- the file cannot be opened (the old sink stays).
+-- the file or the syslog socket cannot be opened (the old sink stays).
 function log.set_sink(spec)
   if type(spec) ~= "table" then
     error("bad argument #1 to 'set_sink' (table expected, got " .. typename(spec) .. ")", 2)
@@ -373,15 +464,30 @@ function log.set_sink(spec)
       if type(v) ~= "number" or not (v >= 0) then
         error("set_sink: option 'timeout' must be a non-negative number", 2)
       end
+    elseif k == "syslog" then
+      if v ~= true then error("set_sink: option 'syslog' must be true", 2) end
+    elseif k == "ident" or k == "path" then
+      if type(v) ~= "string" or v == "" then
+        error("set_sink: option '" .. k .. "' must be a non-empty string", 2)
+      end
+    elseif k == "facility" then
+      if FACILITY[v] == nil then
+        error("set_sink: option 'facility' must be user, daemon or local0..local7, got " ..
+          (type(v) == "string" and quote(v) or typename(v)), 2)
+      end
     else
       error("set_sink: unknown option '" .. tostring(k) .. "'", 2)
     end
-    if k ~= "timeout" then kinds = kinds + 1 end
+    if k == "stderr" or k == "file" or k == "pid" or k == "syslog" then kinds = kinds + 1 end
   end
-  if kinds ~= 1 then error("set_sink: give exactly one of 'stderr', 'file' and 'pid'", 2) end
+  if kinds ~= 1 then error("set_sink: give exactly one of 'stderr', 'file', 'pid' and 'syslog'", 2) end
   if spec.timeout and not spec.pid then error("set_sink: option 'timeout' goes with 'pid'", 2) end
+  for _, k in ipairs{"ident", "facility", "path"} do
+    if spec[k] and not spec.syslog then error("set_sink: option '" .. k .. "' goes with 'syslog'", 2) end
+  end
   local ok, err = call("set_sink", "set_sink", {stderr = spec.stderr, file = spec.file,
-    pid = spec.pid, timeout = spec.timeout})
+    pid = spec.pid, timeout = spec.timeout, syslog = spec.syslog, ident = spec.ident,
+    facility = spec.facility, path = spec.path})
   if not ok then return nil, err end
   return true
 end

@@ -167,6 +167,21 @@ describe("examples/kv, a supervised TCP key-value service", function()
     c:close()
   end)
 
+  it("takes a line of 4096 bytes and refuses a longer one, closing the connection", function()
+    local c = assert(connect(svc.port))
+    local put = "PUT long "
+    assert.are.equal("OK", c:req(put .. string.rep("v", 4096 - #put)))
+    assert.are.equal("VALUE " .. string.rep("v", 4096 - #put), c:req("GET long"))
+    for _, n in ipairs{4097, 5000, 20000} do
+      local d = assert(connect(svc.port))
+      assert.are.equal("ERROR line too long", d:req(put .. string.rep("w", n - #put)), n .. " bytes")
+      assert.are.same({nil, "closed"}, {d:line()})
+      d:close()
+    end
+    assert.are.equal("OK", c:req("DEL long"))
+    c:close()
+  end)
+
   it("gives each connection its own worker under the pool, shown by TREE", function()
     local a, b = assert(connect(svc.port)), assert(connect(svc.port))
     local pa, pb = a:req("SELF"):match("^PID (.*)$"), b:req("SELF"):match("^PID (.*)$")

@@ -160,7 +160,13 @@ function kv_conn.loop(starter, fd)
         local line, rest = buf:match("^([^\n]*)\n(.*)$")
         if not line then break end
         buf = rest
-        local lines, keep, after = handle((line:gsub("\r$", "")))
+        line = line:gsub("\r$", "")
+        if #line > kv_conn.MAX_LINE then
+          send_lines(c, {"ERROR line too long"})
+          c:close()
+          return
+        end
+        local lines, keep, after = handle(line)
         if not send_lines(c, lines) or not keep then c:close(); return end
         if after then after() end
       end

@@ -21,6 +21,7 @@
 #include "links.h"
 #include "node.h"
 #include "portmap.h"
+#include "remote.h"
 #include "process.h"
 #include "registry.h"
 #include "state.h"
@@ -288,6 +289,20 @@ void dist_down(term_id from, term_id watcher, term_id ref, const unsigned char *
   put_record(watcher.node, 0, watcher.creation, h, n, w, wl, INFINITY);
   free(w);
 }
+
+/* ---- the network layer's side of the seam (remote.h) ---- */
+
+static int remote_code(int rc) {
+  return rc == DIST_OK ? REMOTE_OK : rc == DIST_DEAD ? REMOTE_NOPROC : REMOTE_NOCONN;
+}
+
+static int op_link(term_id from, term_id to) { return remote_code(dist_link(from, to)); }
+static int op_monitor(term_id from, term_id to, term_id ref) { return remote_code(dist_monitor(from, to, ref)); }
+
+static const remote_ops dist_remote = {
+  op_link, dist_unlink, dist_exit, op_monitor, dist_demonitor, dist_down,
+  node_forget_monitors, dist_stop, &node_codec, node_name
+};
 
 /* ---- remote spawn ---- */
 
@@ -697,6 +712,7 @@ int dist_start(const dist_opts *o, char *err, size_t errlen) {
              "letters, digits, '_', '.', '-', at most %d)", name, PMAP_NAME_MAX);
     return -1;
   }
+  remote_install(&dist_remote);   /* once: a later start finds it in place */
   conn_config cfg = {0};
   if (key_load(o->key_file, cfg.key, err, errlen) != 0) return -1;
   cfg.tick = o->tick > 0 ? o->tick : 60;

@@ -10,12 +10,11 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include "erlangen_config.h"
-#include "dist.h"
 #include "kernel.h"
-#include "node.h"
 #include "links.h"
 #include "process.h"
 #include "registry.h"
+#include "remote.h"
 #include "state.h"
 
 static const char *const kern_reason_text[KR_COUNT] = {
@@ -91,7 +90,6 @@ static void set_cfg_locked(const kern_config *c) {
 int kern_start(const erlangen_config *c) {
   pthread_mutex_lock(&K.lock);
   if (atomic_load(&K.running)) { pthread_mutex_unlock(&K.lock); return -1; }
-  term_set_namer(node_name);
   kern_config cfg = {
     ERLANGEN_DEFAULT_STACK, ERLANGEN_DEFAULT_MAILBOX, CODEC_DEFAULT_MAX_SIZE,
     CODEC_DEFAULT_MAX_DEPTH, NULL, NULL
@@ -151,7 +149,7 @@ void kern_config_set(const kern_config *c) {
 codec_limits kern_limits(int allow_functions) {
   codec_limits lim = { atomic_load_explicit(&K.max_message, memory_order_relaxed),
                        atomic_load_explicit(&K.max_depth, memory_order_relaxed),
-                       allow_functions, node_codec(), 0 };
+                       allow_functions, remote_get()->nodes, 0 };
   return lim;
 }
 
@@ -248,7 +246,7 @@ int kern_stop(double grace) {
   int killed = stop_all(self, logger, grace);
   if (logger.n) killed += stop_all(self, (term_id){0, 0, 0}, LOGGER_GRACE);
   proc_foreach(detach_visit, self);
-  dist_stop();                    /* after the exits: their signals to other nodes leave first */
+  remote_get()->stop();           /* after the exits: their signals to other nodes leave first */
   proc_shutdown_pool();
   atomic_store(&K.running, 0);
   return killed;

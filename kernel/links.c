@@ -3,10 +3,10 @@
 */
 #include <stdlib.h>
 #include <string.h>
-#include "dist.h"
 #include "kernel.h"
 #include "process.h"
 #include "links.h"
+#include "remote.h"
 
 static int link_index(proc_vec *v, term_id pid) {
   proc_link *l = v->items;
@@ -46,7 +46,7 @@ static void queue_exit_locked(proc *p, term_id from, const unsigned char *reason
 
 void sig_exit(term_id to, term_id from, const unsigned char *reason, size_t len, int flags) {
   int via_link = (flags & SIG_VIA_LINK) != 0;
-  if (to.node != 0) { dist_exit(from, to, reason, len, via_link); return; }
+  if (to.node != 0) { remote_get()->exit(from, to, reason, len, via_link); return; }
   proc *p = proc_get(to);
   if (!p) return;
   int kill = !via_link && kern_reason_is(reason, len, KR_KILL);
@@ -80,13 +80,13 @@ int sig_link(proc *self, term_id other) {
   }
   pthread_mutex_unlock(&self->lock);
   if (other.node != 0) {
-    int rc = dist_link(self->pid, other);
-    if (rc != DIST_OK && added) {
+    int rc = remote_get()->link(self->pid, other);
+    if (rc != REMOTE_OK && added) {
       pthread_mutex_lock(&self->lock);
       link_remove(&self->links, other);
       pthread_mutex_unlock(&self->lock);
     }
-    return rc == DIST_OK ? SIG_OK : rc == DIST_NOCONN ? SIG_NOCONN : SIG_NOPROC;
+    return rc == REMOTE_OK ? SIG_OK : rc == REMOTE_NOCONN ? SIG_NOCONN : SIG_NOPROC;
   }
   int alive = 0, nomem = 0;
   proc *q = proc_get(other);
@@ -115,7 +115,7 @@ void sig_unlink(proc *self, term_id other) {
   int had = link_remove(&self->links, other);
   pthread_mutex_unlock(&self->lock);
   if (other.node != 0) {
-    if (had) dist_unlink(self->pid, other);
+    if (had) remote_get()->unlink(self->pid, other);
     return;
   }
   proc *q = proc_get(other);
@@ -137,10 +137,10 @@ int sig_monitor(proc *self, term_id target, term_id *out) {
   int alive = 0;
   if (target.node != 0) {
     *out = ref;
-    int rc = dist_monitor(self->pid, target, ref);
-    if (rc != DIST_OK) {
+    int rc = remote_get()->monitor(self->pid, target, ref);
+    if (rc != REMOTE_OK) {
       size_t len;
-      const unsigned char *why = kern_reason(rc == DIST_NOCONN ? KR_NOCONNECTION : KR_NOPROC, &len);
+      const unsigned char *why = kern_reason(rc == REMOTE_NOCONN ? KR_NOCONNECTION : KR_NOPROC, &len);
       sig_down(self->pid, ref, target, why, len, 0);
     }
     return SIG_OK;
@@ -176,7 +176,7 @@ int sig_demonitor(proc *self, term_id ref, int flush) {
   int active = mon_remove(&self->monitors, ref, &m);
   pthread_mutex_unlock(&self->lock);
   if (flush) mbox_remove_down(&self->mb, ref);
-  if (active && m.pid.node != 0) dist_demonitor(self->pid, m.pid, ref);
+  if (active && m.pid.node != 0) remote_get()->demonitor(self->pid, m.pid, ref);
   else if (active) {
     proc *q = proc_get(m.pid);
     if (q) {
@@ -191,7 +191,7 @@ int sig_demonitor(proc *self, term_id ref, int flush) {
 
 void sig_down(term_id watcher, term_id ref, term_id from, const unsigned char *reason, size_t len,
               int flags) {
-  if (watcher.node != 0) { dist_down(from, watcher, ref, reason, len); return; }
+  if (watcher.node != 0) { remote_get()->down(from, watcher, ref, reason, len); return; }
   proc *p = proc_get(watcher);
   if (!p) return;
   pthread_mutex_lock(&p->lock);

@@ -1,6 +1,6 @@
 /*
 ** links.h — links, monitors and exit signals, between local processes and
-** with processes of other nodes (through dist.h).
+** with processes of other nodes (through remote.h).
 **
 ** Links are kept on both ends and monitors on both ends, each end under its
 ** own proc.lock; no operation holds two proc locks at once. An exit signal

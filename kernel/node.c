@@ -132,9 +132,7 @@ static int wire_resolve(const char *name, size_t len, uint32_t creation, uint64_
   return 0;
 }
 
-static const codec_nodes node_codec_hooks = { wire_name, wire_resolve };
-
-const codec_nodes *node_codec(void) { return &node_codec_hooks; }
+const codec_nodes node_codec = { wire_name, wire_resolve };
 
 /* ---- connection slots ---- */
 

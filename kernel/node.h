@@ -55,7 +55,7 @@ const char *node_name(uint32_t idx);
 long node_find(const char *name);
 
 /* How the codec names nodes (wire pids and refs). */
-const codec_nodes *node_codec(void);
+extern const codec_nodes node_codec;
 
 /* ---- connection slots ---- */
 

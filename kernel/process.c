@@ -6,11 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernel.h"
-#include "dist.h"
 #include "entry.h"
 #include "process.h"
-#include "node.h"
 #include "registry.h"
+#include "remote.h"
 #include "links.h"
 #include "state.h"
 
@@ -533,7 +532,7 @@ void proc_detach(proc *p, const unsigned char *reason, size_t len) {
 }
 
 static void forget_monitor(term_id self, term_id target, term_id ref) {
-  if (target.node != 0) { dist_demonitor(self, target, ref); return; }
+  if (target.node != 0) { remote_get()->demonitor(self, target, ref); return; }
   proc *q = proc_get(target);
   if (!q) return;
   pthread_mutex_lock(&q->lock);
@@ -569,7 +568,7 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
   for (size_t i = 0; i < watchers.n; i++) sig_down(w[i].pid, w[i].ref, p->pid, reason, len, 0);
   proc_mon *m = monitors.items;
   for (size_t i = 0; i < monitors.n; i++) forget_monitor(p->pid, m[i].pid, m[i].ref);
-  if (p->node_monitors) node_forget_monitors(p->pid);   /* set by its own thread, which runs this */
+  if (p->node_monitors) remote_get()->forget(p->pid);   /* set by its own thread, which runs this */
   proc_vec_free(&links);
   proc_vec_free(&watchers);
   proc_vec_free(&monitors);

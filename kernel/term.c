@@ -13,8 +13,8 @@ static const char term_cache_key = 'c';
 
 /* The module's one global. `refs` is the node-wide ref counter: atomic, so
 ** any thread may draw from it; refs are never reused while the node runs.
-** `node_name` is set once at kernel start, before any pid of another node
-** can exist. */
+** `node_name` is set once by remote_install, before any pid of another
+** node can exist. */
 static struct {
   _Atomic uint64_t refs;
   const char *(*_Atomic node_name)(uint32_t node);

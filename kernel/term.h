@@ -4,8 +4,8 @@
 ** A pid or ref is a full userdata holding a term_id. Within one lua_State
 ** equal ids are always the same userdata (they are interned in a weak-valued
 ** table in the registry), so `==` and table keys work without metamethods.
-** `node` 0 means this node; other values index the node table that the
-** distribution layer will own. `creation` tells incarnations of a node apart.
+** `node` 0 means this node; other values index the network layer's node
+** table (remote.h). `creation` tells incarnations of a node apart.
 */
 #ifndef erlangen_term_h
 #define erlangen_term_h
@@ -40,7 +40,8 @@ static inline int term_eq(term_id a, term_id b) {
 /* Fresh ref from the node-wide counter (atomic; any thread). */
 term_id term_new_ref(void);
 
-/* How tostring names the node of a pid or ref of another node. */
+/* How tostring names the node of a pid or ref of another node (set by
+** remote_install). */
 void term_set_namer(const char *(*node_name)(uint32_t node));
 
 #endif

@@ -21,8 +21,11 @@
 ** expression (erlangen_interrupt), or clears the line at the prompt.
 */
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -112,20 +115,25 @@ static int report(lua_State *L, int status) {
   return status;
 }
 
+/* Is the value at idx an exit object (raised by erlangen.exit, and by an
+** exit signal that dooms the process)? Raw accesses only. */
+static int is_exit_object(lua_State *L, int idx) {
+  int is;
+  if (lua_type(L, idx) != LUA_TTABLE || luaL_getmetafield(L, idx, "__name") == LUA_TNIL) return 0;
+  is = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "erlangen.exit") == 0;
+  lua_pop(L, 1);
+  return is;
+}
+
 /* Is the value at idx the error object of erlangen.exit("normal")? */
 static int is_normal_exit(lua_State *L, int idx) {
-  int normal = 0;
-  if (lua_type(L, idx) != LUA_TTABLE) return 0;
+  int normal;
+  if (!is_exit_object(L, idx)) return 0;
   idx = lua_absindex(L, idx);
-  if (luaL_getmetafield(L, idx, "__name") != LUA_TNIL) {
-    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "erlangen.exit") == 0) {
-      lua_pushliteral(L, "reason");
-      lua_rawget(L, idx);
-      normal = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "normal") == 0;
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
+  lua_pushliteral(L, "reason");
+  lua_rawget(L, idx);
+  normal = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "normal") == 0;
+  lua_pop(L, 1);
   return normal;
 }
 
@@ -444,7 +452,474 @@ static void catch_sigint(int on) {
 /* }================= */
 
 
+/* {================= the output relay */
+
+/* While the REPL reads a terminal, fds 1 and 2 are the write end of one pipe
+** (one, so that a writer's stdout and stderr keep their order) and a relay
+** thread copies it to the terminal. While a command runs, text goes straight
+** through; while the prompt waits, text is held and the prompt loop prints
+** it above the prompt, then redraws the line being typed. Writers wait for
+** nothing but the terminal, as without the relay. */
+#define HOLD_MAX   (1u << 20)   /* held bytes beyond this go straight through */
+#define DRAIN_MS   20           /* at stop: how long a quiet pipe is awaited, */
+#define DRAIN_MAX  10           /* and how many times */
+
+static struct {
+  int on;                     /* main thread only */
+  int tty;                    /* immutable while on: the terminal (the old fd 1) */
+  int saved_err;              /* immutable while on: the old fd 2, -1 if not moved */
+  int rd;                     /* the pipe's read end, non-blocking */
+  int wake[2];                /* the relay tells the prompt loop that text is held */
+  int quit[2];                /* the main thread tells the relay to stop */
+  FILE *out;                  /* immutable while on: readline's output, the terminal */
+  pthread_t thread;
+  /* Every read of rd happens under the lock together with what is done with
+  ** the bytes, so that they reach the terminal in the order they were read. */
+  pthread_mutex_t lock;
+  int holding;                /* lock: the prompt is shown */
+  char *held;                 /* lock: text for the prompt loop */
+  size_t held_len, held_cap;  /* lock */
+} relay = { .saved_err = -1, .rd = -1, .wake = { -1, -1 }, .quit = { -1, -1 },
+            .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void write_all(int fd, const char *s, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, s, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;  /* the terminal is gone */
+    s += w;
+    n -= (size_t)w;
+  }
+}
+
+/* Holds n bytes; 0 if they do not fit (HOLD_MAX or no memory). Lock held. */
+static int relay_keep(const char *s, size_t n) {
+  if (relay.held_len + n > HOLD_MAX) return 0;
+  if (relay.held_len + n > relay.held_cap) {
+    size_t cap = relay.held_cap ? relay.held_cap : 4096;
+    char *p;
+    while (cap < relay.held_len + n) cap *= 2;
+    p = realloc(relay.held, cap);
+    if (p == NULL) return 0;
+    relay.held = p;
+    relay.held_cap = cap;
+  }
+  memcpy(relay.held + relay.held_len, s, n);
+  relay.held_len += n;
+  return 1;
+}
+
+/* Writes the held text to the terminal. Lock held. */
+static void relay_release(void) {
+  write_all(relay.tty, relay.held, relay.held_len);
+  relay.held_len = 0;
+}
+
+/* Reads what the pipe has and holds or passes it. Lock held. Returns 0 when
+** every write end is closed or the pipe failed, 1 otherwise. */
+static int relay_drain(void) {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(relay.rd, buf, sizeof buf);
+    if (n == 0) return 0;
+    if (n < 0) return errno == EAGAIN || errno == EINTR;
+    if (relay.holding && relay_keep(buf, (size_t)n)) {
+      ssize_t r = write(relay.wake[1], "", 1);  /* full: the loop is woken already */
+      (void)r;
+    }
+    else {
+      relay_release();  /* held text first: the order is kept, the prompt is not */
+      write_all(relay.tty, buf, (size_t)n);
+    }
+  }
+}
+
+static void *relay_main(void *ud) {
+  struct pollfd fds[2] = { { relay.rd, POLLIN, 0 }, { relay.quit[0], POLLIN, 0 } };
+  int more = 1, i;
+  (void)ud;
+  while (more && !(fds[1].revents & POLLIN)) {
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    pthread_mutex_lock(&relay.lock);
+    more = relay_drain();
+    pthread_mutex_unlock(&relay.lock);
+  }
+  /* Stopping: fds 1 and 2 are the terminal again. A write begun before
+  ** they moved may still land; a pipe quiet for DRAIN_MS has none left. */
+  pthread_mutex_lock(&relay.lock);
+  relay.holding = 0;
+  relay_release();
+  for (i = 0; more && i < DRAIN_MAX && poll(fds, 1, DRAIN_MS) > 0; i++) more = relay_drain();
+  pthread_mutex_unlock(&relay.lock);
+  return NULL;
+}
+
+static void close_pair(int fd[2]) {
+  if (fd[0] >= 0) close(fd[0]);
+  if (fd[1] >= 0) close(fd[1]);
+  fd[0] = fd[1] = -1;
+}
+
+/* Frees what relay_start made, after the fds are back. */
+static void relay_close(void) {
+  fclose(relay.out);
+  relay.out = NULL;
+  close(relay.tty);
+  if (relay.saved_err >= 0) close(relay.saved_err);
+  relay.saved_err = -1;
+  close(relay.rd);
+  relay.rd = -1;
+  close_pair(relay.wake);
+  close_pair(relay.quit);
+  free(relay.held);
+  relay.held = NULL;
+  relay.held_len = relay.held_cap = 0;
+}
+
+/* Moves fds 1 and 2 (those that are terminals) onto the relay's pipe. Does
+** nothing unless stdout is a terminal, or if a resource is short. */
+static void relay_start(void) {
+  int pipe_fd[2], out_fd;
+  sigset_t all, old;
+  if (relay.on || !isatty(STDOUT_FILENO)) return;
+  fflush(stdout);
+  fflush(stderr);
+  if (pipe2(pipe_fd, O_CLOEXEC) != 0) return;
+  relay.tty = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
+  out_fd = relay.tty >= 0 ? fcntl(relay.tty, F_DUPFD_CLOEXEC, 0) : -1;
+  relay.out = out_fd >= 0 ? fdopen(out_fd, "w") : NULL;
+  if (relay.out == NULL || pipe2(relay.wake, O_CLOEXEC | O_NONBLOCK) != 0 ||
+      pipe2(relay.quit, O_CLOEXEC) != 0) {
+    if (relay.out != NULL) fclose(relay.out);
+    else if (out_fd >= 0) close(out_fd);
+    if (relay.tty >= 0) close(relay.tty);
+    relay.out = NULL;
+    close_pair(pipe_fd);
+    close_pair(relay.wake);
+    close_pair(relay.quit);
+    return;
+  }
+  relay.rd = pipe_fd[0];
+  fcntl(relay.rd, F_SETFL, O_NONBLOCK);
+  relay.saved_err = isatty(STDERR_FILENO) ? fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0) : -1;
+  dup2(pipe_fd[1], STDOUT_FILENO);
+  if (relay.saved_err >= 0) dup2(pipe_fd[1], STDERR_FILENO);
+  close(pipe_fd[1]);
+  sigfillset(&all);  /* SIGINT is the main thread's, through its handler */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  relay.on = pthread_create(&relay.thread, NULL, relay_main, NULL) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (relay.on) {
+    rl_outstream = relay.out;
+    return;
+  }
+  dup2(relay.tty, STDOUT_FILENO);  /* no thread: everything back as it was */
+  if (relay.saved_err >= 0) dup2(relay.saved_err, STDERR_FILENO);
+  relay_close();
+}
+
+/* Puts fds 1 and 2 back and ends the relay after it has written what it had. */
+static void relay_stop(void) {
+  ssize_t r;
+  if (!relay.on) return;
+  rl_outstream = stdout;
+  fflush(stdout);
+  fflush(stderr);
+  dup2(relay.tty, STDOUT_FILENO);
+  if (relay.saved_err >= 0) dup2(relay.saved_err, STDERR_FILENO);
+  r = write(relay.quit[1], "", 1);
+  (void)r;
+  pthread_join(relay.thread, NULL);
+  relay.on = 0;
+  relay_close();
+}
+
+/* The prompt is about to show: what was written before it goes above it. */
+static void relay_hold(void) {
+  if (!relay.on) return;
+  fflush(stdout);
+  fflush(stderr);
+  pthread_mutex_lock(&relay.lock);
+  relay_drain();
+  relay.holding = 1;
+  pthread_mutex_unlock(&relay.lock);
+}
+
+/* The prompt is gone: text goes straight through again. */
+static void relay_pass(void) {
+  if (!relay.on) return;
+  pthread_mutex_lock(&relay.lock);
+  relay_release();
+  relay.holding = 0;
+  pthread_mutex_unlock(&relay.lock);
+}
+
+/* Prints text above the prompt and redraws the prompt and the line. */
+static void show_above_prompt(const char *text, size_t len) {
+  size_t bells = 0;
+  while (bells < len && text[bells] == '\a') bells++;
+  if (bells == len) {  /* readline's own bell, which it rings on stderr */
+    fwrite(text, 1, len, rl_outstream);
+    fflush(rl_outstream);
+    return;
+  }
+  rl_clear_visible_line();
+  fwrite(text, 1, len, rl_outstream);
+  if (len > 0 && text[len - 1] != '\n') fputc('\n', rl_outstream);
+  rl_forced_update_display();
+  fflush(rl_outstream);
+}
+
+/* While the prompt is shown: prints the held text above it. */
+static void relay_show(void) {
+  char buf[64];
+  if (!relay.on) return;
+  while (read(relay.wake[0], buf, sizeof buf) > 0) {}
+  pthread_mutex_lock(&relay.lock);
+  relay_drain();  /* what is in the pipe now comes with it */
+  if (relay.held_len > 0) {
+    show_above_prompt(relay.held, relay.held_len);
+    relay.held_len = 0;
+  }
+  pthread_mutex_unlock(&relay.lock);
+}
+
+/* }================= */
+
+
+/* {================= exits at the prompt */
+
+/* An exit signal that reaches the REPL's process while it waits at the
+** prompt dooms it (it does not trap exits), and the doom is raised by the
+** next erlangen call or Lua instruction. The REPL lets it land before it
+** reads on and before it runs a command, reports it as the Erlang shell
+** does, and goes on as a fresh process. */
+static int self_key, pending_exit_key;
+
+static int call_self(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &self_key);
+  lua_call(L, 0, 0);
+  return 0;
+}
+
+/* Reports the exit object at idx. */
+static void report_exit(lua_State *L, int idx) {
+  const char *s = luaL_tolstring(L, idx, NULL);
+  message(lua_pushfstring(L, "** exception %s", s));
+  lua_pop(L, 2);
+}
+
+/* Keeps the error on top (popped) if it is an exit object, for take_exit. */
+static void keep_exit(lua_State *L) {
+  if (is_exit_object(L, -1)) lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_exit_key);
+  else lua_pop(L, 1);
+}
+
+/* Lets a pending exit land and reports it. Returns 1 if there was one. */
+static int take_exit(lua_State *L) {
+  int found = 0, i;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pending_exit_key) != LUA_TNIL) {
+    report_exit(L, -1);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_exit_key);
+    found = 1;
+  }
+  lua_pop(L, 1);
+  /* The doom raises in erlangen.self and once more in the hook its signal
+  ** armed, if that comes later; then erlangen.self makes a fresh process. */
+  for (i = 0; i < 3; i++) {
+    lua_pushcfunction(L, call_self);
+    if (lua_pcall(L, 0, 0, 0) == LUA_OK) break;
+    if (!found && is_exit_object(L, -1)) {
+      report_exit(L, -1);
+      found = 1;
+    }
+    lua_pop(L, 1);
+  }
+  return found;
+}
+
+/* }================= */
+
+
+/* {================= completion */
+
+/* Tab completes a global, a field of a table ("erlangen.sp", "string.fo")
+** or a method ("s:up", through the string's metatable). It reads with raw
+** accesses only, also through __index tables, so that completing runs no
+** code of the user's. */
+#define INDEX_DEPTH 8   /* __index tables followed at most */
+
+static char **matches;            /* main thread: the completions of one Tab */
+static size_t matches_n, matches_next;
+
+static int is_name(const char *s, size_t len) {
+  static const char *const keywords[] = {
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
+    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while"
+  };
+  size_t i;
+  if (len == 0 || !(isalpha((unsigned char)s[0]) || s[0] == '_')) return 0;
+  for (i = 1; i < len; i++)
+    if (!(isalnum((unsigned char)s[i]) || s[i] == '_')) return 0;
+  for (i = 0; i < sizeof keywords / sizeof keywords[0]; i++)
+    if (strlen(keywords[i]) == len && memcmp(keywords[i], s, len) == 0) return 0;
+  return 1;
+}
+
+/* Replaces the value on top with the __index of its metatable if that is a
+** table; returns 0 and pops the value otherwise. */
+static int to_index_table(lua_State *L) {
+  if (lua_getmetatable(L, -1)) {
+    lua_pushliteral(L, "__index");
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+      return 1;
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Replaces the value on top with its field `name`, or nil. */
+static void raw_field(lua_State *L, const char *name, size_t len) {
+  int depth;
+  for (depth = 0; depth <= INDEX_DEPTH; depth++) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushlstring(L, name, len);
+      if (lua_rawget(L, -2) != LUA_TNIL) {
+        lua_remove(L, -2);
+        return;
+      }
+      lua_pop(L, 1);
+    }
+    if (!to_index_table(L)) {
+      lua_pushnil(L);
+      return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+}
+
+/* Pops the value on top and adds to the set at `set` the names of its
+** fields (and those of its __index tables) that start with `word`;
+** functions only for a method. */
+static void add_fields(lua_State *L, int set, const char *word, size_t wlen, int method) {
+  int depth;
+  for (depth = 0; depth <= INDEX_DEPTH; depth++) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        size_t klen;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+        if (k != NULL && klen >= wlen && memcmp(k, word, wlen) == 0 && is_name(k, klen) &&
+            (!method || lua_type(L, -1) == LUA_TFUNCTION)) {
+          lua_pushvalue(L, -2);
+          lua_pushboolean(L, 1);
+          lua_rawset(L, set);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    if (!to_index_table(L)) return;
+  }
+  lua_pop(L, 1);
+}
+
+/* [text] -> [set, prefix length]: the names that complete text, as
+** the keys of a table, and how much of text comes before them. */
+static int push_completions(lua_State *L) {
+  size_t len;
+  const char *text = lua_tolstring(L, 1, &len);
+  const char *word = text, *p;
+  int set;
+  lua_newtable(L);
+  set = lua_gettop(L);
+  for (p = text; p < text + len; p++)
+    if (*p == '.' || *p == ':') word = p + 1;
+  lua_pushglobaltable(L);
+  for (p = text; p < word;) {  /* the path to the table: names joined by '.' */
+    const char *end = p;
+    while (*end != '.' && *end != ':') end++;
+    if (!is_name(p, (size_t)(end - p)) || (*end == ':' && end + 1 != word)) {
+      lua_settop(L, set);  /* no completions */
+      lua_pushinteger(L, 0);
+      return 2;
+    }
+    raw_field(L, p, (size_t)(end - p));
+    p = end + 1;
+  }
+  add_fields(L, set, word, len - (size_t)(word - text), word > text && word[-1] == ':');
+  lua_pushinteger(L, (lua_Integer)(word - text));
+  return 2;
+}
+
+static char *next_match(const char *text, int state) {
+  (void)text;
+  if (state == 0) matches_next = 0;
+  return matches_next < matches_n ? matches[matches_next++] : NULL;
+}
+
+/* readline's completion: the matches of text, no file names. */
+static char **complete(const char *text, int start, int end) {
+  lua_State *L = main_L;
+  char **found = NULL;
+  size_t n = 0, prefix;
+  int top = lua_gettop(L);
+  (void)start;
+  (void)end;
+  rl_attempted_completion_over = 1;
+  rl_completion_append_character = '\0';
+  lua_pushcfunction(L, push_completions);
+  lua_pushstring(L, text);
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {  /* out of memory, or an exit landed */
+    keep_exit(L);
+    lua_settop(L, top);
+    return NULL;
+  }
+  prefix = (size_t)lua_tointeger(L, -1);
+  lua_pushnil(L);
+  while (lua_next(L, -3)) { n++; lua_pop(L, 1); }
+  matches = n > 0 ? calloc(n, sizeof *matches) : NULL;
+  matches_n = 0;
+  lua_pushnil(L);
+  while (matches != NULL && lua_next(L, -3)) {
+    size_t klen;
+    const char *k = lua_tolstring(L, -2, &klen);
+    char *m = malloc(prefix + klen + 1);
+    if (m != NULL) {
+      memcpy(m, text, prefix);
+      memcpy(m + prefix, k, klen + 1);
+      matches[matches_n++] = m;
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top);
+  if (matches_n > 0) found = rl_completion_matches(text, next_match);
+  while (matches_next < matches_n) free(matches[matches_next++]);  /* those not taken */
+  free(matches);
+  matches = NULL;
+  matches_n = matches_next = 0;
+  return found;
+}
+
+/* Tab: indents at the start of a line, completes elsewhere. */
+static int tab_key(int count, int key) {
+  int i;
+  for (i = 0; i < rl_point; i++)
+    if (!isspace((unsigned char)rl_line_buffer[i])) return rl_complete(count, key);
+  return rl_insert(count, key);
+}
+
+/* }================= */
+
+
 /* {================= reading lines */
+
+#define EXIT_POLL_MS 200   /* the longest an exit signal waits at the prompt to be reported */
 
 static char *rl_result;
 static int rl_finished;
@@ -455,30 +930,43 @@ static void on_readline(char *line) {
   rl_callback_handler_remove();  /* leaves the terminal as it found it */
 }
 
-/* readline's callback interface, so that Ctrl-C at the prompt can be seen
-** (through the self-pipe) without longjmp out of a signal handler. */
+/* readline's callback interface, so that Ctrl-C (through the self-pipe),
+** exit signals and the relay's text are seen while the prompt waits. An
+** exit signal's own signal interrupts select; the timeout bounds the wait
+** for one that came just before select began. */
 static char *read_terminal(const char *prompt, int *how) {
-  int maxfd = sigpipe_fd[0] > STDIN_FILENO ? sigpipe_fd[0] : STDIN_FILENO;
   take_sigint();  /* a Ctrl-C pressed while printing is not for this line */
+  relay_hold();
+  take_exit(main_L);
   rl_finished = 0;
   rl_result = NULL;
   rl_callback_handler_install(prompt, on_readline);
   for (;;) {
+    struct timeval tv = { 0, EXIT_POLL_MS * 1000 };
+    int maxfd = STDIN_FILENO, n;
     fd_set fds;
     FD_ZERO(&fds);
     FD_SET(STDIN_FILENO, &fds);
     if (sigpipe_fd[0] >= 0) FD_SET(sigpipe_fd[0], &fds);
-    if (select(maxfd + 1, &fds, NULL, NULL, NULL) < 0) {
-      if (errno == EINTR) continue;
+    if (sigpipe_fd[0] > maxfd) maxfd = sigpipe_fd[0];
+    if (relay.on) FD_SET(relay.wake[0], &fds);
+    if (relay.on && relay.wake[0] > maxfd) maxfd = relay.wake[0];
+    n = select(maxfd + 1, &fds, NULL, NULL, &tv);
+    if (n < 0 && errno != EINTR) {
       rl_callback_handler_remove();
+      relay_pass();
       *how = LINE_EOF;
       return NULL;
     }
+    if (take_exit(main_L) && !relay.on) rl_forced_update_display();
+    relay_show();
+    if (n <= 0) continue;
     if (sigpipe_fd[0] >= 0 && FD_ISSET(sigpipe_fd[0], &fds) && take_sigint()) {
       rl_free_line_state();
       rl_callback_sigcleanup();
       rl_cleanup_after_signal();
       rl_callback_handler_remove();
+      relay_pass();
       fputs("\n", stdout);
       fflush(stdout);
       *how = LINE_INTERRUPTED;
@@ -487,6 +975,7 @@ static char *read_terminal(const char *prompt, int *how) {
     if (FD_ISSET(STDIN_FILENO, &fds)) {
       rl_callback_read_char();
       if (rl_finished) {
+        relay_pass();
         *how = (rl_result != NULL) ? LINE_OK : LINE_EOF;
         return rl_result;
       }
@@ -510,13 +999,6 @@ static char *read_plain(const char *prompt, int *how) {
   if (n > 0 && line[n - 1] == '\n') line[n - 1] = '\0';
   *how = LINE_OK;
   return line;
-}
-
-static void save_line(const char *line) {
-  if (!use_readline || line[0] == '\0') return;
-  add_history(line);
-  if (history_path != NULL && append_history(1, history_path) != 0)
-    write_history(history_path);  /* the file did not exist yet */
 }
 
 /* Pushes the prompt: _PROMPT / _PROMPT2 through tostring, or the default. */
@@ -544,6 +1026,87 @@ static int push_line(lua_State *L, int first) {
     lua_pushstring(L, b);
   free(b);
   return LINE_OK;
+}
+
+/* }================= */
+
+
+/* {================= history and the terminal */
+
+/* ~/.erlangen_history keeps the last HISTORY_MAX entries of all sessions.
+** Each entry follows a "#<seconds>" line, so that an entry of several lines
+** reads back as one (readline's multi-line entries); a line inside an entry
+** that itself reads "#<digit>..." would start a new one. */
+
+/* 1 if the file at path is missing or empty or starts with a timestamp. */
+static int has_timestamps(const char *path) {
+  char head[2];
+  size_t n;
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return 1;
+  n = fread(head, 1, 2, f);
+  fclose(f);
+  return n == 0 || (n == 2 && head[0] == '#' && isdigit((unsigned char)head[1]));
+}
+
+static void history_open(void) {
+  const char *home = getenv("HOME");
+  using_history();
+  stifle_history(HISTORY_MAX);
+  history_comment_char = '#';   /* before any entry is made: it starts the timestamps */
+  history_write_timestamps = 1;
+  if (home != NULL && home[0] != '\0') {
+    size_t len = strlen(home) + sizeof("/" HISTORY_FILE);
+    history_path = malloc(len);
+    if (history_path != NULL) {
+      snprintf(history_path, len, "%s/%s", home, HISTORY_FILE);
+      if (!has_timestamps(history_path)) {  /* from an older erlangen: each line an entry */
+        read_history(history_path);
+        write_history(history_path);
+      }
+      else
+        read_history(history_path);
+    }
+  }
+}
+
+static void save_line(const char *line) {
+  HIST_ENTRY *last;
+  if (!use_readline || line[0] == '\0') return;
+  last = history_get(history_base + history_length - 1);
+  if (last != NULL && strcmp(last->line, line) == 0) return;  /* the same again */
+  add_history(line);
+  if (history_path != NULL && append_history(1, history_path) != 0)
+    write_history(history_path);  /* the file did not exist yet */
+}
+
+/* Other sessions may have appended since: every session's entries are read
+** back (the stifle keeps the last) and written over the file. */
+static void history_close(void) {
+  if (history_path != NULL) {
+    clear_history();
+    if (read_history(history_path) == 0) write_history(history_path);
+    free(history_path);
+    history_path = NULL;
+  }
+}
+
+static void repl_open_terminal(void) {
+  static char word_breaks[] = " \t\n\"\\'`@$<>=;|&{}()[]+-*/%^#~,";
+  rl_readline_name = PROGNAME;
+  rl_catch_signals = 0;   /* Ctrl-C is ours */
+  rl_catch_sigwinch = 0;
+  rl_attempted_completion_function = complete;
+  rl_completer_word_break_characters = word_breaks;  /* not '.' and ':': "erlangen.sp" is one word */
+  rl_bind_key('\t', tab_key);
+  rl_variable_bind("show-all-if-ambiguous", "on");  /* lists at once, as erl; ~/.inputrc may say otherwise */
+  history_open();
+  relay_start();
+}
+
+static void repl_close_terminal(void) {
+  relay_stop();
+  history_close();
 }
 
 /* }================= */
@@ -664,32 +1227,6 @@ static void open_printer(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &show_key);
 }
 
-static void repl_open_history(void) {
-  const char *home = getenv("HOME");
-  rl_readline_name = PROGNAME;
-  rl_catch_signals = 0;   /* Ctrl-C is ours */
-  rl_catch_sigwinch = 0;
-  rl_bind_key('\t', rl_insert);  /* indent, no file-name completion */
-  using_history();
-  stifle_history(HISTORY_MAX);
-  if (home != NULL && home[0] != '\0') {
-    size_t len = strlen(home) + sizeof("/" HISTORY_FILE);
-    history_path = malloc(len);
-    if (history_path != NULL) {
-      snprintf(history_path, len, "%s/%s", home, HISTORY_FILE);
-      read_history(history_path);
-    }
-  }
-}
-
-static void repl_close_history(void) {
-  if (history_path != NULL) {
-    history_truncate_file(history_path, HISTORY_MAX);
-    free(history_path);
-    history_path = NULL;
-  }
-}
-
 /* A syntax error at <eof> means the chunk goes on in the next line. */
 static int incomplete(lua_State *L, int status) {
   size_t len;
@@ -765,7 +1302,10 @@ static void repl_print(lua_State *L) {
   luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &show_key);
   lua_insert(L, 1);
-  if (lua_pcall(L, n, 0, 0) != LUA_OK)
+  if (lua_pcall(L, n, 0, 0) == LUA_OK) return;
+  if (is_exit_object(L, -1))
+    report_exit(L, -1);
+  else
     message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
 }
 
@@ -774,11 +1314,17 @@ static void repl(lua_State *L) {
   int status;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &flush_key);
   lua_setglobal(L, "flush");
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "erlangen");
+  lua_getfield(L, -1, "self");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &self_key);
+  lua_pop(L, 2);
   use_readline = isatty(STDIN_FILENO);
-  if (use_readline) repl_open_history();
+  if (use_readline) repl_open_terminal();
   msg_prefix = NULL;
   while ((status = repl_load(L)) != REPL_EOF) {
     if (status == REPL_SKIP) continue;
+    take_exit(L);  /* one that came while the line was read is not the command's */
     if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
     if (status == LUA_OK) repl_print(L);
     else report(L, status);
@@ -787,7 +1333,7 @@ static void repl(lua_State *L) {
   fputs("\n", stdout);
   fflush(stdout);
   msg_prefix = saved_prefix;
-  repl_close_history();
+  repl_close_terminal();
 }
 
 /* }================= */
@@ -806,7 +1352,7 @@ static double grace_period(void) {
 ** "shutdown", and "kill" after the grace period. */
 static void finish(void) {
   catch_sigint(0);  /* from here on Ctrl-C ends the program */
-  repl_close_history();
+  repl_close_terminal();
   erlangen_detach(main_L);
   main_L = NULL;
   erlangen_stop(grace_period());

@@ -1,11 +1,10 @@
 -- spec/interpreter_spec.lua — the `erlangen` executable: options, `arg`, exit
--- status, shutdown, and the REPL (through -i with piped input, and through a
--- real terminal made by util-linux `script`).
+-- status, shutdown, and the REPL through -i with piped input (on a terminal:
+-- spec/repl_spec.lua).
 --
 -- The executable is $ERLANGEN_BIN (default build/erlangen). Every run is
 -- bounded by coreutils `timeout`, so a hang fails the spec instead of
--- stalling it; terminal output is awaited by blocking reads on a FIFO that
--- end when the bounded session ends.
+-- stalling it.
 
 local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
 local LIMIT = 20  -- seconds any one run of the executable may take
@@ -485,111 +484,5 @@ describe("the erlangen REPL with piped input", function()
   it("evaluates =expr as return expr", function()
     local out = repl("=3*3\n")
     assert_contains(out, "> 9\n")
-  end)
-end)
-
-describe("the erlangen REPL on a terminal", function()
-  if not os.execute("command -v script > /dev/null 2>&1") then
-    it("needs util-linux script to make a terminal", function()
-      pending("util-linux script is not installed")
-    end)
-    return
-  end
-  local session
-
-  -- Starts the REPL under `script` (a pty), with HOME in a fresh directory so
-  -- that the history file stays there. Output arrives through a FIFO.
-  local function start()
-    local dir = make_dir()
-    local fifo = dir .. "/out"
-    assert(os.execute("mkfifo " .. q(fifo)))
-    local inner = q(BIN) .. "; echo REPL-ENDED $?"
-    local cmd = string.format("HOME=%s TERM=dumb timeout -k 2 %d script -qfec %s /dev/null > %s 2>&1",
-                              q(dir), LIMIT, q(inner), q(fifo))
-    local s = { dir = dir, seen = "" }
-    s.input = assert(io.popen(cmd, "w"))
-    s.output = assert(io.open(fifo, "rb"))
-    function s.send(text)
-      s.input:write(text)
-      s.input:flush()
-    end
-    -- Reads until `needle` appears after what earlier waits consumed; fails
-    -- if the session ends first (at the latest when `timeout` ends it).
-    function s.wait_for(needle)
-      local got = ""
-      while not contains(got, needle) do
-        local c = s.output:read(1)
-        if c == nil then
-          error(string.format("the terminal never showed %q; it showed:\n%s", needle, s.seen .. got))
-        end
-        got = got .. c
-      end
-      s.seen = s.seen .. got
-      return got
-    end
-    function s.close()  -- closing the FIFO first ends a REPL that still runs
-      s.output:close()
-      s.input:close()
-      remove_dir(dir)
-    end
-    return s
-  end
-
-  before_each(function() session = start() end)
-  after_each(function() session.close() end)
-
-  it("interrupts a running loop on Ctrl-C and keeps answering", function()
-    -- ThreadSanitizer defers SIGINT until the thread next calls into libc.
-    if os.getenv("ERLANGEN_SANITIZER") == "tsan" then pending("under ThreadSanitizer: SIGINT is deferred") end
-    session.wait_for("> ")
-    session.send("io.write('spin' .. 'ning\\n') io.flush() while true do end\n")
-    session.wait_for("spinning")
-    session.send("\3")
-    local shown = session.wait_for("> ")
-    assert_contains(shown, "interrupted")
-    session.send("print(20 + 22)\n")
-    session.wait_for("42")
-  end)
-
-  it("interrupts a receive that would wait forever on Ctrl-C", function()
-    -- ThreadSanitizer defers SIGINT until the thread next calls into libc.
-    if os.getenv("ERLANGEN_SANITIZER") == "tsan" then pending("under ThreadSanitizer: SIGINT is deferred") end
-    session.wait_for("> ")
-    session.send("io.write('wait' .. 'ing\\n') io.flush() erlangen.receive()\n")
-    session.wait_for("waiting")
-    session.send("\3")
-    local shown = session.wait_for("> ")
-    assert_contains(shown, "interrupted")
-    session.send("erlangen.is_alive(erlangen.self())\n")
-    session.wait_for("true")
-  end)
-
-  it("clears the line on Ctrl-C at the prompt", function()
-    -- ThreadSanitizer defers SIGINT until the thread next calls into libc.
-    if os.getenv("ERLANGEN_SANITIZER") == "tsan" then pending("under ThreadSanitizer: SIGINT is deferred") end
-    session.wait_for("> ")
-    session.send("undefined_name")
-    session.wait_for("undefined_name")
-    session.send("\3")
-    session.wait_for("> ")
-    session.send("'kept' .. 'going'\n")
-    local shown = session.wait_for("keptgoing")
-    assert.is_nil(shown:find("undefined_name", 1, true), shown)
-  end)
-
-  it("ends on Ctrl-D at the prompt with status 0", function()
-    session.wait_for("> ")
-    session.send("\4")
-    session.wait_for("REPL-ENDED 0")
-  end)
-
-  it("keeps the history in ~/.erlangen_history", function()
-    session.wait_for("> ")
-    session.send("'remember' .. 'me'\n")
-    session.wait_for("rememberme")
-    session.wait_for("> ")  -- Ctrl-D reaches readline only at the prompt
-    session.send("\4")
-    session.wait_for("REPL-ENDED 0")
-    assert_contains(read_file(session.dir .. "/.erlangen_history") or "", "'remember' .. 'me'")
   end)
 end)

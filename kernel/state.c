@@ -21,8 +21,8 @@
 #define HOOK_MASK (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
 #define DOOM_SLACK (1u << 20)   /* a doomed state may exceed its limit by this to unwind */
 
-/* The module's one global: the state the calling thread runs, read by the
-** signal handler of that same thread. */
+/* The module's one global: the Lua thread the calling thread runs, read by
+** the signal handler of that same thread; only that thread writes it. */
 static __thread lua_State *volatile S_current;
 
 static const char exit_mt_key = 'x';   /* registry key of the exit object's metatable */
@@ -359,6 +359,7 @@ static void no_warnings(void *ud, const char *msg, int tocont) {
 }
 
 static void wrap_coroutines(lua_State *L);
+static void wrap_handlers(lua_State *L);
 
 /* Puts stdlib/ first on package.path unless it is already there. */
 void state_add_stdlib_path(lua_State *L) {
@@ -385,6 +386,7 @@ static int open_base(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &kernel_key);
   luaL_openlibs(L);
   wrap_coroutines(L);
+  wrap_handlers(L);
   luaL_requiref(L, "erlangen", luaopen_erlangen, 1);
   lua_pop(L, 1);
   state_add_stdlib_path(L);
@@ -409,19 +411,38 @@ void state_open(lua_State *L) {
 ** flag is checked again, so a signal that armed the thread just left is not
 ** lost. */
 
+/* 1 while p's doom is to be unwound: a spawned process's until it ends;
+** an attached one's until it has exited, as its doom is raised once (the
+** thread then goes on, as a fresh process at its next erlangen call). The
+** owner may read status without the lock (process.h). */
+static int is_doomed(const proc *p) {
+  if (!p || !atomic_load_explicit(&p->doomed, memory_order_acquire)) return 0;
+  return !p->attached || p->status == PROC_ALIVE;
+}
+
+/* Makes `to` the signal's target and returns the previous one. The fence
+** keeps the compiler from moving the doom check that follows above the
+** store (the handler runs on this thread): a doom either sees `to` as its
+** target or is seen by that check. */
+static lua_State *set_current(lua_State *to) {
+  lua_State *prev = S_current;
+  S_current = to;
+  atomic_signal_fence(memory_order_seq_cst);
+  return prev;
+}
+
 static int co_resume(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   luaL_argexpected(L, co, 1, "coroutine");
   proc *p = proc_self();
-  lua_State *prev = S_current;
   int n = lua_gettop(L);
   lua_pushvalue(L, lua_upvalueindex(1));   /* the original coroutine.resume */
   lua_insert(L, 1);
-  S_current = co;
-  if (p && atomic_load(&p->doomed)) state_arm_hook(co);
+  lua_State *prev = set_current(co);
+  if (is_doomed(p)) state_arm_hook(co);
   int st = lua_pcall(L, n, LUA_MULTRET, 0);
-  S_current = prev;
-  if (p && (atomic_load(&p->doomed) || atomic_load(&p->interrupt))) state_arm_hook(L);
+  set_current(prev);
+  if (p && (is_doomed(p) || atomic_load(&p->interrupt))) state_arm_hook(L);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L);
 }
@@ -471,6 +492,143 @@ static void wrap_coroutines(lua_State *L) {
     lua_setfield(L, -3, "resume");
     lua_pushcclosure(L, co_wrap, 1);
     lua_setfield(L, -2, "wrap");
+  }
+  lua_pop(L, 1);
+}
+
+/* ---- what Lua runs with hooks off: message handlers and finalizers ----
+** Lua runs a hook with hooks off, and an error raised in a hook calls the
+** message handler right there; it also runs every __gc finalizer with
+** hooks off. So the doom hook cannot reach a loop in an xpcall handler nor
+** in a finalizer. Process states therefore get an xpcall whose handler is
+** skipped once the process is doomed (the exit cannot be caught anyway), and
+** a setmetatable that runs a Lua __gc in a coroutine of its own, which
+** starts with hooks on and is the signal's target while it runs. */
+
+/* xpcall's message handler. Doomed: the exit object goes on untouched,
+** even if the kill's own raise is what called us (hooks off); the doom hook
+** stays armed, so the caller of xpcall is unwound at its next instruction.
+** Otherwise the user's handler runs, one C level deeper than stock.
+** Upvalue 1: the user's handler. */
+static int xpcall_handler(lua_State *L) {
+  if (is_doomed(proc_self())) return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* lbaselib's finishpcall: the continuation after a yield, and the end. */
+static int xpcall_finish(lua_State *L, int status, lua_KContext extra) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)extra;
+}
+
+/* xpcall(f, msgh, ...) as lbaselib's, with msgh behind xpcall_handler. */
+static int st_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xpcall_handler, 1);
+  lua_replace(L, 2);
+  lua_pushboolean(L, 1);   /* the first result */
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);     /* true and f below f's arguments */
+  int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, xpcall_finish);
+  return xpcall_finish(L, status, 2);
+}
+
+/* The coroutine's body: calls finalizer(args...) without continuation, so a
+** yield in it fails ("attempt to yield across a C-call boundary"). */
+static int gc_body(lua_State *co) {
+  lua_call(co, lua_gettop(co) - 1, LUA_MULTRET);
+  return lua_gettop(co);
+}
+
+/* A Lua __gc behind setmetatable: runs it in a new coroutine, the target
+** of the signal while it runs (as in co_resume), armed at once if doomed.
+** Its error is raised again here, so Lua warns as for any __gc. A doomed
+** coroutine's to-be-closed variables are not closed: the raise that killed
+** it ran in a hook, which left hooks off in it. Upvalue 1: the finalizer. */
+static int gc_run(lua_State *L) {
+  proc *p = proc_self();
+  int n = lua_gettop(L);
+  luaL_checkstack(L, 2, NULL);
+  lua_State *co = lua_newthread(L);
+  lua_sethook(co, NULL, 0, 0);   /* not L's: a pending interrupt is L's to raise */
+  luaL_checkstack(co, n + 2, NULL);
+  lua_insert(L, 1);              /* co stays referenced below */
+  lua_pushcfunction(co, gc_body);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 2);
+  lua_xmove(L, co, n + 1);       /* the finalizer and its arguments */
+  lua_State *prev = set_current(co);
+  if (is_doomed(p)) state_arm_hook(co);
+  int nres = 0;
+  int st = lua_resume(co, L, n + 1, &nres);
+  if (st != LUA_OK && !is_doomed(p)) lua_resetthread(co);   /* closes, as a pcall would */
+  set_current(prev);
+  if (prev && p && (is_doomed(p) || atomic_load(&p->interrupt))) state_arm_hook(prev);
+  if (st != LUA_OK) {
+    lua_xmove(co, L, 1);
+    return lua_error(L);
+  }
+  luaL_checkstack(L, nres, NULL);
+  lua_xmove(co, L, nres);
+  return nres;
+}
+
+/* Puts gc_run in place of a Lua function in the __gc of the metatable at
+** index mt; a C __gc (gc_run included) stays. */
+static void wrap_gc(lua_State *L, int mt) {
+  lua_pushvalue(L, lua_upvalueindex(1));   /* "__gc" */
+  if (lua_rawget(L, mt) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+    lua_pushcclosure(L, gc_run, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, -2);
+    lua_rawset(L, mt);
+  } else lua_pop(L, 1);
+}
+
+/* setmetatable as lbaselib's, with wrap_gc once the arguments are checked.
+** Upvalue 1: "__gc". */
+static int st_setmetatable(lua_State *L) {
+  int t = lua_type(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "cannot change a protected metatable");
+  lua_settop(L, 2);
+  if (t == LUA_TTABLE) wrap_gc(L, 2);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+/* debug.setmetatable as ldblib's, with wrap_gc. Upvalue 1: "__gc". */
+static int st_debug_setmetatable(lua_State *L) {
+  int t = lua_type(L, 2);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  lua_settop(L, 2);
+  if (t == LUA_TTABLE) wrap_gc(L, 2);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+static void wrap_handlers(lua_State *L) {
+  lua_pushcfunction(L, st_xpcall);
+  lua_setglobal(L, "xpcall");
+  lua_pushliteral(L, "__gc");
+  lua_pushcclosure(L, st_setmetatable, 1);
+  lua_setglobal(L, "setmetatable");
+  lua_getglobal(L, "debug");
+  if (lua_istable(L, -1)) {
+    lua_pushliteral(L, "__gc");
+    lua_pushcclosure(L, st_debug_setmetatable, 1);
+    lua_setfield(L, -2, "setmetatable");
   }
   lua_pop(L, 1);
 }
@@ -826,6 +984,13 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
       copy_reason(KR_BADREASON, &r.reason, &r.len);
     }
   }
+  /* Closing runs the pending finalizers; a doom that lands in one (see
+  ** gc_run) still decides the reason, as the process has not exited yet. */
+  state_set_current(NULL);
+  lua_sethook(L, NULL, 0, 0);
+  close_state(s, L);
+  p->L = NULL;
+  s->owner = NULL;
   if (atomic_load(&p->doomed)) {
     free(r.reason);
     *reason = proc_doom_copy(p, len);
@@ -835,10 +1000,5 @@ void state_run(proc *p, state_slot *s, unsigned char **reason, size_t *len) {
     *reason = r.reason;
     *len = r.len;
   }
-  state_set_current(NULL);
-  lua_sethook(L, NULL, 0, 0);
-  close_state(s, L);
-  p->L = NULL;
-  s->owner = NULL;
   if (!*reason) copy_reason(KR_BADREASON, reason, len);  /* out of memory on the way */
 }

@@ -6,6 +6,9 @@
 ** The hook is installed from other threads only through a signal delivered
 ** to the process's own thread (SIGURG), whose handler calls lua_sethook on
 ** the thread's current state: Lua allows lua_sethook from a signal handler.
+** Lua runs message handlers and __gc finalizers with hooks off, so process
+** states get their own xpcall, setmetatable and debug.setmetatable, under
+** which a kill reaches those too (doc/semantics.md says where it cannot).
 */
 #ifndef erlangen_state_h
 #define erlangen_state_h
@@ -88,8 +91,10 @@ void state_slot_close(state_slot *s);
 ** (malloc'ed) in *reason. */
 void state_run(struct proc *p, state_slot *s, unsigned char **reason, size_t *len);
 
-/* Opens what every process state has: std libs, erlangen (also as a global),
-** stdlib on package.path, then the host's open_libs hook. */
+/* Opens what every process state has: std libs (coroutine.resume and wrap,
+** xpcall, setmetatable and debug.setmetatable replaced, for the doom hook),
+** erlangen (also as a global), stdlib on package.path, then the host's
+** open_libs hook. */
 void state_open(lua_State *L);
 
 /* If the error value at the top of L is an exit object (erlangen.exit or a

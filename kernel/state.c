@@ -28,6 +28,7 @@ static __thread lua_State *volatile S_current;
 static const char exit_mt_key = 'x';   /* registry key of the exit object's metatable */
 static const char trace_key = 't';     /* registry key of the last crash traceback */
 static const char kernel_key = 'k';    /* registry key set in states the kernel opened */
+static const char gc_co_key = 'g';     /* registry key of gc_run's idle coroutine */
 
 int state_is_kernel(lua_State *L) {
   int ours = lua_rawgetp(L, LUA_REGISTRYINDEX, &kernel_key) != LUA_TNIL;
@@ -549,16 +550,27 @@ static int gc_body(lua_State *co) {
   return lua_gettop(co);
 }
 
-/* A Lua __gc behind setmetatable: runs it in a new coroutine, the target
-** of the signal while it runs (as in co_resume), armed at once if doomed.
-** Its error is raised again here, so Lua warns as for any __gc. A doomed
-** coroutine's to-be-closed variables are not closed: the raise that killed
-** it ran in a hook, which left hooks off in it. Upvalue 1: the finalizer. */
+/* A Lua __gc behind setmetatable: runs it in a coroutine, the target of
+** the signal while it runs (as in co_resume), armed at once if doomed.
+** The coroutine is the state's idle one if there is one (taken out of the
+** registry while in use, so a nested gc_run makes its own) or a new one;
+** one that ended well is kept as the idle one. Its error is raised again
+** here, so Lua warns as for any __gc. A doomed coroutine's to-be-closed
+** variables are not closed: the raise that killed it ran in a hook, which
+** left hooks off in it. Upvalue 1: the finalizer. */
 static int gc_run(lua_State *L) {
   proc *p = proc_self();
   int n = lua_gettop(L);
   luaL_checkstack(L, 2, NULL);
-  lua_State *co = lua_newthread(L);
+  lua_State *co;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &gc_co_key) == LUA_TTHREAD) {
+    co = lua_tothread(L, -1);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &gc_co_key);
+  } else {
+    lua_pop(L, 1);
+    co = lua_newthread(L);
+  }
   lua_sethook(co, NULL, 0, 0);   /* not L's: a pending interrupt is L's to raise */
   luaL_checkstack(co, n + 2, NULL);
   lua_insert(L, 1);              /* co stays referenced below */
@@ -577,8 +589,12 @@ static int gc_run(lua_State *L) {
     lua_xmove(co, L, 1);
     return lua_error(L);
   }
-  luaL_checkstack(L, nres, NULL);
+  luaL_checkstack(L, nres + 1, NULL);
   lua_xmove(co, L, nres);
+  if (lua_gettop(co) == 0) {     /* co ended well and holds nothing: idle again */
+    lua_pushvalue(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &gc_co_key);
+  }
   return nres;
 }
 

@@ -262,6 +262,38 @@ describe("finalizers in a process", function()
     assert.are.same({n = 1, "went on"}, r)
   end)
 
+  it("run one inside another when a finalizer calls a __gc by hand", function()
+    local r = in_process(function()
+      local log = {}
+      local inner = {__gc = function(o) log[#log + 1] = "inner " .. tostring(o) end}
+      setmetatable({}, inner)
+      setmetatable({}, {__gc = function()
+        log[#log + 1] = "outer"
+        inner.__gc("by hand")
+        log[#log + 1] = "outer again"
+      end})
+      collectgarbage()
+      return table.concat(log, ", ")
+    end)
+    assert.matches("outer, inner by hand, outer again", r[1], 1, true)
+  end)
+
+  it("keep running after one of them failed", function()
+    local r = in_process(function()
+      local ran = 0
+      local ok_mt = {__gc = function() ran = ran + 1 end}
+      setmetatable({}, ok_mt)
+      collectgarbage()
+      setmetatable({}, {__gc = function() error("in gc") end})
+      collectgarbage()
+      setmetatable({}, ok_mt)
+      setmetatable({}, ok_mt)
+      collectgarbage()
+      return ran
+    end)
+    assert.are.same({n = 1, 3}, r)
+  end)
+
   it("close their to-be-closed variables when they fail", function()
     local r = in_process(function()
       local closed = false

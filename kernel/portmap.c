@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -31,31 +33,7 @@
 #define RETRY_MS        20      /* pause between probes while a daemon starts */
 #define ACCEPT_PAUSE_MS 100     /* accept pauses this long when out of descriptors */
 #define REPLY_MAX       PMAP_LINE_MAX  /* longest reply line a client accepts */
-/* A reply: the NAMES listing is the longest ("NAMES n\n" + one line a name). */
-#define OUT_MAX  (16 + PMAP_MAX_CLIENTS * (PMAP_NAME_MAX + 8))
-
-/* One connection of the daemon. A free slot has fd -1. */
-typedef struct pmap_client {
-  int fd;
-  int loopback;        /* the peer is loopback: it may register and list */
-  int closing;         /* close once `out` is sent */
-  int reg_port;        /* the registered port; 0: nothing registered */
-  int64_t deadline;    /* monotonic ms after which it is closed; 0: none */
-  size_t inlen, outlen, outoff;
-  char name[PMAP_NAME_MAX + 1];
-  char in[PMAP_LINE_MAX];
-  char *out;           /* OUT_MAX bytes, the slot's own part of the daemon's buffer */
-} pmap_client;
-
-/* The daemon's state; only pmap_serve (one per process) uses it. */
-static struct {
-  volatile sig_atomic_t stop;   /* set by SIGTERM/SIGINT */
-  pmap_client *clients;         /* PMAP_MAX_CLIENTS slots */
-  char *outbuf;                 /* PMAP_MAX_CLIENTS * OUT_MAX bytes */
-  int nremote;                  /* open connections from non-loopback peers */
-  int64_t accept_pause;         /* out of descriptors: accept again after this */
-} S;
-
+#define SMALL_REPLY     32      /* longest reply but NAMES: "ERR already registered\n" */
 
 /* {================= helpers */
 
@@ -223,61 +201,237 @@ int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen) {
   return 0;
 }
 
+/* The daemon's connections. Invariants (pmap_serve's thread only, so no
+** lock): a connection is on the `all` list from accept to close; it is on
+** the timed list exactly when deadline != 0, and that list is sorted by
+** deadline because every deadline is `now + PMAP_STALL_SECONDS` with a
+** clock that never goes back; it is in the name hash exactly when
+** reg_port != 0. A closed connection (fd -1) waits on the graveyard until
+** the events of the current epoll batch, which may still name it, are done. */
+typedef struct pmap_conn {
+  int fd;                 /* -1 once closed (and in the fuzz target, which has no sockets) */
+  unsigned char closed;   /* on the graveyard */
+  unsigned char loopback; /* the peer is loopback: it may register and list */
+  unsigned char closing;  /* close once the reply is sent */
+  unsigned events;        /* the epoll interest set now */
+  int reg_port;           /* the registered port; 0: nothing registered */
+  uint32_t hash;          /* of name, while registered */
+  int64_t deadline;       /* monotonic ms at which it is closed; 0: none */
+  struct pmap_conn *tprev, *tnext;  /* timed list */
+  struct pmap_conn *aprev, *anext;  /* all connections; anext links the graveyard */
+  struct pmap_conn *hnext;          /* name hash chain */
+  char *listing;          /* a NAMES reply being sent (PMAP_LISTINGS at most), else NULL */
+  size_t inlen, outlen, outoff;     /* outlen/outoff count `listing` when it is set */
+  char name[PMAP_NAME_MAX + 1];
+  char in[PMAP_LINE_MAX];
+  char out[SMALL_REPLY];  /* every reply but NAMES fits */
+} pmap_conn;
+
+/* The daemon's state; only pmap_serve (one per process) uses it. */
+static struct {
+  volatile sig_atomic_t stop;   /* set by SIGTERM/SIGINT */
+  int epfd;                     /* -1 outside pmap_serve */
+  int reserve;                  /* a spare descriptor, given up to answer "ERR busy" */
+  pmap_conn *all, *grave;       /* open connections; closed, not yet freed */
+  pmap_conn *thead, *ttail;     /* connections with a deadline, earliest first */
+  pmap_conn **buckets;          /* the name hash: nbuckets (a power of 2) chains */
+  size_t nbuckets, nnames;      /* nnames: registered names */
+  uint32_t seed;                /* of the name hash */
+  int nconns, nremote;          /* open connections; of which non-loopback */
+  int nlistings;                /* connections sending a NAMES listing */
+  int64_t accept_pause;         /* out of descriptors: accept again after this */
+  unsigned listen_events;       /* the listener's epoll interest: EPOLLIN, or 0 while paused */
+} S = { .epfd = -1, .reserve = -1 };
+
 static void on_stop_signal(int sig) {
   (void)sig;
   S.stop = 1;
 }
 
-static void client_close(pmap_client *c) {
-  close(c->fd);
-  if (!c->loopback) S.nremote--;
-  c->fd = -1;
+/* {------ the name hash */
+
+static uint32_t name_hash(const char *s, size_t n) {
+  uint32_t h = 2166136261u ^ S.seed;  /* FNV-1a, seeded: names come from peers */
+  size_t i;
+  for (i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+  return h;
+}
+
+/* Doubles the bucket array when names outnumber buckets; on failure the
+** table stays as it is (longer chains, still correct). */
+static void hash_grow(void) {
+  size_t n = S.nbuckets ? S.nbuckets * 2 : 64, i;
+  pmap_conn **b;
+  if (S.nnames < S.nbuckets) return;
+  b = calloc(n, sizeof *b);
+  if (b == NULL) return;
+  for (i = 0; i < S.nbuckets; i++)
+    while (S.buckets[i] != NULL) {
+      pmap_conn *c = S.buckets[i];
+      S.buckets[i] = c->hnext;
+      c->hnext = b[c->hash & (n - 1)];
+      b[c->hash & (n - 1)] = c;
+    }
+  free(S.buckets);
+  S.buckets = b;
+  S.nbuckets = n;
+}
+
+static pmap_conn *find_name(const char *name, size_t n) {
+  pmap_conn *c;
+  uint32_t h = name_hash(name, n);
+  if (S.nbuckets == 0) return NULL;
+  for (c = S.buckets[h & (S.nbuckets - 1)]; c != NULL; c = c->hnext)
+    if (c->hash == h && strlen(c->name) == n && memcmp(c->name, name, n) == 0) return c;
+  return NULL;
+}
+
+/* Registers c (not registered; the name is free). Fails only out of memory. */
+static int hash_add(pmap_conn *c, const char *name, size_t n, int port) {
+  hash_grow();
+  if (S.nbuckets == 0) return -1;
+  memcpy(c->name, name, n);
+  c->name[n] = '\0';
+  c->hash = name_hash(name, n);
+  c->reg_port = port;
+  c->hnext = S.buckets[c->hash & (S.nbuckets - 1)];
+  S.buckets[c->hash & (S.nbuckets - 1)] = c;
+  S.nnames++;
+  return 0;
+}
+
+static void hash_remove(pmap_conn *c) {
+  pmap_conn **pp;
+  if (c->reg_port == 0) return;
+  for (pp = &S.buckets[c->hash & (S.nbuckets - 1)]; *pp != NULL; pp = &(*pp)->hnext)
+    if (*pp == c) {
+      *pp = c->hnext;
+      break;
+    }
+  c->hnext = NULL;
   c->reg_port = 0;
   c->name[0] = '\0';
-  c->inlen = c->outlen = c->outoff = 0;
-  c->closing = 0;
+  S.nnames--;
+}
+
+/* }------ */
+
+/* {------ deadlines */
+
+static void timed_unlink(pmap_conn *c) {
+  if (c->deadline == 0) return;
+  if (c->tprev) c->tprev->tnext = c->tnext; else S.thead = c->tnext;
+  if (c->tnext) c->tnext->tprev = c->tprev; else S.ttail = c->tprev;
+  c->tprev = c->tnext = NULL;
   c->deadline = 0;
 }
 
-/* Queues a reply line (with its '\n'). The caller checks it fits. */
-static void reply(pmap_client *c, const char *fmt, ...) {
+/* The stall rule. `progress` is an accept, a request line taken, or a reply
+** sent in full: each restarts the clock. Partial lines and partial writes
+** do not, so trickling bytes buys no time. A registered connection with
+** nothing pending has no deadline. */
+static void conn_arm(pmap_conn *c, int64_t now, int progress) {
+  if (c->reg_port != 0 && c->inlen == 0 && c->outlen == 0 && !c->closing) {
+    timed_unlink(c);
+    return;
+  }
+  if (c->deadline != 0 && !progress) return;
+  timed_unlink(c);
+  c->deadline = now + PMAP_STALL_SECONDS * 1000;
+  c->tprev = S.ttail;
+  if (S.ttail) S.ttail->tnext = c; else S.thead = c;
+  S.ttail = c;
+}
+
+/* }------ */
+
+/* {------ connections */
+
+static pmap_conn *conn_new(int fd, int loopback, int64_t now) {
+  pmap_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->fd = fd;
+  c->loopback = (unsigned char)loopback;
+  c->anext = S.all;
+  if (S.all) S.all->aprev = c;
+  S.all = c;
+  S.nconns++;
+  if (!loopback) S.nremote++;
+  conn_arm(c, now, 1);
+  return c;
+}
+
+/* Ends a connection: its name is free at once; the record is freed by
+** conn_reap, after the epoll batch that may still name it. */
+static void conn_close(pmap_conn *c) {
+  if (c->closed) return;
+  c->closed = 1;
+  hash_remove(c);
+  timed_unlink(c);
+  if (c->listing) {
+    free(c->listing);
+    c->listing = NULL;
+    S.nlistings--;
+  }
+  if (c->fd >= 0) close(c->fd);  /* also leaves the epoll set */
+  c->fd = -1;
+  if (c->aprev) c->aprev->anext = c->anext; else S.all = c->anext;
+  if (c->anext) c->anext->aprev = c->aprev;
+  c->aprev = NULL;
+  S.nconns--;
+  if (!c->loopback) S.nremote--;
+  c->anext = S.grave;
+  S.grave = c;
+}
+
+static void conn_reap(void) {
+  while (S.grave != NULL) {
+    pmap_conn *c = S.grave;
+    S.grave = c->anext;
+    free(c);
+  }
+}
+
+/* Queues a short reply line (with its '\n'); SMALL_REPLY holds the longest. */
+static void reply(pmap_conn *c, const char *fmt, ...) {
   va_list ap;
   int n;
   va_start(ap, fmt);
-  n = vsnprintf(c->out + c->outlen, OUT_MAX - c->outlen, fmt, ap);
+  n = vsnprintf(c->out + c->outlen, sizeof c->out - c->outlen, fmt, ap);
   va_end(ap);
-  if (n > 0) c->outlen += (size_t)n;
+  if (n > 0 && (size_t)n < sizeof c->out - c->outlen) c->outlen += (size_t)n;
 }
 
 /* An error reply after which the connection is closed. */
-static void refuse(pmap_client *c, const char *what) {
+static void refuse(pmap_conn *c, const char *what) {
   reply(c, "ERR %s\n", what);
   c->closing = 1;
 }
 
-static pmap_client *find_name(const char *name, size_t n) {
-  int i;
-  for (i = 0; i < PMAP_MAX_CLIENTS; i++) {
-    pmap_client *c = &S.clients[i];
-    if (c->fd >= 0 && c->reg_port != 0 && strlen(c->name) == n && memcmp(c->name, name, n) == 0)
-      return c;
+/* The NAMES reply: a snapshot in its own buffer, since a listing is
+** longer than the fixed reply buffer. At most PMAP_LISTINGS at once, so
+** the memory listings hold stays PMAP_LISTINGS times the table's size. */
+static void do_names(pmap_conn *c) {
+  size_t cap = 24 + S.nnames * (PMAP_NAME_MAX + 8), len, i;
+  char *buf;
+  if (S.nlistings >= PMAP_LISTINGS || (buf = malloc(cap)) == NULL) {
+    refuse(c, "busy");
+    return;
   }
-  return NULL;
-}
-
-static void do_names(pmap_client *c) {
-  int i, count = 0;
-  for (i = 0; i < PMAP_MAX_CLIENTS; i++)
-    if (S.clients[i].fd >= 0 && S.clients[i].reg_port != 0) count++;
-  reply(c, "NAMES %d\n", count);
-  for (i = 0; i < PMAP_MAX_CLIENTS; i++) {
-    pmap_client *r = &S.clients[i];
-    if (r->fd >= 0 && r->reg_port != 0) reply(c, "%s %d\n", r->name, r->reg_port);
+  len = (size_t)snprintf(buf, cap, "NAMES %zu\n", S.nnames);
+  for (i = 0; i < S.nbuckets; i++) {
+    pmap_conn *r;
+    for (r = S.buckets[i]; r != NULL; r = r->hnext)
+      len += (size_t)snprintf(buf + len, cap - len, "%s %d\n", r->name, r->reg_port);
   }
+  c->listing = buf;
+  c->outlen = len;
+  c->outoff = 0;
+  S.nlistings++;
 }
 
 /* Handles one request line (len bytes, without its '\n'; untrusted). */
-static void handle_line(pmap_client *c, const char *line, size_t len) {
+static void handle_line(pmap_conn *c, const char *line, size_t len) {
   const char *sp1, *sp2;
   size_t i;
   int port;
@@ -299,7 +453,7 @@ static void handle_line(pmap_client *c, const char *line, size_t len) {
   if ((size_t)(sp1 - line) == 6 && memcmp(line, "LOOKUP", 6) == 0) {
     const char *name = sp1 + 1;
     size_t n = len - (size_t)(name - line);
-    pmap_client *r;
+    pmap_conn *r;
     if (!valid_name_n(name, n)) { refuse(c, "bad name"); return; }
     r = find_name(name, n);
     if (r != NULL) reply(c, "PORT %d\n", r->reg_port);
@@ -320,135 +474,207 @@ static void handle_line(pmap_client *c, const char *line, size_t len) {
     }
     if (c->reg_port != 0) { refuse(c, "already registered"); return; }
     if (find_name(name, n) != NULL) { reply(c, "ERR taken\n"); return; }
-    memcpy(c->name, name, n);
-    c->name[n] = '\0';
-    c->reg_port = port;
+    if (hash_add(c, name, n, port) != 0) { refuse(c, "busy"); return; }
     reply(c, "OK\n");
     return;
   }
   refuse(c, "bad request");
 }
 
-/* Handles the complete lines in the input buffer while no reply is pending. */
-static void process_input(pmap_client *c) {
+/* Handles the complete lines in the input buffer while no reply is pending
+** (a reply is answered before the next request is read). */
+static void conn_process(pmap_conn *c, int64_t now) {
   while (!c->closing && c->outlen == 0) {
     char *nl = memchr(c->in, '\n', c->inlen);
     size_t used;
     if (nl == NULL) {
       if (c->inlen == PMAP_LINE_MAX) refuse(c, "line too long");
-      return;
+      break;
     }
     used = (size_t)(nl - c->in) + 1;
     handle_line(c, c->in, used - 1);
     memmove(c->in, c->in + used, c->inlen - used);
     c->inlen -= used;
-    c->deadline = 0;  /* progress: the stall clock restarts */
+    conn_arm(c, now, 1);
   }
+  conn_arm(c, now, 0);
 }
 
-/* Sets the stall deadline: none for a registered connection with nothing
-** pending; otherwise it runs from the last progress. */
-static void arm(pmap_client *c, int64_t now) {
-  if (c->reg_port != 0 && c->inlen == 0 && c->outlen == 0 && !c->closing)
-    c->deadline = 0;
-  else if (c->deadline == 0)
-    c->deadline = now + PMAP_STALL_SECONDS * 1000;
+/* The peer took n more bytes of the reply. */
+static void conn_sent(pmap_conn *c, size_t n, int64_t now) {
+  c->outoff += n;
+  if (c->outoff < c->outlen) return;
+  c->outoff = c->outlen = 0;
+  if (c->listing) {
+    free(c->listing);
+    c->listing = NULL;
+    S.nlistings--;
+  }
+  if (c->closing) {
+    conn_close(c);
+    return;
+  }
+  conn_arm(c, now, 1);
+  conn_process(c, now);
 }
 
-static void on_readable(pmap_client *c) {
+/* The bytes of the reply not yet sent. */
+static const char *conn_pending(const pmap_conn *c) {
+  return (c->listing ? c->listing : c->out) + c->outoff;
+}
+
+/* }------ */
+
+/* {------ sockets and the loop */
+
+/* Keeps the epoll interest equal to what the connection waits for. */
+static void conn_watch(pmap_conn *c) {
+  unsigned want = c->outlen > c->outoff ? EPOLLOUT : (c->closing ? 0u : EPOLLIN);
+  struct epoll_event ev;
+  if (c->closed || want == c->events) return;
+  ev.events = want;
+  ev.data.ptr = c;
+  if (epoll_ctl(S.epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->events = want;
+  else conn_close(c);
+}
+
+static void on_readable(pmap_conn *c, int64_t now) {
   ssize_t n = recv(c->fd, c->in + c->inlen, PMAP_LINE_MAX - c->inlen, MSG_DONTWAIT);
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-    client_close(c);  /* a registration ends with its connection */
+    conn_close(c);  /* a registration ends with its connection */
     return;
   }
   if (n > 0) {
     c->inlen += (size_t)n;
-    process_input(c);
+    conn_process(c, now);
   }
 }
 
-static void on_writable(pmap_client *c) {
-  ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
+static void on_writable(pmap_conn *c, int64_t now) {
+  ssize_t n = send(c->fd, conn_pending(c), c->outlen - c->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n < 0) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) client_close(c);
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) conn_close(c);
     return;
   }
-  c->outoff += (size_t)n;
-  c->deadline = 0;  /* progress */
-  if (c->outoff < c->outlen) return;
-  c->outoff = c->outlen = 0;
-  if (c->closing) {
-    client_close(c);
-    return;
-  }
-  process_input(c);
+  conn_sent(c, (size_t)n, now);
 }
 
-static void on_accept(int lfd) {
-  for (;;) {
+/* Answers a connection the daemon turns away, and closes it. What the peer
+** already sent is read first, so that the close does not reset the
+** connection before the answer is read. */
+static void turn_away(int fd, const char *line) {
+  char sink[PMAP_LINE_MAX];
+  ssize_t r = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+  (void)r;
+  shutdown(fd, SHUT_WR);
+  r = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+  close(fd);
+}
+
+#define ACCEPT_BATCH 64  /* accepts per wake-up, so a flood cannot hold the loop */
+
+static void on_accept(int lfd, int64_t now) {
+  int i;
+  for (i = 0; i < ACCEPT_BATCH; i++) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
+    struct epoll_event ev;
     int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    int loopback, i;
-    pmap_client *c = NULL;
+    int loopback;
+    pmap_conn *c;
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        S.accept_pause = now_ms() + ACCEPT_PAUSE_MS;  /* else poll would spin */
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
+      if ((e == EMFILE || e == ENFILE) && S.reserve >= 0) {
+        close(S.reserve);  /* room for one: take the peer only to say why not */
+        fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) turn_away(fd, "ERR busy\n");
+        S.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0 && S.reserve >= 0) continue;
+      }
+      S.accept_pause = now + ACCEPT_PAUSE_MS;  /* out of descriptors or memory: else epoll spins */
       return;
     }
     loopback = pmap_is_loopback((struct sockaddr *)&ss, len);
-    if (loopback || S.nremote < PMAP_MAX_REMOTE)
-      for (i = 0; i < PMAP_MAX_CLIENTS && c == NULL; i++)
-        if (S.clients[i].fd < 0) c = &S.clients[i];
-    if (c == NULL) {
-      static const char busy[] = "ERR busy\n";
-      ssize_t r = send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-      (void)r;
-      close(fd);
+    if (!loopback && S.nremote >= PMAP_MAX_REMOTE) {
+      turn_away(fd, "ERR full\n");
       continue;
     }
-    c->fd = fd;
-    c->loopback = loopback;
-    if (!loopback) S.nremote++;
-    c->deadline = 0;
-    arm(c, now_ms());
+    c = conn_new(fd, loopback, now);
+    if (c == NULL) {
+      turn_away(fd, "ERR busy\n");
+      continue;
+    }
+    ev.events = EPOLLIN;
+    ev.data.ptr = c;
+    if (epoll_ctl(S.epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      conn_close(c);  /* out of kernel memory: as busy, without the answer */
+      continue;
+    }
+    c->events = EPOLLIN;
   }
+}
+
+/* Takes the listening socket out of the interest set while accepting is
+** paused, back in after. */
+static void watch_listener(int lfd, int64_t now) {
+  unsigned want = now >= S.accept_pause ? EPOLLIN : 0u;
+  struct epoll_event ev;
+  if (want == S.listen_events) return;
+  ev.events = want;
+  ev.data.ptr = NULL;
+  if (epoll_ctl(S.epfd, EPOLL_CTL_MOD, lfd, &ev) == 0) S.listen_events = want;
 }
 
 static void serve_free(void) {
-  int i;
-  if (S.clients != NULL)
-    for (i = 0; i < PMAP_MAX_CLIENTS; i++)
-      if (S.clients[i].fd >= 0) client_close(&S.clients[i]);
-  free(S.clients);
-  free(S.outbuf);
-  S.clients = NULL;
-  S.outbuf = NULL;
-  S.nremote = 0;
+  while (S.all != NULL) conn_close(S.all);
+  conn_reap();
+  free(S.buckets);
+  S.buckets = NULL;
+  S.nbuckets = S.nnames = 0;
+  S.nconns = S.nremote = S.nlistings = 0;
+  S.thead = S.ttail = NULL;
+  if (S.epfd >= 0) close(S.epfd);
+  if (S.reserve >= 0) close(S.reserve);
+  S.epfd = S.reserve = -1;
 }
 
+/* As many descriptors as the hard limit allows: connections are limited
+** by descriptors only. */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+#define MAX_EVENTS 256
+
 int pmap_serve(int listen_fd, char *err, size_t errlen) {
-  struct pollfd pfd[1 + PMAP_MAX_CLIENTS];
-  int slot[1 + PMAP_MAX_CLIENTS];
+  struct epoll_event evs[MAX_EVENTS], lev;
   struct sigaction sa, old_int, old_term;
   sigset_t block, old_mask, wait_mask;
   int i;
-  S.clients = calloc(PMAP_MAX_CLIENTS, sizeof *S.clients);
-  S.outbuf = malloc((size_t)PMAP_MAX_CLIENTS * OUT_MAX);  /* touched only as used */
-  if (S.clients == NULL || S.outbuf == NULL) {
+  raise_fd_limit();
+  S.all = S.grave = S.thead = S.ttail = NULL;
+  S.nconns = S.nremote = S.nlistings = 0;
+  S.accept_pause = 0;
+  S.listen_events = EPOLLIN;
+  S.stop = 0;
+  S.seed = (uint32_t)now_ms() * 2654435761u ^ (uint32_t)getpid();
+  S.epfd = epoll_create1(EPOLL_CLOEXEC);
+  S.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  lev.events = EPOLLIN;
+  lev.data.ptr = NULL;  /* the listener; connections carry their record */
+  if (S.epfd < 0 || epoll_ctl(S.epfd, EPOLL_CTL_ADD, listen_fd, &lev) != 0) {
+    errbuf_set(err, errlen, "port mapper: epoll: %s", strerror(errno));
     serve_free();
     close(listen_fd);
-    errbuf_set(err, errlen, "port mapper: out of memory");
     return -1;
   }
-  for (i = 0; i < PMAP_MAX_CLIENTS; i++) {
-    S.clients[i].fd = -1;
-    S.clients[i].out = S.outbuf + (size_t)i * OUT_MAX;
-  }
-  S.nremote = 0;
-  S.accept_pause = 0;
-  S.stop = 0;
-  /* SIGINT/SIGTERM are blocked except inside ppoll, so none is missed. */
+  /* SIGINT/SIGTERM are blocked except inside epoll_pwait, so none is missed. */
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
@@ -464,48 +690,33 @@ int pmap_serve(int listen_fd, char *err, size_t errlen) {
 
   while (!S.stop) {
     int64_t now = now_ms(), next = 0;
-    int n = 0, timeout, r;
-    struct timespec ts, *tsp = NULL;
-    pfd[n].fd = listen_fd;
-    pfd[n].events = now >= S.accept_pause ? POLLIN : 0;
-    slot[n++] = -1;
-    if (now < S.accept_pause) next = S.accept_pause;
-    for (i = 0; i < PMAP_MAX_CLIENTS; i++) {
-      pmap_client *c = &S.clients[i];
-      if (c->fd < 0) continue;
-      if (c->deadline != 0 && c->deadline <= now) {
-        client_close(c);  /* stalled */
-        continue;
-      }
-      if (c->deadline != 0 && (next == 0 || c->deadline < next)) next = c->deadline;
-      pfd[n].fd = c->fd;
-      pfd[n].events = c->outlen > c->outoff ? POLLOUT : (c->closing ? 0 : POLLIN);
-      slot[n++] = i;
-    }
-    if (next != 0) {
-      timeout = ms_left(next);
-      ts.tv_sec = timeout / 1000;
-      ts.tv_nsec = (long)(timeout % 1000) * 1000000L;
-      tsp = &ts;
-    }
-    r = ppoll(pfd, (nfds_t)n, tsp, &wait_mask);
-    if (r < 0) {
+    int n, timeout = -1;
+    while (S.thead != NULL && S.thead->deadline <= now) conn_close(S.thead);  /* stalled */
+    conn_reap();
+    watch_listener(listen_fd, now);
+    if (S.thead != NULL) next = S.thead->deadline;
+    if (now < S.accept_pause && (next == 0 || S.accept_pause < next)) next = S.accept_pause;
+    if (next != 0) timeout = ms_left(next);
+    n = epoll_pwait(S.epfd, evs, MAX_EVENTS, timeout, &wait_mask);
+    if (n < 0) {
       if (errno == EINTR) continue;
-      errbuf_set(err, errlen, "port mapper: poll: %s", strerror(errno));
+      errbuf_set(err, errlen, "port mapper: epoll: %s", strerror(errno));
       break;
     }
     now = now_ms();
-    for (i = 1; i < n; i++) {
-      pmap_client *c = &S.clients[slot[i]];
-      short ev = pfd[i].revents;
-      if (ev == 0 || c->fd != pfd[i].fd) continue;
-      if (ev & POLLNVAL) { client_close(c); continue; }
-      if (ev & POLLOUT) on_writable(c);
-      else if (ev & POLLIN) on_readable(c);
-      else if (ev & (POLLERR | POLLHUP)) { client_close(c); continue; }
-      if (c->fd >= 0) arm(c, now);
+    for (i = 0; i < n; i++) {
+      pmap_conn *c = evs[i].data.ptr;
+      uint32_t ev = evs[i].events;
+      if (c == NULL) {
+        if (now >= S.accept_pause) on_accept(listen_fd, now);
+        continue;
+      }
+      if (c->closed) continue;  /* closed earlier in this batch */
+      if (ev & EPOLLOUT) on_writable(c, now);
+      else if (ev & EPOLLIN) on_readable(c, now);
+      else if (ev & (EPOLLERR | EPOLLHUP)) conn_close(c);
+      if (!c->closed) conn_watch(c);
     }
-    if (pfd[0].revents & POLLIN) on_accept(listen_fd);
   }
 
   serve_free();
@@ -553,6 +764,18 @@ static int connect_by(const struct sockaddr *sa, socklen_t len, int64_t deadline
   return 0;
 }
 
+/* Reads what is already queued on fd, without waiting, for a reply line
+** (the daemon may have answered and closed before a send failed). */
+static int queued_line(int fd, char *reply, size_t cap) {
+  ssize_t n = recv(fd, reply, cap - 1, MSG_DONTWAIT);
+  char *nl;
+  if (n <= 0) return -1;
+  nl = memchr(reply, '\n', (size_t)n);
+  if (nl == NULL) return -1;
+  *nl = '\0';
+  return 0;
+}
+
 /* Sends `line`, then reads one reply line (without its '\n') into reply. */
 static int exchange(int fd, const char *line, int64_t deadline, char *reply, size_t cap,
                     char *err, size_t errlen) {
@@ -562,7 +785,9 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
     ssize_t n = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) { off += (size_t)n; continue; }
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-      errbuf_set(err, errlen, "%s", strerror(errno));
+      int e = errno;
+      if (queued_line(fd, reply, cap) == 0) return 0;  /* e.g. "ERR busy" */
+      errbuf_set(err, errlen, "%s", strerror(e));
       return -1;
     }
     if (poll(&p, 1, ms_left(deadline)) == 0) {
@@ -603,6 +828,25 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
   }
 }
 
+/* 1 if `reply` is the daemon turning the connection away ("ERR busy",
+** "ERR full"), with the message for the daemon at host:port in err. */
+static int turned_away(const char *reply, const char *host, int port, char *err, size_t errlen) {
+  const char *fmt = strchr(host, ':') ? "[%.100s]:%d" : "%.100s:%d";
+  char where[128];
+  snprintf(where, sizeof where, fmt, host, port);
+  if (strcmp(reply, "ERR busy") == 0) {
+    errbuf_set(err, errlen, "the port mapper on %s is busy (ERR busy): it is out of descriptors "
+               "or memory for now; try again", where);
+    return 1;
+  }
+  if (strcmp(reply, "ERR full") == 0) {
+    errbuf_set(err, errlen, "the port mapper on %s is full (ERR full): it serves at most %d "
+               "connections from other hosts at once", where, PMAP_MAX_REMOTE);
+    return 1;
+  }
+  return 0;
+}
+
 /* Connects to the loopback daemon at `port`. */
 static int connect_local(int port, int64_t deadline, int *fd, char *err, size_t errlen) {
   struct sockaddr_in a;
@@ -613,8 +857,9 @@ static int connect_local(int port, int64_t deadline, int *fd, char *err, size_t 
   return connect_by((struct sockaddr *)&a, sizeof a, deadline, fd, err, errlen);
 }
 
-/* 0 if an erlangen port mapper answers PING on the loopback `port`; 1 if
-** something else holds the port; -1 if nothing answers. */
+/* 0 if an erlangen port mapper answers PING on the loopback `port`; 2 if
+** one answers that it is busy or full; 1 if something else holds the
+** port; -1 if nothing answers. */
 static int ping(int port, double seconds, char *err, size_t errlen) {
   char reply[REPLY_MAX], expect[32];
   int64_t deadline = deadline_after(seconds);
@@ -624,6 +869,7 @@ static int ping(int port, double seconds, char *err, size_t errlen) {
   close(fd);
   if (r != 0) return -1;
   snprintf(expect, sizeof expect, "PONG %d", PMAP_PROTOCOL);
+  if (turned_away(reply, "127.0.0.1", port, err, errlen)) return 2;
   if (strcmp(reply, expect) != 0) {
     errbuf_set(err, errlen, "port %d is held by something that is not an erlangen port mapper "
            "(it answered '%.40s')", port, reply);
@@ -681,6 +927,7 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
       *port = p;
       return 0;
     }
+    if (turned_away(reply, h, mport, err, errlen)) return -1;
     errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
     return -1;
   }
@@ -718,11 +965,216 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
     return 0;
   }
   close(s);
+  if (turned_away(reply, "127.0.0.1", mport, err, errlen)) return -1;
   if (strcmp(reply, "ERR taken") == 0)
     errbuf_set(err, errlen, "the name '%s' is already registered with the port mapper", name);
   else
     errbuf_set(err, errlen, "the port mapper refused '%s': %.40s", name, reply);
   return -1;
+}
+
+/* }================= */
+
+
+/* {================= the registration keeper */
+
+/* A keeper's states. Invariant: fd >= 0 exactly in CONNECTING, SENDING,
+** READING and REGISTERED. */
+enum { KEEP_STOPPED, KEEP_WAIT, KEEP_CONNECTING, KEEP_SENDING, KEEP_READING, KEEP_REGISTERED };
+
+int64_t pmap_now_ms(void) {
+  return now_ms();
+}
+
+/* The attempt failed (or the registration was lost): the next one comes
+** after the back-off, which doubles up to PMAP_KEEPER_MAX_MS. */
+static int64_t keep_retry(pmap_keeper *k, int64_t now, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int64_t keep_retry(pmap_keeper *k, int64_t now, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(k->err, sizeof k->err, fmt, ap);
+  va_end(ap);
+  if (k->fd >= 0) close(k->fd);
+  k->fd = -1;
+  k->state = KEEP_WAIT;
+  k->next = now + k->backoff;
+  k->backoff = k->backoff * 2 > PMAP_KEEPER_MAX_MS ? PMAP_KEEPER_MAX_MS : k->backoff * 2;
+  return k->next;
+}
+
+/* Starts a non-blocking connect to the loopback daemon. */
+static void keep_connect(pmap_keeper *k, int64_t now) {
+  struct sockaddr_in a;
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  k->attempts++;
+  k->attempt_end = now + (int64_t)(PMAP_CLIENT_SECONDS * 1000);
+  k->sent = k->inlen = 0;
+  if (s < 0) {
+    keep_retry(k, now, "cannot make a socket: %s", strerror(errno));
+    return;
+  }
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((uint16_t)k->mport);
+  k->fd = s;
+  if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) k->state = KEEP_SENDING;
+  else if (errno == EINPROGRESS || errno == EINTR) k->state = KEEP_CONNECTING;
+  else keep_retry(k, now, "no port mapper answers on port %d: %s", k->mport, strerror(errno));
+}
+
+/* Reads the daemon's answer to REGISTER: 1 when it is complete (the state
+** then moved on), 0 when more must come. */
+static int keep_answer(pmap_keeper *k, int64_t now) {
+  char why[sizeof k->err];
+  ssize_t n = recv(k->fd, k->in + k->inlen, sizeof k->in - 1 - k->inlen, MSG_DONTWAIT);
+  char *nl;
+  if (n == 0) {
+    keep_retry(k, now, "the port mapper closed the connection without an answer");
+    return 1;
+  }
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+    keep_retry(k, now, "registering with the port mapper: %s", strerror(errno));
+    return 1;
+  }
+  k->inlen += (size_t)n;
+  nl = memchr(k->in, '\n', k->inlen);
+  if (nl == NULL) {
+    if (k->inlen < sizeof k->in - 1) return 0;
+    keep_retry(k, now, "port %d is held by something that is not an erlangen port mapper "
+               "(its answer is too long)", k->mport);
+    return 1;
+  }
+  *nl = '\0';
+  if (strcmp(k->in, "OK") == 0) {
+    k->state = KEEP_REGISTERED;
+    k->registrations++;
+    k->backoff = PMAP_KEEPER_MIN_MS;
+    k->err[0] = '\0';
+    return 1;
+  }
+  if (turned_away(k->in, "127.0.0.1", k->mport, why, sizeof why))
+    keep_retry(k, now, "%s", why);
+  else if (strcmp(k->in, "ERR taken") == 0)
+    keep_retry(k, now, "the name '%s' is already registered with the port mapper", k->name);
+  else
+    keep_retry(k, now, "the port mapper refused '%s': %.40s", k->name, k->in);
+  return 1;
+}
+
+int pmap_keeper_start(pmap_keeper *k, const char *name, int port, int fd,
+                      char *err, size_t errlen) {
+  int mport;
+  memset(k, 0, sizeof *k);
+  k->fd = -1;
+  k->state = KEEP_STOPPED;
+  if (!pmap_valid_name(name)) {
+    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
+               name ? name : "(null)", PMAP_NAME_MAX);
+    return -1;
+  }
+  if (port < 1 || port > 65535) {
+    errbuf_set(err, errlen, "port %d is not in 1..65535", port);
+    return -1;
+  }
+  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
+  snprintf(k->name, sizeof k->name, "%s", name);
+  snprintf(k->line, sizeof k->line, "REGISTER %s %d\n", name, port);
+  k->port = port;
+  k->mport = mport;
+  k->backoff = PMAP_KEEPER_MIN_MS;
+  k->fd = fd;
+  k->state = fd >= 0 ? KEEP_REGISTERED : KEEP_WAIT;
+  k->registrations = fd >= 0;
+  k->next = fd >= 0 ? PMAP_KEEPER_NEVER : 0;
+  return 0;
+}
+
+int pmap_keeper_fd(const pmap_keeper *k) {
+  return k->fd;
+}
+
+int pmap_keeper_events(const pmap_keeper *k) {
+  if (k->state == KEEP_CONNECTING || k->state == KEEP_SENDING) return POLLOUT;
+  return k->fd >= 0 ? POLLIN : 0;
+}
+
+int pmap_keeper_registered(const pmap_keeper *k) {
+  return k->state == KEEP_REGISTERED;
+}
+
+const char *pmap_keeper_error(const pmap_keeper *k) {
+  return k->err;
+}
+
+int64_t pmap_keeper_step(pmap_keeper *k, int64_t now) {
+  for (;;) {  /* each pass moves the state on or returns: at most 5 passes */
+    switch (k->state) {
+    case KEEP_STOPPED:
+      return PMAP_KEEPER_NEVER;
+    case KEEP_WAIT:
+      if (now < k->next) return k->next;
+      keep_connect(k, now);
+      if (k->state == KEEP_WAIT) return k->next;
+      break;
+    case KEEP_CONNECTING: {
+      struct pollfd p = { k->fd, POLLOUT, 0 };
+      int e = 0;
+      socklen_t elen = sizeof e;
+      if (poll(&p, 1, 0) == 0) {  /* a zero timeout: asks, never waits */
+        if (now < k->attempt_end) return k->attempt_end;
+        return keep_retry(k, now, "no port mapper answers on port %d in time", k->mport);
+      }
+      if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &e, &elen) != 0) e = errno;
+      if (e != 0)
+        return keep_retry(k, now, "no port mapper answers on port %d: %s", k->mport, strerror(e));
+      k->state = KEEP_SENDING;
+      break;
+    }
+    case KEEP_SENDING: {
+      size_t len = strlen(k->line);
+      ssize_t n = send(k->fd, k->line + k->sent, len - k->sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        int e = errno;
+        k->state = KEEP_READING;  /* the daemon may have answered "ERR busy" and closed */
+        if (keep_answer(k, now)) break;
+        return keep_retry(k, now, "registering with the port mapper: %s", strerror(e));
+      }
+      if (n > 0) k->sent += (size_t)n;
+      if (k->sent == len) {
+        k->state = KEEP_READING;
+        break;
+      }
+      if (now < k->attempt_end) return k->attempt_end;
+      return keep_retry(k, now, "the port mapper took no request in time");
+    }
+    case KEEP_READING:
+      if (keep_answer(k, now)) break;
+      if (now < k->attempt_end) return k->attempt_end;
+      return keep_retry(k, now, "the port mapper gave no answer in time");
+    case KEEP_REGISTERED: {
+      char sink[64];
+      ssize_t n = recv(k->fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return PMAP_KEEPER_NEVER;  /* the daemon sends nothing unasked: ignored */
+      k->backoff = PMAP_KEEPER_MIN_MS;
+      return keep_retry(k, now, "the port mapper went away; '%s' is registered again when "
+                        "one answers", k->name);
+    }
+    default:
+      return PMAP_KEEPER_NEVER;
+    }
+  }
+}
+
+void pmap_keeper_stop(pmap_keeper *k) {
+  if (k->fd >= 0) close(k->fd);
+  k->fd = -1;
+  k->state = KEEP_STOPPED;
+  k->next = PMAP_KEEPER_NEVER;
 }
 
 /* }================= */
@@ -820,7 +1272,7 @@ int pmap_ensure(char *err, size_t errlen) {
   pid_t pid;
   if (pmap_default_port(&port, err, errlen) != 0) return -1;
   r = ping(port, PING_SECONDS, why, sizeof why);
-  if (r == 0) return 0;
+  if (r == 0 || r == 2) return 0;  /* busy or full, but running */
   if (r == 1) {
     errbuf_set(err, errlen, "%s", why);
     return -1;
@@ -879,7 +1331,7 @@ int pmap_ensure(char *err, size_t errlen) {
   close(pipefd[0]);
   for (;;) {
     r = ping(port, (double)ms_left(deadline) / 1000.0 + 0.001, why, sizeof why);
-    if (r == 0) return 0;
+    if (r == 0 || r == 2) return 0;
     if (r == 1 || now_ms() >= deadline) break;
     sleep_ms(RETRY_MS);
   }

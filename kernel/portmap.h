@@ -4,18 +4,28 @@
 ** doc/portmap.md gives the line protocol byte for byte.
 **
 ** The daemon (pmap_listen + pmap_serve, run by `erlangen --port-mapper`):
-**   - one thread, poll(); at most PMAP_MAX_CLIENTS connections, of which at
-**     most PMAP_MAX_REMOTE from non-loopback peers; each has a line buffer
-**     of PMAP_LINE_MAX bytes. Its memory is fixed when it starts: nothing
-**     is allocated on behalf of a peer.
+**   - one thread around epoll. Connections are limited only by descriptors
+**     (it raises its soft RLIMIT_NOFILE to the hard limit), of which at most
+**     PMAP_MAX_REMOTE from non-loopback peers, so remote peers cannot take
+**     what local nodes need. Each connection costs one fixed-size record
+**     (a PMAP_LINE_MAX line buffer, a short reply buffer); only a NAMES
+**     listing is sized by the table, and at most PMAP_LISTINGS are held.
 **   - registers names only for loopback peers (pmap_is_loopback). A name
 **     stays registered while the connection that registered it is open, so
 **     a node that dies releases its name; a live name cannot be taken.
 **   - answers LOOKUP to anyone; NAMES (the listing) to loopback only.
-**   - closes a connection that sends a malformed line, a line longer than
-**     PMAP_LINE_MAX, or that keeps a line (or a reply) unfinished, or that
-**     is not registered and idle, for PMAP_STALL_SECONDS.
+**   - closes a connection that sends a malformed line or one longer than
+**     PMAP_LINE_MAX; and one for which PMAP_STALL_SECONDS pass without a
+**     request answered in full, unless it holds a registration and has
+**     nothing pending (a registered idle node keeps its connection).
+**   - turns a connection away with "ERR busy" when it is out of
+**     descriptors or memory, "ERR full" when a remote peer finds the
+**     PMAP_MAX_REMOTE connections taken.
 **   - outlives the nodes that started it, as epmd does.
+**
+** The node's side: pmap_register (blocking, bounded) registers once;
+** pmap_keeper holds a registration from an event loop and makes it again
+** when the daemon comes back, without ever blocking.
 **
 ** The port is PMAP_DEFAULT_PORT unless the environment variable
 ** PMAP_PORT_ENV says otherwise (for the daemon and for clients alike).
@@ -24,12 +34,14 @@
 ** err (always NUL-terminated when errlen > 0), nothing half-done. Every
 ** wait is bounded: client calls by their timeout, the daemon's start by
 ** PMAP_START_SECONDS. Every returned descriptor is close-on-exec.
-** Thread-safe except pmap_serve, of which one runs per process.
+** Thread-safe except pmap_serve, of which one runs per process, and a
+** pmap_keeper, which belongs to the one thread that steps it.
 */
 #ifndef erlangen_portmap_h
 #define erlangen_portmap_h
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #define PMAP_DEFAULT_PORT   4370
@@ -38,8 +50,8 @@
 
 #define PMAP_NAME_MAX       64       /* a name is [A-Za-z0-9_.-]{1,PMAP_NAME_MAX} */
 #define PMAP_LINE_MAX       128      /* longest request line, its '\n' included */
-#define PMAP_MAX_CLIENTS    256      /* connections at once (so also names) */
-#define PMAP_MAX_REMOTE     64       /* of which from non-loopback peers */
+#define PMAP_MAX_REMOTE     64       /* connections at once from non-loopback peers */
+#define PMAP_LISTINGS       4        /* NAMES replies held at once ("ERR busy" beyond) */
 #define PMAP_STALL_SECONDS  3        /* see above */
 #define PMAP_CLIENT_SECONDS 2.0      /* the bound of pmap_register's waits */
 #define PMAP_START_SECONDS  2.0      /* pmap_ensure waits this long for a daemon */
@@ -73,8 +85,10 @@ int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen);
 ** until SIGTERM or SIGINT arrives, then closes every connection and
 ** listen_fd and returns 0. It handles those two signals itself while it
 ** runs (and restores the previous handlers and mask when it returns);
-** SIGPIPE is never raised. Returns -1 only if it cannot start (listen_fd
-** is then closed too). */
+** SIGPIPE is never raised. It raises the process's soft RLIMIT_NOFILE to
+** the hard limit and keeps one descriptor in reserve, so that it can still
+** answer "ERR busy" when the others are used up. Returns -1 only if it
+** cannot start (listen_fd is then closed too). */
 int pmap_serve(int listen_fd, char *err, size_t errlen);
 
 /* ---- the client calls of a node ---- */
@@ -92,20 +106,95 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
 ** the registration's connection: the caller owns it and must keep it open
 ** for as long as the name should stay registered; closing it unregisters.
 ** If the daemon goes away the fd becomes readable (EOF), and the name is
-** lost. Fails ("... is already registered" when another live connection
-** holds the name) without leaving anything registered or open. */
+** lost (pmap_keeper registers it again). Fails ("... is already
+** registered" when another live connection holds the name; "... is busy
+** (ERR busy)" when the daemon is out of descriptors) without leaving
+** anything registered or open. */
 int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen);
 
 /* Makes sure a daemon answers on the loopback port (pmap_default_port).
 ** If none does, starts `erlangen --port-mapper --port N` detached from the
 ** caller (its own session, stdio on /dev/null, working directory /, no
 ** inherited descriptors), then waits until a daemon answers, at most
-** PMAP_START_SECONDS. When several processes race to start one, exactly
+** PMAP_START_SECONDS. A daemon that answers "ERR busy" or "ERR full" runs:
+** no other is started and the call succeeds. When several processes race to start one, exactly
 ** one daemon binds the port; the others' exit and everybody uses the one
 ** that runs. The executable is the calling program if it is named
 ** `erlangen`, the build tree's when the caller runs from the build tree,
 ** otherwise the installed one. Safe in a threaded process (after fork,
 ** only async-signal-safe calls until exec). */
 int pmap_ensure(char *err, size_t errlen);
+
+/* ---- keeping a registration from an event loop ----
+**
+** A pmap_keeper holds one name's registration at the loopback daemon and
+** makes it again whenever it is lost (the daemon exited or restarted, or
+** the first attempt failed): it connects with back-off, PMAP_KEEPER_MIN_MS
+** doubling to PMAP_KEEPER_MAX_MS, reset by a registration. Nothing in it
+** blocks: connect, send and receive are non-blocking (the daemon is on
+** loopback), and each attempt is abandoned after PMAP_CLIENT_SECONDS.
+** It does not start a daemon (pmap_ensure blocks); it waits for one.
+**
+** Use (one thread owns it; times are CLOCK_MONOTONIC milliseconds):
+**   pmap_keeper_start(&k, name, port, fd, err, errlen);
+**   loop: watch pmap_keeper_fd(&k) for pmap_keeper_events(&k) (POLLIN or
+**         POLLOUT, equal to EPOLLIN/EPOLLOUT); when it is ready, or at the
+**         time the last step returned, call next = pmap_keeper_step(&k, now).
+**         The fd and the events may change at every step.
+**   pmap_keeper_stop(&k);  (closes the connection: the name is released)
+** Its fields are the owner's alone; read them only through the calls. */
+
+#define PMAP_KEEPER_MIN_MS  100      /* first retry after a loss or failure */
+#define PMAP_KEEPER_MAX_MS  5000     /* the back-off stops doubling here */
+#define PMAP_KEEPER_NEVER   INT64_MAX  /* step's answer when only the fd matters */
+
+typedef struct pmap_keeper {
+  int fd;                   /* the connection to the daemon; -1 while none */
+  int state;                /* PMAP_KEEPER_* in portmap.c */
+  int port, mport;          /* the node's port; the daemon's port */
+  int64_t next;             /* when step wants to run again (ms) */
+  int64_t attempt_end;      /* the current attempt is abandoned at this time */
+  int64_t backoff;          /* the pause before the next attempt (ms) */
+  unsigned attempts;        /* connects tried, for logs and tests */
+  unsigned registrations;   /* registrations made, the first included */
+  size_t sent, inlen;       /* of `line`; of `in` */
+  char name[PMAP_NAME_MAX + 1];
+  char line[PMAP_NAME_MAX + 24];  /* "REGISTER name port\n" */
+  char in[32];              /* the daemon's reply line */
+  char err[160];            /* why the last attempt failed, or "" */
+} pmap_keeper;
+
+/* Sets up `k` for `name` and `port` (validated as pmap_register does). fd
+** is a registration of that name from pmap_register that k takes over, or
+** -1: the first attempt then starts at the first step. Fails, with k
+** unusable and fd left to the caller, on a bad name, port or PMAP_PORT_ENV. */
+int pmap_keeper_start(pmap_keeper *k, const char *name, int port, int fd,
+                      char *err, size_t errlen);
+
+/* The descriptor to watch, or -1 (then only the time matters). */
+int pmap_keeper_fd(const pmap_keeper *k);
+
+/* What to watch it for: POLLOUT while connecting or sending, else POLLIN. */
+int pmap_keeper_events(const pmap_keeper *k);
+
+/* Does what is due at `now` without blocking: finishes a connect, sends the
+** request, reads the answer, notices EOF, retries after the back-off.
+** Returns the time it wants to be called next even if the fd stays quiet
+** (PMAP_KEEPER_NEVER while registered). */
+int64_t pmap_keeper_step(pmap_keeper *k, int64_t now);
+
+/* 1 while the name is registered, else 0. */
+int pmap_keeper_registered(const pmap_keeper *k);
+
+/* Why the last attempt failed ("" if none did since the last success);
+** valid until the next step. */
+const char *pmap_keeper_error(const pmap_keeper *k);
+
+/* Closes the connection (the name is released) and leaves k stopped; a
+** stopped keeper's step does nothing. Safe to call twice. */
+void pmap_keeper_stop(pmap_keeper *k);
+
+/* CLOCK_MONOTONIC in milliseconds, the clock of the keeper's times. */
+int64_t pmap_now_ms(void);
 
 #endif

@@ -13,6 +13,7 @@ local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
 local LIFE = 120      -- seconds a daemon may live at most
 local TIMEOUT = 5     -- seconds any one socket operation may take
 local STALL = 3       -- PMAP_STALL_SECONDS in kernel/portmap.h
+local REMOTE = 64     -- PMAP_MAX_REMOTE in kernel/portmap.h
 
 local function q(s)
   return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
@@ -231,20 +232,25 @@ describe("the port mapper daemon", function()
     end), "names of closed connections were still listed")
   end)
 
-  it("turns away connections beyond its limit with 'ERR busy' and keeps the others", function()
-    local reg = connect(d.port)
-    assert.are.equal("OK", ask(reg, "REGISTER keeper 9008"))
-    local held = {}
-    for i = 1, 300 do held[i] = connect(d.port) end  -- more than PMAP_MAX_CLIENTS (256)
-    -- the daemon accepts in order: the last connection is beyond the limit
-    local got, why = read_to_close(held[300])
-    assert.are.equal("ERR busy", got)
-    assert.are.equal("closed", why)
-    assert.are.equal("PONG 1", ask(reg, "PING"))
-    for _, c in ipairs(held) do c:close() end
-    assert.is_true(eventually(function() return ask1(d.port, "PING") == "PONG 1" end))
-    assert.are.equal("PORT 9008", ask1(d.port, "LOOKUP keeper"))
-    reg:close()
+  it("holds more than 256 registrations from loopback, and still looks up and registers", function()
+    local regs = {}
+    for i = 1, 300 do  -- more than the 256 slots of old; the test's fds stay well under 1024
+      regs[i] = connect(d.port)
+      assert(regs[i]:send("REGISTER held" .. i .. " " .. (20000 + i) .. "\n"))
+    end
+    for i = 1, 300 do assert.are.equal("OK", regs[i]:receive("*l")) end
+    local idle = {}
+    for i = 1, 20 do idle[i] = connect(d.port) end  -- and some that registered nothing
+    assert.are.equal("PORT 20150", ask1(d.port, "LOOKUP held150"))
+    local late = connect(d.port)
+    assert.are.equal("OK", ask(late, "REGISTER late 9012"))
+    assert.are.equal("PORT 9012", ask1(d.port, "LOOKUP late"))
+    local t = names(d.port)
+    for i = 1, 300 do assert.are.equal(20000 + i, t["held" .. i]) end
+    for _, c in ipairs(regs) do c:close() end
+    for _, c in ipairs(idle) do c:close() end
+    late:close()
+    assert.is_true(eventually(function() return ask1(d.port, "LOOKUP held300") == "NONE" end))
   end)
 
   it("closes stalled and idle unregistered connections, not idle registered ones", function()
@@ -293,6 +299,29 @@ describe("the port mapper daemon", function()
       local got, why = read_to_close(c)
       assert.are.equal("ERR loopback only", got)
       assert.are.equal("closed", why)
+    end)
+
+    it("turns away connections beyond " .. REMOTE .. " with 'ERR full', not loopback ones", function()
+      if not ip then return pending("this host has no address besides loopback") end
+      local held = {}
+      for i = 1, REMOTE do
+        held[i] = connect(d.port, ip)
+        assert.are.equal("PONG 1", ask(held[i], "PING"))  -- accepted, in order
+      end
+      local extra = connect(d.port, ip)
+      local got, why = read_to_close(extra)
+      assert.are.equal("ERR full", got)
+      assert.are.equal("closed", why)
+      local reg = connect(d.port)
+      assert.are.equal("OK", ask(reg, "REGISTER local_ok 9013"))
+      for _, c in ipairs(held) do c:close() end
+      assert.is_true(eventually(function()
+        local c = connect(d.port, ip)
+        local r = ask(c, "LOOKUP local_ok")
+        c:close()
+        return r == "PORT 9013"
+      end), "a remote connection was still turned away after the others closed")
+      reg:close()
     end)
   end)
 end)

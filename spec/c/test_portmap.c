@@ -1,16 +1,22 @@
 /*
 ** test_portmap.c — the port mapper's checks (names, ports, loopback
-** addresses), its client calls against a daemon forked from this test, and
-** pmap_ensure starting the build tree's `erlangen --port-mapper`, alone and
-** raced. Links only portmap.c (spec/portmap_spec.lua tests the protocol).
+** addresses), its client calls against a daemon forked from this test
+** (more than 256 registrations, the stall rule, out of descriptors, the
+** busy and full messages), pmap_ensure starting the build tree's
+** `erlangen --port-mapper`, alone and raced, and pmap_keeper registering
+** again across daemon restarts. Links only portmap.c
+** (spec/portmap_spec.lua tests the protocol). Every daemon is ended by pid.
 */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -26,8 +32,8 @@ static double now(void) {
 }
 
 static void pause_ms(int ms) {
-  struct timespec ts = { 0, ms * 1000000L };
-  nanosleep(&ts, NULL);
+  struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static void set_port_env(int port) {
@@ -153,15 +159,33 @@ static void test_default_port(void) {
 
 /* ---- the client calls against a forked daemon ---- */
 
-static pid_t fork_daemon(int *port) {
+/* Forks a daemon on *port (0: any free port, which *port then gets) whose
+** descriptors are limited to nofile (0: as inherited). -1 if the port
+** cannot be had. */
+static pid_t fork_daemon_on(int *port, int nofile) {
   char err[256];
-  int fd;
+  int fd, want = *port;
   pid_t pid;
-  if (pmap_listen(0, &fd, port, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); exit(2); }
+  if (pmap_listen(want, &fd, port, err, sizeof err) != 0) {
+    if (want != 0) return -1;
+    fprintf(stderr, "%s\n", err);
+    exit(2);
+  }
   pid = fork();
-  if (pid == 0) _exit(pmap_serve(fd, err, sizeof err) == 0 ? 0 : 3);
+  if (pid == 0) {
+    if (nofile > 0) {
+      struct rlimit rl = { (rlim_t)nofile, (rlim_t)nofile };
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(4);
+    }
+    _exit(pmap_serve(fd, err, sizeof err) == 0 ? 0 : 3);
+  }
   close(fd);
   return pid;
+}
+
+static pid_t fork_daemon(int *port) {
+  *port = 0;
+  return fork_daemon_on(port, 0);
 }
 
 static int stop_daemon(pid_t pid) {
@@ -384,6 +408,349 @@ static void test_ensure_impostor(void) {
   unsetenv(PMAP_PORT_ENV);
 }
 
+/* ---- the daemon's limits ---- */
+
+/* A connected, blocking TCP socket to ip:port whose reads time out after
+** 5 s (-1 on failure). */
+static int dial(const char *ip, int port) {
+  struct sockaddr_in a;
+  struct timeval tv = { 5, 0 };
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  inet_pton(AF_INET, ip, &a.sin_addr);
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+    close(s);
+    return -1;
+  }
+  return s;
+}
+
+/* Sends `req` (unless NULL) and reads one line, without its '\n', into
+** out: "" at EOF or on the read timeout. */
+static void ask_line(int s, const char *req, char *out, size_t cap) {
+  size_t got = 0;
+  out[0] = '\0';
+  if (req != NULL && write(s, req, strlen(req)) != (ssize_t)strlen(req)) return;
+  while (got < cap - 1) {
+    ssize_t n = read(s, out + got, 1);
+    if (n <= 0 || out[got] == '\n') break;
+    got++;
+  }
+  out[got] = '\0';
+}
+
+/* Seconds until the daemon closes s (what comes is dropped), or limit + 1
+** if it has not after `limit` seconds. */
+static double time_to_close(int s, double limit) {
+  double t0 = now();
+  char b[64];
+  while (now() - t0 < limit) {
+    struct pollfd p = { s, POLLIN, 0 };
+    if (poll(&p, 1, 50) == 1 && read(s, b, sizeof b) <= 0) return now() - t0;
+  }
+  return limit + 1;
+}
+
+/* The "slot exhaustion": the 256 fixed slots of old are gone. */
+static void test_many_registrations(void) {
+  enum { N = 300, IDLE = 20 };  /* the test's fds stay well under 1024 */
+  char err[256] = "", name[32];
+  int port, fds[N], idle[IDLE], i, ok = 0, got = 0, late = -1;
+  pid_t pid = fork_daemon(&port);
+  set_port_env(port);
+  for (i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "many%d", i);
+    fds[i] = -1;
+    ok += pmap_register(name, 20000 + i, &fds[i], err, sizeof err) == 0;
+  }
+  CHECK(ok == N, "300 local connections register", "%d registered; last error '%s'", ok, err);
+  for (i = 0; i < IDLE; i++) idle[i] = dial("127.0.0.1", port);
+  CHECK(pmap_lookup(NULL, "many150", &got, 2.0, err, sizeof err) == 0 && got == 20150,
+        "with 300 registrations and 20 idle connections held, a lookup works", "got %d '%s'", got, err);
+  CHECK(pmap_register("late", 9200, &late, err, sizeof err) == 0 &&
+        pmap_lookup(NULL, "late", &got, 2.0, err, sizeof err) == 0 && got == 9200,
+        "and a new registration works", "'%s'", err);
+  for (i = 0; i < N; i++) if (fds[i] >= 0) close(fds[i]);
+  for (i = 0; i < IDLE; i++) if (idle[i] >= 0) close(idle[i]);
+  CHECK(await_gone("many299"), "their names are released when they close", "still there");
+  if (late >= 0) close(late);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* The stall rule: a connection with no registration and nothing pending
+** is closed PMAP_STALL_SECONDS after its last answered request; one that
+** keeps asking stays; a registered idle one stays; a request line must end
+** in that time however it trickles. */
+static void test_stall_rule(void) {
+  const char *slow = "LOOKUP slowly\n";
+  char line[64];
+  int port, i, got = 0, reg, idle, asking, trickle, asked_ok = 1;
+  pid_t pid = fork_daemon(&port);
+  double t, t0;
+  set_port_env(port);
+  reg = dial("127.0.0.1", port);
+  ask_line(reg, "REGISTER patient 9300\n", line, sizeof line);
+  CHECK(strcmp(line, "OK") == 0, "a connection registers", "'%s'", line);
+  idle = dial("127.0.0.1", port);
+  t = time_to_close(idle, PMAP_STALL_SECONDS + 2);
+  CHECK(t > PMAP_STALL_SECONDS - 0.3 && t < PMAP_STALL_SECONDS + 1.0,
+        "an unregistered connection that asks nothing is closed after PMAP_STALL_SECONDS",
+        "closed after %.2f s", t);
+  asking = dial("127.0.0.1", port);
+  t0 = now();
+  for (i = 0; i < 5 && asked_ok; i++) {
+    if (i > 0) pause_ms(1000);  /* the pace of the requests, not a wait for anything */
+    ask_line(asking, "PING\n", line, sizeof line);
+    asked_ok = strcmp(line, "PONG 1") == 0;
+  }
+  CHECK(asked_ok && now() - t0 > PMAP_STALL_SECONDS + 0.5,
+        "an unregistered connection that asks every second stays open past PMAP_STALL_SECONDS",
+        "ended at request %d after %.2f s", i, now() - t0);
+  trickle = dial("127.0.0.1", port);
+  t0 = now();
+  for (i = 0; slow[i] != '\0' && now() - t0 < PMAP_STALL_SECONDS + 2; i++) {
+    if (write(trickle, slow + i, 1) != 1) break;  /* EPIPE once the daemon has closed it */
+    pause_ms(400);  /* 14 bytes over 5.6 s: each byte is progress, the line is not */
+  }
+  t = now() - t0;
+  CHECK(slow[i] != '\0' && t < PMAP_STALL_SECONDS + 1.0,
+        "a request line trickled byte by byte is cut off PMAP_STALL_SECONDS after it began",
+        "%d bytes went through in %.2f s", i, t);
+  ask_line(reg, "PING\n", line, sizeof line);
+  CHECK(strcmp(line, "PONG 1") == 0, "the registered connection, idle 9 s, is still open",
+        "'%s'", line);
+  CHECK(pmap_lookup(NULL, "patient", &got, 2.0, line, sizeof line) == 0 && got == 9300,
+        "and its name still registered", "'%s'", line);
+  close(idle);
+  close(asking);
+  close(trickle);
+  close(reg);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* A daemon out of descriptors answers "ERR busy" (from its reserve), and
+** the client's error says so; it serves again once descriptors free up. */
+static void test_out_of_descriptors(void) {
+  enum { NOFILE = 40, MAX = 64 };
+  char err[256] = "", name[32];
+  int port = 0, fds[MAX], n, i, r = 0, got = 0, again = -1;
+  pid_t pid = fork_daemon_on(&port, NOFILE);
+  double t0;
+  set_port_env(port);
+  for (i = 0; i < MAX; i++) fds[i] = -1;
+  for (n = 0; n < MAX; n++) {
+    snprintf(name, sizeof name, "fd%d", n);
+    r = pmap_register(name, 9400 + n, &fds[n], err, sizeof err);
+    if (r != 0) break;
+  }
+  CHECK(n > 10 && n < NOFILE && r == -1, "a daemon limited to 40 descriptors takes what it can",
+        "%d registered", n);
+  CHECK(strstr(err, "the port mapper on 127.0.0.1:") != NULL && strstr(err, "is busy (ERR busy)") != NULL,
+        "then pmap_register says the port mapper is busy", "'%s'", err);
+  r = pmap_lookup(NULL, "fd0", &got, 2.0, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "is busy (ERR busy)") != NULL && strstr(err, "not an erlangen") == NULL,
+        "and so does pmap_lookup", "r %d '%s'", r, err);
+  r = pmap_ensure(err, sizeof err);
+  CHECK(r == 0, "pmap_ensure takes a busy daemon for a running one", "'%s'", err);
+  for (i = 0; i < 3 && i < n; i++) {
+    close(fds[i]);
+    fds[i] = -1;
+  }
+  t0 = now();
+  got = 0;
+  while (now() - t0 < 2.0 && pmap_lookup(NULL, "fd5", &got, 1.0, err, sizeof err) != 0) pause_ms(20);
+  CHECK(got == 9405, "when descriptors free up, it answers lookups again", "'%s'", err);
+  CHECK(pmap_register("fd_again", 9500, &again, err, sizeof err) == 0,
+        "and takes registrations", "'%s'", err);
+  if (again >= 0) close(again);
+  for (i = 0; i < n; i++) if (fds[i] >= 0) close(fds[i]);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* A local address that is not loopback into ip, or 0 if the host has none. */
+static int outside_ip(char *ip, size_t cap) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  int u = socket(AF_INET, SOCK_DGRAM, 0), ok = 0;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons(9);
+  inet_pton(AF_INET, "192.0.2.1", &a.sin_addr);
+  if (connect(u, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(u, (struct sockaddr *)&a, &len) == 0 && a.sin_addr.s_addr != 0 &&
+      (ntohl(a.sin_addr.s_addr) >> 24) != 127)
+    ok = inet_ntop(AF_INET, &a.sin_addr, ip, (socklen_t)cap) != NULL;
+  close(u);
+  return ok;
+}
+
+static void test_remote_full(void) {
+  char err[256] = "", ip[64], line[64];
+  int port, held[PMAP_MAX_REMOTE], i, ok = 0, r, got = 0, reg = -1;
+  pid_t pid;
+  if (!outside_ip(ip, sizeof ip)) {
+    SKIP("remote peers past PMAP_MAX_REMOTE get ERR full", "this host has no address besides loopback");
+    return;
+  }
+  pid = fork_daemon(&port);
+  set_port_env(port);
+  for (i = 0; i < PMAP_MAX_REMOTE; i++) {
+    held[i] = dial(ip, port);
+    ask_line(held[i], "PING\n", line, sizeof line);  /* accepted, in order */
+    ok += strcmp(line, "PONG 1") == 0;
+  }
+  CHECK(ok == PMAP_MAX_REMOTE, "PMAP_MAX_REMOTE connections from a non-loopback address are served",
+        "%d", ok);
+  r = pmap_lookup(ip, "anyone", &got, 2.0, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "the port mapper on ") != NULL && strstr(err, "is full (ERR full)") != NULL,
+        "one more gets 'ERR full', and pmap_lookup says the port mapper is full", "r %d '%s'", r, err);
+  CHECK(pmap_register("local", 9600, &reg, err, sizeof err) == 0 &&
+        pmap_lookup(NULL, "local", &got, 2.0, err, sizeof err) == 0 && got == 9600,
+        "loopback peers are still served", "'%s'", err);
+  for (i = 0; i < PMAP_MAX_REMOTE; i++) close(held[i]);
+  if (reg >= 0) close(reg);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* ---- pmap_keeper ---- */
+
+static int is_registered(const pmap_keeper *k) { return pmap_keeper_registered(k); }
+static int is_lost(const pmap_keeper *k) { return !pmap_keeper_registered(k); }
+static int never(const pmap_keeper *k) { (void)k; return 0; }
+
+/* Steps k as an event loop would until want(k) holds or `seconds` pass.
+** *slowest gets the longest step in seconds (a step must never block). */
+static int drive(pmap_keeper *k, int (*want)(const pmap_keeper *), double seconds, double *slowest) {
+  double end = now() + seconds, t0 = now();
+  int64_t next = pmap_keeper_step(k, pmap_now_ms());
+  if (now() - t0 > *slowest) *slowest = now() - t0;
+  while (!want(k) && now() < end) {
+    int64_t left = next == PMAP_KEEPER_NEVER ? 50 : next - pmap_now_ms();
+    int wait = left < 0 ? 0 : left > 50 ? 50 : (int)left;
+    struct pollfd p = { pmap_keeper_fd(k), (short)pmap_keeper_events(k), 0 };
+    if (p.fd >= 0) poll(&p, 1, wait);
+    else pause_ms(wait);
+    t0 = now();
+    next = pmap_keeper_step(k, pmap_now_ms());
+    if (now() - t0 > *slowest) *slowest = now() - t0;
+  }
+  return want(k);
+}
+
+static int looks_up(const char *name, int want) {
+  char err[256];
+  int got = 0;
+  return pmap_lookup(NULL, name, &got, 2.0, err, sizeof err) == 0 && got == want;
+}
+
+static void test_keeper_checks(void) {
+  char err[256] = "";
+  pmap_keeper k;
+  CHECK(pmap_keeper_start(&k, "bad name", 9700, -1, err, sizeof err) == -1 &&
+        strstr(err, "not a valid node name") != NULL && pmap_keeper_fd(&k) == -1,
+        "pmap_keeper_start refuses a bad name", "'%s'", err);
+  CHECK(pmap_keeper_start(&k, "ok", 0, -1, err, sizeof err) == -1 && strstr(err, "1..65535") != NULL,
+        "pmap_keeper_start refuses a bad port", "'%s'", err);
+  setenv(PMAP_PORT_ENV, "http", 1);
+  CHECK(pmap_keeper_start(&k, "ok", 9700, -1, err, sizeof err) == -1,
+        "pmap_keeper_start refuses a bad " PMAP_PORT_ENV, "accepted");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* The issue's "daemon restart": a registration comes back by itself, from
+** a forked daemon and from the build's erlangen --port-mapper. */
+static void test_keeper_restart(void) {
+  char err[256] = "";
+  int port = 0, p2, r;
+  unsigned before;
+  double slowest = 0, t0;
+  pmap_keeper k;
+  pid_t pid = fork_daemon(&port), pid2, pids[8];
+  set_port_env(port);
+  r = pmap_keeper_start(&k, "kept", 9701, -1, err, sizeof err);
+  CHECK(r == 0 && pmap_keeper_fd(&k) == -1 && !pmap_keeper_registered(&k),
+        "a keeper starts without a connection", "'%s'", err);
+  CHECK(drive(&k, is_registered, 2.0, &slowest) && looks_up("kept", 9701) && k.registrations == 1,
+        "the keeper registers its name", "'%s'", pmap_keeper_error(&k));
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  CHECK(drive(&k, is_lost, 1.0, &slowest), "the keeper notices that the daemon died (EOF)",
+        "still registered");
+  CHECK(strstr(pmap_keeper_error(&k), "went away") != NULL, "and says so", "'%s'",
+        pmap_keeper_error(&k));
+  before = k.attempts;
+  drive(&k, never, 1.0, &slowest);
+  CHECK(k.attempts - before >= 2 && k.attempts - before <= 4,
+        "with no daemon it retries with back-off (100, 200, 400 ms: 3 tries in 1 s)", "%u tries",
+        k.attempts - before);
+  CHECK(strstr(pmap_keeper_error(&k), "no port mapper answers") != NULL, "and says why it fails",
+        "'%s'", pmap_keeper_error(&k));
+  p2 = port;
+  pid2 = fork_daemon_on(&p2, 0);
+  CHECK(pid2 > 0, "a new daemon takes the same port", "pmap_listen failed");
+  t0 = now();
+  r = drive(&k, is_registered, 3.0, &slowest);
+  CHECK(r && looks_up("kept", 9701) && k.registrations == 2,
+        "when the daemon comes back, the keeper registers again within its back-off",
+        "after %.2f s: '%s'", now() - t0, pmap_keeper_error(&k));
+  if (pid2 > 0) stop_daemon(pid2);
+  CHECK(drive(&k, is_lost, 1.0, &slowest), "a daemon stopped by SIGTERM is noticed too",
+        "still registered");
+  r = pmap_ensure(err, sizeof err);  /* the build's erlangen --port-mapper, on the same port */
+  CHECK(r == 0 && drive(&k, is_registered, 6.0, &slowest) && looks_up("kept", 9701) &&
+        k.registrations == 3, "with a daemon that pmap_ensure starts, it registers a third time",
+        "'%s' '%s'", err, pmap_keeper_error(&k));
+  CHECK(slowest < 0.05, "no step blocks (each takes under 50 ms)", "the slowest took %.3f s", slowest);
+  pmap_keeper_stop(&k);
+  CHECK(pmap_keeper_fd(&k) == -1 && await_gone("kept"), "pmap_keeper_stop releases the name",
+        "still there");
+  pmap_keeper_stop(&k);
+  kill_daemons(port);
+  CHECK(daemons(port, pids, 8) == 0, "the started daemon exits on SIGTERM", "still running");
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* A keeper adopts pmap_register's descriptor; a name held by another
+** connection is retried until it is free. */
+static void test_keeper_adopt_and_taken(void) {
+  char err[256] = "";
+  int port, fd = -1, holder = -1, r;
+  double slowest = 0;
+  pmap_keeper k, k2;
+  pid_t pid = fork_daemon(&port);
+  set_port_env(port);
+  r = pmap_register("adopted", 9702, &fd, err, sizeof err);
+  CHECK(r == 0 && pmap_keeper_start(&k, "adopted", 9702, fd, err, sizeof err) == 0 &&
+        pmap_keeper_registered(&k) && pmap_keeper_fd(&k) == fd && pmap_keeper_events(&k) == POLLIN,
+        "a keeper takes over a registration from pmap_register", "'%s'", err);
+  drive(&k, never, 0.2, &slowest);
+  CHECK(pmap_keeper_registered(&k) && k.attempts == 0 && looks_up("adopted", 9702),
+        "and keeps it without reconnecting", "%u attempts", k.attempts);
+  r = pmap_register("contested", 9703, &holder, err, sizeof err);
+  CHECK(r == 0 && pmap_keeper_start(&k2, "contested", 9704, -1, err, sizeof err) == 0,
+        "another connection holds a name", "'%s'", err);
+  drive(&k2, never, 0.5, &slowest);
+  CHECK(!pmap_keeper_registered(&k2) && strstr(pmap_keeper_error(&k2), "already registered") != NULL,
+        "a keeper for that name does not get it and says why", "'%s'", pmap_keeper_error(&k2));
+  close(holder);
+  CHECK(drive(&k2, is_registered, 3.0, &slowest) && looks_up("contested", 9704),
+        "when the name is free, the keeper gets it", "'%s'", pmap_keeper_error(&k2));
+  CHECK(slowest < 0.05, "no step blocks", "the slowest took %.3f s", slowest);
+  pmap_keeper_stop(&k);
+  pmap_keeper_stop(&k2);
+  CHECK(await_gone("adopted") && await_gone("contested"), "stopped keepers release their names",
+        "still there");
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  unsetenv(PMAP_PORT_ENV);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   test_loopback();
@@ -395,5 +762,12 @@ int main(void) {
   test_ensure();
   test_ensure_race();
   test_ensure_impostor();
+  test_many_registrations();
+  test_stall_rule();
+  test_out_of_descriptors();
+  test_remote_full();
+  test_keeper_checks();
+  test_keeper_restart();
+  test_keeper_adopt_and_taken();
   return ctest_end();
 }

@@ -16,9 +16,16 @@
 ** (portmap.h) in the foreground instead: it prints the port it listens on
 ** (one line) and serves until SIGTERM or SIGINT, then exits 0.
 **
-** The REPL reads with readline (history in ~/.erlangen_history) when stdin is
-** a terminal, and with plain getline otherwise. Ctrl-C interrupts the running
-** expression (erlangen_interrupt), or clears the line at the prompt.
+** The REPL reads with readline when stdin is a terminal, and with plain
+** getline otherwise. Ctrl-C interrupts the running expression
+** (erlangen_interrupt), or clears the line at the prompt. On a terminal:
+** - an exit signal that kills the REPL's process while it waits is reported
+**   at once ("** exception exit: ..."), and the REPL goes on as a fresh
+**   process, as the Erlang shell does; no command typed is lost to it;
+** - output of other processes is printed above the prompt, and the line
+**   being typed is drawn again below it;
+** - Tab completes globals, fields of tables and methods of strings;
+** - ~/.erlangen_history keeps an entry of several lines as one.
 */
 
 #include <ctype.h>
@@ -31,7 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <readline/readline.h>
@@ -454,21 +463,22 @@ static void catch_sigint(int on) {
 
 /* {================= the output relay */
 
-/* While the REPL reads a terminal, fds 1 and 2 are the write end of one pipe
-** (one, so that a writer's stdout and stderr keep their order) and a relay
-** thread copies it to the terminal. While a command runs, text goes straight
-** through; while the prompt waits, text is held and the prompt loop prints
-** it above the prompt, then redraws the line being typed. Writers wait for
-** nothing but the terminal, as without the relay. */
+/* While the REPL reads a terminal, fds 1 and 2 are one pseudo-terminal in
+** raw mode (one, so that a writer's stdout and stderr keep their order; a
+** terminal, so that the programs a command runs still write to one) and a
+** relay thread copies its output to the real terminal. While a command runs,
+** text goes straight through; while the prompt waits, text is held and the
+** prompt loop prints it above the prompt, then redraws the line being typed.
+** Writers wait for nothing but the terminal, as without the relay. */
 #define HOLD_MAX   (1u << 20)   /* held bytes beyond this go straight through */
-#define DRAIN_MS   20           /* at stop: how long a quiet pipe is awaited, */
+#define DRAIN_MS   20           /* at stop: how long a quiet relay is awaited, */
 #define DRAIN_MAX  10           /* and how many times */
 
 static struct {
   int on;                     /* main thread only */
   int tty;                    /* immutable while on: the terminal (the old fd 1) */
   int saved_err;              /* immutable while on: the old fd 2, -1 if not moved */
-  int rd;                     /* the pipe's read end, non-blocking */
+  int rd;                     /* the pseudo-terminal's master, non-blocking */
   int wake[2];                /* the relay tells the prompt loop that text is held */
   int quit[2];                /* the main thread tells the relay to stop */
   FILE *out;                  /* immutable while on: readline's output, the terminal */
@@ -515,8 +525,8 @@ static void relay_release(void) {
   relay.held_len = 0;
 }
 
-/* Reads what the pipe has and holds or passes it. Lock held. Returns 0 when
-** every write end is closed or the pipe failed, 1 otherwise. */
+/* Reads what the pseudo-terminal has and holds or passes it. Lock held.
+** Returns 0 when every writer's end is closed (EIO) or it failed, else 1. */
 static int relay_drain(void) {
   char buf[4096];
   for (;;) {
@@ -545,7 +555,7 @@ static void *relay_main(void *ud) {
     pthread_mutex_unlock(&relay.lock);
   }
   /* Stopping: fds 1 and 2 are the terminal again. A write begun before
-  ** they moved may still land; a pipe quiet for DRAIN_MS has none left. */
+  ** they moved may still land; one quiet for DRAIN_MS has none left. */
   pthread_mutex_lock(&relay.lock);
   relay.holding = 0;
   relay_release();
@@ -576,15 +586,41 @@ static void relay_close(void) {
   relay.held_len = relay.held_cap = 0;
 }
 
-/* Moves fds 1 and 2 (those that are terminals) onto the relay's pipe. Does
-** nothing unless stdout is a terminal, or if a resource is short. */
+/* Opens a raw pseudo-terminal: pty[0] the master (non-blocking), pty[1]
+** the writers' end. Returns 0, or -1 with nothing open. */
+static int open_raw_pty(int pty[2]) {
+  char name[64];
+  struct termios raw;
+  pty[0] = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  pty[1] = -1;
+  if (pty[0] >= 0 && grantpt(pty[0]) == 0 && unlockpt(pty[0]) == 0 &&
+      ptsname_r(pty[0], name, sizeof name) == 0)
+    pty[1] = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (pty[1] < 0 || tcgetattr(pty[1], &raw) != 0) {
+    close_pair(pty);
+    return -1;
+  }
+  cfmakeraw(&raw);  /* the bytes as written: the real terminal does the rest */
+  tcsetattr(pty[1], TCSANOW, &raw);
+  fcntl(pty[0], F_SETFL, O_NONBLOCK);
+  return 0;
+}
+
+/* The writers see the real terminal's size (ls, for one, asks). */
+static void relay_copy_size(void) {
+  struct winsize ws;
+  if (ioctl(relay.tty, TIOCGWINSZ, &ws) == 0) ioctl(relay.rd, TIOCSWINSZ, &ws);
+}
+
+/* Moves fds 1 and 2 (those that are terminals) onto the relay. Does nothing
+** unless stdout is a terminal, or if a resource is short. */
 static void relay_start(void) {
-  int pipe_fd[2], out_fd;
+  int pty[2], out_fd;
   sigset_t all, old;
   if (relay.on || !isatty(STDOUT_FILENO)) return;
   fflush(stdout);
   fflush(stderr);
-  if (pipe2(pipe_fd, O_CLOEXEC) != 0) return;
+  if (open_raw_pty(pty) != 0) return;
   relay.tty = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
   out_fd = relay.tty >= 0 ? fcntl(relay.tty, F_DUPFD_CLOEXEC, 0) : -1;
   relay.out = out_fd >= 0 ? fdopen(out_fd, "w") : NULL;
@@ -594,17 +630,17 @@ static void relay_start(void) {
     else if (out_fd >= 0) close(out_fd);
     if (relay.tty >= 0) close(relay.tty);
     relay.out = NULL;
-    close_pair(pipe_fd);
+    close_pair(pty);
     close_pair(relay.wake);
     close_pair(relay.quit);
     return;
   }
-  relay.rd = pipe_fd[0];
-  fcntl(relay.rd, F_SETFL, O_NONBLOCK);
+  relay.rd = pty[0];
+  relay_copy_size();
   relay.saved_err = isatty(STDERR_FILENO) ? fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0) : -1;
-  dup2(pipe_fd[1], STDOUT_FILENO);
-  if (relay.saved_err >= 0) dup2(pipe_fd[1], STDERR_FILENO);
-  close(pipe_fd[1]);
+  dup2(pty[1], STDOUT_FILENO);
+  if (relay.saved_err >= 0) dup2(pty[1], STDERR_FILENO);
+  close(pty[1]);
   sigfillset(&all);  /* SIGINT is the main thread's, through its handler */
   pthread_sigmask(SIG_SETMASK, &all, &old);
   relay.on = pthread_create(&relay.thread, NULL, relay_main, NULL) == 0;
@@ -648,6 +684,7 @@ static void relay_hold(void) {
 /* The prompt is gone: text goes straight through again. */
 static void relay_pass(void) {
   if (!relay.on) return;
+  relay_copy_size();  /* for the command about to run; readline follows the real one */
   pthread_mutex_lock(&relay.lock);
   relay_release();
   relay.holding = 0;

@@ -148,6 +148,11 @@ describe("the erlangen REPL on a terminal", function()
     assert_contains(shown, "o1\r\ne1\r\no2\r\n> ")
   end)
 
+  it("runs a command's programs with stdout and stderr on a terminal", function()
+    session.send("os.execute('test -t 1 && test -t 2 && echo on-a-' .. 'terminal')\n")
+    session.wait_for("on-a-terminal")
+  end)
+
   it("reports a linked process's crash at the prompt, then runs the next command as typed", function()
     session.send("before = erlangen.self()\n")
     session.wait_for("> ")

@@ -10,7 +10,8 @@ local root = io.popen("pwd"):read("l")
 
 -- Runs a shell command; returns true/false and its output (stdout and stderr).
 local function sh(cmd)
-  local p = io.popen("(" .. cmd .. ") 2>&1")
+  local p, err = io.popen("(" .. cmd .. ") 2>&1")
+  if not p then return false, "cannot start a shell for: " .. cmd .. ": " .. tostring(err) end
   local out = p:read("a")
   local ok, _, code = p:close()
   return ok == true, out, code

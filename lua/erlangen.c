@@ -478,7 +478,7 @@ static struct {
   int on;                     /* main thread only */
   int tty;                    /* immutable while on: the terminal (the old fd 1) */
   int saved_err;              /* immutable while on: the old fd 2, -1 if not moved */
-  int rd;                     /* the pseudo-terminal's master, non-blocking */
+  int rd;                     /* immutable while on: the pseudo-terminal's master, non-blocking; read under lock */
   int wake[2];                /* the relay tells the prompt loop that text is held */
   int quit[2];                /* the main thread tells the relay to stop */
   FILE *out;                  /* immutable while on: readline's output, the terminal */

@@ -3,13 +3,10 @@
 -- a simultaneous connect, node failure (kill -9, a stopped node), a wrong
 -- key, a tampering proxy, volume, and a restarted node.
 --
--- The busted process is one node ("spec@127.0.0.1", started once). Every
--- other node is a child `$ERLANGEN_BIN` running dist_node.main (see
--- spec/fixtures/dist_node.lua) under `timeout -s KILL`, so a leftover dies
--- on its own; each test kills its children with SIGKILL at its end and waits
--- for their nodedown. Children get fresh names, so no test sees another's
--- node. The busted process traps exits during this file, so a stray
--- noconnection can never kill it between tests.
+-- The busted process is one node ("spec@127.0.0.1", started once); the
+-- other nodes are children started and killed through spec/dist_helpers.lua
+-- (which says how). The busted process traps exits during this file, so a
+-- stray noconnection can never kill it between tests.
 --
 -- Everything is driven by messages: remote processes are dist_node.puppet,
 -- which does what it is told and reports what it receives. Every wait is
@@ -17,276 +14,19 @@
 
 local erlangen = require "erlangen"
 local H = require "spec.helpers"
-local socket = require "socket"
+local D = require "spec.dist_helpers"
 
-local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
-local HOST = "127.0.0.1"
-local TICK = 1          -- seconds: the tick of every node here
-local LIFE = 120        -- seconds a child node may live at most
-local DETECT = 3 * TICK -- a lost link must be noticed within this
+local HOST, TICK, DETECT = D.HOST, D.TICK, D.DETECT
+local KEY, OTHER_KEY = D.KEY, D.OTHER_KEY
+local me = D.me   -- name, port, addr of the busted process's node
 
 local self = erlangen.self
-
--- Files and processes ------------------------------------------------------
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- A new key file (mode 0600) holding `bytes`.
-local function key_file(bytes, mode)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-  assert(os.execute("chmod " .. (mode or "600") .. " " .. q(path)))
-  return path
-end
-
-local function random_bytes(n)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local s = f:read(n)
-  f:close()
-  return s
-end
-
--- The Threads count of OS process `pid`.
-local function os_threads(pid)
-  return tonumber(read_file("/proc/" .. pid .. "/status"):match("Threads:%s*(%d+)"))
-end
-
--- A TCP port on loopback that nobody listens on (bound, then closed).
-local function closed_port()
-  local s = assert(socket.bind(HOST, 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
--- This node -------------------------------------------------------------------
-
-local KEY = key_file(random_bytes(32))
-local OTHER_KEY = key_file(random_bytes(32))
-local me = {}   -- name, port, addr of the busted process's node
-
-local function this_node()
-  if not me.name then
-    me.name, me.port = erlangen.start_node{
-      name = "spec@" .. HOST, listen = HOST .. ":0", key_file = KEY, tick = TICK,
-      port_mapper = false,
-    }
-    me.addr = me.name .. ":" .. me.port
-  end
-  return me
-end
-
--- Child nodes ---------------------------------------------------------------
-
-local children = {}   -- the child nodes of the running test
-local serial = 0
-
--- Starts a child node. opts: prefix (of the name), name (exact), key_file,
--- listen, connect (a node it connects to at start: by default this node,
--- false for none), refused (its connect to this node is expected to fail).
--- Returns {name, addr, pid, port, f, err, connected_line}.
--- A child that connected to this node is "joined": this node also knows its
--- port, so either side can reconnect.
-local function start_child(opts)
-  opts = opts or {}
-  this_node()
-  serial = serial + 1
-  local name = opts.name or string.format("%s%d@%s", opts.prefix or "n", serial, HOST)
-  local connect = opts.connect
-  if connect == nil then connect = me.addr end
-  local errfile = os.tmpname()
-  local code = string.format(
-    "require('dist_node').main{name=%q, key_file=%q, tick=%s, listen=%q, connect=%s}",
-    name, opts.key_file or KEY, opts.tick or TICK, opts.listen or (HOST .. ":0"),
-    connect and string.format("%q", connect) or "nil")
-  local cmd = string.format("exec timeout -s KILL %d %s -e %s 2>%s", LIFE, q(BIN), q(code), q(errfile))
-  local f = assert(io.popen(cmd, "r"))
-  local line = f:read("l") or ""
-  local pid, port = line:match("^(%d+) (%d+)$")
-  local c = {name = name, f = f, err = errfile, first_line = line}
-  if not pid then
-    c.failed = line .. (f:read("a") or "")
-    f:close()
-    c.stderr = read_file(errfile)
-    os.remove(errfile)
-    return c
-  end
-  c.pid, c.port = tonumber(pid), tonumber(port)
-  c.addr = name .. ":" .. port
-  children[#children + 1] = c
-  if connect then
-    c.connect_line = f:read("l")
-    if connect == me.addr and not opts.refused then
-      assert(c.connect_line == "connect true nil",
-             "child " .. name .. " could not join: " .. tostring(c.connect_line) .. "\n" .. read_file(errfile))
-      assert(erlangen.connect(c.addr))   -- so this node knows its port too
-      c.joined = true
-    end
-  end
-  return c
-end
-
-local function stderr_of(c) return read_file(c.err) end
-
-local function signal(c, sig)
-  assert(os.execute("kill -" .. sig .. " " .. c.pid))
-end
-
--- Kills a child with SIGKILL and reaps it.
-local function kill_child(c)
-  if c.dead then return end
-  os.execute("kill -KILL " .. c.pid .. " 2>/dev/null")
-  c.f:close()
-  c.dead = true
-end
-
--- Kills every child of the test; waits until this node has heard of the
--- end of each one it was linked to (its nodedown comes after every
--- noconnection EXIT and DOWN of that link).
-local function stop_children()
-  for _, c in ipairs(children) do kill_child(c) end
-  local waiting = {}
-  for _, c in ipairs(children) do
-    if c.joined then
-      erlangen.monitor_node(c.name)
-      waiting[#waiting + 1] = c.name
-    end
-  end
-  for _, name in ipairs(waiting) do
-    H.recv(function(m) return type(m) == "table" and m[1] == "nodedown" and m[2] == name end,
-           "the nodedown of " .. name)
-  end
-  for _, c in ipairs(children) do os.remove(c.err) end
-  children = {}
-end
-
--- Remote processes -----------------------------------------------------------
-
--- A puppet on node `c` reporting to this process. opts: link, monitor.
-local function puppet(c, opts)
-  local o = {node = c.name}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  return erlangen.spawn_opt(o, "dist_node.puppet", self())
-end
-
--- Tells puppet `p` to run erlangen[op](...) and returns what it returned:
--- the pcall status, then the results.
-local function order(p, op, ...)
-  assert(erlangen.send(p, {"do", op, ...}))
-  local m = H.recv(function(m)
-    return type(m) == "table" and m[1] == "done" and m[2] == p and m[3] == op
-  end, "puppet " .. tostring(p) .. " to do " .. op)
-  return table.unpack(m, 4)
-end
-
--- Like order, and the call must not have raised.
-local function must(p, op, ...)
-  local r = table.pack(order(p, op, ...))
-  assert(r[1] == true, op .. " raised on the puppet: " .. H.show(r[2]))
-  return table.unpack(r, 2, r.n)
-end
-
--- Tells puppet `p` to end: "return" (normal), "error" (raises `reason`)
--- or "die" (exit(reason)).
-local function finish(p, how, reason)
-  assert(erlangen.send(p, {"do", how, reason}))
-end
-
--- Waits for puppet `p` to report a message matching `match`; returns it.
-local function reported(p, match, what, timeout)
-  local m = H.recv(function(m)
-    return type(m) == "table" and m[1] == "got" and m[2] == p and match(m[3])
-  end, what or ("a report from " .. tostring(p)), timeout)
-  return m[3]
-end
-
--- The reason of the EXIT from `pid` to this process.
-local function exit_reason_from(pid, what, timeout)
-  return H.recv(H.is_exit(pid), what or ("EXIT from " .. tostring(pid)), timeout)[3]
-end
-
--- A local process that links to `target` (which may be remote), and also
--- monitors it with monitor = true, then forwards what it receives as
--- {"linker_got", msg}. Sends {"linked", pid} once linked. Returns its pid
--- and the ref of this process's monitor on it.
-local function local_linker(target, monitor)
-  local pid, ref = erlangen.spawn_monitor(function(t, parent, mon)
-    erlangen.link(t)
-    if mon then erlangen.monitor(t) end
-    erlangen.send(parent, {"linked", erlangen.self()})
-    while true do
-      local m = erlangen.receive()
-      erlangen.send(parent, {"linker_got", m})
-    end
-  end, target, self(), monitor or false)
-  H.recv(function(m) return type(m) == "table" and m[1] == "linked" and m[2] == pid end, "the linker")
-  return pid, ref
-end
-
--- A dead pid of node `c`: a process that returned at once.
-local function dead_remote_pid(c)
-  local pid, ref = erlangen.spawn_opt({node = c.name, monitor = true}, "dist_node.reply_args", self())
-  assert.are.equal("normal", H.await_down(ref, "the short-lived remote process"))
-  H.recv(H.tagged("args"), "its args")
-  return pid
-end
-
--- /proc: TCP links between two OS processes ---------------------------------
-
--- The socket inodes of OS process pid.
-local function socket_inodes(pid)
-  local set = {}
-  local p = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
-  for inode in p:read("a"):gmatch("socket:%[(%d+)%]") do set[inode] = true end
-  p:close()
-  return set
-end
-
--- The number of ESTABLISHED TCP connections whose one end belongs to OS
--- process a and the other to OS process b (each connection is counted
--- once, from a's end). An end is found by its whole address pair: a local
--- port alone is ambiguous (a TIME_WAIT socket or a listener may share it).
-local function tcp_links(a, b)
-  local ia, ib = socket_inodes(a), socket_inodes(b)
-  local by_pair, lines = {}, {}
-  for _, path in ipairs({"/proc/net/tcp", "/proc/net/tcp6"}) do
-    for line in read_file(path):gmatch("[^\n]+") do
-      local loc, rem, st, inode = line:match(
-        "^%s*%d+:%s+(%S+)%s+(%S+)%s+(%x%x)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
-      if loc and st == "01" then
-        by_pair[loc .. " " .. rem] = inode
-        lines[#lines + 1] = {loc = loc, rem = rem, inode = inode}
-      end
-    end
-  end
-  local n = 0
-  for _, l in ipairs(lines) do
-    if ia[l.inode] and ib[by_pair[l.rem .. " " .. l.loc] or ""] then n = n + 1 end
-  end
-  return n
-end
-
--- Polls (bounded) until cond() is true; returns whether it became true.
-local function poll(cond, limit)
-  local deadline = erlangen.now() + (limit or H.TIMEOUT)
-  while not cond() do
-    if erlangen.now() > deadline then return false end
-    erlangen.sleep(0.01)
-  end
-  return true
-end
+local key_file, random_bytes, os_threads, closed_port = D.key_file, D.random_bytes, D.os_threads, D.closed_port
+local this_node, start_child, stderr_of, signal = D.this_node, D.start_child, D.stderr_of, D.signal
+local kill_child, stop_children = D.kill_child, D.stop_children
+local puppet, order, must, finish, reported = D.puppet, D.order, D.must, D.finish, D.reported
+local exit_reason_from, local_linker, dead_remote_pid = D.exit_reason_from, D.local_linker, D.dead_remote_pid
+local tcp_links, poll = D.tcp_links, D.poll
 
 -- Setup ------------------------------------------------------------------------
 
@@ -294,8 +34,7 @@ describe("distribution", function()
   setup(function() this_node() end)
   teardown(function()
     erlangen.trap_exit(false)
-    os.remove(KEY)
-    os.remove(OTHER_KEY)
+    D.teardown()
   end)
   before_each(function()
     H.before()

@@ -117,11 +117,11 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
 ** caller (its own session, stdio on /dev/null, working directory /, no
 ** inherited descriptors), then waits until a daemon answers, at most
 ** PMAP_START_SECONDS. A daemon that answers "ERR busy" or "ERR full" runs:
-** no other is started and the call succeeds. When several processes race to start one, exactly
-** one daemon binds the port; the others' exit and everybody uses the one
-** that runs. The executable is the calling program if it is named
-** `erlangen`, the build tree's when the caller runs from the build tree,
-** otherwise the installed one. Safe in a threaded process (after fork,
+** no other is started and the call succeeds. When several processes race
+** to start one, exactly one daemon binds the port; the others' exit and
+** everybody uses the one that runs. The executable is the calling program
+** if it is named `erlangen`, the build tree's when the caller runs from the
+** build tree, otherwise the installed one. Safe in a threaded process (after fork,
 ** only async-signal-safe calls until exec). */
 int pmap_ensure(char *err, size_t errlen);
 

@@ -801,12 +801,15 @@ CODEC_NOINLINE static int enc_nterm(enc *e, enum term_kind k, term_id id) {
   return 0;
 }
 
-/* A full userdata: a pid or ref, or refused. */
+/* A full userdata: a pid or ref, or refused. Another node's is written by
+** name whenever the node table is given, in the local form too, so that no
+** bytes hold a node table index (an entry may be freed while bytes wait in
+** a mailbox or a string). */
 CODEC_NOINLINE static int enc_userdata(enc *e, int idx) {
   term_id id;
   enum term_kind k = term_test(e->L, idx, &id);
   if (k == TERM_NONE) return enc_fail(e, 1, "cannot send userdata");
-  if (e->wire) return enc_nterm(e, k, id);
+  if (e->wire || (id.node != 0 && e->nodes)) return enc_nterm(e, k, id);
   unsigned char *b = enc_need(e, 2 + (size_t)(varint_len(id.node) + varint_len(id.creation) +
                                                varint_len(id.n)));
   if (!b) return -1;
@@ -915,10 +918,13 @@ static int enc_run(enc *e, int first, int n) {
   }
 }
 
-/* 1 if the value at idx, of lua_type `type`, goes in a flat table. */
+/* 1 if the value at idx, of lua_type `type`, goes in a flat table: a pid
+** or ref only of this node (another's may fail to be named, and the error
+** names the path, which only enc_run's frames can tell). */
 static int is_flat(enc *e, int idx, int type) {
   if (type == LUA_TBOOLEAN || type == LUA_TNUMBER || type == LUA_TSTRING) return 1;
-  return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, NULL) != TERM_NONE;
+  term_id id;
+  return type == LUA_TUSERDATA && !e->wire && term_test(e->L, idx, &id) != TERM_NONE && id.node == 0;
 }
 
 /* The commonest message, one table of booleans, numbers, strings and local
@@ -1347,6 +1353,9 @@ CODEC_NOINLINE static int dec_term(dec *d) {
   if (kind != TERM_PID && kind != TERM_REF) return dec_fail(d, "bad pid or ref kind %d", kind);
   if (dec_varint(d, &node) || dec_varint(d, &creation) || dec_varint(d, &serial)) return -1;
   if (node > UINT32_MAX || creation > UINT32_MAX) return dec_fail(d, "bad pid or ref node");
+  /* With a node table, another node's pid comes only by name: an index in
+  ** bytes could name an entry it holds no reference on. */
+  if (node != 0 && d->nodes) return dec_fail(d, "a pid or ref of another node by index is not accepted here");
   term_id id = { serial, (uint32_t)node, (uint32_t)creation };
   term_push(d->L, (enum term_kind)kind, id);
   return 0;

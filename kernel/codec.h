@@ -29,7 +29,10 @@ typedef struct codec_buf {
 
 /* How pids and refs of other nodes are named (node.c provides it). A pid
 ** or ref carries a node index that only means something inside this OS
-** process; between nodes it travels as (node name, creation, serial). */
+** process, and only while its node's entry lives; so with `nodes` given,
+** another node's pid is written as (node name, creation, serial) in every
+** form, and one by index is refused on reading. Without `nodes` (a bare
+** codec), indexes pass through TERM as they are. */
 typedef struct codec_nodes {
   /* The wire form of id's node: its name (valid until the node stops) and
   ** creation. Returns 0, or -1 when the node has no name (then encoding fails). */
@@ -43,7 +46,7 @@ typedef struct codec_limits {
   size_t max_size;      /* largest encoded message in bytes (<= CODEC_HARD_SIZE); 0: the default */
   int max_depth;        /* deepest nesting of tables/functions (<= CODEC_HARD_DEPTH); 0: the default */
   int allow_functions;  /* encode/decode Lua functions as bytecode */
-  const codec_nodes *nodes;  /* NULL: pids and refs of other nodes cannot be decoded */
+  const codec_nodes *nodes;  /* NULL: named pids and refs of other nodes cannot be decoded */
   int wire;             /* the wire form: pids and refs are written and read
                         ** only as NTERM (named node), never by local index;
                         ** needs `nodes` */

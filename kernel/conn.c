@@ -44,7 +44,7 @@
 
 struct conn {
   _Atomic int refs;
-  uint32_t node, peer_creation;  /* immutable */
+  uint32_t node, peer_creation;  /* immutable; the conn holds a reference on its node's entry */
   int fd;                        /* immutable; closed when the last reference goes */
   double tick;                   /* immutable */
   size_t bound;                  /* immutable */
@@ -153,6 +153,7 @@ void conn_release(conn *c) {
   pthread_cond_destroy(&c->more);
   pthread_cond_destroy(&c->room);
   if (c->fd >= 0) close(c->fd);
+  node_unref(c->node);
   free(c);
 }
 
@@ -316,6 +317,7 @@ static conn *conn_new(int fd, uint32_t node, uint32_t creation, frame_enc *enc, 
   atomic_init(&c->refs, 1);
   c->fd = fd;
   c->node = node;
+  node_ref(node);   /* records from the link name the node until the last reference goes */
   c->peer_creation = creation;
   c->tick = C.cfg.tick;
   c->bound = C.cfg.out_bound;

@@ -301,8 +301,21 @@ static int op_monitor(term_id from, term_id to, term_id ref) { return remote_cod
 
 static const remote_ops dist_remote = {
   op_link, dist_unlink, dist_exit, op_monitor, dist_demonitor, dist_down,
-  node_forget_monitors, dist_stop, &node_codec, node_name
+  node_forget_monitors, dist_stop, &node_codec, node_name, node_ref, node_unref
 };
+
+/* The sweep's walk (node.h): every process's links and monitors. */
+typedef struct mark_walk { void (*mark)(uint32_t idx, void *ud); void *ud; } mark_walk;
+
+static void mark_proc(proc *p, void *ud) {
+  mark_walk *w = ud;
+  sig_each_remote(p, w->mark, w->ud);
+}
+
+static void walk_processes(void (*mark)(uint32_t idx, void *ud), void *ud) {
+  mark_walk w = { mark, ud };
+  proc_foreach(mark_proc, &w);
+}
 
 /* ---- remote spawn ---- */
 
@@ -713,6 +726,7 @@ int dist_start(const dist_opts *o, char *err, size_t errlen) {
     return -1;
   }
   remote_install(&dist_remote);   /* once: a later start finds it in place */
+  node_set_walk(walk_processes);
   conn_config cfg = {0};
   if (key_load(o->key_file, cfg.key, err, errlen) != 0) return -1;
   cfg.tick = o->tick > 0 ? o->tick : 60;

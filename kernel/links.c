@@ -317,3 +317,13 @@ void sig_collect_node(proc *p, uint32_t idx, uint32_t creation, term_id **links,
     else i++;
   pthread_mutex_unlock(&p->lock);
 }
+
+void sig_each_remote(proc *p, void (*fn)(uint32_t node, void *ud), void *ud) {
+  pthread_mutex_lock(&p->lock);
+  proc_link *l = p->links.items;
+  proc_mon *m = p->monitors.items, *w = p->monitored_by.items;
+  for (size_t i = 0; i < p->links.n; i++) if (l[i].pid.node) fn(l[i].pid.node, ud);
+  for (size_t i = 0; i < p->monitors.n; i++) if (m[i].pid.node) fn(m[i].pid.node, ud);
+  for (size_t i = 0; i < p->monitored_by.n; i++) if (w[i].pid.node) fn(w[i].pid.node, ud);
+  pthread_mutex_unlock(&p->lock);
+}

@@ -63,6 +63,10 @@ void sig_monitor_remote(struct proc *self, term_id remote, term_id ref);
 void sig_collect_node(struct proc *p, uint32_t idx, uint32_t creation, term_id **links, size_t *nl,
                       term_id **mons, size_t *nm);
 
+/* Calls fn(node, ud) for each pid of another node in p's links, monitors
+** and monitored-by (under p->lock: fn must take no lock but leaves). */
+void sig_each_remote(struct proc *p, void (*fn)(uint32_t node, void *ud), void *ud);
+
 /* Removes, on self's side only, its link to `other` and (if ref is not
 ** NULL) its monitor `*ref`: undoes a spawn that could not start. */
 void sig_forget(struct proc *self, term_id other, const term_id *ref);

@@ -144,6 +144,15 @@ static void fill(mbox_msg *m, mbox_kind kind, const unsigned char *data, size_t 
   memcpy(m->data, data, len);
 }
 
+/* Set once (release) before any pid of another node exists; read with acquire. */
+static void (*_Atomic node_ref)(uint32_t node);
+static void (*_Atomic node_unref)(uint32_t node);
+
+void mbox_set_node_refs(void (*ref)(uint32_t node), void (*unref)(uint32_t node)) {
+  atomic_store_explicit(&node_unref, unref, memory_order_release);
+  atomic_store_explicit(&node_ref, ref, memory_order_release);
+}
+
 mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
                        term_id from, term_id ref) {
   int tagged = from.n != 0 || ref.n != 0;
@@ -154,6 +163,8 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
   if (tagged) {
     term_id ids[2] = { from, ref };
     memcpy((char *)m + ids_at(len), ids, sizeof ids);
+    void (*take)(uint32_t) = from.node ? atomic_load_explicit(&node_ref, memory_order_acquire) : NULL;
+    if (take) take(from.node);
   }
   return m;
 }
@@ -174,6 +185,11 @@ term_id mbox_msg_from(const mbox_msg *m) { return msg_id(m, 0); }
 term_id mbox_msg_ref(const mbox_msg *m) { return msg_id(m, 1); }
 
 void mbox_msg_free(mbox_msg *m) {
+  if (m && m->tagged) {   /* an EXIT, a DOWN, or a message through an alias */
+    term_id from = msg_id(m, 0);
+    void (*drop)(uint32_t) = from.node ? atomic_load_explicit(&node_unref, memory_order_acquire) : NULL;
+    if (drop) drop(from.node);
+  }
   if (m && pooled(m->len, m->tagged)) entry_free(m);
   else free(m);
 }

@@ -124,6 +124,11 @@ mbox_msg *mbox_msg_new(mbox_kind kind, const unsigned char *data, size_t len,
                        term_id from, term_id ref);
 void mbox_msg_free(mbox_msg *m);
 
+/* An entry whose `from` is a pid of another node holds a reference on that
+** node's entry (node.h) from mbox_msg_new to mbox_msg_free, through these.
+** Set once by remote_install, before any pid of another node can exist. */
+void mbox_set_node_refs(void (*ref)(uint32_t node), void (*unref)(uint32_t node));
+
 /* Copies entry m's header and bytes into `to`, which has room for
 ** offsetof(mbox_msg, data) + m->len bytes: an entry that is not queued,
 ** owns nothing (never mbox_msg_free it) and carries no pid or ref, so

@@ -1,18 +1,30 @@
 /*
 ** node.h — this node's name and creation, and the table of nodes it knows.
 **
-** Index 0 is this node. Another node gets an index the first time its name
-** is seen (a pid decoded from the wire, a connect, a handshake) and keeps it
-** until the OS process ends: indexes and names are never reused or freed, so
-** a name returned here stays valid. A pid or ref of another node is
-** {serial, index, creation of that node's incarnation}; a pid whose creation
-** is not the one of the node's current connection behaves as dead.
-** This node's own name seen with another creation (a pid of an earlier
-** incarnation) gets an index of its own, which never connects.
+** Index 0 is this node. Another node gets an entry the first time its name
+** is seen (a pid decoded from the wire, a connect, a handshake). A pid or
+** ref of another node is {serial, index, creation of that node's
+** incarnation}; a pid whose creation is not the one of the node's current
+** connection behaves as dead. This node's own name seen with another
+** creation (a pid of an earlier incarnation) gets an entry of its own,
+** which never connects.
 **
-** Each entry's connection slot (the up link, or an attempt in progress) and
-** its monitor_node subscribers are guarded by the table lock; the lock is a
-** leaf: nothing else is locked while it is held.
+** An entry is freed when nothing refers to it: no reference (node_ref: the
+** Lua userdata of its pids and refs, mailbox entries that carry one, a
+** link object), no process holding one of its pids in a link or monitor
+** (found by the sweep's walk), no connection or attempt, no monitor_node
+** subscriber. A sweep runs when a new entry would double the table since
+** the last one, at most once per NODE_GRACE seconds. An index (and its
+** name) held without a reference stays good for at least NODE_GRACE after
+** the reference count last became zero; an index that outlived its entry
+** names no node (its 8-bit generation no longer matches). There is no cap.
+**
+** Names are found through 64 hash shards, each under its own lock; an
+** index is read without a lock. Each entry's connection slot and its
+** monitor_node subscribers are guarded by its shard's lock, a leaf: nothing
+** else is locked while it is held. The allocator's lock (new entries, the
+** sweep) comes before the shard locks and before proc.lock, which the
+** sweep's walk takes: node_intern must be called with no kernel lock held.
 */
 #ifndef erlangen_node_h
 #define erlangen_node_h
@@ -22,8 +34,8 @@
 #include "codec.h"
 #include "term.h"
 
-#define NODE_MAX       4096u   /* nodes one OS process can know */
 #define NODE_NAME_MAX  255u    /* bytes of "name@host" */
+#define NODE_GRACE     0.1     /* seconds; see above */
 #define NODE_NONAME    "nonode@nohost"
 
 struct conn;
@@ -45,10 +57,10 @@ uint32_t node_creation(void);
 int node_valid_name(const char *name, size_t len);
 
 /* The index of `name`, added if new. Returns 0, or -1 for an invalid name
-** or a full table. Never returns index 0. */
+** or when memory runs out. Never returns index 0. May sweep (see above). */
 int node_intern(const char *name, size_t len, uint32_t *idx);
 
-/* The name of index `idx` (node_self() for 0), or NULL. */
+/* The name of index `idx` (node_self() for 0), or NULL if it names no node. */
 const char *node_name(uint32_t idx);
 
 /* The index of a known node name, or -1. Does not add it. */
@@ -56,6 +68,20 @@ long node_find(const char *name);
 
 /* How the codec names nodes (wire pids and refs). */
 extern const codec_nodes node_codec;
+
+/* A reference keeps idx's entry; both do nothing for an index that names
+** no node. Any thread, no lock. */
+void node_ref(uint32_t idx);
+void node_unref(uint32_t idx);
+
+/* How a sweep finds the nodes that processes hold in links and monitors:
+** the walk calls mark(idx, ud) for each. Set once, when the node starts. */
+typedef void (*node_walk)(void (*mark)(uint32_t idx, void *ud), void *ud);
+void node_set_walk(node_walk walk);
+
+/* Entries in the table, and a sweep now (for tests). */
+size_t node_count(void);
+void node_sweep(void);
 
 /* ---- connection slots ---- */
 

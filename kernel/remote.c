@@ -3,6 +3,7 @@
 */
 #include <stdatomic.h>
 #include <stddef.h>
+#include "mailbox.h"
 #include "remote.h"
 
 static int no_link(term_id from, term_id to) { (void)from; (void)to; return REMOTE_NOCONN; }
@@ -21,7 +22,8 @@ static void no_down(term_id from, term_id watcher, term_id ref, const unsigned c
 static void no_forget(term_id pid) { (void)pid; }
 static void no_stop(void) {}
 static const remote_ops none = {
-  no_link, no_unlink, no_exit, no_monitor, no_demonitor, no_down, no_forget, no_stop, NULL, NULL
+  no_link, no_unlink, no_exit, no_monitor, no_demonitor, no_down, no_forget, no_stop, NULL, NULL,
+  NULL, NULL
 };
 
 /* The module's one global: written once by remote_install (release), read
@@ -33,7 +35,10 @@ int remote_install(const remote_ops *ops) {
   if (!atomic_compare_exchange_strong_explicit(&R_ops, &expected, ops, memory_order_release,
                                                memory_order_relaxed))
     return -1;
-  term_set_namer(ops->node_name);
+  static term_nodes names;   /* written once, here, before term.c can read it */
+  names = (term_nodes){ ops->node_name, ops->node_ref, ops->node_unref };
+  term_set_nodes(&names);
+  mbox_set_node_refs(ops->node_ref, ops->node_unref);
   return 0;
 }
 

@@ -37,10 +37,14 @@ typedef struct remote_ops {
   void (*forget)(term_id pid);
   /* The node stops; called after every process has ended. */
   void (*stop)(void);
-  /* How the codec names other nodes (kern_limits), and how tostring does
-  ** (remote_install gives it to term.c). */
+  /* How the codec names other nodes (kern_limits). */
   const codec_nodes *nodes;
+  /* Names a node for tostring; a reference on a node's entry, held by each
+  ** Lua userdata of its pids and refs and by each mailbox entry from one of
+  ** its pids (remote_install gives these to term.c and mailbox.c). */
   const char *(*node_name)(uint32_t node);
+  void (*node_ref)(uint32_t node);
+  void (*node_unref)(uint32_t node);
 } remote_ops;
 
 /* Installs `ops` (not copied: it must outlive the kernel). Only the first

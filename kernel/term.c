@@ -9,15 +9,17 @@
 
 /* Registry keys: the address of these statics is the key. */
 static const char *const term_mt_name[] = { NULL, "erlangen.pid", "erlangen.ref" };
+/* Of other nodes' pids and refs: the same, with a __gc that drops the ref. */
+static const char *const term_remote_mt_name[] = { NULL, "erlangen.rpid", "erlangen.rref" };
 static const char term_cache_key = 'c';
 
 /* The module's one global. `refs` is the node-wide ref counter: atomic, so
 ** any thread may draw from it; refs are never reused while the node runs.
-** `node_name` is set once by remote_install, before any pid of another
-** node can exist. */
+** `nodes` is set once by remote_install (release), before any pid of
+** another node can exist; read with acquire. */
 static struct {
   _Atomic uint64_t refs;
-  const char *(*_Atomic node_name)(uint32_t node);
+  const term_nodes *_Atomic nodes;
 } T = { .refs = 1 };
 
 term_id term_new_ref(void) {
@@ -25,7 +27,11 @@ term_id term_new_ref(void) {
   return id;
 }
 
-void term_set_namer(const char *(*node_name)(uint32_t node)) { atomic_store(&T.node_name, node_name); }
+void term_set_nodes(const term_nodes *nodes) {
+  atomic_store_explicit(&T.nodes, nodes, memory_order_release);
+}
+
+static const term_nodes *nodes(void) { return atomic_load_explicit(&T.nodes, memory_order_acquire); }
 
 /* The block of a pid or ref userdata. `mark` is TERM_MARK xor its kind: a
 ** userdata is ours when it has this size and a mark that decodes to a kind.
@@ -46,8 +52,8 @@ static int term_tostring(lua_State *L) {
     lua_pushfstring(L, "userdata: %p", lua_touserdata(L, 1));
     return 1;
   }
-  const char *(*namer)(uint32_t) = atomic_load(&T.node_name);
-  const char *node = id.node && namer ? namer(id.node) : NULL;
+  const term_nodes *ns = id.node ? nodes() : NULL;
+  const char *node = ns ? ns->name(id.node) : NULL;
   if (node)   /* a pid or ref of another node shows that node's name */
     lua_pushfstring(L, k == TERM_PID ? "<%s.%I>" : "#Ref<%s.%I>", node, (lua_Integer)id.n);
   else if (k == TERM_PID)
@@ -67,8 +73,17 @@ static int term_lt(lua_State *L) {  /* ordering, so pids can be sorted */
   return 1;
 }
 
-static void term_metatable(lua_State *L, enum term_kind kind) {
-  if (luaL_newmetatable(L, term_mt_name[kind])) {
+/* __gc of another node's pid or ref. */
+static int term_gc(lua_State *L) {
+  term_id id;
+  const term_nodes *ns = nodes();
+  if (term_test(L, 1, &id) != TERM_NONE && id.node && ns) ns->unref(id.node);
+  return 0;
+}
+
+static void term_metatable(lua_State *L, enum term_kind kind, int remote) {
+  if (luaL_newmetatable(L, (remote ? term_remote_mt_name : term_mt_name)[kind])) {
+    if (remote) { lua_pushcfunction(L, term_gc); lua_setfield(L, -2, "__gc"); }
     lua_pushcfunction(L, term_tostring); lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, term_lt); lua_setfield(L, -2, "__lt");
     lua_pushstring(L, kind == TERM_PID ? "pid" : "ref"); lua_setfield(L, -2, "__name");
@@ -99,8 +114,10 @@ void term_push(lua_State *L, enum term_kind kind, term_id id) {
   lua_pop(L, 1);
   term_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->id = id; u->mark = TERM_MARK ^ (uint64_t)kind;
-  term_metatable(L, kind);
-  lua_setmetatable(L, -2);
+  const term_nodes *ns = id.node ? nodes() : NULL;
+  term_metatable(L, kind, ns != NULL);
+  lua_setmetatable(L, -2);   /* the __gc is set before the ref is taken: it is always dropped */
+  if (ns) ns->ref(id.node);
   lua_pushlstring(L, key, sizeof key);
   lua_pushvalue(L, -2);
   lua_rawset(L, -4);

@@ -40,8 +40,15 @@ static inline int term_eq(term_id a, term_id b) {
 /* Fresh ref from the node-wide counter (atomic; any thread). */
 term_id term_new_ref(void);
 
-/* How tostring names the node of a pid or ref of another node (set by
-** remote_install). */
-void term_set_namer(const char *(*node_name)(uint32_t node));
+/* Pids and refs of other nodes: how tostring names their node, and the
+** reference each one's userdata holds on its node's entry (taken when the
+** userdata is made, dropped by its __gc). Set once by remote_install,
+** before any pid of another node can exist. */
+typedef struct term_nodes {
+  const char *(*name)(uint32_t node);
+  void (*ref)(uint32_t node);
+  void (*unref)(uint32_t node);
+} term_nodes;
+void term_set_nodes(const term_nodes *nodes);
 
 #endif

@@ -172,6 +172,34 @@ describe("meson install into a scratch prefix #install", function()
     assert.are.equal(prefix .. "/share/lua/5.4/erlangen/timer.lua\n", out)
   end)
 
+  it("lets a node of a stock lua5.4 start the installed erlangen as its port mapper", function()
+    if not check() then return end
+    local key = dir .. "/cluster.key"
+    assert(sh("head -c 32 /dev/urandom > " .. q(key) .. " && chmod 600 " .. q(key)))
+    -- A free port for this check's own port mapper, so no other one answers.
+    local socket = require "socket"
+    local probe = assert(socket.bind("127.0.0.1", 0))
+    local _, port = probe:getsockname()
+    probe:close()
+    local ok, out = sh("timeout 20 " .. clean_env("ERLANGEN_PORT_MAPPER_PORT=" .. port
+      .. " LUA_CPATH=" .. q(prefix .. "/lib/lua/5.4/?.so")) .. "lua5.4 -e "
+      .. q("print(require 'erlangen'.start_node{name = 'inst@127.0.0.1', listen = '127.0.0.1:0', key_file = '"
+           .. key .. "'})"))
+    -- The daemon outlives the node: find it by its command line (a process
+    -- that is about to exit may match too), and stop it.
+    local _, pids = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null"
+      .. " | grep -q -- '--port-mapper --port " .. port .. " $' && echo ${p#/proc/}; done")
+    local exes = {}
+    for pid in pids:gmatch("%d+") do
+      local _, exe = sh("readlink /proc/" .. pid .. "/exe")
+      if exe ~= "" then exes[#exes + 1] = exe:gsub("\n$", "") end
+      sh("kill " .. pid)
+    end
+    assert(ok, "start_node under lua5.4 with the installed module:\n" .. out)
+    assert.is_true(#exes > 0, "no port mapper on port " .. port .. " after start_node")
+    for _, exe in ipairs(exes) do assert.are.equal(prefix .. "/bin/erlangen", exe) end
+  end)
+
   it("gives the shared library a versioned soname", function()
     if not check() then return end
     local ok, out = sh("readelf -d " .. q(libdir .. "/liberlangen.so"))

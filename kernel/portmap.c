@@ -1106,6 +1106,14 @@ int pmap_keeper_registered(const pmap_keeper *k) {
   return k->state == KEEP_REGISTERED;
 }
 
+unsigned pmap_keeper_attempts(const pmap_keeper *k) {
+  return k->attempts;
+}
+
+unsigned pmap_keeper_registrations(const pmap_keeper *k) {
+  return k->registrations;
+}
+
 const char *pmap_keeper_error(const pmap_keeper *k) {
   return k->err;
 }

@@ -140,7 +140,8 @@ int pmap_ensure(char *err, size_t errlen);
 **   loop: watch pmap_keeper_fd(&k) for pmap_keeper_events(&k) (POLLIN or
 **         POLLOUT, equal to EPOLLIN/EPOLLOUT); when it is ready, or at the
 **         time the last step returned, call next = pmap_keeper_step(&k, now).
-**         The fd and the events may change at every step.
+**         The fd and the events may change at every step (see
+**         pmap_keeper_attempts for epoll).
 **   pmap_keeper_stop(&k);  (closes the connection: the name is released)
 ** Its fields are the owner's alone; read them only through the calls. */
 
@@ -185,6 +186,15 @@ int64_t pmap_keeper_step(pmap_keeper *k, int64_t now);
 
 /* 1 while the name is registered, else 0. */
 int pmap_keeper_registered(const pmap_keeper *k);
+
+/* Connects tried so far. It changes exactly when the keeper opens a new
+** connection: an epoll loop then deletes the old fd (ignoring errors: the
+** keeper has closed it) and adds the new one, even when the number is the
+** same, since a closed descriptor's number can come back at once. */
+unsigned pmap_keeper_attempts(const pmap_keeper *k);
+
+/* Registrations made so far, the adopted one included. */
+unsigned pmap_keeper_registrations(const pmap_keeper *k);
 
 /* Why the last attempt failed ("" if none did since the last success);
 ** valid until the next step. */

@@ -677,7 +677,7 @@ static void test_keeper_restart(void) {
   r = pmap_keeper_start(&k, "kept", 9701, -1, err, sizeof err);
   CHECK(r == 0 && pmap_keeper_fd(&k) == -1 && !pmap_keeper_registered(&k),
         "a keeper starts without a connection", "'%s'", err);
-  CHECK(drive(&k, is_registered, 2.0, &slowest) && looks_up("kept", 9701) && k.registrations == 1,
+  CHECK(drive(&k, is_registered, 2.0, &slowest) && looks_up("kept", 9701) && pmap_keeper_registrations(&k) == 1,
         "the keeper registers its name", "'%s'", pmap_keeper_error(&k));
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
@@ -685,11 +685,11 @@ static void test_keeper_restart(void) {
         "still registered");
   CHECK(strstr(pmap_keeper_error(&k), "went away") != NULL, "and says so", "'%s'",
         pmap_keeper_error(&k));
-  before = k.attempts;
+  before = pmap_keeper_attempts(&k);
   drive(&k, never, 1.0, &slowest);
-  CHECK(k.attempts - before >= 2 && k.attempts - before <= 4,
+  CHECK(pmap_keeper_attempts(&k) - before >= 2 && pmap_keeper_attempts(&k) - before <= 4,
         "with no daemon it retries with back-off (100, 200, 400 ms: 3 tries in 1 s)", "%u tries",
-        k.attempts - before);
+        pmap_keeper_attempts(&k) - before);
   CHECK(strstr(pmap_keeper_error(&k), "no port mapper answers") != NULL, "and says why it fails",
         "'%s'", pmap_keeper_error(&k));
   p2 = port;
@@ -697,7 +697,7 @@ static void test_keeper_restart(void) {
   CHECK(pid2 > 0, "a new daemon takes the same port", "pmap_listen failed");
   t0 = now();
   r = drive(&k, is_registered, 3.0, &slowest);
-  CHECK(r && looks_up("kept", 9701) && k.registrations == 2,
+  CHECK(r && looks_up("kept", 9701) && pmap_keeper_registrations(&k) == 2,
         "when the daemon comes back, the keeper registers again within its back-off",
         "after %.2f s: '%s'", now() - t0, pmap_keeper_error(&k));
   if (pid2 > 0) stop_daemon(pid2);
@@ -705,7 +705,7 @@ static void test_keeper_restart(void) {
         "still registered");
   r = pmap_ensure(err, sizeof err);  /* the build's erlangen --port-mapper, on the same port */
   CHECK(r == 0 && drive(&k, is_registered, 6.0, &slowest) && looks_up("kept", 9701) &&
-        k.registrations == 3, "with a daemon that pmap_ensure starts, it registers a third time",
+        pmap_keeper_registrations(&k) == 3, "with a daemon that pmap_ensure starts, it registers a third time",
         "'%s' '%s'", err, pmap_keeper_error(&k));
   CHECK(slowest < 0.05, "no step blocks (each takes under 50 ms)", "the slowest took %.3f s", slowest);
   pmap_keeper_stop(&k);
@@ -731,8 +731,8 @@ static void test_keeper_adopt_and_taken(void) {
         pmap_keeper_registered(&k) && pmap_keeper_fd(&k) == fd && pmap_keeper_events(&k) == POLLIN,
         "a keeper takes over a registration from pmap_register", "'%s'", err);
   drive(&k, never, 0.2, &slowest);
-  CHECK(pmap_keeper_registered(&k) && k.attempts == 0 && looks_up("adopted", 9702),
-        "and keeps it without reconnecting", "%u attempts", k.attempts);
+  CHECK(pmap_keeper_registered(&k) && pmap_keeper_attempts(&k) == 0 && looks_up("adopted", 9702),
+        "and keeps it without reconnecting", "%u attempts", pmap_keeper_attempts(&k));
   r = pmap_register("contested", 9703, &holder, err, sizeof err);
   CHECK(r == 0 && pmap_keeper_start(&k2, "contested", 9704, -1, err, sizeof err) == 0,
         "another connection holds a name", "'%s'", err);

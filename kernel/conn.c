@@ -1,9 +1,35 @@
 /*
-** conn.c — node links: listen, connect, handshake, reader and writer threads.
+** conn.c — node links on a fixed set of I/O threads: listening, the
+** handshakes, reading, writing what senders leave, heartbeats and liveness
+** (doc/netlink.md gives the design; handshake.md the bytes).
+**
+** Threads. Each I/O thread owns an epoll instance and the links handed to
+** it (a link's node index picks the thread); thread 0 also owns the
+** listening socket and the handshake slots of accepted sockets. A process
+** that connects runs the initiator's side of the handshake itself (it may
+** block, up to its deadline), then hands the link to its I/O thread.
+** Only a link's I/O thread reads its socket and uses its decoder. Senders
+** seal and write their own records when the socket takes them at once;
+** what it does not take waits in the encoder and the I/O thread writes it
+** when the socket is writable (EPOLLOUT, armed by whoever left bytes).
+**
+** Liveness. A link is alive while whole frames arrive: the sweep, every
+** quarter of the tick, ends a link that completed no frame for a tick, one
+** that has had a frame in progress for a tick (a peer that trickles, or a
+** length that makes the decoder wait for bytes that never come), and one
+** whose unsent bytes made no progress for a tick; it sends a heartbeat on
+** a link that sent nothing for a quarter of the tick.
+**
+** Handshakes of accepted sockets are state machines over fixed slots
+** (HS_SLOTS in all, HS_PER_ADDR per source address); at a bound the oldest
+** unauthenticated socket of that address (or of all) is closed for the new
+** one. No step waits, so a silent or slow socket delays no other peer.
+** Nothing is allocated for a peer before its confirmation frame decrypts.
 */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -13,6 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,12 +54,16 @@
 #include "portmap.h"
 
 #define HS_SECONDS      5.0    /* a handshake must finish within this */
-#define IO_CHUNK        65536  /* bytes read from the socket at a time */
-#define READ_WAIT_MS    250    /* the reader looks at the tick this often */
-#define RATE_SLOTS      64     /* source addresses remembered for rate limiting */
-#define RATE_FAILURES   5      /* failed handshakes allowed per address and window */
-#define RATE_WINDOW     10.0   /* seconds */
-#define RATE_RETRY      1.0    /* seconds between attempts of an address over the limit */
+#define HS_SLOTS        64     /* unauthenticated accepted sockets at once, in all */
+#define HS_PER_ADDR     8      /* ... and from one source address */
+#define IO_CHUNK        65536  /* bytes read from a socket at a time */
+#define IO_READS        4      /* reads of a link per wake-up, so that one busy link does not starve others */
+#define IO_EVENTS       64
+#define IO_MAX_THREADS  16
+#define STOP_SECONDS    1.0    /* a stopping node waits this long for its links to close in order */
+#define ACCEPT_PAUSE    0.1    /* seconds accepting pauses when descriptors run out */
+#define RATE_SLOTS      64     /* source addresses remembered for reporting */
+#define REPORT_GAP      1.0    /* seconds between two reports of failed handshakes from one address */
 #define REC_ACCEPT      0x00   /* the responder's last handshake record: the link is up */
 /* Handshake records (before the link is up): a responder that already has
 ** a link to the same incarnation asks the initiator whether it still has
@@ -42,36 +74,92 @@
 #define REC_HASLINK     0xf2   /* initiator: yes */
 #define DIRECT_GAP      50e-6  /* a send this long after the previous one writes itself */
 
+/* What an epoll event's data points at: the first member of each. */
+enum { TAG_LISTEN = 1, TAG_WAKE, TAG_CONN, TAG_HS };
+typedef struct io_tag { int kind; } io_tag;
+
+typedef struct io io;
+
 struct conn {
+  io_tag tag;                    /* TAG_CONN */
   _Atomic int refs;
   uint32_t node, peer_creation;  /* immutable; the conn holds a reference on its node's entry */
   int fd;                        /* immutable; closed when the last reference goes */
-  double tick;                   /* immutable */
-  size_t bound;                  /* immutable */
+  io *io;                        /* immutable: the I/O thread that reads it */
   pthread_mutex_t lock;
-  pthread_cond_t more;           /* lock: the writer waits for records or closing */
   pthread_cond_t room;           /* lock: senders wait for the buffer to drain */
   frame_enc enc;                 /* lock */
-  int closing;                   /* lock: no more records; the writer ends */
-  int writing;                   /* lock: the writer holds bytes it is writing outside the lock */
-  double last_send;              /* lock: when conn_send last queued a record */
+  int closing;                   /* lock: no more records */
   int orderly;                   /* lock: this side sent CLOSE */
+  int want_out;                  /* lock: EPOLLOUT is armed for bytes left in enc */
   int waiting_room;              /* lock: senders waiting on `room` */
-  frame_dec dec;                 /* the handshake, then the reader thread only */
+  double last_send;              /* lock: when a record or a heartbeat was last queued */
+  double last_progress;          /* lock: when the socket last took bytes, or enc was empty */
+  /* The I/O thread's alone. */
+  frame_dec dec;                 /* (the handshake's before that) */
+  double last_frame;             /* when the last whole frame arrived */
+  double partial_since;          /* when the frame now in progress began; 0 if none */
+  size_t listed;                 /* its index in io->conns */
+  int ended;
 };
 
-typedef struct rate_slot { unsigned char addr[16]; int failures; double since, last_try; } rate_slot;
+typedef struct hs_slot {
+  io_tag tag;                    /* TAG_HS */
+  int fd;                        /* -1: free */
+  int step;                      /* HS_MSG1, HS_CONFIRM, HS_ALIVE */
+  double started, deadline;
+  unsigned char addr[16];
+  struct sockaddr_storage sa;
+  unsigned char in[NOISE_LENBYTES + NOISE_MAX_MSG];
+  size_t have;
+  noise_hs noise;
+  noise_hello peer;
+  frame_enc enc;
+  frame_dec dec;
+  int split;                     /* enc and dec hold the handshake's split */
+  conn *c;                       /* HS_ALIVE: the link, not in the node table yet */
+  uint32_t idx;                  /* HS_ALIVE: its node */
+} hs_slot;
 
-/* The module's one global. `cfg` is written by conn_start before the
-** acceptor starts and read-only after; `lock` guards the rest. */
+enum { HS_MSG1 = 1, HS_CONFIRM, HS_ALIVE };
+
+struct io {
+  pthread_t thread;
+  int index;
+  int ep;                        /* immutable */
+  int wake;                      /* immutable: an eventfd */
+  io_tag wake_tag;
+  pthread_mutex_t lock;          /* guards `adds` only; a leaf */
+  conn **adds;                   /* lock: links handed to this thread, not yet in `conns` */
+  size_t nadds, capadds;
+  /* The thread's alone. */
+  conn **conns;
+  size_t nconns, capconns;
+  double next_sweep;
+};
+
+typedef struct rate_slot { unsigned char addr[16]; double last_report; unsigned quiet; int used; } rate_slot;
+
+/* The module's one global. `cfg`, `nio`, `ios` and `listen_fd` are written
+** by conn_start before the threads start and only read after (listen_fd
+** is closed by conn_stop once they have ended); `lock` guards `rate`;
+** `hs`, `listen_tag` and `accept_paused` belong to I/O thread 0. */
 static struct {
   conn_config cfg;
   int listen_fd;
   _Atomic int running;
+  int nio;
+  io ios[IO_MAX_THREADS];
   pthread_mutex_t lock;
   rate_slot rate[RATE_SLOTS];   /* lock */
-  _Atomic int writers;          /* writer threads running */
-} C = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+  hs_slot *hs;                  /* HS_SLOTS of them */
+  io_tag listen_tag;
+  double accept_paused;         /* 0, or when accepting resumes */
+  double stop_deadline;         /* written by conn_stop before it wakes the threads */
+} C = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .listen_tag = { TAG_LISTEN } };
+
+/* The I/O thread the calling thread is, or NULL. */
+static _Thread_local io *io_self;
 
 /* ---- sockets with deadlines ---- */
 
@@ -150,7 +238,6 @@ void conn_release(conn *c) {
   frame_enc_free(&c->enc);
   frame_dec_free(&c->dec);
   pthread_mutex_destroy(&c->lock);
-  pthread_cond_destroy(&c->more);
   pthread_cond_destroy(&c->room);
   if (c->fd >= 0) close(c->fd);
   node_unref(c->node);
@@ -160,20 +247,69 @@ void conn_release(conn *c) {
 uint32_t conn_node(const conn *c) { return c->node; }
 uint32_t conn_peer_creation(const conn *c) { return c->peer_creation; }
 
-/* Writes what is queued without waiting (c->lock held, the writer idle);
-** whatever the socket does not take stays for the writer. */
-static void direct_write_locked(conn *c) {
+static io *io_of(uint32_t node) { return &C.ios[node % (uint32_t)C.nio]; }
+
+static conn *conn_new(int fd, uint32_t node, uint32_t creation, frame_enc *enc, frame_dec *dec) {
+  conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->tag.kind = TAG_CONN;
+  atomic_init(&c->refs, 1);
+  c->fd = fd;
+  c->node = node;
+  node_ref(node);   /* records from the link name the node until the last reference goes */
+  c->peer_creation = creation;
+  c->io = io_of(node);
+  pthread_mutex_init(&c->lock, NULL);
+  pthread_cond_init(&c->room, NULL);
+  c->enc = *enc;
+  c->dec = *dec;
+  c->last_progress = mbox_now();
+  return c;
+}
+
+/* Arms EPOLLOUT so that the I/O thread writes what enc holds (c->lock held). */
+static void arm_out_locked(conn *c) {
+  if (c->want_out) return;
+  struct epoll_event ev = { EPOLLIN | EPOLLOUT, { .ptr = &c->tag } };
+  if (epoll_ctl(c->io->ep, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->want_out = 1;
+}
+
+/* Writes what enc holds without waiting (c->lock held). Bytes the socket
+** does not take stay for the I/O thread; after CLOSE, once everything is
+** out, the write side is shut. A write that fails shuts the socket: the
+** I/O thread sees it and ends the link. */
+static void write_locked(conn *c) {
   const unsigned char *p;
   size_t n;
-  if (frame_enc_flush(&c->enc, &p, &n) != 0 || n == 0) return;
-  ssize_t w = send(c->fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-  if (w > 0) frame_enc_consumed(&c->enc, (size_t)w);
+  if (frame_enc_flush(&c->enc, &p, &n) != 0) { shutdown(c->fd, SHUT_RDWR); return; }
+  while (n > 0) {
+    ssize_t w = send(c->fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+      frame_enc_consumed(&c->enc, (size_t)w);
+      c->last_progress = mbox_now();
+      if (frame_enc_flush(&c->enc, &p, &n) != 0) { shutdown(c->fd, SHUT_RDWR); return; }
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { shutdown(c->fd, SHUT_RDWR); return; }
+    break;
+  }
+  if (n > 0) { arm_out_locked(c); return; }
+  c->last_progress = mbox_now();
+  if (c->want_out) {
+    struct epoll_event ev = { EPOLLIN, { .ptr = &c->tag } };
+    if (epoll_ctl(c->io->ep, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->want_out = 0;
+  }
+  if (c->waiting_room) pthread_cond_broadcast(&c->room);
+  if (c->orderly) shutdown(c->fd, SHUT_WR);
 }
 
 int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, double deadline) {
   int rc = CONN_OK;
   pthread_mutex_lock(&c->lock);
-  while (!c->closing && frame_enc_pending(&c->enc) >= c->bound) {
+  /* An I/O thread never waits: what it sends answers what arrived (a
+  ** spawn's reply, a noproc), bounded by what it reads. */
+  while (!io_self && !c->closing && frame_enc_pending(&c->enc) >= C.cfg.out_bound) {
     double left = deadline - mbox_now();
     if (left <= 0) { rc = CONN_FULL; break; }
     struct timespec ts = mbox_realtime_in(left);
@@ -184,13 +320,13 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
   if (rc == CONN_OK) {
     if (c->closing || frame_enc_record(&c->enc, a, alen, b, blen) != 0) rc = CONN_CLOSED;
     else {
-      /* A record on a quiet link goes out at once from here, saving the
-      ** writer's wake-up (latency); records that come in quick succession
-      ** are left to the writer, which batches them (throughput). */
+      /* A record on a quiet link goes out at once from here (latency);
+      ** records in quick succession are left to the I/O thread, which
+      ** writes them in one go (throughput). */
       double t = mbox_now();
-      if (!c->writing && t - c->last_send > DIRECT_GAP) direct_write_locked(c);
+      if (!c->want_out && t - c->last_send > DIRECT_GAP) write_locked(c);
+      else arm_out_locked(c);
       c->last_send = t;
-      if (frame_enc_pending(&c->enc)) pthread_cond_signal(&c->more);
     }
   }
   pthread_mutex_unlock(&c->lock);
@@ -200,160 +336,142 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
 void conn_close(conn *c, int orderly) {
   pthread_mutex_lock(&c->lock);
   if (!c->closing) {
-    if (orderly) c->orderly = frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0) == 0;
-    if (!c->orderly) shutdown(c->fd, SHUT_RDWR);
     c->closing = 1;
+    if (orderly && frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0) == 0) {
+      c->orderly = 1;
+      write_locked(c);
+    } else shutdown(c->fd, SHUT_RDWR);
   }
-  pthread_cond_broadcast(&c->more);
   pthread_cond_broadcast(&c->room);
   pthread_mutex_unlock(&c->lock);
 }
 
-/* The writer: moves sealed frames to the socket in batches, sends a tick
-** when the link has been idle for a quarter of the tick time. */
-static void *writer_main(void *arg) {
-  conn *c = arg;
-  unsigned char *out = NULL;
-  size_t outcap = 0;
-  double idle = c->tick / 4;
+static void wake(io *t) {
+  uint64_t one = 1;
+  ssize_t w = write(t->wake, &one, sizeof one);
+  (void)w;   /* a full counter wakes the thread as well */
+}
+
+/* Hands c to its I/O thread: registered with its epoll (so senders may arm
+** EPOLLOUT from now on) and queued for its sweep; the thread takes over
+** one reference. Any thread. Returns 0, or -1 (nothing changed). */
+static int io_attach(conn *c) {
+  io *t = c->io;
+  pthread_mutex_lock(&t->lock);
+  if (t->nadds == t->capadds) {
+    size_t cap = t->capadds ? t->capadds * 2 : 16;
+    conn **a = realloc(t->adds, cap * sizeof *a);
+    if (!a) { pthread_mutex_unlock(&t->lock); return -1; }
+    t->adds = a;
+    t->capadds = cap;
+  }
+  /* Queued before it is registered: the thread takes the queue before it
+  ** handles the events of a wait, so a link's first event finds it listed. */
+  conn_retain(c);
+  t->adds[t->nadds++] = c;
+  pthread_mutex_unlock(&t->lock);
+  struct epoll_event ev = { EPOLLIN, { .ptr = &c->tag } };
+  if (epoll_ctl(t->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) shutdown(c->fd, SHUT_RDWR);  /* ended by the sweep */
+  wake(t);
+  return 0;
+}
+
+static void take_adds(io *t, double now) {
+  pthread_mutex_lock(&t->lock);
+  for (size_t i = 0; i < t->nadds; i++) {
+    conn *c = t->adds[i];
+    if (t->nconns == t->capconns) {
+      size_t cap = t->capconns ? t->capconns * 2 : 16;
+      conn **a = realloc(t->conns, cap * sizeof *a);
+      if (!a) { shutdown(c->fd, SHUT_RDWR); conn_release(c); continue; }   /* its peer sees it gone */
+      t->conns = a;
+      t->capconns = cap;
+    }
+    c->last_frame = now;
+    c->listed = t->nconns;
+    t->conns[t->nconns++] = c;
+  }
+  t->nadds = 0;
+  pthread_mutex_unlock(&t->lock);
+}
+
+/* Ends a link (its I/O thread): out of epoll and the thread's list; if it
+** is its node's current link, the node layer hears of it. */
+static void end_conn(io *t, conn *c, const char *why) {
+  if (c->ended) return;
+  c->ended = 1;
+  epoll_ctl(t->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  conn *last = t->conns[--t->nconns];
+  t->conns[c->listed] = last;
+  last->listed = c->listed;
   pthread_mutex_lock(&c->lock);
-  for (;;) {
-    if (frame_enc_pending(&c->enc) == 0 && !c->closing) {
-      struct timespec ts = mbox_realtime_in(idle);
-      if (pthread_cond_timedwait(&c->more, &c->lock, &ts) != 0 && frame_enc_pending(&c->enc) == 0 &&
-          !c->closing)
-        frame_enc_control(&c->enc, FRAME_TICK, NULL, 0);
-      continue;
-    }
-    const unsigned char *p;
-    size_t n = 0;
-    int bad = frame_enc_flush(&c->enc, &p, &n) != 0;
-    if (n > outcap) {
-      unsigned char *grown = realloc(out, n);
-      if (!grown) bad = 1;
-      else { out = grown; outcap = n; }
-    }
-    if (!bad && n) {
-      memcpy(out, p, n);
-      frame_enc_consumed(&c->enc, n);
-    }
-    if (c->waiting_room) pthread_cond_broadcast(&c->room);
-    int closing = c->closing;
-    c->writing = 1;   /* senders must not write past these bytes */
-    pthread_mutex_unlock(&c->lock);
-    int failed = bad || (n && write_all(c->fd, out, n, mbox_now() + c->tick) != 0);
-    pthread_mutex_lock(&c->lock);
-    c->writing = 0;
-    if (failed) {
-      shutdown(c->fd, SHUT_RDWR);   /* the reader sees it and ends the link */
-      c->closing = 1;
-      break;
-    }
-    if (closing && frame_enc_pending(&c->enc) == 0) {
-      shutdown(c->fd, SHUT_WR);
-      break;
-    }
-  }
-  pthread_cond_broadcast(&c->room);
+  if (c->orderly) why = "closed";   /* we closed first: the end is the peer's answer */
   pthread_mutex_unlock(&c->lock);
-  free(out);
-  conn_release(c);
-  atomic_fetch_sub(&C.writers, 1);
-  return NULL;
+  /* A peer that closed in order gets our CLOSE in answer. */
+  conn_close(c, strcmp(why, "closed") == 0);
+  shutdown(c->fd, SHUT_RDWR);
+  if (node_clear_conn(c->node, c)) {
+    dist_node_down(c->node, c->peer_creation);
+    dist_link_lost(c->node, why);
+  }
+  conn_release(c);   /* the thread's */
 }
 
-/* The reader: decodes frames and hands records to dist; a broken link,
-** a silence of one tick time, or the peer's CLOSE end it. */
-static void *reader_main(void *arg) {
-  conn *c = arg;
-  unsigned char *buf = malloc(IO_CHUNK);
-  const char *why = "noconnection";
-  double last = mbox_now();
-  while (buf) {
-    /* A blocking recv that times out every READ_WAIT_MS (SO_RCVTIMEO, set by
-    ** conn_run): one system call per arrival, and a regular look at the tick. */
-    ssize_t got = recv(c->fd, buf, IO_CHUNK, 0);
-    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      if (mbox_now() - last > c->tick) { why = "tick"; break; }
-      continue;
-    }
-    if (got <= 0) break;
-    last = mbox_now();
+/* Reads what the socket holds (up to IO_READS chunks) and acts on every
+** whole frame. */
+static void read_conn(io *t, conn *c, unsigned char *buf) {
+  for (int k = 0; k < IO_READS && !c->ended; k++) {
+    ssize_t got = recv(c->fd, buf, IO_CHUNK, MSG_DONTWAIT);
+    if (got < 0 && errno == EINTR) { k--; continue; }
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (got <= 0) { end_conn(t, c, "noconnection"); return; }
+    double now = mbox_now();
     size_t off = 0, used;
     frame_msg f;
-    int rc = 0, closed = 0;
+    int rc;
     while ((rc = frame_dec_feed(&c->dec, buf + off, (size_t)got - off, &used, &f)) == 1) {
       off += used;
+      c->last_frame = now;
       if (f.type == FRAME_DATA) {
         size_t roff = 0, rlen;
         const unsigned char *rec;
         while (frame_record_next(&f, &roff, &rec, &rlen) == 1)
           if (rlen && rec[0] != REC_ACCEPT) dist_inbound(c, rec, rlen);
       } else if (f.type == FRAME_CLOSE) {
-        closed = 1;
-        break;
+        end_conn(t, c, "closed");
+        return;
       }
     }
-    if (rc < 0) { why = "a bad frame"; break; }
-    if (closed) { why = "closed"; break; }
+    if (rc < 0) { end_conn(t, c, "a bad frame"); return; }
+    if (!frame_dec_partial(&c->dec)) c->partial_since = 0;
+    else if (!c->partial_since) c->partial_since = now;
   }
-  free(buf);
+}
+
+static void write_conn(conn *c) {
   pthread_mutex_lock(&c->lock);
-  if (c->orderly) why = "closed";   /* we closed first: the end is the peer's answer */
+  write_locked(c);
   pthread_mutex_unlock(&c->lock);
-  /* A peer that closed in order gets our CLOSE in answer. */
-  conn_close(c, strcmp(why, "closed") == 0);
-  if (node_clear_conn(c->node, c)) {
-    dist_node_down(c->node, c->peer_creation);
-    dist_link_lost(c->node, why);
-  }
-  conn_release(c);
-  return NULL;
 }
 
-static conn *conn_new(int fd, uint32_t node, uint32_t creation, frame_enc *enc, frame_dec *dec) {
-  conn *c = calloc(1, sizeof *c);
-  if (!c) return NULL;
-  atomic_init(&c->refs, 1);
-  c->fd = fd;
-  c->node = node;
-  node_ref(node);   /* records from the link name the node until the last reference goes */
-  c->peer_creation = creation;
-  c->tick = C.cfg.tick;
-  c->bound = C.cfg.out_bound;
-  pthread_mutex_init(&c->lock, NULL);
-  pthread_cond_init(&c->more, NULL);
-  pthread_cond_init(&c->room, NULL);
-  c->enc = *enc;
-  c->dec = *dec;
-  return c;
-}
-
-/* Starts the two threads (each holds a reference). Returns 0 or -1. */
-static int conn_run(conn *c) {
-  /* From here the socket blocks for the reader (every other use passes
-  ** MSG_DONTWAIT), with a receive timeout for its tick check. */
-  int fl = fcntl(c->fd, F_GETFL);
-  if (fl >= 0) fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
-  struct timeval tv = { 0, READ_WAIT_MS * 1000 };
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  pthread_attr_t at;
-  pthread_attr_init(&at);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&at, 256 * 1024);
-  pthread_t t;
-  conn_retain(c);
-  conn_retain(c);
-  atomic_fetch_add(&C.writers, 1);
-  int ok = pthread_create(&t, &at, writer_main, c) == 0;
-  if (!ok) { conn_release(c); conn_release(c); atomic_fetch_sub(&C.writers, 1); }
-  else if (pthread_create(&t, &at, reader_main, c) != 0) {
-    conn_release(c);
-    conn_close(c, 0);  /* the writer ends and drops its reference */
-    ok = 0;
+/* Every quarter of the tick: liveness, stalled writes, heartbeats. */
+static void sweep(io *t, double now) {
+  double tick = C.cfg.tick;
+  for (size_t i = t->nconns; i-- > 0;) {
+    conn *c = t->conns[i];
+    const char *why = NULL;
+    if (now - c->last_frame > tick) why = "tick";
+    else if (c->partial_since && now - c->partial_since > tick) why = "a frame that did not end within a tick";
+    pthread_mutex_lock(&c->lock);
+    size_t pending = frame_enc_pending(&c->enc);
+    if (!why && pending && now - c->last_progress > tick) why = "writes stalled for a tick";
+    if (!why && !pending && !c->closing && now - c->last_send >= tick / 4) {
+      if (frame_enc_control(&c->enc, FRAME_TICK, NULL, 0) == 0) write_locked(c);
+      c->last_send = now;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (why) end_conn(t, c, why);
   }
-  pthread_attr_destroy(&at);
-  return ok ? 0 : -1;
 }
 
 /* ---- the handshake ---- */
@@ -394,17 +512,6 @@ static int first_record(const frame_msg *f) {
   size_t off = 0, len;
   const unsigned char *rec;
   return frame_record_next(f, &off, &rec, &len) == 1 && len > 0 ? rec[0] : -1;
-}
-
-/* Sends one handshake record (c->lock held). */
-static int send_record(conn *c, unsigned char type, double deadline) {
-  const unsigned char *out;
-  size_t outn;
-  if (frame_enc_record(&c->enc, &type, 1, NULL, 0) != 0 || frame_enc_flush(&c->enc, &out, &outn) != 0)
-    return -1;
-  int rc = write_all(c->fd, out, outn, deadline);
-  frame_enc_consumed(&c->enc, outn);
-  return rc;
 }
 
 /* Splits "name@host[:port]" into host and port (0 if none). */
@@ -486,17 +593,13 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  if (node_install_conn(idx, c) != 0) {   /* an incoming link won meanwhile: keep it */
+  if (io_attach(c) != 0) {
     conn_release(c);
-    return 0;
-  }
-  if (conn_run(c) != 0) {
-    node_clear_conn(idx, c);
-    conn_release(c);
-    snprintf(err, errlen, "cannot start the link's threads");
+    snprintf(err, errlen, "out of memory");
     return -1;
   }
-  conn_release(c);   /* ours; the table and the threads hold theirs */
+  if (node_install_conn(idx, c) != 0) conn_close(c, 0);   /* an incoming link won meanwhile: keep it */
+  conn_release(c);   /* ours; the table and the I/O thread hold theirs */
   return 0;
 }
 
@@ -525,7 +628,7 @@ int conn_connect(uint32_t idx, double deadline, char *err, size_t errlen) {
   return rc;
 }
 
-/* ---- accepting ---- */
+/* ---- accepting: admission and the responder's side ---- */
 
 static void addr_key(const struct sockaddr_storage *sa, unsigned char key[16]) {
   memset(key, 0, 16);
@@ -533,147 +636,399 @@ static void addr_key(const struct sockaddr_storage *sa, unsigned char key[16]) {
   else if (sa->ss_family == AF_INET6) memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
 }
 
-/* Returns the slot for addr (the oldest is recycled); C.lock held. */
-static rate_slot *rate_find_locked(const unsigned char key[16]) {
-  rate_slot *oldest = &C.rate[0];
-  for (int i = 0; i < RATE_SLOTS; i++) {
-    if (memcmp(C.rate[i].addr, key, 16) == 0) return &C.rate[i];
-    if (C.rate[i].since < oldest->since) oldest = &C.rate[i];
-  }
-  memcpy(oldest->addr, key, 16);
-  oldest->failures = 0;
-  oldest->since = mbox_now();
-  return oldest;
-}
-
-static int rate_limited(const unsigned char key[16]) {
+/* Reports a failed handshake, at most once per REPORT_GAP per address
+** (with the count of those not reported), so a flood costs a fixed amount. */
+static void report_failure(const hs_slot *s, const char *why) {
   pthread_mutex_lock(&C.lock);
-  rate_slot *s = rate_find_locked(key);
+  rate_slot *r = NULL, *oldest = &C.rate[0];
+  for (int i = 0; i < RATE_SLOTS && !r; i++) {
+    if (C.rate[i].used && memcmp(C.rate[i].addr, s->addr, 16) == 0) r = &C.rate[i];
+    else if (C.rate[i].last_report < oldest->last_report) oldest = &C.rate[i];
+  }
+  if (!r) {
+    r = oldest;
+    memcpy(r->addr, s->addr, 16);
+    r->used = 1;
+    r->last_report = -INFINITY;
+    r->quiet = 0;
+  }
   double t = mbox_now();
-  if (t - s->since > RATE_WINDOW) { s->failures = 0; s->since = t; }
-  /* Over the limit, an address still gets one attempt a second, so a good
-  ** node that shares it (loopback, NAT) is slowed, not locked out. */
-  int limited = s->failures >= RATE_FAILURES && t - s->last_try < RATE_RETRY;
-  if (!limited) s->last_try = t;
+  int now = t - r->last_report >= REPORT_GAP;
+  unsigned quiet = r->quiet;
+  if (now) { r->last_report = t; r->quiet = 0; } else r->quiet++;
   pthread_mutex_unlock(&C.lock);
-  return limited;
+  if (!now) return;
+  char host[INET6_ADDRSTRLEN] = "?", text[200];
+  if (s->sa.ss_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)&s->sa)->sin_addr, host, sizeof host);
+  else if (s->sa.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&s->sa)->sin6_addr, host, sizeof host);
+  if (quiet) snprintf(text, sizeof text, "%s (and %u more from this address not reported)", why, quiet);
+  else snprintf(text, sizeof text, "%s", why);
+  dist_report("warning", "node handshake failed", host, text);
 }
 
-static void rate_fail(const unsigned char key[16], const struct sockaddr_storage *sa, const char *why) {
-  pthread_mutex_lock(&C.lock);
-  rate_slot *s = rate_find_locked(key);
-  s->failures++;
-  pthread_mutex_unlock(&C.lock);
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (sa->ss_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof host);
-  else if (sa->ss_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof host);
-  dist_report("warning", "node handshake failed", host, why);
+/* Frees a slot: its socket closed, its key material wiped. */
+static void hs_drop(hs_slot *s, const char *why) {
+  if (s->fd < 0) return;
+  if (why) report_failure(s, why);
+  epoll_ctl(C.ios[0].ep, EPOLL_CTL_DEL, s->fd, NULL);
+  close(s->fd);
+  s->fd = -1;
+  noise_hs_wipe(&s->noise);
+  if (s->c) {   /* HS_ALIVE: the link never reached the node table */
+    s->c->fd = -1;
+    conn_release(s->c);
+    s->c = NULL;
+  } else if (s->split) {
+    frame_enc_free(&s->enc);
+    frame_dec_free(&s->dec);
+  }
+  s->split = 0;
 }
 
-/* Runs the responder's side on stack buffers. Returns the connection, or
-** NULL with *why set (nothing allocated on the peer's behalf before the
-** confirmation). */
-static conn *respond(int fd, const char **why) {
-  double deadline = mbox_now() + HS_SECONDS;
-  noise_hs hs;
-  unsigned char msg[NOISE_MAX_MSG], hello[NOISE_HELLO_MAX], payload[NOISE_MAX_PAYLOAD];
-  size_t n, hn, pn;
-  noise_hello peer;
-  frame_enc enc;
-  frame_dec dec;
-  frame_msg f;
-  *why = NULL;
-  if (noise_hs_init(&hs, NOISE_RESPONDER, C.cfg.key, (const unsigned char *)NOISE_PROLOGUE,
-                    NOISE_PROLOGUE_LEN) != 0)
-    *why = "handshake setup failed";
-  else if (recv_hs(fd, msg, &n, deadline) != 0) *why = "no valid first message";
-  else if (noise_hs_read(&hs, msg, n, payload, sizeof payload, &pn) != 0 ||
-           noise_hello_decode(payload, pn, &peer) != 0)
-    *why = "wrong cluster key or a malformed message";
-  else if (noise_hello_encode(node_self(), node_creation(), hello, sizeof hello, &hn) != 0 ||
-           noise_hs_write(&hs, hello, hn, msg, sizeof msg, &n) != 0 ||
-           send_hs(fd, msg, n, deadline) != 0)
-    *why = "cannot answer";
-  else if (frame_start(&hs, C.cfg.max_body, &enc, &dec) != 0) *why = "handshake split failed";
-  noise_hs_wipe(&hs);
-  if (*why) return NULL;
-  if (first_frame(fd, &dec, &f, deadline) != 0 || f.type != FRAME_CONFIRM) {
-    *why = "no confirmation (a replayed first message?)";
-    frame_enc_free(&enc);
-    frame_dec_free(&dec);
-    return NULL;
+/* The slot for a socket from `addr`: a free one, unless that address holds
+** HS_PER_ADDR or every slot is taken; then the oldest of that address (or
+** of all) is closed to make room. */
+static hs_slot *hs_admit(const unsigned char addr[16]) {
+  hs_slot *free_slot = NULL, *oldest = NULL, *oldest_here = NULL;
+  int here = 0;
+  for (int i = 0; i < HS_SLOTS; i++) {
+    hs_slot *s = &C.hs[i];
+    if (s->fd < 0) { if (!free_slot) free_slot = s; continue; }
+    if (!oldest || s->started < oldest->started) oldest = s;
+    if (memcmp(s->addr, addr, 16) == 0) {
+      here++;
+      if (!oldest_here || s->started < oldest_here->started) oldest_here = s;
+    }
   }
-  /* Authenticated from here on: decide, and install atomically with the
-  ** decision, before answering. */
-  uint32_t idx;
-  conn *c = NULL, *old = NULL;
-  int accept = node_valid_name(peer.name, strlen(peer.name)) && strcmp(peer.name, node_self()) != 0 &&
-               node_intern(peer.name, strlen(peer.name), &idx) == 0 &&
-               (c = conn_new(fd, idx, peer.creation, &enc, &dec)) != NULL;
-  if (!accept) { frame_enc_free(&enc); frame_dec_free(&dec); *why = "out of memory or a bad name"; return NULL; }
-  /* From the moment c is in the node table, senders may find it: they wait
-  ** on its lock until the decision (ACCEPT or CLOSE) is on the wire, so
-  ** nothing can precede the ACCEPT record. */
-  pthread_mutex_lock(&c->lock);
-  /* Both sides connecting at once: the link started by the smaller name wins. */
-  int rc = node_accept_conn(idx, c, peer.creation, strcmp(peer.name, node_self()) < 0, &old);
-  if (rc == NODE_ASK) {
-    /* A link to this incarnation is up here: ask whether the peer still has it. */
-    frame_msg answer;
-    rc = send_record(c, REC_ALIVE, deadline) == 0 && first_frame(fd, &c->dec, &answer, deadline) == 0 &&
-         answer.type == FRAME_DATA && first_record(&answer) == REC_NOLINK ? NODE_ACCEPTED : NODE_REFUSED;
-    if (rc == NODE_ACCEPTED) old = node_replace_conn(idx, c);
-  }
-  const char *old_why = NULL;   /* reported once c->lock is let go */
-  if (old) {   /* restarted, or a half-open link: the old link's signals fire now */
-    conn_close(old, 0);
-    old_why = conn_peer_creation(old) != peer.creation ? "restarted" : "replaced by a new link";
-    dist_node_down(idx, conn_peer_creation(old));
-    conn_release(old);
-  }
-  if (rc != NODE_ACCEPTED) {   /* a duplicate is not a failure */
-    frame_enc_control(&c->enc, FRAME_CLOSE, NULL, 0);
-    const unsigned char *out;
-    size_t outn;
-    if (frame_enc_flush(&c->enc, &out, &outn) == 0) write_all(fd, out, outn, deadline);
-    pthread_mutex_unlock(&c->lock);
-    c->fd = -1;    /* the caller closes fd */
-    conn_release(c);
-    c = NULL;
-  } else {
-    send_record(c, REC_ACCEPT, deadline);   /* a failed write shows up as a lost link */
-    pthread_mutex_unlock(&c->lock);
-  }
-  if (old_why) dist_link_lost(idx, old_why);
-  return c;
+  hs_slot *s = here >= HS_PER_ADDR ? oldest_here : free_slot ? free_slot : oldest;
+  hs_drop(s, NULL);
+  return s;
 }
 
-static void *acceptor_main(void *arg) {
-  (void)arg;
-  while (atomic_load(&C.running)) {
+static void accept_all(io *t) {
+  for (int k = 0; k < HS_SLOTS; k++) {   /* bounded per wake-up; the listener stays readable */
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
-    struct pollfd p = { C.listen_fd, POLLIN, 0 };
-    if (poll(&p, 1, 250) <= 0) continue;
-    int fd = accept4(C.listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
-    if (fd < 0) continue;
+    int fd = accept4(C.listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, C.listen_fd, NULL);   /* no spinning on a full table */
+        C.accept_paused = mbox_now() + ACCEPT_PAUSE;
+      }
+      return;
+    }
+    tune(fd);
     unsigned char key[16];
     addr_key(&sa, key);
-    if (rate_limited(key)) { close(fd); continue; }
-    tune(fd);
-    const char *why;
-    conn *c = respond(fd, &why);
-    if (!c) {
-      if (why) rate_fail(key, &sa, why);
+    hs_slot *s = hs_admit(key);
+    memset(s, 0, sizeof *s);
+    s->tag.kind = TAG_HS;
+    s->fd = fd;
+    memcpy(s->addr, key, 16);
+    s->sa = sa;
+    s->started = mbox_now();
+    s->deadline = s->started + HS_SECONDS;
+    s->step = HS_MSG1;
+    struct epoll_event ev = { EPOLLIN, { .ptr = &s->tag } };
+    if (noise_hs_init(&s->noise, NOISE_RESPONDER, C.cfg.key, (const unsigned char *)NOISE_PROLOGUE,
+                      NOISE_PROLOGUE_LEN) != 0 || epoll_ctl(t->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
       close(fd);
-      continue;
+      s->fd = -1;
+      noise_hs_wipe(&s->noise);
     }
-    if (conn_run(c) != 0) node_clear_conn(c->node, c);
-    conn_release(c);
   }
-  close(C.listen_fd);
-  C.listen_fd = -1;
+}
+
+/* One send that must take everything: a handshake message or a record of a
+** few dozen bytes, on a socket whose buffer holds nothing yet. */
+static int send_now(int fd, const unsigned char *p, size_t n) {
+  ssize_t w = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return w == (ssize_t)n ? 0 : -1;
+}
+
+/* Queues one record (or a CLOSE) in enc and writes everything at once. */
+static int send_frame_now(int fd, frame_enc *enc, int type, unsigned char rec) {
+  const unsigned char *out;
+  size_t n;
+  int rc = type == FRAME_DATA ? frame_enc_record(enc, &rec, 1, NULL, 0) : frame_enc_control(enc, type, NULL, 0);
+  if (rc != 0 || frame_enc_flush(enc, &out, &n) != 0) return -1;
+  rc = send_now(fd, out, n);
+  frame_enc_consumed(enc, n);
+  return rc;
+}
+
+/* Feeds what the socket holds to d, taking only the bytes d used, until a
+** frame is complete. Returns 1 with the frame in *f, 0 to wait for more,
+** -1 on failure (EOF, a bad frame). */
+static int hs_frame(int fd, frame_dec *d, frame_msg *f) {
+  unsigned char b[256];
+  for (;;) {
+    ssize_t r = recv(fd, b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0) return -1;
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    size_t used;
+    int rc = frame_dec_feed(d, b, (size_t)r, &used, f);
+    if (rc < 0) return -1;
+    if (recv(fd, b, used, MSG_DONTWAIT) != (ssize_t)used) return -1;   /* take only what was used */
+    if (rc == 1) return 1;
+  }
+}
+
+/* The link is up: it leaves the slot for its I/O thread. Under c->lock
+** (held by the caller) no sender can write before the ACCEPT record. */
+static int hs_hand_over(hs_slot *s, conn *c) {
+  epoll_ctl(C.ios[0].ep, EPOLL_CTL_DEL, s->fd, NULL);
+  s->fd = -1;
+  s->c = NULL;
+  s->split = 0;
+  return io_attach(c);
+}
+
+/* After the confirmation: the peer is authenticated. Decides, and installs
+** the link atomically with the decision. Returns 0 when the slot is done
+** (handed over or dropped), 1 when it waits for the answer to ALIVE. */
+static int hs_decide(hs_slot *s) {
+  uint32_t idx;
+  const char *name = s->peer.name;
+  conn *c = NULL, *old = NULL;
+  if (!node_valid_name(name, strlen(name)) || strcmp(name, node_self()) == 0 ||
+      node_intern(name, strlen(name), &idx) != 0 ||
+      (c = conn_new(s->fd, idx, s->peer.creation, &s->enc, &s->dec)) == NULL) {
+    hs_drop(s, "out of memory or a bad name");
+    return 0;
+  }
+  s->split = 0;   /* enc and dec are c's now */
+  s->c = c;
+  s->idx = idx;
+  /* From the moment c is in the node table, senders may find it: they wait
+  ** on its lock until the decision is on the wire. */
+  pthread_mutex_lock(&c->lock);
+  /* Both sides connecting at once: the link started by the smaller name wins. */
+  int rc = node_accept_conn(idx, c, s->peer.creation, strcmp(name, node_self()) < 0, &old);
+  if (rc == NODE_ASK) {
+    /* A link to this incarnation is up here: ask whether the peer still has it. */
+    int sent = send_frame_now(s->fd, &c->enc, FRAME_DATA, REC_ALIVE);
+    pthread_mutex_unlock(&c->lock);
+    if (sent != 0) { hs_drop(s, "cannot ask about the old link"); return 0; }
+    s->step = HS_ALIVE;
+    return 1;
+  }
+  if (rc != NODE_ACCEPTED) {   /* a duplicate is not a failure */
+    send_frame_now(s->fd, &c->enc, FRAME_CLOSE, 0);
+    pthread_mutex_unlock(&c->lock);
+    hs_drop(s, NULL);
+    return 0;
+  }
+  int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
+  if (gone) shutdown(c->fd, SHUT_RDWR);   /* its I/O thread ends it: a lost link */
+  c->last_send = mbox_now();
+  pthread_mutex_unlock(&c->lock);
+  conn_release(c);   /* the slot's; the table and the I/O thread hold theirs */
+  if (old) {   /* restarted: the old link's signals fire now */
+    conn_close(old, 0);
+    dist_node_down(idx, conn_peer_creation(old));
+    dist_link_lost(idx, "restarted");
+    conn_release(old);
+  }
+  return 0;
+}
+
+/* The answer to ALIVE: NOLINK replaces the half-open link, HASLINK closes
+** the late duplicate. */
+static void hs_alive_answer(hs_slot *s, const frame_msg *f) {
+  conn *c = s->c;
+  int nolink = f->type == FRAME_DATA && first_record(f) == REC_NOLINK;
+  pthread_mutex_lock(&c->lock);
+  if (!nolink) {
+    send_frame_now(s->fd, &c->enc, FRAME_CLOSE, 0);
+    pthread_mutex_unlock(&c->lock);
+    hs_drop(s, NULL);
+    return;
+  }
+  uint32_t idx = s->idx;
+  conn *old = node_replace_conn(idx, c);
+  int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
+  if (gone) shutdown(c->fd, SHUT_RDWR);
+  c->last_send = mbox_now();
+  pthread_mutex_unlock(&c->lock);
+  conn_release(c);
+  if (old) {   /* a half-open link: its signals fire now */
+    conn_close(old, 0);
+    dist_node_down(idx, conn_peer_creation(old));
+    dist_link_lost(idx, "replaced by a new link");
+    conn_release(old);
+  }
+}
+
+/* msg1 is in: answer with msg2 and split. Returns 0, or -1 (slot dropped). */
+static int hs_answer(hs_slot *s, size_t n) {
+  unsigned char payload[NOISE_MAX_PAYLOAD], hello[NOISE_HELLO_MAX], msg[NOISE_LENBYTES + NOISE_MAX_MSG];
+  size_t pn, hn, mn;
+  if (noise_hs_read(&s->noise, s->in + NOISE_LENBYTES, n, payload, sizeof payload, &pn) != 0 ||
+      noise_hello_decode(payload, pn, &s->peer) != 0) {
+    hs_drop(s, "wrong cluster key or a malformed message");
+    return -1;
+  }
+  if (noise_hello_encode(node_self(), node_creation(), hello, sizeof hello, &hn) != 0 ||
+      noise_hs_write(&s->noise, hello, hn, msg + NOISE_LENBYTES, NOISE_MAX_MSG, &mn) != 0) {
+    hs_drop(s, "cannot answer");
+    return -1;
+  }
+  msg[0] = (unsigned char)(mn >> 8);
+  msg[1] = (unsigned char)mn;
+  if (send_now(s->fd, msg, NOISE_LENBYTES + mn) != 0) { hs_drop(s, "cannot answer"); return -1; }
+  if (frame_start(&s->noise, C.cfg.max_body, &s->enc, &s->dec) != 0) {
+    hs_drop(s, "handshake split failed");
+    return -1;
+  }
+  s->split = 1;
+  s->step = HS_CONFIRM;
+  return 0;
+}
+
+/* The socket of a slot is readable: the next step, as far as the bytes go. */
+static void hs_event(hs_slot *s) {
+  if (s->step == HS_MSG1) {
+    size_t need = NOISE_LENBYTES, n = 0;
+    for (;;) {
+      if (s->have >= NOISE_LENBYTES) {
+        if (noise_msg_len(s->in, &n) != 0) { hs_drop(s, "no valid first message"); return; }
+        need = NOISE_LENBYTES + n;
+      }
+      if (s->have == need) break;
+      ssize_t r = recv(s->fd, s->in + s->have, need - s->have, MSG_DONTWAIT);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (r <= 0) { hs_drop(s, "no valid first message"); return; }
+      s->have += (size_t)r;
+    }
+    if (hs_answer(s, n) != 0) return;
+  }
+  frame_msg f;
+  if (s->step == HS_CONFIRM) {
+    int rc = hs_frame(s->fd, &s->dec, &f);
+    if (rc == 0) return;
+    if (rc < 0 || f.type != FRAME_CONFIRM) { hs_drop(s, "no confirmation (a replayed first message?)"); return; }
+    if (hs_decide(s) == 0) return;
+  }
+  if (s->step == HS_ALIVE) {
+    int rc = hs_frame(s->fd, &s->c->dec, &f);
+    if (rc == 0) return;
+    if (rc < 0) { hs_drop(s, NULL); return; }
+    hs_alive_answer(s, &f);
+  }
+}
+
+/* Drops the slots past their deadline; returns the earliest deadline left
+** (INFINITY if none). */
+static double hs_expire(double now) {
+  double next = INFINITY;
+  for (int i = 0; i < HS_SLOTS; i++) {
+    hs_slot *s = &C.hs[i];
+    if (s->fd < 0) continue;
+    if (now >= s->deadline) hs_drop(s, "no handshake within 5 s");
+    else if (s->deadline < next) next = s->deadline;
+  }
+  return next;
+}
+
+/* ---- the I/O threads ---- */
+
+static void *io_main(void *arg) {
+  io *t = arg;
+  io_self = t;
+  unsigned char *buf = malloc(IO_CHUNK);
+  struct epoll_event ev[IO_EVENTS];
+  double period = C.cfg.tick / 4;
+  t->next_sweep = mbox_now() + period;
+  while (buf) {
+    double now = mbox_now();
+    int running = atomic_load(&C.running);
+    if (!running && (t->nconns == 0 || now > C.stop_deadline)) break;
+    double next = t->next_sweep;
+    if (t->index == 0) {
+      double hs = hs_expire(now);
+      if (hs < next) next = hs;
+      if (C.accept_paused && C.accept_paused < next) next = C.accept_paused;
+    }
+    if (!running && next > now + 0.01) next = now + 0.01;
+    double wait = next - now;
+    int ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
+    int n = epoll_wait(t->ep, ev, IO_EVENTS, ms);
+    take_adds(t, mbox_now());
+    for (int i = 0; i < n; i++) {
+      io_tag *tag = ev[i].data.ptr;
+      if (tag->kind == TAG_WAKE) {
+        uint64_t v;
+        ssize_t r = read(t->wake, &v, sizeof v);
+        (void)r;
+      } else if (tag->kind == TAG_LISTEN) {
+        if (running) accept_all(t);
+      } else if (tag->kind == TAG_HS) {
+        hs_slot *s = (hs_slot *)tag;
+        if (s->fd >= 0) hs_event(s);
+      } else {
+        conn *c = (conn *)tag;
+        if (c->ended) continue;
+        if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_conn(t, c, buf);
+        if (!c->ended && (ev[i].events & EPOLLOUT)) write_conn(c);
+      }
+    }
+    now = mbox_now();
+    if (t->index == 0 && C.accept_paused && now >= C.accept_paused && running) {
+      struct epoll_event lev = { EPOLLIN, { .ptr = &C.listen_tag } };
+      epoll_ctl(t->ep, EPOLL_CTL_ADD, C.listen_fd, &lev);
+      C.accept_paused = 0;
+    }
+    if (now >= t->next_sweep) {
+      sweep(t, now);
+      t->next_sweep = now + period;
+    }
+  }
+  /* Stopped: what did not close in order is ended here. */
+  while (t->nconns > 0) end_conn(t, t->conns[t->nconns - 1], "closed");
+  if (t->index == 0)
+    for (int i = 0; i < HS_SLOTS; i++) hs_drop(&C.hs[i], NULL);
+  free(buf);
+  io_self = NULL;
   return NULL;
+}
+
+/* How many I/O threads: $ERLANGEN_IO_THREADS (1..IO_MAX_THREADS), else 1. */
+static int io_count(void) {
+  const char *s = getenv("ERLANGEN_IO_THREADS");
+  char *end;
+  long n = s && *s ? strtol(s, &end, 10) : 1;
+  if (s && *s && (*end != '\0' || n < 1)) n = 1;
+  return n > IO_MAX_THREADS ? IO_MAX_THREADS : (int)n;
+}
+
+static void io_free(io *t) {
+  if (t->ep >= 0) close(t->ep);
+  if (t->wake >= 0) close(t->wake);
+  pthread_mutex_destroy(&t->lock);
+  free(t->adds);
+  free(t->conns);
+  memset(t, 0, sizeof *t);
+}
+
+static int io_init(io *t, int index) {
+  memset(t, 0, sizeof *t);
+  t->index = index;
+  t->wake_tag.kind = TAG_WAKE;
+  pthread_mutex_init(&t->lock, NULL);
+  t->ep = epoll_create1(EPOLL_CLOEXEC);
+  t->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  struct epoll_event ev = { EPOLLIN, { .ptr = &t->wake_tag } };
+  if (t->ep < 0 || t->wake < 0 || epoll_ctl(t->ep, EPOLL_CTL_ADD, t->wake, &ev) != 0) {
+    if (t->ep >= 0) close(t->ep);
+    if (t->wake >= 0) close(t->wake);
+    t->ep = t->wake = -1;
+    return -1;
+  }
+  return 0;
 }
 
 int conn_start(const conn_config *cfg, const char *host, int *port, char *err, size_t errlen) {
@@ -686,10 +1041,10 @@ int conn_start(const conn_config *cfg, const char *host, int *port, char *err, s
   hints.ai_flags = AI_PASSIVE;
   int gai = getaddrinfo(host, service, &hints, &res);
   if (gai != 0) { snprintf(err, errlen, "cannot resolve '%s': %s", host ? host : "*", gai_strerror(gai)); return -1; }
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int one = 1;
   if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+  if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 128) != 0) {
     snprintf(err, errlen, "cannot listen on %s:%d: %s", host ? host : "*", *port, strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(res);
@@ -701,19 +1056,32 @@ int conn_start(const conn_config *cfg, const char *host, int *port, char *err, s
   getsockname(fd, (struct sockaddr *)&sa, &sl);
   *port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                          : ((struct sockaddr_in *)&sa)->sin_port);
-  C.listen_fd = fd;
-  atomic_store(&C.running, 1);
-  pthread_t t;
-  pthread_attr_t at;
-  pthread_attr_init(&at);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-  int rc = pthread_create(&t, &at, acceptor_main, NULL);
-  pthread_attr_destroy(&at);
-  if (rc != 0) {
+  C.hs = calloc(HS_SLOTS, sizeof *C.hs);
+  C.nio = io_count();
+  int ok = C.hs != NULL;
+  int made = 0;
+  for (; ok && made < C.nio; made++) ok = io_init(&C.ios[made], made) == 0;
+  struct epoll_event lev = { EPOLLIN, { .ptr = &C.listen_tag } };
+  if (ok) ok = epoll_ctl(C.ios[0].ep, EPOLL_CTL_ADD, fd, &lev) == 0;
+  if (ok) {
+    for (int i = 0; i < HS_SLOTS; i++) C.hs[i].fd = -1;
+    C.listen_fd = fd;
+    C.accept_paused = 0;
+    atomic_store(&C.running, 1);
+  }
+  int started = 0;
+  for (; ok && started < C.nio; started++)
+    ok = pthread_create(&C.ios[started].thread, NULL, io_main, &C.ios[started]) == 0;
+  if (!ok) {
     atomic_store(&C.running, 0);
+    C.stop_deadline = 0;
+    for (int i = 0; i < started; i++) { wake(&C.ios[i]); pthread_join(C.ios[i].thread, NULL); }
+    for (int i = 0; i < made; i++) io_free(&C.ios[i]);
+    free(C.hs);
+    C.hs = NULL;
     close(fd);
     C.listen_fd = -1;
-    snprintf(err, errlen, "cannot start the acceptor thread");
+    snprintf(err, errlen, "cannot start the I/O threads");
     return -1;
   }
   return 0;
@@ -727,12 +1095,16 @@ static void close_one(const char *name, void *ud) {
 }
 
 void conn_stop(void) {
-  if (!atomic_exchange(&C.running, 0)) return;
+  if (!atomic_load(&C.running)) return;
+  C.stop_deadline = mbox_now() + STOP_SECONDS;
+  atomic_store(&C.running, 0);   /* after the deadline: the threads read it once they see this */
   node_each_up(close_one, NULL);
-  /* Give the writers a moment to send what is queued and the CLOSE. */
-  for (int i = 0; i < 200 && atomic_load(&C.writers) > 0; i++) {
-    struct timespec ts = { 0, 5000000 };
-    nanosleep(&ts, NULL);
-  }
+  for (int i = 0; i < C.nio; i++) wake(&C.ios[i]);
+  for (int i = 0; i < C.nio; i++) pthread_join(C.ios[i].thread, NULL);
+  for (int i = 0; i < C.nio; i++) io_free(&C.ios[i]);
+  close(C.listen_fd);
+  C.listen_fd = -1;
+  free(C.hs);
+  C.hs = NULL;
   sodium_memzero(C.cfg.key, sizeof C.cfg.key);
 }

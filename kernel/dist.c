@@ -513,29 +513,16 @@ static void handle_spawn_reply(conn *c, rd *r) {
 
 /* ---- arrivals ---- */
 
-/* Queues a message that arrived. A full mailbox holds the link (the
-** reader) for up to HOLD_MAX, so the sender's link buffer fills and its
-** send with a timeout waits: backpressure across nodes. A process that
-** stays full is not waited for again within HOLD_FORGET: its messages are
-** dropped and counted at once, so one stuck process cannot slow the link
-** for everyone. `stuck` is the reader's own memory of that process. */
-#define HOLD_MAX    0.5
-#define HOLD_FORGET 1.0
-
-typedef struct stuck { term_id pid; double until; } stuck;
-
-static _Thread_local stuck reader_stuck;   /* each link's reader thread has its own */
-
-static void deliver(term_id to, const unsigned char *msg, size_t len, term_id alias, stuck *s) {
+/* Queues a message that arrived. One rule for a full mailbox: the message
+** is dropped and counted in the receiver's `dropped`; the I/O thread never
+** waits, so one full mailbox delays no other process on the link. */
+static void deliver(term_id to, const unsigned char *msg, size_t len, term_id alias) {
   proc *p = proc_get(to);
   if (!p) return;
   mbox_msg *m = mbox_msg_new(MBOX_MSG, msg, len, (term_id){0, 0, 0}, alias);
   if (m) {
     m->wire = 1;
-    double t = now(), hold = D.tick / 4 < HOLD_MAX ? D.tick / 4 : HOLD_MAX;
-    int skip = s && term_eq(s->pid, to) && t < s->until;
-    int rc = mbox_put(&p->mb, m, skip || !s ? 0 : hold, NULL, NULL);
-    if (rc == MBOX_FULL && s) { s->pid = to; s->until = now() + HOLD_FORGET; }
+    mbox_put(&p->mb, m, 0, NULL, NULL);   /* frees m when it is refused */
   }
   proc_release(p);
 }
@@ -547,7 +534,7 @@ void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
   case R_SEND: {
     term_id to = { get_v(&r), 0, 0 };
     uint32_t creation = get_u32(&r);
-    if (!r.bad && creation == me) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0}, &reader_stuck);
+    if (!r.bad && creation == me) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0});
     return;
   }
   case R_SEND_NAME: {
@@ -558,13 +545,13 @@ void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
     name[nl] = '\0';
     r.p += nl;
     term_id to;
-    if (strlen(name) == nl && reg_whereis(name, &to)) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0}, &reader_stuck);
+    if (strlen(name) == nl && reg_whereis(name, &to)) deliver(to, r.p, (size_t)(r.end - r.p), (term_id){0, 0, 0});
     return;
   }
   case R_SEND_ALIAS: {
     term_id alias = { get_v(&r), 0, 0 }, to;
     uint32_t creation = get_u32(&r);
-    if (!r.bad && creation == me && reg_alias_owner(alias, &to)) deliver(to, r.p, (size_t)(r.end - r.p), alias, &reader_stuck);
+    if (!r.bad && creation == me && reg_alias_owner(alias, &to)) deliver(to, r.p, (size_t)(r.end - r.p), alias);
     return;
   }
   case R_SPAWN: handle_spawn(c, &r); return;
@@ -657,7 +644,7 @@ void dist_node_down(uint32_t idx, uint32_t creation) {
   size_t n, len;
   node_take_monitors(idx, &subs, &n);
   unsigned char *msg = n ? nodedown_msg(node_name(idx), &len) : NULL;
-  for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0}, NULL);
+  for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0});
   free(msg);
   free(subs);
 }
@@ -673,7 +660,7 @@ int dist_monitor_node(proc *self, uint32_t idx, int on) {
   }
   size_t len;
   unsigned char *msg = nodedown_msg(node_name(idx), &len);
-  if (msg) deliver(self->pid, msg, len, (term_id){0, 0, 0}, NULL);
+  if (msg) deliver(self->pid, msg, len, (term_id){0, 0, 0});
   free(msg);
   return 0;
 }

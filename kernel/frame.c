@@ -281,6 +281,8 @@ int frame_dec_eof(const frame_dec *d) { return d->state == 1 ? 0 : -1; }
 
 int frame_dec_authenticated(const frame_dec *d) { return d->state >= 0 && !d->expect_confirm; }
 
+int frame_dec_partial(const frame_dec *d) { return d->hdr_have > 0 || d->need > 0; }
+
 void frame_dec_free(frame_dec *d) {
   noise_cipher_wipe(&d->rx);
   free(d->buf);

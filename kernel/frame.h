@@ -172,6 +172,9 @@ int frame_dec_eof(const frame_dec *d);
 /* True when no confirmation is (still) awaited and the decoder has not failed. */
 int frame_dec_authenticated(const frame_dec *d);
 
+/* True while a frame is in progress: part of its header or body was fed. */
+int frame_dec_partial(const frame_dec *d);
+
 /* Wipes the key and frees the buffer. */
 void frame_dec_free(frame_dec *d);
 

@@ -75,7 +75,7 @@
 #define DIRECT_GAP      50e-6  /* a send this long after the previous one writes itself */
 
 /* What an epoll event's data points at: the first member of each. */
-enum { TAG_LISTEN = 1, TAG_WAKE, TAG_CONN, TAG_HS };
+enum { TAG_LISTEN = 1, TAG_WAKE, TAG_CONN, TAG_HS, TAG_KEEPER };
 typedef struct io_tag { int kind; } io_tag;
 
 typedef struct io io;
@@ -143,7 +143,9 @@ typedef struct rate_slot { unsigned char addr[16]; double last_report; unsigned 
 /* The module's one global. `cfg`, `nio`, `ios` and `listen_fd` are written
 ** by conn_start before the threads start and only read after (listen_fd
 ** is closed by conn_stop once they have ended); `lock` guards `rate`;
-** `hs`, `listen_tag` and `accept_paused` belong to I/O thread 0. */
+** `hs`, `listen_tag`, `accept_paused` and the keeper's fields belong to
+** I/O thread 0, except `keeper_new` and `keeper_handed`, which the thread
+** handing the registration over writes under ios[0].lock. */
 static struct {
   conn_config cfg;
   int listen_fd;
@@ -155,8 +157,16 @@ static struct {
   hs_slot *hs;                  /* HS_SLOTS of them */
   io_tag listen_tag;
   double accept_paused;         /* 0, or when accepting resumes */
+  pmap_keeper keeper_new;       /* ios[0].lock: a registration handed over (conn_keep_pmap) */
+  int keeper_handed;            /* ios[0].lock */
+  pmap_keeper keeper;           /* the port mapper registration, kept (portmap.h) */
+  int keeper_on, keeper_fd, keeper_ev;
+  unsigned keeper_conn;
+  int64_t keeper_due;           /* ms (pmap_now_ms), PMAP_KEEPER_NEVER: only the fd */
+  io_tag keeper_tag;
   double stop_deadline;         /* written by conn_stop before it wakes the threads */
-} C = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .listen_tag = { TAG_LISTEN } };
+} C = { .listen_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .listen_tag = { TAG_LISTEN },
+        .keeper_fd = -1, .keeper_tag = { TAG_KEEPER } };
 
 /* The I/O thread the calling thread is, or NULL. */
 static _Thread_local io *io_self;
@@ -934,6 +944,61 @@ static double hs_expire(double now) {
   return next;
 }
 
+/* ---- the port mapper registration (I/O thread 0) ---- */
+
+int conn_keep_pmap(const char *name, int port, int fd, char *err, size_t errlen) {
+  pmap_keeper k;
+  if (pmap_keeper_start(&k, name, port, fd, err, errlen) != 0) return -1;
+  io *t = &C.ios[0];
+  pthread_mutex_lock(&t->lock);
+  C.keeper_new = k;
+  C.keeper_handed = 1;
+  pthread_mutex_unlock(&t->lock);
+  wake(t);
+  return 0;
+}
+
+/* Steps the keeper and keeps its descriptor in epoll: a new connection
+** (even under a number just closed) is deleted and added again. */
+static void keeper_sync(io *t) {
+  int64_t now = pmap_now_ms();
+  C.keeper_due = pmap_keeper_step(&C.keeper, now);
+  int fd = pmap_keeper_fd(&C.keeper), ev = pmap_keeper_events(&C.keeper);
+  unsigned attempt = pmap_keeper_attempts(&C.keeper);
+  struct epoll_event e = { (uint32_t)ev, { .ptr = &C.keeper_tag } };
+  if (C.keeper_fd >= 0 && (fd != C.keeper_fd || attempt != C.keeper_conn)) {
+    epoll_ctl(t->ep, EPOLL_CTL_DEL, C.keeper_fd, NULL);   /* the keeper may have closed it already */
+    C.keeper_fd = -1;
+  }
+  if (fd >= 0 && C.keeper_fd < 0) {
+    if (epoll_ctl(t->ep, EPOLL_CTL_ADD, fd, &e) == 0) {
+      C.keeper_fd = fd;
+      C.keeper_conn = attempt;
+      C.keeper_ev = ev;
+    } else C.keeper_due = now + PMAP_KEEPER_MIN_MS;   /* try again */
+  } else if (fd >= 0 && ev != C.keeper_ev && epoll_ctl(t->ep, EPOLL_CTL_MOD, fd, &e) == 0)
+    C.keeper_ev = ev;
+}
+
+static void keeper_take(io *t) {
+  pthread_mutex_lock(&t->lock);
+  int handed = C.keeper_handed;
+  if (handed) { C.keeper = C.keeper_new; C.keeper_handed = 0; }
+  pthread_mutex_unlock(&t->lock);
+  if (!handed) return;
+  C.keeper_on = 1;
+  C.keeper_fd = -1;
+  keeper_sync(t);
+}
+
+static void keeper_end(io *t) {
+  if (!C.keeper_on) return;
+  if (C.keeper_fd >= 0) epoll_ctl(t->ep, EPOLL_CTL_DEL, C.keeper_fd, NULL);
+  pmap_keeper_stop(&C.keeper);
+  C.keeper_on = 0;
+  C.keeper_fd = -1;
+}
+
 /* ---- the I/O threads ---- */
 
 static void *io_main(void *arg) {
@@ -952,12 +1017,17 @@ static void *io_main(void *arg) {
       double hs = hs_expire(now);
       if (hs < next) next = hs;
       if (C.accept_paused && C.accept_paused < next) next = C.accept_paused;
+      if (C.keeper_on && C.keeper_due != PMAP_KEEPER_NEVER) {
+        double due = now + (double)(C.keeper_due - pmap_now_ms()) / 1000;
+        if (due < next) next = due;
+      }
     }
     if (!running && next > now + 0.01) next = now + 0.01;
     double wait = next - now;
     int ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
     int n = epoll_wait(t->ep, ev, IO_EVENTS, ms);
     take_adds(t, mbox_now());
+    if (t->index == 0) keeper_take(t);
     for (int i = 0; i < n; i++) {
       io_tag *tag = ev[i].data.ptr;
       if (tag->kind == TAG_WAKE) {
@@ -966,6 +1036,8 @@ static void *io_main(void *arg) {
         (void)r;
       } else if (tag->kind == TAG_LISTEN) {
         if (running) accept_all(t);
+      } else if (tag->kind == TAG_KEEPER) {
+        if (C.keeper_on) keeper_sync(t);
       } else if (tag->kind == TAG_HS) {
         hs_slot *s = (hs_slot *)tag;
         if (s->fd >= 0) hs_event(s);
@@ -986,11 +1058,16 @@ static void *io_main(void *arg) {
       sweep(t, now);
       t->next_sweep = now + period;
     }
+    if (t->index == 0 && C.keeper_on && C.keeper_due != PMAP_KEEPER_NEVER && pmap_now_ms() >= C.keeper_due)
+      keeper_sync(t);
   }
   /* Stopped: what did not close in order is ended here. */
   while (t->nconns > 0) end_conn(t, t->conns[t->nconns - 1], "closed");
-  if (t->index == 0)
+  if (t->index == 0) {
     for (int i = 0; i < HS_SLOTS; i++) hs_drop(&C.hs[i], NULL);
+    keeper_take(t);   /* one handed over just before the stop is released too */
+    keeper_end(t);
+  }
   free(buf);
   io_self = NULL;
   return NULL;

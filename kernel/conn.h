@@ -36,6 +36,13 @@ int conn_start(const conn_config *cfg, const char *host, int *port, char *err, s
 /* Closes every link in order and stops listening. */
 void conn_stop(void);
 
+/* Keeps this node's port mapper registration of `name` and `port` from now
+** until conn_stop, registering again whenever the daemon comes back
+** (pmap_keeper, stepped by I/O thread 0). fd is the registration
+** pmap_register made, which it takes over (or -1). Returns 0, or -1 with a
+** message in err (then fd is the caller's still). */
+int conn_keep_pmap(const char *name, int port, int fd, char *err, size_t errlen);
+
 /* Connects to node `idx` unless a link is up, waiting at most until
 ** `deadline` (monotonic seconds); concurrent callers share one attempt.
 ** Returns 0 when a link is up, or -1 with a message in err. */

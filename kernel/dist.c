@@ -738,11 +738,14 @@ int dist_start(const dist_opts *o, char *err, size_t errlen) {
   if (o->port_mapper) {
     char perr[200];
     if (pmap_ensure(perr, sizeof perr) != 0 ||
-        pmap_register(short_name, port, &D.pmap_fd, perr, sizeof perr) != 0) {
+        pmap_register(short_name, port, &D.pmap_fd, perr, sizeof perr) != 0 ||
+        conn_keep_pmap(short_name, port, D.pmap_fd, perr, sizeof perr) != 0) {
       conn_stop();
+      if (D.pmap_fd >= 0) { close(D.pmap_fd); D.pmap_fd = -1; }
       snprintf(err, errlen, "port mapper: %s", perr);
       return -1;
     }
+    D.pmap_fd = -1;   /* the keeper holds the registration now */
   }
   D.port = port;
   atomic_store(&D.started, 1);

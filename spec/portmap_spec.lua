@@ -377,3 +377,32 @@ describe("erlangen --port-mapper", function()
     end)
   end
 end)
+
+describe("a running node", function()
+  it("registers again when the port mapper comes back", function()
+    local d = assert(start())
+    local key = os.tmpname()
+    local kf = assert(io.open(key, "w"))
+    kf:write(string.rep("ab", 32), "\n")
+    kf:close()
+    os.execute("chmod 600 " .. q(key))
+    local node = assert(io.popen("sh -c " .. q("echo $$; ERLANGEN_PORT_MAPPER_PORT=" .. d.port ..
+      " exec timeout -k 2 " .. LIFE .. " " .. q(BIN) .. " --name kept@127.0.0.1 --key " .. q(key) ..
+      " -e 'erlangen.receive(60)' >/dev/null 2>&1"), "r"))
+    local node_pid = tonumber(node:read("l"))
+    local ok, err = pcall(function()
+      assert.is_true(eventually(function() return ask1(d.port, "LOOKUP kept"):match("^PORT ") ~= nil end),
+                     "the node did not register at start")
+      local port_line = ask1(d.port, "LOOKUP kept")
+      stop(d)
+      d = assert(start("--port " .. d.port))
+      assert.is_true(eventually(function() return ask1(d.port, "LOOKUP kept") == port_line end, 7),
+                     "the node did not register again with the new daemon")
+    end)
+    os.execute("kill " .. node_pid)
+    node:close()
+    stop(d)
+    os.remove(key)
+    assert(ok, err)
+  end)
+end)

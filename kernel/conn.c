@@ -1042,10 +1042,13 @@ static void *io_main(void *arg) {
         hs_slot *s = (hs_slot *)tag;
         if (s->fd >= 0) hs_event(s);
       } else {
+        /* Alive here: the thread's reference goes only in end_conn, and a
+        ** wait reports a descriptor once. Held while it may end. */
         conn *c = (conn *)tag;
-        if (c->ended) continue;
+        conn_retain(c);
         if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_conn(t, c, buf);
         if (!c->ended && (ev[i].events & EPOLLOUT)) write_conn(c);
+        conn_release(c);
       }
     }
     now = mbox_now();

@@ -75,8 +75,20 @@ end
 -- another cluster (D.OTHER_KEY): paths fixed for the run, whose files
 -- D.teardown removes and D.ensure_keys writes again with the same bytes,
 -- so each spec file can clean up after itself.
-local key_bytes = {D.random_bytes(32), D.random_bytes(32)}
-D.KEY, D.OTHER_KEY = os.tmpname(), os.tmpname()
+--
+-- busted runs each spec file insulated: the modules a file required are
+-- loaded afresh for the next one, but this node stays started (the C
+-- module's state). So what must outlive a file (this node's name and port,
+-- the keys it was started with, the child serial) is kept in the Lua
+-- registry, which busted leaves alone.
+local kept = debug.getregistry()["spec.dist_helpers"]
+if not kept then
+  kept = {key_bytes = {D.random_bytes(32), D.random_bytes(32)},
+          keys = {os.tmpname(), os.tmpname()}, me = {}, serial = 0}
+  debug.getregistry()["spec.dist_helpers"] = kept
+end
+local key_bytes = kept.key_bytes
+D.KEY, D.OTHER_KEY = kept.keys[1], kept.keys[2]
 
 function D.ensure_keys()
   for i, path in ipairs({D.KEY, D.OTHER_KEY}) do
@@ -99,7 +111,7 @@ end
 
 -- This node -------------------------------------------------------------------
 
-D.me = {}   -- name, port, addr of the busted process's node
+D.me = kept.me   -- name, port, addr of the busted process's node
 
 -- Starts this node once (a later call returns the same D.me).
 function D.this_node()
@@ -124,7 +136,6 @@ end
 -- Child nodes ---------------------------------------------------------------
 
 local children = {}   -- the child nodes of the running test
-local serial = 0
 
 -- Starts a child node. opts: prefix (of the name), name (exact), key_file,
 -- listen, tick, connect (a node it connects to at start: by default this
@@ -136,8 +147,8 @@ local serial = 0
 function D.start_child(opts)
   opts = opts or {}
   local me = D.this_node()
-  serial = serial + 1
-  local name = opts.name or string.format("%s%d@%s", opts.prefix or "n", serial, D.HOST)
+  kept.serial = kept.serial + 1
+  local name = opts.name or string.format("%s%d@%s", opts.prefix or "n", kept.serial, D.HOST)
   local connect = opts.connect
   if connect == nil then connect = me.addr end
   local errfile = os.tmpname()

@@ -7,6 +7,7 @@
 #   codec      the codec decoder on untrusted bytes
 #   frame      the frame decoder (and an encoder round trip)
 #   handshake  the handshake responder: msg1, then the confirmation
+#   pmap       the port mapper daemon: one client's stream through its protocol
 # Each starts from its seed corpus spec/fuzz/corpus/<target>/ and keeps what
 # it finds in build/fuzz/corpus/<target>/; crash inputs go to
 # build/fuzz/<target>-crash-*. Prints one line per target:
@@ -15,7 +16,7 @@
 # any target failed to build or found a crash. --list prints the targets.
 # (tools/setup.sh installs clang and libclang-rt-14-dev.)
 set -u
-targets_all="codec frame handshake"
+targets_all="codec frame handshake pmap"
 if [ "${1:-}" = "--list" ]; then echo $targets_all; exit 0; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
@@ -36,6 +37,10 @@ build_target() {  # build_target NAME -> $out/NAME_fuzz
              "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
     handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$k/frame.c" \
              "$k/noise.c" "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
+    pmap) mkdir -p "$out/pmap-inc"  # portmap.c wants the meson-made config header: a stand-in
+          printf '#define ERLANGEN_BIN_INSTALL "/nonexistent/erlangen"\n#define ERLANGEN_BUILD_ROOT "/nonexistent/"\n' \
+            > "$out/pmap-inc/erlangen_config.h"
+          clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_fuzz.c" -ldl -pthread -o "$out/pmap_fuzz" ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
 }

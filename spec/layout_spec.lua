@@ -1,8 +1,5 @@
--- The layout of the kernel: the core knows the network layer only through
--- remote.h (doc/netlink.md, "The seam").
-
--- The network layer's modules, by file stem.
-local NET = {"conn", "crypto", "dist", "frame", "keyfile", "node", "noise", "portmap"}
+-- The layout of the kernel: the core (kernel/) knows the network layer
+-- (kernel/net/) only through remote.h (doc/netlink.md, "The seam").
 
 local function read(path)
   local f = assert(io.open(path))
@@ -11,23 +8,27 @@ local function read(path)
   return s
 end
 
-local function ls(dir, pattern)
+local function lines_of(cmd)
   local out = {}
-  local p = assert(io.popen("ls " .. dir))
-  for name in p:lines() do
-    if name:match(pattern) then out[#out + 1] = name end
-  end
+  local p = assert(io.popen(cmd))
+  for line in p:lines() do out[#out + 1] = line end
   p:close()
   return out
 end
 
+local function set_of(list)
+  local s = {}
+  for _, v in ipairs(list) do s[v] = true end
+  return s
+end
+
 describe("the kernel's core", function()
   it("includes no header of the network layer", function()
-    local net = {}
-    for _, stem in ipairs(NET) do net[stem .. ".h"] = true end
+    local net = set_of(lines_of("ls kernel/net"))
+    assert.is_true(net["conn.h"] and net["node.h"] and net["dist.h"], "kernel/net/ is not where it should be")
     local core, offending = 0, {}
-    for _, file in ipairs(ls("kernel", "%.[ch]$")) do
-      if not net[file:gsub("%.c$", ".h")] then
+    for _, file in ipairs(lines_of("ls kernel")) do
+      if file:match("%.[ch]$") then
         core = core + 1
         for inc in read("kernel/" .. file):gmatch('#include%s+"([^"]+)"') do
           if net[inc] then offending[#offending + 1] = file .. " includes " .. inc end
@@ -36,5 +37,21 @@ describe("the kernel's core", function()
     end
     assert.is_true(core >= 20, "found only " .. core .. " core files in kernel/")
     assert.are.same({}, offending)
+  end)
+
+  it("builds alone, calling nothing of the network layer", function()
+    local build = assert(os.getenv("ERLANGEN_BUILD"), "ERLANGEN_BUILD is set by spec/run")
+    local lib = build .. "/liberlangen_core.a"
+    assert.is_true(io.open(lib) ~= nil, lib .. " was not built")
+    local defined = set_of(lines_of("nm --defined-only " .. lib .. " | awk 'NF == 3 { print $3 }'"))
+    local wanted = {}
+    for _, sym in ipairs(lines_of("nm -u " .. lib .. " | awk 'NF == 2 { print $2 }'")) do
+      if not defined[sym] and (sym:match("^dist_") or sym:match("^node_") or sym:match("^conn_") or
+          sym:match("^noise_") or sym:match("^frame_") or sym:match("^key_") or sym:match("^pmap_") or
+          sym:match("^sodium_") or sym:match("^randombytes")) then
+        wanted[#wanted + 1] = sym
+      end
+    end
+    assert.are.same({}, wanted)
   end)
 end)

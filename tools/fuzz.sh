@@ -27,16 +27,16 @@ mkdir -p "$out"
 # The targets need only clang and libsodium/lua headers, not the meson build.
 command -v clang >/dev/null 2>&1 || bash "$root/tools/setup.sh" build >&2
 
-cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I "$root/kernel")
+cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I "$root/kernel" -I "$root/kernel/net")
 build_target() {  # build_target NAME -> $out/NAME_fuzz
-  local k="$root/kernel" f="$root/spec/fuzz"
+  local k="$root/kernel" n="$root/kernel/net" f="$root/spec/fuzz"
   case $1 in
     codec) clang "${cflags[@]}" $(pkg-config --cflags lua5.4) "$f/codec_fuzz.c" "$k/codec.c" "$k/term.c" \
              $(pkg-config --libs lua5.4) -lm -o "$out/codec_fuzz" ;;
-    frame) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/frame_fuzz.c" "$k/frame.c" "$k/noise.c" \
-             "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
-    handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$k/frame.c" \
-             "$k/noise.c" "$k/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
+    frame) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/frame_fuzz.c" "$n/frame.c" "$n/noise.c" \
+             "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
+    handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$n/frame.c" \
+             "$n/noise.c" "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
     pmap) mkdir -p "$out/pmap-inc"  # portmap.c wants the meson-made config header: a stand-in
           printf '#define ERLANGEN_BIN_INSTALL "/nonexistent/erlangen"\n#define ERLANGEN_BUILD_ROOT "/nonexistent/"\n' \
             > "$out/pmap-inc/erlangen_config.h"

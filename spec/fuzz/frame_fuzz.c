@@ -1,5 +1,5 @@
 /*
-** frame_fuzz.c — libFuzzer target for the frame decoder (kernel/frame.c).
+** frame_fuzz.c — libFuzzer target for the frame decoder (kernel/net/frame.c).
 ** Byte 0 chooses the mode; the rest is the input:
 **   bit 0  the decoder awaits a confirmation (a responder before auth)
 **   bit 1  "sealed": the rest is plaintext frames, each 2-byte big-endian
@@ -93,7 +93,7 @@ static int feed(frame_dec *d, const unsigned char *s, size_t n, size_t chunk, ou
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
-  if (noise_init()) abort();   /* loads libsodium (kernel/crypto.h) */
+  if (noise_init()) abort();   /* loads libsodium (kernel/net/crypto.h) */
   int mode = data[0];
   size_t chunk = (size_t)(mode >> 3);
   const unsigned char *in = data + 1;

@@ -1,6 +1,6 @@
 /*
 ** handshake_fuzz.c — libFuzzer target for the handshake responder
-** (kernel/noise.c, then the confirmation in kernel/frame.c). Byte 0 is the
+** (kernel/net/noise.c, then the confirmation in kernel/net/frame.c). Byte 0 is the
 ** mode:
 **   0 (even)  "raw": then a 2-byte big-endian length L, L bytes of msg1,
 **             and the rest: the bytes that follow msg2 (the confirmation

@@ -1,7 +1,7 @@
 /*
 ** pmap_fuzz.c — libFuzzer target for the port mapper daemon's protocol:
 ** the bytes after the first are one client's stream, fed to the daemon's
-** connection state machine (kernel/portmap.c, included whole so that its
+** connection state machine (kernel/net/portmap.c, included whole so that its
 ** static parser is reached without sockets; a connection's fd is -1).
 ** Byte 0 chooses the mode:
 **   bit 0     the client is on loopback (else remote: no REGISTER, no NAMES)

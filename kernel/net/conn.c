@@ -455,6 +455,7 @@ static void read_conn(io *t, conn *c, unsigned char *buf) {
     if (rc < 0) { end_conn(t, c, "a bad frame"); return; }
     if (!frame_dec_partial(&c->dec)) c->partial_since = 0;
     else if (!c->partial_since) c->partial_since = now;
+    if (got < IO_CHUNK) return;   /* drained: epoll (level-triggered) reports what comes next */
   }
 }
 

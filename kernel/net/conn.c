@@ -143,7 +143,7 @@ typedef struct rate_slot { unsigned char addr[16]; double last_report; unsigned 
 /* The module's one global. `cfg`, `nio`, `ios` and `listen_fd` are written
 ** by conn_start before the threads start and only read after (listen_fd
 ** is closed by conn_stop once they have ended); `lock` guards `rate`;
-** `hs`, `listen_tag`, `accept_paused` and the keeper's fields belong to
+** `hs`, `hs_used`, `listen_tag`, `accept_paused` and the keeper's fields belong to
 ** I/O thread 0, except `keeper_new` and `keeper_handed`, which the thread
 ** handing the registration over writes under ios[0].lock. */
 static struct {
@@ -155,6 +155,7 @@ static struct {
   pthread_mutex_t lock;
   rate_slot rate[RATE_SLOTS];   /* lock */
   hs_slot *hs;                  /* HS_SLOTS of them */
+  int hs_used;                  /* slots with a socket */
   io_tag listen_tag;
   double accept_paused;         /* 0, or when accepting resumes */
   pmap_keeper keeper_new;       /* ios[0].lock: a registration handed over (conn_keep_pmap) */
@@ -682,6 +683,7 @@ static void report_failure(const hs_slot *s, const char *why) {
 /* Frees a slot: its socket closed, its key material wiped. */
 static void hs_drop(hs_slot *s, const char *why) {
   if (s->fd < 0) return;
+  C.hs_used--;
   if (why) report_failure(s, why);
   epoll_ctl(C.ios[0].ep, EPOLL_CTL_DEL, s->fd, NULL);
   close(s->fd);
@@ -742,11 +744,13 @@ static void accept_all(io *t) {
     s->started = mbox_now();
     s->deadline = s->started + HS_SECONDS;
     s->step = HS_MSG1;
+    C.hs_used++;
     struct epoll_event ev = { EPOLLIN, { .ptr = &s->tag } };
     if (noise_hs_init(&s->noise, NOISE_RESPONDER, C.cfg.key, (const unsigned char *)NOISE_PROLOGUE,
                       NOISE_PROLOGUE_LEN) != 0 || epoll_ctl(t->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
       close(fd);
       s->fd = -1;
+      C.hs_used--;
       noise_hs_wipe(&s->noise);
     }
   }
@@ -792,6 +796,7 @@ static int hs_frame(int fd, frame_dec *d, frame_msg *f) {
 static int hs_hand_over(hs_slot *s, conn *c) {
   epoll_ctl(C.ios[0].ep, EPOLL_CTL_DEL, s->fd, NULL);
   s->fd = -1;
+  C.hs_used--;
   s->c = NULL;
   s->split = 0;
   return io_attach(c);
@@ -936,6 +941,7 @@ static void hs_event(hs_slot *s) {
 ** (INFINITY if none). */
 static double hs_expire(double now) {
   double next = INFINITY;
+  if (C.hs_used == 0) return next;
   for (int i = 0; i < HS_SLOTS; i++) {
     hs_slot *s = &C.hs[i];
     if (s->fd < 0) continue;

@@ -11,7 +11,8 @@
 -- tick of D.TICK (1 s), so "within two ticks" is two seconds. A case that
 -- today's link layer fails is marked pending at its top with what fails and
 -- the figure measured; its assertions are the issue's, unchanged, ready for
--- the I/O-thread link layer. NETLINK_STRICT=1 runs those cases too.
+-- what doc/netlink.md lists as still to build. NETLINK_STRICT=1 runs those
+-- cases too.
 -- The multi-node cases are tagged #slow.
 
 local erlangen = require "erlangen"
@@ -27,7 +28,7 @@ local must, reported = D.must, D.reported
 -- marking them pending; `needs(why)` is the pending reason of such a case.
 local STRICT = os.getenv("NETLINK_STRICT") ~= nil
 local function needs(what_fails)
-  return "needs the I/O-thread link layer (doc/netlink.md): " .. what_fails
+  return "needs what doc/netlink.md lists as still to build: " .. what_fails
 end
 
 -- Waits for a message matching `match` until `deadline` (erlangen.now());
@@ -300,7 +301,7 @@ describe("node links", function()
 
   describe("a send with timeout 0 to a stopped node that is not connected", function()
     it("returns within 50 ms #slow", function()
-      if not STRICT then pending(needs("the send waits for the connect: it returned after 2.0 s")) return end
+      if not STRICT then pending(needs("a send to an unconnected node waits for the connect: it returned after 2.0 s")) return end
       local b = D.start_child{prefix = "zb", connect = false}
       D.signal(b, "STOP")
       local t0 = erlangen.now()

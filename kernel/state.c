@@ -852,7 +852,6 @@ static void encode_reason(lua_State *L, run_result *r) {
   r->len = b.len;
 }
 
-#define LOGGER_NAME "erlangen.log"   /* stdlib's logger registers under this name */
 
 /* Sends the record {"$log", level, text, fields, pid, system time} to the
 ** registered logger without waiting; `fields` holds n key/value pairs of
@@ -863,7 +862,7 @@ static void encode_reason(lua_State *L, run_result *r) {
 static int log_record(lua_State *L, const char *level, const char *text,
                       const char *const *fields, int n, term_id pid) {
   term_id logger;
-  if (!reg_whereis(LOGGER_NAME, &logger)) return 0;
+  if (!reg_whereis(KERN_LOGGER_NAME, &logger)) return 0;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   lua_createtable(L, 6, 0);
@@ -909,7 +908,7 @@ static int log_protected(lua_State *L) {
 
 int state_log(const char *level, const char *text, const char *const *fields, int n) {
   term_id logger;
-  if (!reg_whereis(LOGGER_NAME, &logger)) return 0;   /* the common case: no state to make */
+  if (!reg_whereis(KERN_LOGGER_NAME, &logger)) return 0;   /* the common case: no state to make */
   lua_State *L = luaL_newstate();
   if (!L) return 0;
   log_args a = { level, text, fields, n, 0 };

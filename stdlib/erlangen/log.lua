@@ -199,6 +199,14 @@ local function logger()
   end
 
   local emit
+  -- The sink failed: this line and the next go to stderr, with a record
+  -- that says why.
+  local function fall_back(line, level, text, fields)
+    close(sink); sink = {kind = "stderr"}
+    io.stderr:write(line, "\n")
+    emit(level, text, fields)
+  end
+
   local function write(rec, line)
     if sink.kind == "stderr" then
       io.stderr:write(line, "\n")
@@ -206,26 +214,17 @@ local function logger()
       local ok, err = sink.file:write(line, "\n")
       if ok then ok, err = sink.file:flush() end
       if not ok then
-        local path = sink.path
-        close(sink); sink = {kind = "stderr"}
-        io.stderr:write(line, "\n")
-        emit("error", "log file failed, logging to stderr", {path = path, reason = tostring(err)})
+        fall_back(line, "error", "log file failed, logging to stderr", {path = sink.path, reason = tostring(err)})
       end
     elseif sink.kind == "syslog" then
       local ok, err = syslog_send(rec)
       if not ok then
-        local path = sink.path
-        close(sink); sink = {kind = "stderr"}
-        io.stderr:write(line, "\n")
-        emit("error", "syslog failed, logging to stderr", {path = path, reason = tostring(err)})
+        fall_back(line, "error", "syslog failed, logging to stderr", {path = sink.path, reason = tostring(err)})
       end
     else
       local sent, why = erlangen.send(sink.pid, {"log", line, rec}, sink.timeout)
       if not sent and why == "noproc" then
-        local gone = sink.pid
-        sink = {kind = "stderr"}
-        io.stderr:write(line, "\n")
-        emit("warning", "log sink process is gone, logging to stderr", {sink = gone})
+        fall_back(line, "warning", "log sink process is gone, logging to stderr", {sink = sink.pid})
       end
     end
   end

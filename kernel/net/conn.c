@@ -64,6 +64,7 @@
 #define ACCEPT_PAUSE    0.1    /* seconds accepting pauses when descriptors run out */
 #define RATE_SLOTS      64     /* source addresses remembered for reporting */
 #define REPORT_GAP      1.0    /* seconds between two reports of failed handshakes from one address */
+#define REPORTS_PER_GAP 10     /* ... and the most reports in all within REPORT_GAP */
 #define REC_ACCEPT      0x00   /* the responder's last handshake record: the link is up */
 /* Handshake records (before the link is up): a responder that already has
 ** a link to the same incarnation asks the initiator whether it still has
@@ -154,6 +155,8 @@ static struct {
   io ios[IO_MAX_THREADS];
   pthread_mutex_t lock;
   rate_slot rate[RATE_SLOTS];   /* lock */
+  double reports_since;         /* lock */
+  int reports;                  /* lock: failure reports since reports_since */
   hs_slot *hs;                  /* HS_SLOTS of them */
   int hs_used;                  /* slots with a socket */
   io_tag listen_tag;
@@ -319,8 +322,10 @@ int conn_send(conn *c, const void *a, size_t alen, const void *b, size_t blen, d
   int rc = CONN_OK;
   pthread_mutex_lock(&c->lock);
   /* An I/O thread never waits: what it sends answers what arrived (a
-  ** spawn's reply, a noproc), bounded by what it reads. */
-  while (!io_self && !c->closing && frame_enc_pending(&c->enc) >= C.cfg.out_bound) {
+  ** spawn's reply, a noproc). Past the bound its answers are dropped, so a
+  ** peer that sends requests and reads nothing cannot grow the buffer. */
+  if (io_self && frame_enc_pending(&c->enc) >= C.cfg.out_bound) rc = CONN_FULL;
+  while (rc == CONN_OK && !io_self && !c->closing && frame_enc_pending(&c->enc) >= C.cfg.out_bound) {
     double left = deadline - mbox_now();
     if (left <= 0) { rc = CONN_FULL; break; }
     struct timespec ts = mbox_realtime_in(left);
@@ -537,6 +542,7 @@ static void host_of(const char *name, char *host, size_t cap, int *port) {
 
 static int initiate(uint32_t idx, double deadline, int *refused, char *err, size_t errlen) {
   const char *name = node_name(idx);
+  if (!name) { snprintf(err, errlen, "noconnection"); return -1; }
   char host[NODE_NAME_MAX + 1], short_name[NODE_NAME_MAX + 1];
   int port;
   host_of(name, host, sizeof host, &port);
@@ -617,7 +623,9 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
 
 int conn_connect(uint32_t idx, double deadline, char *err, size_t errlen) {
   if (!atomic_load(&C.running)) { snprintf(err, errlen, "this node is not started (start_node)"); return -1; }
-  if (idx == 0 || strcmp(node_name(idx), node_self()) == 0) {
+  const char *name = node_name(idx);
+  if (!name) { snprintf(err, errlen, "noconnection (a pid of a node this node no longer knows)"); return -1; }
+  if (idx == 0 || strcmp(name, node_self()) == 0) {
     snprintf(err, errlen, "a node cannot connect to itself");
     return -1;
   }
@@ -666,6 +674,10 @@ static void report_failure(const hs_slot *s, const char *why) {
   }
   double t = mbox_now();
   int now = t - r->last_report >= REPORT_GAP;
+  /* And at most REPORTS_PER_GAP in all per REPORT_GAP, whatever the addresses. */
+  if (t - C.reports_since >= REPORT_GAP) { C.reports_since = t; C.reports = 0; }
+  if (now && C.reports >= REPORTS_PER_GAP) now = 0;
+  if (now) C.reports++;
   unsigned quiet = r->quiet;
   if (now) { r->last_report = t; r->quiet = 0; } else r->quiet++;
   pthread_mutex_unlock(&C.lock);
@@ -700,19 +712,28 @@ static void hs_drop(hs_slot *s, const char *why) {
   s->split = 0;
 }
 
+/* Which of two slots goes first: one still waiting for msg1 (no progress)
+** before one further on, then the older. */
+static int evict_before(const hs_slot *a, const hs_slot *b) {
+  if (!b) return 1;
+  int wa = a->step == HS_MSG1, wb = b->step == HS_MSG1;
+  return wa != wb ? wa : a->started < b->started;
+}
+
 /* The slot for a socket from `addr`: a free one, unless that address holds
-** HS_PER_ADDR or every slot is taken; then the oldest of that address (or
-** of all) is closed to make room. */
+** HS_PER_ADDR or every slot is taken; then one of that address (or of all)
+** is closed to make room: the oldest that has not sent msg1, else the
+** oldest. */
 static hs_slot *hs_admit(const unsigned char addr[16]) {
   hs_slot *free_slot = NULL, *oldest = NULL, *oldest_here = NULL;
   int here = 0;
   for (int i = 0; i < HS_SLOTS; i++) {
     hs_slot *s = &C.hs[i];
     if (s->fd < 0) { if (!free_slot) free_slot = s; continue; }
-    if (!oldest || s->started < oldest->started) oldest = s;
+    if (evict_before(s, oldest)) oldest = s;
     if (memcmp(s->addr, addr, 16) == 0) {
       here++;
-      if (!oldest_here || s->started < oldest_here->started) oldest_here = s;
+      if (evict_before(s, oldest_here)) oldest_here = s;
     }
   }
   hs_slot *s = here >= HS_PER_ADDR ? oldest_here : free_slot ? free_slot : oldest;
@@ -802,6 +823,26 @@ static int hs_hand_over(hs_slot *s, conn *c) {
   return io_attach(c);
 }
 
+/* The link c, installed for idx (c->lock held, released here), goes to its
+** I/O thread and gets ACCEPT. A link it replaced has its signals fired
+** first, while c->lock keeps senders off c, so that what they do over c
+** comes after the old link's noconnection. */
+static void hs_accept(hs_slot *s, conn *c, conn *old, uint32_t idx, const char *old_why) {
+  if (old) {
+    conn_close(old, 0);
+    dist_node_down(idx, conn_peer_creation(old));   /* local deliveries only: no lock of c's */
+  }
+  int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
+  if (gone) shutdown(c->fd, SHUT_RDWR);   /* its I/O thread ends it: a lost link */
+  c->last_send = mbox_now();
+  pthread_mutex_unlock(&c->lock);
+  conn_release(c);   /* the slot's; the table and the I/O thread hold theirs */
+  if (old) {
+    dist_link_lost(idx, old_why);   /* it makes a Lua state: outside the lock */
+    conn_release(old);
+  }
+}
+
 /* After the confirmation: the peer is authenticated. Decides, and installs
 ** the link atomically with the decision. Returns 0 when the slot is done
 ** (handed over or dropped), 1 when it waits for the answer to ALIVE. */
@@ -837,17 +878,7 @@ static int hs_decide(hs_slot *s) {
     hs_drop(s, NULL);
     return 0;
   }
-  int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
-  if (gone) shutdown(c->fd, SHUT_RDWR);   /* its I/O thread ends it: a lost link */
-  c->last_send = mbox_now();
-  pthread_mutex_unlock(&c->lock);
-  conn_release(c);   /* the slot's; the table and the I/O thread hold theirs */
-  if (old) {   /* restarted: the old link's signals fire now */
-    conn_close(old, 0);
-    dist_node_down(idx, conn_peer_creation(old));
-    dist_link_lost(idx, "restarted");
-    conn_release(old);
-  }
+  hs_accept(s, c, old, idx, "restarted");
   return 0;
 }
 
@@ -865,17 +896,7 @@ static void hs_alive_answer(hs_slot *s, const frame_msg *f) {
   }
   uint32_t idx = s->idx;
   conn *old = node_replace_conn(idx, c);
-  int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
-  if (gone) shutdown(c->fd, SHUT_RDWR);
-  c->last_send = mbox_now();
-  pthread_mutex_unlock(&c->lock);
-  conn_release(c);
-  if (old) {   /* a half-open link: its signals fire now */
-    conn_close(old, 0);
-    dist_node_down(idx, conn_peer_creation(old));
-    dist_link_lost(idx, "replaced by a new link");
-    conn_release(old);
-  }
+  hs_accept(s, c, old, idx, "replaced by a new link");
 }
 
 /* msg1 is in: answer with msg2 and split. Returns 0, or -1 (slot dropped). */
@@ -1047,7 +1068,8 @@ static void *io_main(void *arg) {
         if (C.keeper_on) keeper_sync(t);
       } else if (tag->kind == TAG_HS) {
         hs_slot *s = (hs_slot *)tag;
-        if (s->fd >= 0) hs_event(s);
+        if (s->fd >= 0 && running) hs_event(s);
+        else hs_drop(s, NULL);   /* a stopping node takes no new link */
       } else {
         /* Alive here: the thread's reference goes only in end_conn, and a
         ** wait reports a descriptor once. Held while it may end. */
@@ -1072,6 +1094,7 @@ static void *io_main(void *arg) {
       keeper_sync(t);
   }
   /* Stopped: what did not close in order is ended here. */
+  take_adds(t, mbox_now());
   while (t->nconns > 0) end_conn(t, t->conns[t->nconns - 1], "closed");
   if (t->index == 0) {
     for (int i = 0; i < HS_SLOTS; i++) hs_drop(&C.hs[i], NULL);

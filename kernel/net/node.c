@@ -211,8 +211,11 @@ void node_ref(uint32_t idx) {
 
 void node_unref(uint32_t idx) {
   node_entry *e = entry_at(idx);
-  if (e && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
-    atomic_store_explicit(&e->zero_at, atomic_load(&N.sweeps), memory_order_release);
+  if (!e) return;
+  /* Before the decrement: a sweep that reads refs 0 (acquire) also reads
+  ** this zero_at, not an older one. */
+  atomic_store_explicit(&e->zero_at, atomic_load(&N.sweeps), memory_order_relaxed);
+  atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel);
 }
 
 void node_set_walk(node_walk walk) {
@@ -305,7 +308,12 @@ int node_intern(const char *name, size_t len, uint32_t *idx) {
   shard *sh = &N.shards[h % SHARDS];
   pthread_mutex_lock(&sh->lock);
   node_entry *e = find_locked(sh, name, len, h);
-  if (e) *idx = e->id;
+  if (e) {
+    *idx = e->id;
+    /* A found entry gets the same grace as a new one: a sweep must come
+    ** and go before it can be removed. */
+    atomic_store_explicit(&e->zero_at, atomic_load(&N.sweeps), memory_order_relaxed);
+  }
   pthread_mutex_unlock(&sh->lock);
   if (e) return 0;
   /* New: made under N.alloc, which also decides when to sweep. */

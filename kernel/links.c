@@ -288,8 +288,9 @@ void sig_monitor_remote(proc *self, term_id remote, term_id ref) {
   add_if_alive(self, &self->monitors, &m, sizeof m, 0);
 }
 
+/* creation 0 (never a node's): any incarnation. */
 static int of_node(term_id id, uint32_t idx, uint32_t creation) {
-  return id.node == idx && id.creation == creation;
+  return id.node == idx && (creation == 0 || id.creation == creation);
 }
 
 void sig_collect_node(proc *p, uint32_t idx, uint32_t creation, term_id **links, size_t *nl,

@@ -56,7 +56,7 @@ void sig_demonitor_remote_in(term_id local, term_id ref);
 void sig_link_remote(struct proc *self, term_id remote);
 void sig_monitor_remote(struct proc *self, term_id remote, term_id ref);
 
-/* For a lost link to node idx (incarnation `creation`): copies p's links
+/* For a lost link to node idx (incarnation `creation`, 0: any): copies p's links
 ** to that node's processes into *links (n of them) and its monitors of
 ** them into *mons as (ref, pid) pairs, and drops the monitors that
 ** processes of that node hold on p. Arrays are malloc'ed (free them). */

@@ -8,11 +8,7 @@
 -- node that is not connected.
 --
 -- Real child nodes on loopback, through spec/dist_helpers.lua, all with a
--- tick of D.TICK (1 s), so "within two ticks" is two seconds. A case that
--- today's link layer fails is marked pending at its top with what fails and
--- the figure measured; its assertions are the issue's, unchanged, ready for
--- what doc/netlink.md lists as still to build. NETLINK_STRICT=1 runs those
--- cases too.
+-- tick of D.TICK (1 s), so "within two ticks" is two seconds.
 -- The multi-node cases are tagged #slow.
 
 local erlangen = require "erlangen"
@@ -24,12 +20,6 @@ local TICK = D.TICK
 local self = erlangen.self
 local must, reported = D.must, D.reported
 
--- NETLINK_STRICT=1 runs the cases today's link layer fails instead of
--- marking them pending; `needs(why)` is the pending reason of such a case.
-local STRICT = os.getenv("NETLINK_STRICT") ~= nil
-local function needs(what_fails)
-  return "needs what doc/netlink.md lists as still to build: " .. what_fails
-end
 
 -- Waits for a message matching `match` until `deadline` (erlangen.now());
 -- raises naming `what`, the deadline's meaning and the mailbox.
@@ -276,7 +266,11 @@ describe("node links", function()
       assert.are.equal(fed[2], r[2], string.format(
         "the healthy receiver got %d of %d messages within 10 s (the longest wait %.1f ms)",
         r[2], fed[2], r[3] * 1000))
-      assert.is_true(r[3] <= 0.010, string.format("a message to the healthy receiver waited %.1f ms", r[3] * 1000))
+      -- The wait includes the hop itself, which a sanitizer build makes
+      -- several times slower; the stuck receivers' share is what is bounded.
+      local bound = H.sanitizer() and 0.040 or 0.010
+      assert.is_true(r[3] <= bound, string.format("a message to the healthy receiver waited %.1f ms (bound %.0f ms)",
+        r[3] * 1000, bound * 1000))
     end
 
     it("delay the healthy one by 10 ms at most, with two stuck #slow", function()
@@ -301,7 +295,6 @@ describe("node links", function()
 
   describe("a send with timeout 0 to a stopped node that is not connected", function()
     it("returns within 50 ms #slow", function()
-      if not STRICT then pending(needs("a send to an unconnected node waits for the connect: it returned after 2.0 s")) return end
       local b = D.start_child{prefix = "zb", connect = false}
       D.signal(b, "STOP")
       local t0 = erlangen.now()

@@ -66,10 +66,40 @@ typedef struct pending {
   char err[160];           /* D.lock */
 } pending;
 
-/* The module's one global: `lock` guards the pending spawns. */
+/* A node being connected to in the background, or backing off after a
+** failed connect. Records sent meanwhile wait here in order; every record
+** for the node goes here while the entry exists and is connecting, so none
+** overtakes them. All fields: D.plock. */
+typedef struct pending_link {
+  struct pending_link *next;
+  uint32_t node;           /* a reference on the entry is held */
+  int failed;              /* backing off until `until` */
+  double until, backoff;
+  unsigned char *buf;      /* queued records: (len (4, big-endian) || header || body)* */
+  size_t len, cap;
+} pending_link;
+
+#define CONNECTORS     4      /* background connects at once */
+#define CONNECTOR_IDLE 1.0    /* seconds a connector thread waits for work before it ends */
+#define BACKOFF_MIN    0.5    /* seconds: the first back-off after a failed connect */
+#define BACKOFF_MAX    5.0
+
+/* The module's one global: `lock` guards the pending spawns; `plock` the
+** pending links, the connect queue and the connector count; `npending`
+** (atomic) counts the pending links, so sends skip `plock` when none is. */
 static struct {
   _Atomic int started;
   double tick;
+  size_t out_bound;        /* written by dist_start before `started` */
+  pthread_mutex_t plock;
+  pthread_cond_t pwork;    /* plock: a connect was queued, or the node stops */
+  pthread_cond_t proom;    /* plock: queued records left a pending link */
+  pending_link *links;
+  _Atomic int npending;
+  uint32_t *queue;         /* nodes to connect to, in order */
+  size_t nqueue, capqueue;
+  int connectors;          /* connector threads running */
+  int stopping;
   int port;                /* the listening port */
   int pmap_fd;
   pthread_mutex_t lock;
@@ -78,7 +108,8 @@ static struct {
   unsigned nabandoned;     /* entries of `spawns` with `abandoned` set */
   uint64_t next_req;
 } D = { .pmap_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .answered = PTHREAD_COND_INITIALIZER,
-        .next_req = 1 };
+        .plock = PTHREAD_MUTEX_INITIALIZER, .pwork = PTHREAD_COND_INITIALIZER,
+        .proom = PTHREAD_COND_INITIALIZER, .next_req = 1 };
 
 /* ---- varints ---- */
 
@@ -133,23 +164,201 @@ static double connect_wait(void) {
   return D.tick < CONNECT_MIN ? CONNECT_MIN : D.tick > CONNECT_MAX ? CONNECT_MAX : D.tick;
 }
 
-/* The up link of idx, connecting if needed (connect != 0). */
-static conn *link_of(uint32_t idx, int connect) {
-  conn *c = node_conn(idx);
-  if (c || !connect || !atomic_load(&D.started)) return c;
-  char err[200];
-  if (conn_connect(idx, now() + connect_wait(), err, sizeof err) != 0) return NULL;
-  return node_conn(idx);
+/* ---- connecting in the background ---- */
+
+static pending_link *pending_find_locked(uint32_t idx) {
+  for (pending_link *p = D.links; p; p = p->next) if (p->node == idx) return p;
+  return NULL;
 }
 
-/* Queues a record: header h[0..hn), then body. */
+static void pending_free_locked(pending_link *p) {
+  pending_link **pp = &D.links;
+  while (*pp != p) pp = &(*pp)->next;
+  *pp = p->next;
+  atomic_fetch_sub(&D.npending, 1);
+  node_unref(p->node);
+  free(p->buf);
+  free(p);
+  pthread_cond_broadcast(&D.proom);
+}
+
+static void *connector_main(void *arg);
+
+/* Queues a connect to idx for a connector thread (D.plock held), starting
+** one when fewer than CONNECTORS run. */
+static int queue_connect_locked(uint32_t idx) {
+  if (D.nqueue == D.capqueue) {
+    size_t cap = D.capqueue ? D.capqueue * 2 : 16;
+    uint32_t *q = realloc(D.queue, cap * sizeof *q);
+    if (!q) return -1;
+    D.queue = q;
+    D.capqueue = cap;
+  }
+  D.queue[D.nqueue++] = idx;
+  if (D.connectors < CONNECTORS && (size_t)D.connectors < D.nqueue) {
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 256 * 1024);
+    if (pthread_create(&t, &at, connector_main, NULL) == 0) D.connectors++;
+    pthread_attr_destroy(&at);
+  }
+  pthread_cond_signal(&D.pwork);
+  return D.connectors > 0 ? 0 : -1;
+}
+
+/* Starts a background connect to idx (D.plock held): a pending link that
+** queues records until the connect ends. NULL when memory runs out. */
+static pending_link *pending_start_locked(uint32_t idx, pending_link *p) {
+  if (!p) {
+    p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->node = idx;
+    node_ref(idx);
+    p->backoff = BACKOFF_MIN;
+    p->next = D.links;
+    D.links = p;
+    atomic_fetch_add(&D.npending, 1);
+  }
+  p->failed = 0;
+  if (queue_connect_locked(idx) != 0) { pending_free_locked(p); return NULL; }
+  return p;
+}
+
+enum { ROUTE_CONN, ROUTE_DONE };
+
+/* Where a record for idx goes while a connect is pending or backing off.
+** Returns ROUTE_DONE with *rc set when it was queued or refused here, or
+** ROUTE_CONN: send on the node's link, if there is one. With `connect`, a
+** node without a link is connected to in the background. */
+static int pending_route(uint32_t idx, int connect, const unsigned char *h, size_t hn,
+                         const unsigned char *body, size_t blen, double deadline, int *rc) {
+  pthread_mutex_lock(&D.plock);
+  pending_link *p = pending_find_locked(idx);
+  if (p && p->failed) {
+    conn *c = node_conn(idx);
+    if (c) { conn_release(c); pending_free_locked(p); p = NULL; }   /* connected since */
+    else if (now() < p->until || !connect) {
+      pthread_mutex_unlock(&D.plock);
+      *rc = DIST_NOCONN;
+      return ROUTE_DONE;
+    } else p = pending_start_locked(idx, p);   /* the back-off is over: try again */
+  } else if (!p && connect && atomic_load(&D.started) && !D.stopping) {
+    conn *c = node_conn(idx);
+    if (c) { conn_release(c); pthread_mutex_unlock(&D.plock); return ROUTE_CONN; }
+    p = pending_start_locked(idx, NULL);
+    if (!p) { pthread_mutex_unlock(&D.plock); *rc = DIST_NOCONN; return ROUTE_DONE; }
+  }
+  if (!p) { pthread_mutex_unlock(&D.plock); return ROUTE_CONN; }
+  size_t need = FRAME_RECORD_HEADERBYTES + hn + blen;
+  while (!p->failed && p->len + need > D.out_bound && p->len > 0) {
+    double left = deadline - now();
+    if (left <= 0) { pthread_mutex_unlock(&D.plock); *rc = DIST_FULL; return ROUTE_DONE; }
+    struct timespec ts = mbox_realtime_in(left);
+    pthread_cond_timedwait(&D.proom, &D.plock, &ts);
+    p = pending_find_locked(idx);
+    if (!p) { pthread_mutex_unlock(&D.plock); return ROUTE_CONN; }   /* the connect ended */
+  }
+  if (p->failed) { pthread_mutex_unlock(&D.plock); *rc = DIST_NOCONN; return ROUTE_DONE; }
+  if (p->len + need > p->cap) {
+    size_t cap = p->cap ? p->cap : 256;
+    while (cap < p->len + need) cap *= 2;
+    unsigned char *b = realloc(p->buf, cap);
+    if (!b) { pthread_mutex_unlock(&D.plock); *rc = DIST_NOCONN; return ROUTE_DONE; }
+    p->buf = b;
+    p->cap = cap;
+  }
+  unsigned char *at = p->buf + p->len;
+  size_t n = hn + blen;
+  at[0] = (unsigned char)(n >> 24); at[1] = (unsigned char)(n >> 16);
+  at[2] = (unsigned char)(n >> 8); at[3] = (unsigned char)n;
+  memcpy(at + 4, h, hn);
+  if (blen) memcpy(at + 4 + hn, body, blen);
+  p->len += need;
+  pthread_mutex_unlock(&D.plock);
+  *rc = DIST_OK;
+  return ROUTE_DONE;
+}
+
+/* A background connect to idx ended. Up: the queued records go onto the
+** link, in order, before any later record (senders wait on D.plock until
+** the pending link is gone). Not up: they are dropped, links and monitors
+** to the node's processes get noconnection, and the node backs off. */
+static void pending_end(uint32_t idx, const char *err) {
+  pthread_mutex_lock(&D.plock);
+  pending_link *p = pending_find_locked(idx);
+  if (!p) { pthread_mutex_unlock(&D.plock); return; }
+  conn *c = node_conn(idx);
+  if (c) {
+    for (size_t off = 0; off + 4 <= p->len;) {
+      size_t n = ((size_t)p->buf[off] << 24) | ((size_t)p->buf[off + 1] << 16) |
+                 ((size_t)p->buf[off + 2] << 8) | p->buf[off + 3];
+      conn_send(c, p->buf + off + 4, n, NULL, 0, now() + D.tick);
+      off += 4 + n;
+    }
+    conn_release(c);
+    pending_free_locked(p);
+    pthread_mutex_unlock(&D.plock);
+    return;
+  }
+  size_t dropped = 0;
+  for (size_t off = 0; off + 4 <= p->len; dropped++)
+    off += 4 + (((size_t)p->buf[off] << 24) | ((size_t)p->buf[off + 1] << 16) |
+                ((size_t)p->buf[off + 2] << 8) | p->buf[off + 3]);
+  p->len = 0;
+  p->failed = 1;
+  p->until = now() + p->backoff;
+  p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
+  pthread_cond_broadcast(&D.proom);
+  pthread_mutex_unlock(&D.plock);
+  dist_node_down(idx, 0);
+  char why[300];
+  snprintf(why, sizeof why, "%s; %zu queued record%s dropped", err, dropped, dropped == 1 ? "" : "s");
+  dist_report("info", "cannot connect", node_name(idx), why);
+}
+
+static void *connector_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&D.plock);
+  for (;;) {
+    while (D.nqueue == 0 && !D.stopping) {
+      struct timespec ts = mbox_realtime_in(CONNECTOR_IDLE);
+      if (pthread_cond_timedwait(&D.pwork, &D.plock, &ts) != 0 && D.nqueue == 0) break;
+    }
+    if (D.nqueue == 0 || D.stopping) break;
+    uint32_t idx = D.queue[0];
+    memmove(D.queue, D.queue + 1, --D.nqueue * sizeof *D.queue);
+    pthread_mutex_unlock(&D.plock);
+    char err[200] = "";
+    if (conn_connect(idx, now() + connect_wait(), err, sizeof err) != 0 && !err[0])
+      snprintf(err, sizeof err, "noconnection");
+    pending_end(idx, err);
+    pthread_mutex_lock(&D.plock);
+  }
+  D.connectors--;
+  pthread_cond_broadcast(&D.pwork);
+  pthread_mutex_unlock(&D.plock);
+  return NULL;
+}
+
+/* The up link of idx, or NULL. */
+static conn *link_of(uint32_t idx) { return node_conn(idx); }
+
+/* Queues a record: header h[0..hn), then body. A node with no link is
+** connected to in the background (connect != 0); the record waits in order
+** for the link, and a send never waits for the connect itself. */
 static int put_record(uint32_t idx, int connect, uint32_t creation, const unsigned char *h, size_t hn,
                       const unsigned char *body, size_t blen, double deadline) {
-  conn *c = link_of(idx, connect);
+  if (hn + blen + FRAME_RECORD_HEADERBYTES > DIST_MAX_BODY) return DIST_TOOBIG;
+  int rc;
+  conn *c = NULL;
+  if (atomic_load(&D.npending) == 0) c = link_of(idx);
+  if (!c && pending_route(idx, connect, h, hn, body, blen, deadline, &rc) == ROUTE_DONE) return rc;
+  if (!c) c = link_of(idx);
   if (!c) return DIST_NOCONN;
-  int rc = DIST_OK;
+  rc = DIST_OK;
   if (creation && conn_peer_creation(c) != creation) rc = DIST_DEAD;
-  else if (hn + blen + FRAME_RECORD_HEADERBYTES > DIST_MAX_BODY) rc = DIST_TOOBIG;
   else {
     int s = conn_send(c, h, hn, body, blen, deadline);
     rc = s == CONN_OK ? DIST_OK : s == CONN_FULL ? DIST_FULL : DIST_NOCONN;
@@ -651,13 +860,21 @@ void dist_node_down(uint32_t idx, uint32_t creation) {
 
 int dist_monitor_node(proc *self, uint32_t idx, int on) {
   if (!on) return node_monitor(idx, self->pid, 0);
-  conn *c = link_of(idx, 1);
-  if (c) {
-    int rc = node_monitor(idx, self->pid, 1);
-    if (rc == 0) self->node_monitors = 1;
-    conn_release(c);
-    return rc;
-  }
+  /* Subscribed first: a background connect that fails gives nodedown to
+  ** every subscriber (dist_node_down), this one included. */
+  if (node_monitor(idx, self->pid, 1) != 0) return -1;
+  self->node_monitors = 1;
+  conn *c = link_of(idx);
+  if (c) { conn_release(c); return 0; }
+  int started = 0;
+  pthread_mutex_lock(&D.plock);
+  pending_link *p = pending_find_locked(idx);
+  if (p && !p->failed) started = 1;
+  else if (atomic_load(&D.started) && !D.stopping && (!p || now() >= p->until))
+    started = pending_start_locked(idx, p) != NULL;
+  pthread_mutex_unlock(&D.plock);
+  if (started) return 0;
+  node_monitor(idx, self->pid, 0);   /* cannot be reached now: nodedown at once */
   size_t len;
   unsigned char *msg = nodedown_msg(node_name(idx), &len);
   if (msg) deliver(self->pid, msg, len, (term_id){0, 0, 0});
@@ -732,6 +949,8 @@ int dist_start(const dist_opts *o, char *err, size_t errlen) {
     return -1;
   }
   D.tick = cfg.tick;
+  D.out_bound = cfg.out_bound;
+  D.stopping = 0;
   int rc = conn_start(&cfg, host[0] ? host : NULL, &port, err, errlen);
   sodium_memzero(cfg.key, sizeof cfg.key);
   if (rc != 0) return -1;
@@ -756,6 +975,15 @@ int dist_port(void) { return D.port; }
 
 void dist_stop(void) {
   if (!atomic_exchange(&D.started, 0)) return;
+  /* Connectors use the links' configuration: they end before conn_stop
+  ** (each is bounded by its connect's deadline). */
+  pthread_mutex_lock(&D.plock);
+  D.stopping = 1;
+  D.nqueue = 0;
+  pthread_cond_broadcast(&D.pwork);
+  while (D.connectors > 0) pthread_cond_wait(&D.pwork, &D.plock);
+  while (D.links) pending_free_locked(D.links);
+  pthread_mutex_unlock(&D.plock);
   conn_stop();
   if (D.pmap_fd >= 0) { close(D.pmap_fd); D.pmap_fd = -1; }
 }

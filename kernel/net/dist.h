@@ -48,9 +48,11 @@ enum { DIST_OK = 0, DIST_FULL = 1, DIST_NOCONN = 2, DIST_DEAD = 3, DIST_TOOBIG =
 
 /* Sends wire-encoded `msg` to a pid, a registered name (`name`) or an
 ** alias (`alias`) of node idx, waiting for room until `deadline`. The
-** bytes are copied. Returns DIST_OK, DIST_FULL, DIST_NOCONN (no link could
-** be made), DIST_DEAD (a pid of another incarnation) or DIST_TOOBIG (over
-** the link's frame limit). */
+** bytes are copied. A node with no link is connected to in the background
+** and the record waits on the pending link; nothing waits for the connect.
+** Returns DIST_OK, DIST_FULL, DIST_NOCONN (the node backs off after a
+** failed connect), DIST_DEAD (a pid of another incarnation) or DIST_TOOBIG
+** (over the link's frame limit). */
 int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline);
 int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, size_t len,
                    double deadline);

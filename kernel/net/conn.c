@@ -261,6 +261,8 @@ void conn_release(conn *c) {
 uint32_t conn_node(const conn *c) { return c->node; }
 uint32_t conn_peer_creation(const conn *c) { return c->peer_creation; }
 
+int conn_on_io_thread(void) { return io_self != NULL; }
+
 static io *io_of(uint32_t node) { return &C.ios[node % (uint32_t)C.nio]; }
 
 static conn *conn_new(int fd, uint32_t node, uint32_t creation, frame_enc *enc, frame_dec *dec) {

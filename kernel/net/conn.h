@@ -60,6 +60,9 @@ uint32_t conn_peer_creation(const conn *c);   /* the peer's creation */
 ** of it (dist_node_down) from the reader thread. */
 void conn_close(conn *c, int orderly);
 
+/* 1 on an I/O thread, which must never wait (conn.c). */
+int conn_on_io_thread(void);
+
 void conn_retain(conn *c);
 void conn_release(conn *c);
 

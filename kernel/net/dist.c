@@ -253,7 +253,7 @@ static int pending_route(uint32_t idx, int connect, const unsigned char *h, size
   if (!p) { pthread_mutex_unlock(&D.plock); return ROUTE_CONN; }
   size_t need = FRAME_RECORD_HEADERBYTES + hn + blen;
   while (!p->failed && p->len + need > D.out_bound && p->len > 0) {
-    double left = deadline - now();
+    double left = conn_on_io_thread() ? 0 : deadline - now();   /* an I/O thread never waits */
     if (left <= 0) { pthread_mutex_unlock(&D.plock); *rc = DIST_FULL; return ROUTE_DONE; }
     struct timespec ts = mbox_realtime_in(left);
     pthread_cond_timedwait(&D.proom, &D.plock, &ts);

@@ -303,4 +303,30 @@ describe("node links", function()
       assert.is_true(took < 0.05, "the send took " .. took .. " s")
     end)
   end)
+
+  describe("messages sent while a link is being made", function()
+    it("wait on the pending link and arrive in order once it is up #slow", function()
+      -- c sends 200 messages to a process of b while c's connect to b
+      -- cannot finish (b is stopped); b wakes within the connect's deadline.
+      local b = D.start_child{prefix = "pb", connect = false}
+      local c = D.start_child{prefix = "pc"}
+      assert.is_true(erlangen.connect(b.addr))   -- this node to b; c has no link to b
+      b.joined = true
+      local sink = D.puppet(b)       -- forwards what it gets: {"got", sink, m}
+      local pc = D.puppet(c)
+      D.signal(b, "STOP")
+      local t0 = erlangen.now()
+      assert.is_true(must(pc, "send", {"nosuch", b.addr}, "the port of b"))   -- starts c's connect
+      erlangen.spawn_opt({node = c.name}, "netlink_node.seq_source", self(), sink, 200, 0)
+      local done = H.recv(H.tagged("source_done"), "the sender", 5)
+      assert.are.same({200, "done"}, {done[3], done[4]})
+      assert.is_true(erlangen.now() - t0 < 1, "the sends took " .. (erlangen.now() - t0) .. " s")
+      D.signal(b, "CONT")
+      for i = 1, 200 do
+        local m = H.recv(function(m) return type(m) == "table" and m[1] == "got" and m[2] == sink end,
+                         "message " .. i .. " at the sink", 2 * TICK + 5)
+        assert.are.same({"seq", i}, m[3])
+      end
+    end)
+  end)
 end)

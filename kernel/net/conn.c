@@ -93,10 +93,14 @@ struct conn {
   int closing;                   /* lock: no more records */
   int orderly;                   /* lock: this side sent CLOSE */
   int want_out;                  /* lock: EPOLLOUT is armed for bytes left in enc */
+  int writing;                   /* lock: the I/O thread writes bytes it took from enc (out),
+                                 ** outside the lock; no one else writes until they are out */
   int waiting_room;              /* lock: senders waiting on `room` */
   double last_send;              /* lock: when a record or a heartbeat was last queued */
   double last_progress;          /* lock: when the socket last took bytes, or enc was empty */
   /* The I/O thread's alone. */
+  unsigned char *out;            /* sealed bytes taken from enc, out[out_off, out_len) unsent */
+  size_t out_len, out_off, out_cap;
   frame_dec dec;                 /* (the handshake's before that) */
   double last_frame;             /* when the last whole frame arrived */
   double partial_since;          /* when the frame now in progress began; 0 if none */
@@ -254,6 +258,7 @@ void conn_release(conn *c) {
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->room);
   if (c->fd >= 0) close(c->fd);
+  free(c->out);
   node_unref(c->node);
   free(c);
 }
@@ -297,6 +302,7 @@ static void arm_out_locked(conn *c) {
 static void write_locked(conn *c) {
   const unsigned char *p;
   size_t n;
+  if (c->writing) { arm_out_locked(c); return; }   /* the I/O thread's bytes go first */
   if (frame_enc_flush(&c->enc, &p, &n) != 0) { shutdown(c->fd, SHUT_RDWR); return; }
   while (n > 0) {
     ssize_t w = send(c->fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -467,10 +473,43 @@ static void read_conn(io *t, conn *c, unsigned char *buf) {
   }
 }
 
+/* The socket is writable (its I/O thread): takes what enc holds under the
+** lock and writes it outside, so senders go on appending meanwhile. The
+** encoder's bound counts what it holds; this thread holds one batch more. */
 static void write_conn(conn *c) {
-  pthread_mutex_lock(&c->lock);
-  write_locked(c);
-  pthread_mutex_unlock(&c->lock);
+  for (int round = 0; round < IO_READS; round++) {
+    if (c->out_off == c->out_len) {
+      const unsigned char *p = NULL;
+      size_t n = 0;
+      pthread_mutex_lock(&c->lock);
+      c->writing = 0;
+      if (frame_enc_flush(&c->enc, &p, &n) != 0 || n == 0 || n > c->out_cap) {
+        unsigned char *grown = n > c->out_cap ? realloc(c->out, n) : NULL;
+        if (!grown) {   /* nothing left, a failed encoder, or no memory: the plain way */
+          write_locked(c);
+          pthread_mutex_unlock(&c->lock);
+          return;
+        }
+        c->out = grown;
+        c->out_cap = n;
+      }
+      memcpy(c->out, p, n);
+      frame_enc_consumed(&c->enc, n);
+      c->out_len = n;
+      c->out_off = 0;
+      c->writing = 1;
+      if (c->waiting_room) pthread_cond_broadcast(&c->room);
+      pthread_mutex_unlock(&c->lock);
+    }
+    ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;   /* EPOLLOUT stays armed */
+    if (w <= 0) { shutdown(c->fd, SHUT_RDWR); return; }              /* the read side ends it */
+    c->out_off += (size_t)w;
+    pthread_mutex_lock(&c->lock);
+    c->last_progress = mbox_now();
+    pthread_mutex_unlock(&c->lock);
+  }
 }
 
 /* Every quarter of the tick: liveness, stalled writes, heartbeats. */
@@ -483,7 +522,7 @@ static void sweep(io *t, double now) {
     else if (c->partial_since && now - c->partial_since > tick) why = "a frame that did not end within a tick";
     pthread_mutex_lock(&c->lock);
     size_t pending = frame_enc_pending(&c->enc);
-    if (!why && pending && now - c->last_progress > tick) why = "writes stalled for a tick";
+    if (!why && (pending || c->writing) && now - c->last_progress > tick) why = "writes stalled for a tick";
     if (!why && !pending && !c->closing && now - c->last_send >= tick / 4) {
       if (frame_enc_control(&c->enc, FRAME_TICK, NULL, 0) == 0) write_locked(c);
       c->last_send = now;

@@ -11,7 +11,7 @@
 #include <lualib.h>
 #include "erlangen_config.h"
 #include "kernel.h"
-#include "links.h"
+#include "sig.h"
 #include "process.h"
 #include "registry.h"
 #include "remote.h"

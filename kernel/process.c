@@ -10,7 +10,7 @@
 #include "process.h"
 #include "registry.h"
 #include "remote.h"
-#include "links.h"
+#include "sig.h"
 #include "state.h"
 
 #define SHARDS 64          /* table shards, each under its own lock */

@@ -16,7 +16,7 @@
 #include "node.h"
 #include "erlangen.h"
 #include "kernel.h"
-#include "links.h"
+#include "sig.h"
 #include "process.h"
 #include "registry.h"
 #include "state.h"

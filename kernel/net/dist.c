@@ -18,7 +18,7 @@
 #include "frame.h"
 #include "kernel.h"
 #include "keyfile.h"
-#include "links.h"
+#include "sig.h"
 #include "node.h"
 #include "portmap.h"
 #include "remote.h"

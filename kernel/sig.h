@@ -1,5 +1,5 @@
 /*
-** links.h — links, monitors and exit signals, between local processes and
+** sig.h — signals: links, monitors and exit signals, between local processes and
 ** with processes of other nodes (through remote.h).
 **
 ** Links are kept on both ends and monitors on both ends, each end under its
@@ -9,8 +9,8 @@
 ** another node, this node keeps only the local end; the `_remote_in`
 ** functions apply what the other node's end asked for.
 */
-#ifndef erlangen_links_h
-#define erlangen_links_h
+#ifndef erlangen_sig_h
+#define erlangen_sig_h
 
 #include <stddef.h>
 #include "term.h"

@@ -1,11 +1,11 @@
 /*
-** links.c — links, monitors and exit signals.
+** sig.c — signals: links, monitors and exit signals.
 */
 #include <stdlib.h>
 #include <string.h>
 #include "kernel.h"
 #include "process.h"
-#include "links.h"
+#include "sig.h"
 #include "remote.h"
 
 static int link_index(proc_vec *v, term_id pid) {

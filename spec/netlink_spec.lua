@@ -266,11 +266,15 @@ describe("node links", function()
       assert.are.equal(fed[2], r[2], string.format(
         "the healthy receiver got %d of %d messages within 10 s (the longest wait %.1f ms)",
         r[2], fed[2], r[3] * 1000))
-      -- The wait includes the hop itself, which a sanitizer build makes
-      -- several times slower; the stuck receivers' share is what is bounded.
+      -- The bound is on the 99th percentile of the waits: the stuck receivers
+      -- would hold every message behind them, while a stall of this shared
+      -- machine's scheduler (up to 20 ms seen) holds one or two. The wait
+      -- includes the hop itself, which a sanitizer build makes several times
+      -- slower.
       local bound = H.sanitizer() and 0.040 or 0.010
-      assert.is_true(r[3] <= bound, string.format("a message to the healthy receiver waited %.1f ms (bound %.0f ms)",
-        r[3] * 1000, bound * 1000))
+      assert.is_true(r[5] <= bound, string.format(
+        "99 %% of the messages to the healthy receiver waited up to %.1f ms (bound %.0f ms; the longest %.1f ms)",
+        r[5] * 1000, bound * 1000, r[3] * 1000))
     end
 
     it("delay the healthy one by 10 ms at most, with two stuck #slow", function()

@@ -36,18 +36,10 @@ local self = erlangen.self
 -- Files and processes ------------------------------------------------------
 
 -- `s` quoted for sh.
-function D.q(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+D.q = H.quote
 
 -- The contents of `path`, or "" if it cannot be read.
-function D.read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+function D.read_file(path) return H.read_file(path) or "" end
 
 local function write_file(path, bytes, mode)
   local f = assert(io.open(path, "wb"))

@@ -18,6 +18,22 @@ local H = {}
 
 H.TIMEOUT = 5  -- seconds any one wait may take before the spec fails
 
+-- Files and the shell -----------------------------------------------------
+
+-- `s` quoted for sh.
+function H.quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+-- The contents of the file at `path`, or nil if it cannot be read.
+function H.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 -- Printing ----------------------------------------------------------------
 
 -- A short readable rendering of a value for failure messages.

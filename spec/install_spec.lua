@@ -17,14 +17,10 @@ local function sh(cmd)
   return ok == true, out, code
 end
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local H = require "spec.helpers"
+local q = H.quote
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function read(path) return assert(H.read_file(path), "cannot read " .. path) end
 
 -- The tools among `names` that are not on PATH, as one string ("" if none).
 local function missing(names)

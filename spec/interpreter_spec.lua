@@ -10,17 +10,10 @@ local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
 local LIMIT = 20  -- seconds any one run of the executable may take
 
 -- Shell quoting.
-local function q(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+local H = require "spec.helpers"
+local q = H.quote
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = H.read_file
 
 local function write_file(path, text)
   local f = assert(io.open(path, "wb"))

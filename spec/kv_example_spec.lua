@@ -19,13 +19,7 @@ local function sh(cmd)
   return out
 end
 
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function read_file(path) return H.read_file(path) or "" end
 
 -- A port that was free a moment ago: bind port 0, read it, close.
 local function free_port()

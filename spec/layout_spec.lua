@@ -1,12 +1,9 @@
 -- The layout of the kernel: the core (kernel/) knows the network layer
 -- (kernel/net/) only through remote.h (doc/netlink.md, "The seam").
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local H = require "spec.helpers"
+
+local function read(path) return assert(H.read_file(path), "cannot read " .. path) end
 
 local function lines_of(cmd)
   local out = {}

@@ -32,12 +32,7 @@ local function next_line(what)
   return m[2], m[3]
 end
 
-local function read_all(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function read_all(path) return assert(H.read_file(path), "cannot read " .. path) end
 
 -- Runs `code` in a fresh `erlangen` interpreter with `log` in scope and
 -- returns what it wrote to stderr.

@@ -15,9 +15,8 @@ local TIMEOUT = 5     -- seconds any one socket operation may take
 local STALL = 3       -- PMAP_STALL_SECONDS in kernel/portmap.h
 local REMOTE = 64     -- PMAP_MAX_REMOTE in kernel/portmap.h
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+local H = require "spec.helpers"
+local q = H.quote
 
 -- Starts a daemon with extra words `args` (default: --port 0). Returns a
 -- handle {pid, port, f} or nil and what it printed.

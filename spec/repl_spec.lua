@@ -12,9 +12,8 @@ local BIN = os.getenv("ERLANGEN_BIN") or BUILD .. "/erlangen"
 local PTYRUN = BUILD .. "/spec/c/ptyrun"
 local LIMIT = 20  -- seconds a session may take
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
+local H = require "spec.helpers"
+local q = H.quote
 
 local function make_dir()
   local dir = os.tmpname()
@@ -23,13 +22,7 @@ local function make_dir()
   return dir
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = H.read_file
 
 local function contains(haystack, needle)
   return haystack:find(needle, 1, true) ~= nil

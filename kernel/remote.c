@@ -26,13 +26,13 @@ static const remote_ops none = {
   NULL, NULL
 };
 
-/* The module's one global: written once by remote_install (release), read
-** by any thread (acquire). */
-static const remote_ops *_Atomic R_ops;
+/* The module's one global: the core's own table until remote_install
+** replaces it once (release); read by any thread (acquire, remote_get). */
+const remote_ops *_Atomic remote_in_use = &none;
 
 int remote_install(const remote_ops *ops) {
-  const remote_ops *expected = NULL;
-  if (!atomic_compare_exchange_strong_explicit(&R_ops, &expected, ops, memory_order_release,
+  const remote_ops *expected = &none;
+  if (!atomic_compare_exchange_strong_explicit(&remote_in_use, &expected, ops, memory_order_release,
                                                memory_order_relaxed))
     return -1;
   static term_nodes names;   /* written once, here, before term.c can read it */
@@ -40,9 +40,4 @@ int remote_install(const remote_ops *ops) {
   term_set_nodes(&names);
   mbox_set_node_refs(ops->node_ref, ops->node_unref);
   return 0;
-}
-
-const remote_ops *remote_get(void) {
-  const remote_ops *ops = atomic_load_explicit(&R_ops, memory_order_acquire);
-  return ops ? ops : &none;
 }

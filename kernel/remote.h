@@ -13,6 +13,7 @@
 #ifndef erlangen_remote_h
 #define erlangen_remote_h
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "codec.h"
@@ -51,7 +52,11 @@ typedef struct remote_ops {
 ** call has an effect; returns 0 then, -1 after. */
 int remote_install(const remote_ops *ops);
 
-/* The table in use: the installed one, or the core's own. */
-const remote_ops *remote_get(void);
+/* The table in use: the installed one, or the core's own. Inline: every
+** send and receive asks it for the codec's naming (kern_limits). */
+extern const remote_ops *_Atomic remote_in_use;
+static inline const remote_ops *remote_get(void) {
+  return atomic_load_explicit(&remote_in_use, memory_order_acquire);
+}
 
 #endif

@@ -75,8 +75,9 @@ typedef struct pending_link {
   uint32_t node;           /* a reference on the entry is held */
   int failed;              /* backing off until `until` */
   double until, backoff;
-  unsigned char *buf;      /* queued records: (len (4, big-endian) || header || body)* */
+  unsigned char *buf;      /* queued records, laid out as a DATA frame's body (frame.h) */
   size_t len, cap;
+  size_t records;          /* how many buf holds */
 } pending_link;
 
 #define CONNECTORS     4      /* background connects at once */
@@ -276,6 +277,7 @@ static int pending_route(uint32_t idx, int connect, const unsigned char *h, size
   memcpy(at + 4, h, hn);
   if (blen) memcpy(at + 4 + hn, body, blen);
   p->len += need;
+  p->records++;
   pthread_mutex_unlock(&D.plock);
   *rc = DIST_OK;
   return ROUTE_DONE;
@@ -291,22 +293,17 @@ static void pending_end(uint32_t idx, const char *err) {
   if (!p) { pthread_mutex_unlock(&D.plock); return; }
   conn *c = node_conn(idx);
   if (c) {
-    for (size_t off = 0; off + 4 <= p->len;) {
-      size_t n = ((size_t)p->buf[off] << 24) | ((size_t)p->buf[off + 1] << 16) |
-                 ((size_t)p->buf[off + 2] << 8) | p->buf[off + 3];
-      conn_send(c, p->buf + off + 4, n, NULL, 0, now() + D.tick);
-      off += 4 + n;
-    }
+    frame_msg queued = { FRAME_DATA, p->buf, p->len };
+    size_t off = 0, n;
+    const unsigned char *rec;
+    while (frame_record_next(&queued, &off, &rec, &n) == 1) conn_send(c, rec, n, NULL, 0, now() + D.tick);
     conn_release(c);
     pending_free_locked(p);
     pthread_mutex_unlock(&D.plock);
     return;
   }
-  size_t dropped = 0;
-  for (size_t off = 0; off + 4 <= p->len; dropped++)
-    off += 4 + (((size_t)p->buf[off] << 24) | ((size_t)p->buf[off + 1] << 16) |
-                ((size_t)p->buf[off + 2] << 8) | p->buf[off + 3]);
-  p->len = 0;
+  size_t dropped = p->records;
+  p->len = p->records = 0;
   p->failed = 1;
   p->until = now() + p->backoff;
   p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
@@ -342,9 +339,6 @@ static void *connector_main(void *arg) {
   return NULL;
 }
 
-/* The up link of idx, or NULL. */
-static conn *link_of(uint32_t idx) { return node_conn(idx); }
-
 /* Queues a record: header h[0..hn), then body. A node with no link is
 ** connected to in the background (connect != 0); the record waits in order
 ** for the link, and a send never waits for the connect itself. */
@@ -353,9 +347,9 @@ static int put_record(uint32_t idx, int connect, uint32_t creation, const unsign
   if (hn + blen + FRAME_RECORD_HEADERBYTES > DIST_MAX_BODY) return DIST_TOOBIG;
   int rc;
   conn *c = NULL;
-  if (atomic_load(&D.npending) == 0) c = link_of(idx);
+  if (atomic_load(&D.npending) == 0) c = node_conn(idx);
   if (!c && pending_route(idx, connect, h, hn, body, blen, deadline, &rc) == ROUTE_DONE) return rc;
-  if (!c) c = link_of(idx);
+  if (!c) c = node_conn(idx);
   if (!c) return DIST_NOCONN;
   rc = DIST_OK;
   if (creation && conn_peer_creation(c) != creation) rc = DIST_DEAD;
@@ -864,7 +858,7 @@ int dist_monitor_node(proc *self, uint32_t idx, int on) {
   ** every subscriber (dist_node_down), this one included. */
   if (node_monitor(idx, self->pid, 1) != 0) return -1;
   self->node_monitors = 1;
-  conn *c = link_of(idx);
+  conn *c = node_conn(idx);
   if (c) { conn_release(c); return 0; }
   int started = 0;
   pthread_mutex_lock(&D.plock);

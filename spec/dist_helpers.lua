@@ -14,7 +14,7 @@
 -- Use in a spec file:
 --   local D = require "spec.dist_helpers"
 --   setup(D.this_node); teardown(D.teardown)
---   after_each(function() D.stop_children(); H.after() end)
+--   before_each(D.before_each); after_each(D.after_each)
 -- Every wait is bounded (H.TIMEOUT unless told); only /proc counts are
 -- polled (D.poll).
 
@@ -119,10 +119,26 @@ function D.this_node()
   return me
 end
 
--- Removes the key files (D.this_node and D.start_child write them again).
+-- Removes the key files (D.this_node and D.start_child write them again)
+-- and stops trapping exits.
 function D.teardown()
+  erlangen.trap_exit(false)
   os.remove(D.KEY)
   os.remove(D.OTHER_KEY)
+end
+
+-- Each test traps exits (a child's link may end), and ends with its
+-- children stopped and H.after's clean-up.
+function D.before_each()
+  H.before()
+  erlangen.trap_exit(true)
+end
+
+function D.after_each()
+  erlangen.trap_exit(true)
+  D.stop_children()
+  H.after()
+  erlangen.trap_exit(true)
 end
 
 -- Child nodes ---------------------------------------------------------------

@@ -23,7 +23,7 @@ local me = D.me   -- name, port, addr of the busted process's node
 local self = erlangen.self
 local key_file, random_bytes, os_threads, closed_port = D.key_file, D.random_bytes, D.os_threads, D.closed_port
 local this_node, start_child, stderr_of, signal = D.this_node, D.start_child, D.stderr_of, D.signal
-local kill_child, stop_children = D.kill_child, D.stop_children
+local kill_child = D.kill_child
 local puppet, order, must, finish, reported = D.puppet, D.order, D.must, D.finish, D.reported
 local exit_reason_from, local_linker, dead_remote_pid = D.exit_reason_from, D.local_linker, D.dead_remote_pid
 local tcp_links, poll = D.tcp_links, D.poll
@@ -32,20 +32,9 @@ local tcp_links, poll = D.tcp_links, D.poll
 
 describe("distribution", function()
   setup(function() this_node() end)
-  teardown(function()
-    erlangen.trap_exit(false)
-    D.teardown()
-  end)
-  before_each(function()
-    H.before()
-    erlangen.trap_exit(true)
-  end)
-  after_each(function()
-    erlangen.trap_exit(true)
-    stop_children()
-    H.after()
-    erlangen.trap_exit(true)
-  end)
+  teardown(D.teardown)
+  before_each(D.before_each)
+  after_each(D.after_each)
 
   describe("nodes", function()
     it("names this node and lists a connected node in nodes()", function()

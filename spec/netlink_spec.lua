@@ -125,20 +125,9 @@ end
 
 describe("node links", function()
   setup(D.this_node)
-  teardown(function()
-    erlangen.trap_exit(false)
-    D.teardown()
-  end)
-  before_each(function()
-    H.before()
-    erlangen.trap_exit(true)
-  end)
-  after_each(function()
-    erlangen.trap_exit(true)
-    D.stop_children()
-    H.after()
-    erlangen.trap_exit(true)
-  end)
+  teardown(D.teardown)
+  before_each(D.before_each)
+  after_each(D.after_each)
 
   describe("through a tampering proxy", function()
     -- c connects to b through the proxy; a puppet on c and one on b are

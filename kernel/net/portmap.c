@@ -936,19 +936,25 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
   return -1;
 }
 
-int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen) {
-  char line[PMAP_NAME_MAX + 32], reply[REPLY_MAX], why[160];
-  int64_t deadline = deadline_after(PMAP_CLIENT_SECONDS);
-  int mport, s;
+/* The name and port of a registration, checked: 0, or -1 with a message. */
+static int check_registration(const char *name, int port, char *err, size_t errlen) {
   if (!pmap_valid_name(name)) {
     errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
-           name ? name : "(null)", PMAP_NAME_MAX);
+               name ? name : "(null)", PMAP_NAME_MAX);
     return -1;
   }
   if (port < 1 || port > 65535) {
     errbuf_set(err, errlen, "port %d is not in 1..65535", port);
     return -1;
   }
+  return 0;
+}
+
+int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen) {
+  char line[PMAP_NAME_MAX + 32], reply[REPLY_MAX], why[160];
+  int64_t deadline = deadline_after(PMAP_CLIENT_SECONDS);
+  int mport, s;
+  if (check_registration(name, port, err, errlen) != 0) return -1;
   if (pmap_default_port(&mport, err, errlen) != 0) return -1;
   if (connect_local(mport, deadline, &s, why, sizeof why) != 0) {
     errbuf_set(err, errlen, "no port mapper answers on port %d: %s", mport, why);
@@ -1071,15 +1077,7 @@ int pmap_keeper_start(pmap_keeper *k, const char *name, int port, int fd,
   memset(k, 0, sizeof *k);
   k->fd = -1;
   k->state = KEEP_STOPPED;
-  if (!pmap_valid_name(name)) {
-    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
-               name ? name : "(null)", PMAP_NAME_MAX);
-    return -1;
-  }
-  if (port < 1 || port > 65535) {
-    errbuf_set(err, errlen, "port %d is not in 1..65535", port);
-    return -1;
-  }
+  if (check_registration(name, port, err, errlen) != 0) return -1;
   if (pmap_default_port(&mport, err, errlen) != 0) return -1;
   snprintf(k->name, sizeof k->name, "%s", name);
   snprintf(k->line, sizeof k->line, "REGISTER %s %d\n", name, port);

@@ -246,6 +246,30 @@ static int l_self(lua_State *L) {
   return 1;
 }
 
+/* ---- values ---- */
+
+static int l_type(lua_State *L) {
+  luaL_checkany(L, 1);
+  term_id id;
+  enum term_kind k = term_test(L, 1, &id);
+  if (k == TERM_PID) lua_pushliteral(L, "pid");
+  else if (k == TERM_REF) lua_pushliteral(L, "ref");
+  else lua_pushstring(L, luaL_typename(L, 1));
+  return 1;
+}
+
+static int l_is_pid(lua_State *L) {
+  term_id id;
+  lua_pushboolean(L, term_test(L, 1, &id) == TERM_PID);
+  return 1;
+}
+
+static int l_is_ref(lua_State *L) {
+  term_id id;
+  lua_pushboolean(L, term_test(L, 1, &id) == TERM_REF);
+  return 1;
+}
+
 /* ---- exit signals ---- */
 
 static int l_exit(lua_State *L) {
@@ -1030,6 +1054,7 @@ static void wrap_os_exit(lua_State *L) {
 static const luaL_Reg funcs[] = {
   {"spawn", l_spawn}, {"spawn_link", l_spawn_link}, {"spawn_monitor", l_spawn_monitor},
   {"spawn_opt", l_spawn_opt}, {"self", l_self},
+  {"type", l_type}, {"is_pid", l_is_pid}, {"is_ref", l_is_ref},
   {"exit", l_exit}, {"trap_exit", l_trap_exit},
   {"send", l_send}, {"receive", l_receive}, {"sleep", l_sleep}, {"now", l_now},
   {"system_time", l_system_time},

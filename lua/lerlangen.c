@@ -1184,8 +1184,11 @@ static int open_stdlib_module(lua_State *L, const char *name) {
 #define STDLIB_OPENER(m) \
   int luaopen_erlangen_##m(lua_State *L); \
   int luaopen_erlangen_##m(lua_State *L) { return open_stdlib_module(L, "erlangen." #m); }
+STDLIB_OPENER(gen)
+STDLIB_OPENER(global)
 STDLIB_OPENER(log)
 STDLIB_OPENER(observer)
+STDLIB_OPENER(pg)
 STDLIB_OPENER(server)
 STDLIB_OPENER(service)
 STDLIB_OPENER(supervisor)

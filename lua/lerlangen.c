@@ -972,6 +972,14 @@ static int l_monitor_node(lua_State *L) {
   return 1;
 }
 
+static int l_monitor_nodes(lua_State *L) {
+  proc *self = cur(L);
+  luaL_checkany(L, 1);
+  if (dist_monitor_nodes(self, lua_toboolean(L, 1)) != 0) return luaL_error(L, "monitor_nodes: out of memory");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- configuration and the codec ---- */
 
 static int l_configure(lua_State *L) {
@@ -1063,6 +1071,7 @@ static const luaL_Reg funcs[] = {
   {"set_label", l_set_label}, {"tree", l_tree},
   {"start_node", l_start_node}, {"node", l_node}, {"nodes", l_nodes}, {"connect", l_connect},
   {"disconnect", l_disconnect}, {"monitor_node", l_monitor_node},
+  {"monitor_nodes", l_monitor_nodes},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

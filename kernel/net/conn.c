@@ -435,7 +435,7 @@ static void end_conn(io *t, conn *c, const char *why) {
   conn_close(c, strcmp(why, "closed") == 0);
   shutdown(c->fd, SHUT_RDWR);
   if (node_clear_conn(c->node, c)) {
-    dist_node_down(c->node, c->peer_creation);
+    dist_node_down(c->node, c->peer_creation, why);
     dist_link_lost(c->node, why);
   }
   conn_release(c);   /* the thread's */
@@ -652,7 +652,9 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
     snprintf(err, errlen, "out of memory");
     return -1;
   }
+  dist_node_up(idx, 1);   /* before its I/O thread reads a record */
   if (io_attach(c) != 0) {
+    dist_node_up(idx, 0);   /* the link never started */
     conn_release(c);
     snprintf(err, errlen, "out of memory");
     return -1;
@@ -871,8 +873,9 @@ static int hs_hand_over(hs_slot *s, conn *c) {
 static void hs_accept(hs_slot *s, conn *c, conn *old, uint32_t idx, const char *old_why) {
   if (old) {
     conn_close(old, 0);
-    dist_node_down(idx, conn_peer_creation(old));   /* local deliveries only: no lock of c's */
+    dist_node_down(idx, conn_peer_creation(old), old_why);   /* local deliveries only: no lock of c's */
   }
+  dist_node_up(idx, 1);   /* before its I/O thread reads a record */
   int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
   if (gone) shutdown(c->fd, SHUT_RDWR);   /* its I/O thread ends it: a lost link */
   c->last_send = mbox_now();

@@ -106,9 +106,17 @@ static struct {
   pthread_mutex_t lock;
   pthread_cond_t answered;
   pending *spawns;         /* newest first */
+  /* monitor_nodes: the subscribers, and the nodes announced up to them
+  ** (nodeup sent, nodedown not yet), kept whether or not anyone listens.
+  ** All four: wlock. */
+  pthread_mutex_t wlock;
+  term_id *watchers;
+  size_t nwatchers, capwatchers;
+  uint32_t *up;
+  size_t nup, capup;
   unsigned nabandoned;     /* entries of `spawns` with `abandoned` set */
   uint64_t next_req;
-} D = { .pmap_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .answered = PTHREAD_COND_INITIALIZER,
+} D = { .pmap_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .wlock = PTHREAD_MUTEX_INITIALIZER, .answered = PTHREAD_COND_INITIALIZER,
         .plock = PTHREAD_MUTEX_INITIALIZER, .pwork = PTHREAD_COND_INITIALIZER,
         .proom = PTHREAD_COND_INITIALIZER, .next_req = 1 };
 
@@ -309,7 +317,7 @@ static void pending_end(uint32_t idx, const char *err) {
   p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
   pthread_cond_broadcast(&D.proom);
   pthread_mutex_unlock(&D.plock);
-  dist_node_down(idx, 0);
+  dist_node_down(idx, 0, NULL);
   char why[300];
   snprintf(why, sizeof why, "%s; %zu queued record%s dropped", err, dropped, dropped == 1 ? "" : "s");
   dist_report("info", "cannot connect", node_name(idx), why);
@@ -392,18 +400,24 @@ static unsigned char *reason_to_wire(const unsigned char *r, size_t len, size_t 
 }
 
 /* The codec bytes of {"nodedown", name}. */
-static unsigned char *nodedown_msg(const char *name, size_t *len) {
+/* {tag, name} or, with a reason, {tag, name, reason}, in the wire form. */
+static unsigned char *node_event_msg(const char *tag, const char *name, const char *reason, size_t *len) {
   lua_State *L = luaL_newstate();
   if (!L) return NULL;
-  lua_createtable(L, 2, 0);
-  lua_pushliteral(L, "nodedown"); lua_rawseti(L, -2, 1);
+  lua_createtable(L, 3, 0);
+  lua_pushstring(L, tag); lua_rawseti(L, -2, 1);
   lua_pushstring(L, name); lua_rawseti(L, -2, 2);
+  if (reason) { lua_pushstring(L, reason); lua_rawseti(L, -2, 3); }
   codec_limits lim = kern_limits(0);
   codec_buf b = {0};
   codec_encode(L, -1, 1, "msg", &lim, &b);
   lua_close(L);
   *len = b.len;
   return b.data;
+}
+
+static unsigned char *nodedown_msg(const char *name, size_t *len) {
+  return node_event_msg("nodedown", name, NULL, len);
 }
 
 /* ---- sends ---- */
@@ -826,7 +840,75 @@ void dist_link_lost(uint32_t idx, const char *why) {
   if (strcmp(why, "closed") != 0) dist_report("info", "lost the link", node_name(idx), why);
 }
 
-void dist_node_down(uint32_t idx, uint32_t creation) {
+/* ---- monitor_nodes ---- */
+
+/* Sends {tag, name [, reason]} to every subscriber if the node's announced
+** state changes (up: 1, down: 0); a node announced up gets exactly one
+** nodedown. The subscribers are copied out under wlock. */
+static void announce(uint32_t idx, int up, const char *reason) {
+  pthread_mutex_lock(&D.wlock);
+  size_t at = 0;
+  while (at < D.nup && D.up[at] != idx) at++;
+  int was_up = at < D.nup;
+  if (was_up == up) { pthread_mutex_unlock(&D.wlock); return; }
+  if (up) {
+    if (D.nup == D.capup) {
+      size_t cap = D.capup ? 2 * D.capup : 16;
+      uint32_t *g = realloc(D.up, cap * sizeof *g);
+      if (!g) { pthread_mutex_unlock(&D.wlock); return; }   /* never announced, so never downed */
+      D.up = g;
+      D.capup = cap;
+    }
+    D.up[D.nup++] = idx;
+  } else D.up[at] = D.up[--D.nup];
+  size_t n = D.nwatchers;
+  term_id *to = n ? malloc(n * sizeof *to) : NULL;
+  if (to) memcpy(to, D.watchers, n * sizeof *to);
+  pthread_mutex_unlock(&D.wlock);
+  if (!to) return;
+  size_t len;
+  unsigned char *msg = node_event_msg(up ? "nodeup" : "nodedown", node_name(idx), up ? NULL : reason, &len);
+  for (size_t i = 0; msg && i < n; i++) deliver(to[i], msg, len, (term_id){0, 0, 0});
+  free(msg);
+  free(to);
+}
+
+void dist_node_up(uint32_t idx, int up) { announce(idx, up, "out of memory"); }
+
+static int watcher_alive(term_id pid) {
+  proc *p = proc_get(pid);
+  int alive = p && proc_alive(p);
+  if (p) proc_release(p);
+  return alive;
+}
+
+int dist_monitor_nodes(proc *self, int on) {
+  pthread_mutex_lock(&D.wlock);
+  size_t at = 0;
+  while (!on && at < D.nwatchers && !term_eq(D.watchers[at], self->pid)) at++;
+  int rc = 0;
+  if (!on && at < D.nwatchers) D.watchers[at] = D.watchers[--D.nwatchers];
+  else if (on) {   /* one entry per subscription, as monitor_node */
+    if (D.nwatchers == D.capwatchers) {   /* drop the subscribers that ended before growing */
+      size_t keep = 0;
+      for (size_t i = 0; i < D.nwatchers; i++)
+        if (watcher_alive(D.watchers[i])) D.watchers[keep++] = D.watchers[i];
+      D.nwatchers = keep;
+    }
+    if (D.nwatchers == D.capwatchers) {
+      size_t cap = D.capwatchers ? 2 * D.capwatchers : 8;
+      term_id *g = realloc(D.watchers, cap * sizeof *g);
+      if (g) { D.watchers = g; D.capwatchers = cap; }
+    }
+    if (D.nwatchers < D.capwatchers) D.watchers[D.nwatchers++] = self->pid;
+    else rc = -1;
+  }
+  pthread_mutex_unlock(&D.wlock);
+  return rc;
+}
+
+void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
+  if (why) announce(idx, 0, why);
   down_walk w = { idx, creation };
   proc_foreach(down_one, &w);
   /* Pending spawns on that node fail; abandoned ones will get no reply. */

@@ -83,12 +83,22 @@ int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, si
 ** node that cannot be reached gives {"nodedown", name} at once. */
 int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 
-/* From conn.c: a record arrived, a link was lost. dist_node_down fires
-** the lost link's signals; dist_link_lost logs the loss (dist_report)
-** unless `why` is "closed". A caller that holds a link's lock logs after
-** it lets go: the report makes a Lua state. */
+/* monitor_nodes: subscribes self (on) to {"nodeup", name} and {"nodedown",
+** name, reason} for every node, once more per call, or removes one
+** subscription. Returns 0, or -1 when out of memory. */
+int dist_monitor_nodes(struct proc *self, int on);
+
+/* From conn.c: a record arrived, a link came up, a link was lost.
+** dist_node_up(idx, 1) tells the monitor_nodes subscribers, before any
+** record of the link is read; dist_node_up(idx, 0) takes that back for a
+** link that could not start. dist_node_down fires the lost link's signals and tells
+** the subscribers `why` (NULL: a connect that never came up);
+** dist_link_lost logs the loss (dist_report) unless `why` is "closed". A
+** caller that holds a link's lock logs after it lets go: the report makes a
+** Lua state. dist_node_up and dist_node_down deliver locally only. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
-void dist_node_down(uint32_t idx, uint32_t creation);
+void dist_node_up(uint32_t idx, int up);
+void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
 void dist_link_lost(uint32_t idx, const char *why);
 
 /* Logs a distribution event through the registered logger ("erlangen.log")

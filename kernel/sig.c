@@ -293,7 +293,10 @@ int sig_monitor_resolve(proc *self, term_id ref, term_id target) {
   pthread_mutex_lock(&self->lock);
   proc_mon *m = self->monitors.items;
   for (size_t i = 0; i < self->monitors.n && !found; i++)
-    if (term_eq(m[i].ref, ref)) { m[i].pid = target; found = 1; }
+    if (term_eq(m[i].ref, ref)) {
+      found = 1;
+      if (m[i].pid.n == 0 && m[i].pid.node == target.node) m[i].pid = target;   /* only an unresolved one, by its node */
+    }
   pthread_mutex_unlock(&self->lock);
   return found;
 }

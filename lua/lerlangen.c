@@ -123,14 +123,26 @@ static void check_entry(lua_State *L, int arg) {
     luaL_typeerror(L, arg, "function or \"module.function\"");
 }
 
+/* The caller's package.path and package.cpath, for a child that inherits
+** them (pushed: they live until the caller's frame ends). */
+static void inherit_paths(lua_State *L, proc_opts *o, int path, int cpath) {
+  if (lua_getglobal(L, "package") != LUA_TTABLE) return;
+  if (path && lua_getfield(L, -1, "path") == LUA_TSTRING) o->path = lua_tostring(L, -1);
+  if (cpath && lua_getfield(L, path ? -2 : -1, "cpath") == LUA_TSTRING) o->cpath = lua_tostring(L, -1);
+}
+
 /* Spawns with the function at `fn` and the values above it as arguments;
-** pushes pid (and ref when monitoring). */
-static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
+** pushes pid (and ref when monitoring). The child gets the caller's
+** package paths unless o says which (o->path, o->cpath) or `inherit` is 0. */
+static int do_spawn_paths(lua_State *L, int fn, const proc_opts *opts, int inherit_path, int inherit_cpath) {
   proc *self = cur(L);
   check_entry(L, fn);
   /* One message for the function and its arguments, so that sharing
   ** between them survives. */
   codec_buf b = encode_or_raise(L, fn, lua_gettop(L) - fn + 1, CODEC_ROOT_SPAWN, 1);
+  proc_opts copy = *opts;
+  const proc_opts *o = &copy;
+  inherit_paths(L, &copy, inherit_path && !opts->path, inherit_cpath && !opts->cpath);
   unsigned char *payload = b.data;
   size_t len = b.len;
   term_id pid, ref;
@@ -143,6 +155,8 @@ static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
   if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
   return 1;
 }
+
+static int do_spawn(lua_State *L, int fn, const proc_opts *o) { return do_spawn_paths(L, fn, o, 1, 1); }
 
 static int l_spawn(lua_State *L) { proc_opts o = {0}; return do_spawn(L, 1, &o); }
 static int l_spawn_link(lua_State *L) { proc_opts o = {0}; o.link = 1; return do_spawn(L, 1, &o); }
@@ -204,7 +218,7 @@ static int spawn_remote(lua_State *L, uint32_t idx, const proc_opts *o, double t
 static int l_spawn_opt(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   proc_opts o = {0};
-  int remote = 0;
+  int remote = 0, inherit_path = 1, inherit_cpath = 1;
   uint32_t idx = 0;
   double timeout = 5;
   lua_pushnil(L);
@@ -227,6 +241,11 @@ static int l_spawn_opt(lua_State *L) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "spawn_opt: option 'node' must be a node name");
       idx = node_at(L, lua_gettop(L), 1);
       remote = 1;
+    } else if (!strcmp(k, "path") || !strcmp(k, "cpath")) {
+      int is_path = k[0] == 'p';
+      if (lua_type(L, -1) == LUA_TSTRING) *(is_path ? &o.path : &o.cpath) = lua_tostring(L, -1);
+      else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) *(is_path ? &inherit_path : &inherit_cpath) = 0;
+      else return luaL_error(L, "spawn_opt: option '%s' must be a string, or false for the node's default", k);
     } else if (!strcmp(k, "timeout")) {
       if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))
         return luaL_error(L, "spawn_opt: option 'timeout' must be a positive number");
@@ -234,11 +253,11 @@ static int l_spawn_opt(lua_State *L) {
     } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
     lua_pop(L, 1);
   }
-  if (remote && (o.name || o.mailbox || o.max_memory))
+  if (remote && (o.name || o.mailbox || o.max_memory || o.path || o.cpath || !inherit_path || !inherit_cpath))
     return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor', 'trap_exit' and 'timeout' "
-                         "are supported");
+                         "are supported (a remote spawn uses that node's paths)");
   if (remote) return spawn_remote(L, idx, &o, timeout);
-  return do_spawn(L, 2, &o);
+  return do_spawn_paths(L, 2, &o, inherit_path, inherit_cpath);
 }
 
 static int l_self(lua_State *L) {

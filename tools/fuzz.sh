@@ -37,10 +37,11 @@ build_target() {  # build_target NAME -> $out/NAME_fuzz
              "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
     handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$n/frame.c" \
              "$n/noise.c" "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
-    pmap) mkdir -p "$out/pmap-inc"  # portmap.c wants the meson-made config header: a stand-in
+    pmap) mkdir -p "$out/pmap-inc"  # portmap.c (linked) wants the meson-made config header: a stand-in
           printf '#define ERLANGEN_BIN_INSTALL "/nonexistent/erlangen"\n#define ERLANGEN_BUILD_ROOT "/nonexistent/"\n' \
             > "$out/pmap-inc/erlangen_config.h"
-          clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_fuzz.c" -ldl -pthread -o "$out/pmap_fuzz" ;;
+          clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_fuzz.c" "$n/portmap.c" -ldl -pthread \
+            -o "$out/pmap_fuzz" ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
 }

@@ -4,7 +4,7 @@
 ** (more than 256 registrations, the stall rule, out of descriptors, the
 ** busy and full messages), pmap_ensure starting the build tree's
 ** `erlangen --port-mapper`, alone and raced, and pmap_keeper registering
-** again across daemon restarts. Links only portmap.c
+** again across daemon restarts. Links portmap.c and portmapd.c
 ** (spec/portmap_spec.lua tests the protocol). Every daemon is ended by pid.
 */
 #include <arpa/inet.h>
@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "ctest.h"
-#include "portmap.h"
+#include "portmapd.h"
 
 static double now(void) {
   struct timespec ts;
@@ -79,7 +79,7 @@ static int lb4(const char *ip) {
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
   inet_pton(AF_INET, ip, &a.sin_addr);
-  return pmap_is_loopback((struct sockaddr *)&a, sizeof a);
+  return pmapd_is_loopback((struct sockaddr *)&a, sizeof a);
 }
 
 static int lb6(const char *ip) {
@@ -87,7 +87,7 @@ static int lb6(const char *ip) {
   memset(&a, 0, sizeof a);
   a.sin6_family = AF_INET6;
   inet_pton(AF_INET6, ip, &a.sin6_addr);
-  return pmap_is_loopback((struct sockaddr *)&a, sizeof a);
+  return pmapd_is_loopback((struct sockaddr *)&a, sizeof a);
 }
 
 static void test_loopback(void) {
@@ -107,8 +107,8 @@ static void test_loopback(void) {
   memset(&in, 0, sizeof in);
   in.sin_family = AF_INET;
   in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  CHECK(!pmap_is_loopback((struct sockaddr *)&un, sizeof un) &&
-        !pmap_is_loopback((struct sockaddr *)&in, sizeof in - 1) && !pmap_is_loopback(NULL, 0),
+  CHECK(!pmapd_is_loopback((struct sockaddr *)&un, sizeof un) &&
+        !pmapd_is_loopback((struct sockaddr *)&in, sizeof in - 1) && !pmapd_is_loopback(NULL, 0),
         "another family, a short address or NULL is not loopback", "yes");
 }
 
@@ -166,7 +166,7 @@ static pid_t fork_daemon_on(int *port, int nofile) {
   char err[256];
   int fd, want = *port;
   pid_t pid;
-  if (pmap_listen(want, &fd, port, err, sizeof err) != 0) {
+  if (pmapd_listen(want, &fd, port, err, sizeof err) != 0) {
     if (want != 0) return -1;
     fprintf(stderr, "%s\n", err);
     exit(2);
@@ -177,7 +177,7 @@ static pid_t fork_daemon_on(int *port, int nofile) {
       struct rlimit rl = { (rlim_t)nofile, (rlim_t)nofile };
       if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(4);
     }
-    _exit(pmap_serve(fd, err, sizeof err) == 0 ? 0 : 3);
+    _exit(pmapd_serve(fd, err, sizeof err) == 0 ? 0 : 3);
   }
   close(fd);
   return pid;
@@ -214,7 +214,7 @@ static void test_client_calls(void) {
   pid_t pid = fork_daemon(&port);
   int busy = -1;
   set_port_env(port);
-  CHECK(pmap_listen(port, &busy, &got, err, sizeof err) == -1 && errno == EADDRINUSE &&
+  CHECK(pmapd_listen(port, &busy, &got, err, sizeof err) == -1 && errno == EADDRINUSE &&
         strstr(err, "already in use") != NULL, "a second daemon cannot listen on a taken port",
         "'%s'", err);
   r = pmap_register("alpha", 9001, &fd, err, sizeof err);
@@ -482,7 +482,7 @@ static void test_many_registrations(void) {
 }
 
 /* The stall rule: a connection with no registration and nothing pending
-** is closed PMAP_STALL_SECONDS after its last answered request; one that
+** is closed PMAPD_STALL_SECONDS after its last answered request; one that
 ** keeps asking stays; a registered idle one stays; a request line must end
 ** in that time however it trickles. */
 static void test_stall_rule(void) {
@@ -496,9 +496,9 @@ static void test_stall_rule(void) {
   ask_line(reg, "REGISTER patient 9300\n", line, sizeof line);
   CHECK(strcmp(line, "OK") == 0, "a connection registers", "'%s'", line);
   idle = dial("127.0.0.1", port);
-  t = time_to_close(idle, PMAP_STALL_SECONDS + 2);
-  CHECK(t > PMAP_STALL_SECONDS - 0.3 && t < PMAP_STALL_SECONDS + 1.0,
-        "an unregistered connection that asks nothing is closed after PMAP_STALL_SECONDS",
+  t = time_to_close(idle, PMAPD_STALL_SECONDS + 2);
+  CHECK(t > PMAPD_STALL_SECONDS - 0.3 && t < PMAPD_STALL_SECONDS + 1.0,
+        "an unregistered connection that asks nothing is closed after PMAPD_STALL_SECONDS",
         "closed after %.2f s", t);
   asking = dial("127.0.0.1", port);
   t0 = now();
@@ -507,18 +507,18 @@ static void test_stall_rule(void) {
     ask_line(asking, "PING\n", line, sizeof line);
     asked_ok = strcmp(line, "PONG 1") == 0;
   }
-  CHECK(asked_ok && now() - t0 > PMAP_STALL_SECONDS + 0.5,
-        "an unregistered connection that asks every second stays open past PMAP_STALL_SECONDS",
+  CHECK(asked_ok && now() - t0 > PMAPD_STALL_SECONDS + 0.5,
+        "an unregistered connection that asks every second stays open past PMAPD_STALL_SECONDS",
         "ended at request %d after %.2f s", i, now() - t0);
   trickle = dial("127.0.0.1", port);
   t0 = now();
-  for (i = 0; slow[i] != '\0' && now() - t0 < PMAP_STALL_SECONDS + 2; i++) {
+  for (i = 0; slow[i] != '\0' && now() - t0 < PMAPD_STALL_SECONDS + 2; i++) {
     if (write(trickle, slow + i, 1) != 1) break;  /* EPIPE once the daemon has closed it */
     pause_ms(400);  /* 14 bytes over 5.6 s: each byte is progress, the line is not */
   }
   t = now() - t0;
-  CHECK(slow[i] != '\0' && t < PMAP_STALL_SECONDS + 1.0,
-        "a request line trickled byte by byte is cut off PMAP_STALL_SECONDS after it began",
+  CHECK(slow[i] != '\0' && t < PMAPD_STALL_SECONDS + 1.0,
+        "a request line trickled byte by byte is cut off PMAPD_STALL_SECONDS after it began",
         "%d bytes went through in %.2f s", i, t);
   ask_line(reg, "PING\n", line, sizeof line);
   CHECK(strcmp(line, "PONG 1") == 0, "the registered connection, idle 9 s, is still open",

@@ -144,29 +144,80 @@ static int connect_by(const struct sockaddr *sa, socklen_t len, int64_t deadline
   return 0;
 }
 
-/* Reads what is already queued on fd, without waiting, for a reply line
-** (the daemon may have answered and closed before a send failed). */
-static int queued_line(int fd, char *reply, size_t cap) {
-  ssize_t n = recv(fd, reply, cap - 1, MSG_DONTWAIT);
-  char *nl;
-  if (n <= 0) return -1;
-  nl = memchr(reply, '\n', (size_t)n);
-  if (nl == NULL) return -1;
-  *nl = '\0';
-  return 0;
+/* The replies on one connection, read before a deadline. Invariant:
+** off <= len <= REPLY_MAX; buf[off..len) are bytes received and not yet
+** handed out (a listing's lines come several to a read). */
+typedef struct reply_reader {
+  int fd;
+  int64_t deadline;
+  size_t off, len;
+  size_t linelen;           /* of the line reader_line returned last */
+  char buf[REPLY_MAX + 1];
+} reply_reader;
+
+static void reader_init(reply_reader *rd, int fd, int64_t deadline) {
+  rd->fd = fd;
+  rd->deadline = deadline;
+  rd->off = rd->len = rd->linelen = 0;
 }
 
-/* Sends `line`, then reads one reply line (without its '\n') into reply. */
-static int exchange(int fd, const char *line, int64_t deadline, char *reply, size_t cap,
-                    char *err, size_t errlen) {
-  size_t len = strlen(line), off = 0, got = 0;
+/* The next reply line, without its '\n' and NUL-terminated in rd->buf
+** (valid until the next call), its length in rd->linelen; NULL with the
+** reason in err when none comes in time, the peer closes first, or
+** REPLY_MAX bytes come without a '\n'. A line may hold a NUL: a parser
+** that must not stop early goes by linelen. */
+static const char *reader_line(reply_reader *rd, char *err, size_t errlen) {
+  for (;;) {
+    char *start = rd->buf + rd->off, *nl = memchr(start, '\n', rd->len - rd->off);
+    struct pollfd p = { rd->fd, POLLIN, 0 };
+    ssize_t got;
+    int r;
+    if (nl != NULL) {
+      *nl = '\0';
+      rd->linelen = (size_t)(nl - start);
+      rd->off += rd->linelen + 1;
+      return start;
+    }
+    memmove(rd->buf, start, rd->len - rd->off);
+    rd->len -= rd->off;
+    rd->off = 0;
+    if (rd->len == REPLY_MAX) {
+      errbuf_set(err, errlen, "the answer is too long");
+      return NULL;
+    }
+    do r = poll(&p, 1, ms_left(rd->deadline)); while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      errbuf_set(err, errlen, "no answer in time");
+      return NULL;
+    }
+    got = recv(rd->fd, rd->buf + rd->len, REPLY_MAX - rd->len, MSG_DONTWAIT);
+    if (got == 0) {
+      errbuf_set(err, errlen, "the connection was closed without an answer");
+      return NULL;
+    }
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      errbuf_set(err, errlen, "%s", strerror(errno));
+      return NULL;
+    }
+    rd->len += (size_t)got;
+  }
+}
+
+/* Sends `line` on fd, then reads the first reply line through rd (see
+** reader_line; *reply points into rd). */
+static int exchange(int fd, const char *line, int64_t deadline, reply_reader *rd,
+                    const char **reply, char *err, size_t errlen) {
+  size_t len = strlen(line), off = 0;
+  reader_init(rd, fd, deadline);
   while (off < len) {
     struct pollfd p = { fd, POLLOUT, 0 };
-    ssize_t n = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n > 0) { off += (size_t)n; continue; }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    ssize_t sent = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent > 0) { off += (size_t)sent; continue; }
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       int e = errno;
-      if (queued_line(fd, reply, cap) == 0) return 0;  /* e.g. "ERR busy" */
+      rd->deadline = now_ms();  /* only what is queued already, e.g. "ERR busy" and a close */
+      if ((*reply = reader_line(rd, NULL, 0)) != NULL) return 0;
       errbuf_set(err, errlen, "%s", strerror(e));
       return -1;
     }
@@ -175,37 +226,8 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
       return -1;
     }
   }
-  for (;;) {  /* the reply is one line; nothing is read past its '\n' unless sent */
-    struct pollfd p = { fd, POLLIN, 0 };
-    char *nl;
-    ssize_t n;
-    int r;
-    do r = poll(&p, 1, ms_left(deadline)); while (r < 0 && errno == EINTR);
-    if (r == 0) {
-      errbuf_set(err, errlen, "no answer in time");
-      return -1;
-    }
-    n = recv(fd, reply + got, cap - 1 - got, MSG_DONTWAIT);
-    if (n == 0) {
-      errbuf_set(err, errlen, "the connection was closed without an answer");
-      return -1;
-    }
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-      errbuf_set(err, errlen, "%s", strerror(errno));
-      return -1;
-    }
-    got += (size_t)n;
-    nl = memchr(reply, '\n', got);
-    if (nl != NULL) {
-      *nl = '\0';
-      return 0;
-    }
-    if (got == cap - 1) {
-      errbuf_set(err, errlen, "the answer is too long");
-      return -1;
-    }
-  }
+  *reply = reader_line(rd, err, errlen);
+  return *reply != NULL ? 0 : -1;
 }
 
 /* 1 if `reply` is the daemon turning the connection away ("ERR busy",
@@ -241,11 +263,13 @@ static int connect_local(int port, int64_t deadline, int *fd, char *err, size_t 
 ** one answers that it is busy or full; 1 if something else holds the
 ** port; -1 if nothing answers. */
 static int ping(int port, double seconds, char *err, size_t errlen) {
-  char reply[REPLY_MAX], expect[32];
+  char expect[32];
+  const char *reply;
+  reply_reader rd;
   int64_t deadline = deadline_after(seconds);
   int fd, r;
   if (connect_local(port, deadline, &fd, err, errlen) != 0) return -1;
-  r = exchange(fd, "PING\n", deadline, reply, sizeof reply, err, errlen);
+  r = exchange(fd, "PING\n", deadline, &rd, &reply, err, errlen);
   close(fd);
   if (r != 0) return -1;
   snprintf(expect, sizeof expect, "PONG %d", PMAP_PROTOCOL);
@@ -258,24 +282,17 @@ static int ping(int port, double seconds, char *err, size_t errlen) {
   return 0;
 }
 
-int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
-                char *err, size_t errlen) {
+/* Sends `line` to the daemon on `host` (NULL: 127.0.0.1) at port mport,
+** trying each address it resolves to in turn before `deadline`, until one
+** answers. *fd is then that connection (the caller closes it) and *reply
+** its first reply line, in rd. Fails with "no port mapper answers on ..."
+** and the last address's reason, or when the host does not resolve. */
+static int ask_host(const char *host, int mport, const char *line, int64_t deadline, int *fd,
+                    reply_reader *rd, const char **reply, char *err, size_t errlen) {
   struct addrinfo hints, *res = NULL, *ai;
-  char service[8], line[PMAP_NAME_MAX + 16], reply[REPLY_MAX], why[160];
   const char *h = (host == NULL) ? "127.0.0.1" : host;
-  int64_t deadline;
-  int mport, r, p;
-  if (!pmap_valid_name(name)) {
-    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
-           name ? name : "(null)", PMAP_NAME_MAX);
-    return -1;
-  }
-  if (!(timeout_seconds > 0)) {
-    errbuf_set(err, errlen, "port mapper lookup: the timeout must be positive");
-    return -1;
-  }
-  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
-  deadline = deadline_after(timeout_seconds);
+  char service[8], why[160];
+  int r;
   snprintf(service, sizeof service, "%d", mport);
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -286,35 +303,186 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
     errbuf_set(err, errlen, "cannot resolve host '%.100s': %s", h, gai_strerror(r));
     return -1;
   }
-  snprintf(line, sizeof line, "LOOKUP %s\n", name);
   snprintf(why, sizeof why, "no address");
   for (ai = res; ai != NULL; ai = ai->ai_next) {
-    int fd;
     if (now_ms() >= deadline) {
       snprintf(why, sizeof why, "no answer in time");
       break;
     }
-    if (connect_by(ai->ai_addr, ai->ai_addrlen, deadline, &fd, why, sizeof why) != 0) continue;
-    r = exchange(fd, line, deadline, reply, sizeof reply, why, sizeof why);
-    close(fd);
-    if (r != 0) continue;
-    freeaddrinfo(res);
-    if (strcmp(reply, "NONE") == 0) {
-      errbuf_set(err, errlen, "no node '%s' on %.100s", name, h);
-      return -1;
-    }
-    if (strncmp(reply, "PORT ", 5) == 0 && pmap_parse_port(reply + 5, &p) == 0 && p != 0) {
-      *port = p;
+    if (connect_by(ai->ai_addr, ai->ai_addrlen, deadline, fd, why, sizeof why) != 0) continue;
+    if (exchange(*fd, line, deadline, rd, reply, why, sizeof why) == 0) {
+      freeaddrinfo(res);
       return 0;
     }
-    if (turned_away(reply, h, mport, err, errlen)) return -1;
-    errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
-    return -1;
+    close(*fd);
   }
   freeaddrinfo(res);
   errbuf_set(err, errlen, "no port mapper answers on %.100s port %d: %s", h, mport, why);
   return -1;
 }
+
+int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
+                char *err, size_t errlen) {
+  char line[PMAP_NAME_MAX + 16];
+  const char *h = (host == NULL) ? "127.0.0.1" : host, *reply;
+  reply_reader rd;
+  int mport, fd, p;
+  if (!pmap_valid_name(name)) {
+    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
+           name ? name : "(null)", PMAP_NAME_MAX);
+    return -1;
+  }
+  if (!(timeout_seconds > 0)) {
+    errbuf_set(err, errlen, "port mapper lookup: the timeout must be positive");
+    return -1;
+  }
+  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
+  snprintf(line, sizeof line, "LOOKUP %s\n", name);
+  if (ask_host(host, mport, line, deadline_after(timeout_seconds), &fd, &rd, &reply, err, errlen) != 0)
+    return -1;
+  close(fd);  /* reply stays in rd */
+  if (strcmp(reply, "NONE") == 0) {
+    errbuf_set(err, errlen, "no node '%s' on %.100s", name, h);
+    return -1;
+  }
+  if (strncmp(reply, "PORT ", 5) == 0 && pmap_parse_port(reply + 5, &p) == 0 && p != 0) {
+    *port = p;
+    return 0;
+  }
+  if (turned_away(reply, h, mport, err, errlen)) return -1;
+  errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
+  return -1;
+}
+
+/* {------ the listing */
+
+/* The count of a "NAMES <n>" header (n bytes at s): 0 with *count set, -1
+** if it is not a count (digits, no leading zero), 1 if it is over `max`.
+** At most 9 digits are summed, so the sum cannot overflow. */
+static int parse_count(const char *s, size_t n, size_t max, size_t *count) {
+  size_t v = 0, i;
+  if (n == 0 || (n > 1 && s[0] == '0')) return -1;
+  for (i = 0; i < n; i++)
+    if (s[i] < '0' || s[i] > '9') return -1;
+  if (n > 9) return 1;
+  for (i = 0; i < n; i++) v = v * 10 + (size_t)(s[i] - '0');
+  if (v > max) return 1;
+  *count = v;
+  return 0;
+}
+
+/* One "<name> <port>" line (n bytes at s) into *e: 0, or -1 if malformed. */
+static int parse_entry(const char *s, size_t n, pmap_name *e) {
+  const char *sp = memchr(s, ' ', n);
+  size_t nlen;
+  int port;
+  if (sp == NULL) return -1;
+  nlen = (size_t)(sp - s);
+  if (!pmap_valid_name_n(s, nlen) || pmap_parse_port_n(sp + 1, n - nlen - 1, &port) != 0 || port == 0)
+    return -1;
+  memcpy(e->name, s, nlen);
+  e->name[nlen] = '\0';
+  e->port = port;
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const pmap_name *)a)->name, ((const pmap_name *)b)->name);
+}
+
+/* Reads the entries after a "NAMES <count>" header from rd into a new
+** array. It grows as entries arrive (doubling, from 64), so a count that
+** no entries follow costs no memory. */
+static int read_listing(reply_reader *rd, const char *h, size_t count, pmap_name **out,
+                        char *err, size_t errlen) {
+  pmap_name *v = NULL;
+  size_t cap = 0, i;
+  char why[160];
+  for (i = 0; i < count; i++) {
+    const char *s = reader_line(rd, why, sizeof why);
+    if (s == NULL) {
+      errbuf_set(err, errlen, "the port mapper on %.100s ended its listing after %zu of %zu "
+                 "names: %s", h, i, count, why);
+      free(v);
+      return -1;
+    }
+    if (i == cap) {
+      size_t want = cap ? (cap * 2 < count ? cap * 2 : count) : (count < 64 ? count : 64);
+      pmap_name *w = realloc(v, want * sizeof *v);
+      if (w == NULL) {
+        errbuf_set(err, errlen, "out of memory for %zu port mapper names", want);
+        free(v);
+        return -1;
+      }
+      v = w;
+      cap = want;
+    }
+    if (parse_entry(s, rd->linelen, &v[i]) != 0) {
+      errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer in its listing: "
+                 "'%.40s'", h, s);
+      free(v);
+      return -1;
+    }
+  }
+  if (count > 1) qsort(v, count, sizeof *v, by_name);
+  for (i = 1; i < count; i++)
+    if (strcmp(v[i - 1].name, v[i].name) == 0) {
+      errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: it lists '%s' twice",
+                 h, v[i].name);
+      free(v);
+      return -1;
+    }
+  *out = v;
+  return 0;
+}
+
+/* The listing that starts with `reply`, rd's last line, from the daemon
+** on h:mport: *out and *n on success, else a message in err. */
+static int names_reply(reply_reader *rd, const char *reply, const char *h, int mport,
+                       pmap_name **out, size_t *n, char *err, size_t errlen) {
+  pmap_name *v = NULL;
+  size_t count = 0, len = rd->linelen;
+  int r;
+  if (len > 6 && memcmp(reply, "NAMES ", 6) == 0 &&
+      (r = parse_count(reply + 6, len - 6, PMAP_NAMES_MAX, &count)) >= 0) {
+    if (r == 1) {
+      errbuf_set(err, errlen, "the port mapper on %.100s lists %.20s names, more than the %d "
+                 "pmap_names takes", h, reply + 6, PMAP_NAMES_MAX);
+      return -1;
+    }
+    if (read_listing(rd, h, count, &v, err, errlen) != 0) return -1;
+    *out = v;
+    *n = count;
+    return 0;
+  }
+  if (turned_away(reply, h, mport, err, errlen)) return -1;
+  if (strcmp(reply, "ERR loopback only") == 0)
+    errbuf_set(err, errlen, "the port mapper on %.100s lists its names only to its own host "
+               "(ERR loopback only)", h);
+  else
+    errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
+  return -1;
+}
+
+int pmap_names(const char *host, double timeout_seconds, pmap_name **out, size_t *n,
+               char *err, size_t errlen) {
+  const char *h = (host == NULL) ? "127.0.0.1" : host, *reply;
+  reply_reader rd;
+  int mport, fd, r;
+  if (!(timeout_seconds > 0)) {
+    errbuf_set(err, errlen, "port mapper names: the timeout must be positive");
+    return -1;
+  }
+  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
+  if (ask_host(host, mport, "NAMES\n", deadline_after(timeout_seconds), &fd, &rd, &reply,
+               err, errlen) != 0)
+    return -1;
+  r = names_reply(&rd, reply, h, mport, out, n, err, errlen);
+  close(fd);
+  return r;
+}
+
+/* }------ */
 
 /* The name and port of a registration, checked: 0, or -1 with a message. */
 static int check_registration(const char *name, int port, char *err, size_t errlen) {
@@ -331,7 +499,9 @@ static int check_registration(const char *name, int port, char *err, size_t errl
 }
 
 int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen) {
-  char line[PMAP_NAME_MAX + 32], reply[REPLY_MAX], why[160];
+  char line[PMAP_NAME_MAX + 32], why[160];
+  const char *reply;
+  reply_reader rd;
   int64_t deadline = deadline_after(PMAP_CLIENT_SECONDS);
   int mport, s;
   if (check_registration(name, port, err, errlen) != 0) return -1;
@@ -341,7 +511,7 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
     return -1;
   }
   snprintf(line, sizeof line, "REGISTER %s %d\n", name, port);
-  if (exchange(s, line, deadline, reply, sizeof reply, why, sizeof why) != 0) {
+  if (exchange(s, line, deadline, &rd, &reply, why, sizeof why) != 0) {
     close(s);
     errbuf_set(err, errlen, "registering '%s' with the port mapper: %s", name, why);
     return -1;

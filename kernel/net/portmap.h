@@ -4,7 +4,8 @@
 ** like Erlang's epmd) that maps node names to the TCP ports nodes listen
 ** on. doc/portmap.md gives the protocol byte for byte.
 **
-** pmap_lookup asks any host's daemon for one node's port. pmap_register (blocking,
+** pmap_lookup asks any host's daemon for one node's port; pmap_names asks
+** for the whole listing (loopback peers only). pmap_register (blocking,
 ** bounded) registers once; pmap_keeper holds a registration from an event
 ** loop and makes it again when the daemon comes back, without ever
 ** blocking. pmap_ensure starts a daemon when none answers.
@@ -37,6 +38,7 @@
 #define PMAP_LINE_MAX       128      /* longest request or reply line, its '\n' included */
 #define PMAP_MAX_REMOTE     64       /* the daemon's connections at once from non-loopback
                                         peers; the "ERR full" message quotes it */
+#define PMAP_NAMES_MAX      65536    /* most names pmap_names takes from one listing */
 #define PMAP_CLIENT_SECONDS 2.0      /* the bound of pmap_register's waits */
 #define PMAP_START_SECONDS  2.0      /* pmap_ensure waits this long for a daemon */
 
@@ -69,6 +71,27 @@ int pmap_default_port(int *port, char *err, size_t errlen);
 ** name is not registered, and with the reason otherwise. */
 int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
                 char *err, size_t errlen);
+
+/* One registration of a listing: a valid name and its port 1..65535. */
+typedef struct pmap_name {
+  char name[PMAP_NAME_MAX + 1];
+  int port;
+} pmap_name;
+
+/* Asks the daemon at `host` (as pmap_lookup: NULL is loopback, every
+** address in turn, all of it within timeout_seconds > 0) for every name
+** registered there. On success *out is one array of *n entries sorted by
+** name (byte order), which the caller frees with free(*out); *out is NULL
+** when *n is 0. Every line of the reply is checked: a name or port that is
+** not valid, a name listed twice, a line longer than PMAP_LINE_MAX, fewer
+** entries than announced, or more than PMAP_NAMES_MAX announced fails
+** ("... gave a bad answer ..."), and memory grows only with entries that
+** came. The daemon lists only to loopback peers: another host's fails
+** with "... lists its names only to its own host (ERR loopback only)".
+** Busy and full daemons fail as for pmap_lookup. *out and *n are left
+** alone on failure. */
+int pmap_names(const char *host, double timeout_seconds, pmap_name **out, size_t *n,
+               char *err, size_t errlen);
 
 /* Registers `name` for `port` at the loopback daemon. On success *fd is
 ** the registration's connection: the caller owns it and must keep it open

@@ -2,10 +2,12 @@
 ** test_portmap.c — the port mapper's checks (names, ports, loopback
 ** addresses), its client calls against a daemon forked from this test
 ** (more than 256 registrations, the stall rule, out of descriptors, the
-** busy and full messages), pmap_ensure starting the build tree's
-** `erlangen --port-mapper`, alone and raced, and pmap_keeper registering
-** again across daemon restarts. Links portmap.c and portmapd.c
-** (spec/portmap_spec.lua tests the protocol). Every daemon is ended by pid.
+** busy and full messages), pmap_names against that daemon and against a
+** fake one whose malformed listings it must refuse, pmap_ensure starting
+** the build tree's `erlangen --port-mapper`, alone and raced, and
+** pmap_keeper registering again across daemon restarts. Links portmap.c
+** and portmapd.c (spec/portmap_spec.lua tests the protocol). Every daemon
+** is ended by pid; every fake daemon's thread is joined.
 */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -619,6 +621,158 @@ static void test_remote_full(void) {
   unsetenv(PMAP_PORT_ENV);
 }
 
+/* ---- pmap_names ---- */
+
+static void test_names_listing(void) {
+  const char *names[] = { "zeta", "alpha", "mid" };
+  char err[256] = "", ip[64];
+  int port, fds[3], i, ok = 1, r;
+  pmap_name *v = NULL;
+  size_t n = 99;
+  pid_t pid = fork_daemon(&port);
+  set_port_env(port);
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 0 && v == NULL, "pmap_names of a daemon without names gives an empty list",
+        "r %d n %zu '%s'", r, n, err);
+  for (i = 0; i < 3; i++) ok &= pmap_register(names[i], 9800 + i, &fds[i], err, sizeof err) == 0;
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(ok && r == 0 && n == 3 && strcmp(v[0].name, "alpha") == 0 && v[0].port == 9801 &&
+        strcmp(v[1].name, "mid") == 0 && v[1].port == 9802 && strcmp(v[2].name, "zeta") == 0 &&
+        v[2].port == 9800, "pmap_names lists the registered names with their ports, sorted by name",
+        "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  v = NULL;
+  r = pmap_names("localhost", 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 3, "pmap_names resolves 'localhost'", "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  v = NULL;
+  close(fds[0]);
+  CHECK(await_gone("zeta"), "a registration closes", "still there");
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 2 && strcmp(v[0].name, "alpha") == 0 && strcmp(v[1].name, "mid") == 0,
+        "a released name leaves the listing", "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  r = pmap_names(NULL, 0, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "timeout") != NULL, "pmap_names needs a positive timeout", "'%s'", err);
+  if (outside_ip(ip, sizeof ip)) {
+    r = pmap_names(ip, 2.0, &v, &n, err, sizeof err);
+    CHECK(r == -1 && strstr(err, "only to its own host (ERR loopback only)") != NULL,
+          "pmap_names from another address is refused, and says why", "r %d '%s'", r, err);
+  }
+  else
+    SKIP("pmap_names from another address is refused", "this host has no address besides loopback");
+  for (i = 1; i < 3; i++) close(fds[i]);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  v = NULL;
+  n = 77;
+  r = pmap_names(NULL, 1.0, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "no port mapper answers") != NULL && v == NULL && n == 77,
+        "pmap_names without a daemon fails, leaving its results alone", "r %d '%s'", r, err);
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* A fake daemon for one connection: it reads the request line, answers
+** `len` bytes of `reply`, then closes, or with `hold` waits until the
+** client closes. Every wait is bounded (5 s), so a test cannot hang. */
+typedef struct fake_daemon {
+  int listener;
+  const char *reply;
+  size_t len;
+  int hold;
+} fake_daemon;
+
+static void *fake_serve(void *arg) {
+  fake_daemon *f = arg;
+  struct pollfd p = { f->listener, POLLIN, 0 };
+  struct timeval tv = { 5, 0 };
+  char b[PMAP_LINE_MAX];
+  size_t off = 0;
+  int c, i;
+  if (poll(&p, 1, 5000) != 1 || (c = accept(f->listener, NULL, NULL)) < 0) return NULL;
+  setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  for (i = 0; i < PMAP_LINE_MAX; i++)  /* the request, a byte at a time up to its '\n' */
+    if (read(c, b, 1) != 1 || b[0] == '\n') break;
+  while (off < f->len) {
+    ssize_t w = write(c, f->reply + off, f->len - off);
+    if (w <= 0) break;  /* the client has refused and closed */
+    off += (size_t)w;
+  }
+  if (f->hold)
+    while (read(c, b, sizeof b) > 0) {}
+  close(c);
+  return NULL;
+}
+
+/* pmap_names against a fake daemon answering `reply` (len bytes). */
+static int names_from(const char *reply, size_t len, int hold, double timeout, pmap_name **v,
+                      size_t *n, char *err, size_t errlen) {
+  fake_daemon f = { -1, reply, len, hold };
+  pthread_t t;
+  int port, r;
+  f.listener = silent_listener(&port);
+  set_port_env(port);
+  pthread_create(&t, NULL, fake_serve, &f);
+  r = pmap_names(NULL, timeout, v, n, err, errlen);
+  pthread_join(t, NULL);
+  close(f.listener);
+  unsetenv(PMAP_PORT_ENV);
+  return r;
+}
+
+static void test_names_refused(void) {
+  static const struct { const char *reply; size_t len; const char *says, *what; } cases[] = {
+#define R(s) s, sizeof s - 1
+    { R("NAMES 2\nalpha 1\n"), "ended its listing after 1 of 2 names",
+      "a listing that ends before its count" },
+    { R("NAMES 1\nalpha 1"), "ended its listing after 0 of 1 names",
+      "a last entry without its '\\n'" },
+    { R("NAMES 65537\n"), "more than the 65536", "a count over PMAP_NAMES_MAX" },
+    { R("NAMES 123456789012345678901234567890\n"), "more than the 65536", "a count of 30 digits" },
+    { R("NAMES 1\nbad!name 1\n"), "bad answer in its listing", "an entry with a bad name" },
+    { R("NAMES 1\nalpha 0\n"), "bad answer in its listing", "an entry with port 0" },
+    { R("NAMES 1\nalpha 65536\n"), "bad answer in its listing", "an entry with port 65536" },
+    { R("NAMES 1\nalpha  1\n"), "bad answer in its listing", "an entry with two spaces" },
+    { R("NAMES 1\nalpha\n"), "bad answer in its listing", "an entry without a port" },
+    { R("NAMES 1\nal\0pha 1\n"), "bad answer in its listing", "an entry holding a NUL" },
+    { R("NAMES 2\nalpha 1\nalpha 2\n"), "lists 'alpha' twice", "a name listed twice" },
+    { R("NAMES x\n"), "gave a bad answer: 'NAMES x'", "a count that is not a number" },
+    { R("NAMES -1\n"), "gave a bad answer", "a negative count" },
+    { R("NAMES 01\n"), "gave a bad answer", "a count with a leading zero" },
+    { R("NAMES \n"), "gave a bad answer", "an empty count" },
+    { R("NAMES 1\0\nalpha 1\n"), "gave a bad answer", "a header holding a NUL" },
+    { R("PORT 4000\n"), "gave a bad answer: 'PORT 4000'", "an answer that is not a listing" },
+    { R("NAMES 1\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 1\n"),
+      "the answer is too long", "an entry line longer than PMAP_LINE_MAX" },
+    { R("ERR busy\n"), "is busy (ERR busy)", "'ERR busy'" },
+    { R("ERR full\n"), "is full (ERR full)", "'ERR full'" },
+    { R("ERR loopback only\n"), "only to its own host (ERR loopback only)", "'ERR loopback only'" },
+#undef R
+  };
+  char err[256], name[160];
+  pmap_name *v = NULL;
+  size_t n = 0, i;
+  int r;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    v = NULL;
+    n = 55;
+    err[0] = '\0';
+    r = names_from(cases[i].reply, cases[i].len, 0, 2.0, &v, &n, err, sizeof err);
+    snprintf(name, sizeof name, "pmap_names refuses %s", cases[i].what);
+    CHECK(r == -1 && v == NULL && n == 55 && strstr(err, cases[i].says) != NULL, name,
+          "r %d '%s'", r, err);
+    if (r == 0) free(v);
+  }
+  r = names_from("NAMES 2\nalpha 1\n", 16, 1, 0.3, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "after 1 of 2 names: no answer in time") != NULL,
+        "pmap_names gives up on a listing that stops coming, at its timeout", "r %d '%s'", r, err);
+  r = names_from("NAMES 3\nb 2\nc 3\na 1\n", 21, 0, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 3 && strcmp(v[0].name, "a") == 0 && v[0].port == 1 &&
+        strcmp(v[1].name, "b") == 0 && v[1].port == 2 && strcmp(v[2].name, "c") == 0 && v[2].port == 3,
+        "pmap_names sorts a listing that comes in another order", "r %d '%s'", r, err);
+  if (r == 0) free(v);
+}
+
 /* ---- pmap_keeper ---- */
 
 static int is_registered(const pmap_keeper *k) { return pmap_keeper_registered(k); }
@@ -766,6 +920,8 @@ int main(void) {
   test_stall_rule();
   test_out_of_descriptors();
   test_remote_full();
+  test_names_listing();
+  test_names_refused();
   test_keeper_checks();
   test_keeper_restart();
   test_keeper_adopt_and_taken();

@@ -848,7 +848,7 @@ static void test_keeper_restart(void) {
         "'%s'", pmap_keeper_error(&k));
   p2 = port;
   pid2 = fork_daemon_on(&p2, 0);
-  CHECK(pid2 > 0, "a new daemon takes the same port", "pmap_listen failed");
+  CHECK(pid2 > 0, "a new daemon takes the same port", "pmapd_listen failed");
   t0 = now();
   r = drive(&k, is_registered, 3.0, &slowest);
   CHECK(r && looks_up("kept", 9701) && pmap_keeper_registrations(&k) == 2,

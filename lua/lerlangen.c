@@ -14,6 +14,7 @@
 #include "conn.h"
 #include "dist.h"
 #include "node.h"
+#include "portmap.h"
 #include "erlangen.h"
 #include "kernel.h"
 #include "sig.h"
@@ -1093,6 +1094,50 @@ static int l_monitor_nodes(lua_State *L) {
   return 1;
 }
 
+static int free_box(lua_State *L) {
+  void **box = lua_touserdata(L, 1);
+  free(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Pushes a box for one malloc'ed block, freed when the box is collected. */
+static void **malloc_box(lua_State *L) {
+  void **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  if (luaL_newmetatable(L, "erlangen.malloc_box")) {
+    lua_pushcfunction(L, free_box);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return box;
+}
+
+/* node_names([host [, timeout]]): the port mapper's listing, sorted by name. */
+static int l_node_names(lua_State *L) {
+  cur(L);
+  const char *host = luaL_optstring(L, 1, NULL);
+  double timeout = lua_isnoneornil(L, 2) ? 2 : check_timeout(L, 2);
+  luaL_argcheck(L, timeout > 0, 2, "timeout must be positive");
+  void **box = malloc_box(L);   /* frees the listing if building the table raises */
+  pmap_name *v = NULL;
+  size_t n = 0;
+  char err[300];
+  if (pmap_names(host, timeout, &v, &n, err, sizeof err) != 0)
+    return luaL_error(L, "node_names: %s", err);
+  *box = v;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, v[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, v[i].port);
+    lua_setfield(L, -2, "port");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 /* ---- configuration and the codec ---- */
 
 static int l_configure(lua_State *L) {
@@ -1184,7 +1229,7 @@ static const luaL_Reg funcs[] = {
   {"set_label", l_set_label}, {"tree", l_tree},
   {"start_node", l_start_node}, {"node", l_node}, {"nodes", l_nodes}, {"connect", l_connect},
   {"disconnect", l_disconnect}, {"monitor_node", l_monitor_node},
-  {"monitor_nodes", l_monitor_nodes},
+  {"monitor_nodes", l_monitor_nodes}, {"node_names", l_node_names},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

@@ -174,6 +174,83 @@ describe("the platform", function()
     end)
   end)
 
+  describe("node_names", function()
+    -- A daemon of this test's own on a free port; names are registered over
+    -- luasocket, and node_names runs in a child interpreter that the
+    -- environment points at that daemon.
+    local socket = require "socket"
+    local daemon, regs
+
+    before_each(function()
+      local f = assert(io.popen("sh -c " .. H.quote("echo $$; exec timeout -k 2 60 " .. H.quote(D.BIN) ..
+                                                    " --port-mapper --port 0 2>&1"), "r"))
+      daemon = {pid = tonumber(f:read("l")), port = tonumber(f:read("l")), f = f}
+      assert(daemon.port, "the port mapper did not start")
+      regs = {}
+    end)
+
+    after_each(function()
+      for _, c in ipairs(regs) do c:close() end
+      os.execute("kill -TERM " .. daemon.pid)
+      daemon.f:close()
+    end)
+
+    local function register(name, port)
+      local c = assert(socket.connect("127.0.0.1", daemon.port))
+      c:settimeout(5)
+      assert(c:send("REGISTER " .. name .. " " .. port .. "\n"))
+      assert.are.equal("OK", c:receive("*l"))
+      regs[#regs + 1] = c
+    end
+
+    -- Runs `code` in a child erlangen that asks this test's daemon; returns its output.
+    local function child(code, port)
+      local p = assert(io.popen(string.format("ERLANGEN_PORT_MAPPER_PORT=%d timeout 20 %s -e %s 2>&1",
+                                              port or daemon.port, H.quote(D.BIN), H.quote(code))))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+
+    local LIST = [[
+local e = require "erlangen"
+for _, n in ipairs(e.node_names(...)) do io.write(n.name, "=", n.port, " ") end
+print("end")]]
+
+    it("lists the names registered with the port mapper, sorted, with their ports", function()
+      register("zeta", 9101)
+      register("alpha", 9102)
+      register("mid", 9103)
+      assert.are.equal("alpha=9102 mid=9103 zeta=9101 end\n", child(LIST))
+      assert.are.equal("alpha=9102 mid=9103 zeta=9101 end\n", child((LIST:gsub("%.%.%.", "'localhost', 1"))))
+      regs[1]:close()
+      table.remove(regs, 1)
+      local out
+      for _ = 1, 50 do   -- the daemon drops zeta when it sees the close
+        out = child(LIST)
+        if not out:find("zeta", 1, true) then break end
+      end
+      assert.are.equal("alpha=9102 mid=9103 end\n", out)
+    end)
+
+    it("returns an empty list when nothing is registered", function()
+      assert.are.equal("end\n", child(LIST))
+    end)
+
+    it("raises naming the host when no port mapper answers", function()
+      local out = child([[print(pcall(require("erlangen").node_names, nil, 1))]], D.closed_port())
+      assert.matches("^false\tnode_names: ", out)
+      assert.matches("127.0.0.1", out, 1, true)
+    end)
+
+    it("refuses a bad timeout", function()
+      assert.matches("bad argument #2 to 'node_names'",
+                     H.error_of(function() erlangen.node_names(nil, 0) end), 1, true)
+      assert.matches("bad argument #1 to 'node_names'",
+                     H.error_of(function() erlangen.node_names({}) end), 1, true)
+    end)
+  end)
+
   describe("monitor_nodes", function()
     it("sends nodeup when a node connects, and nodedown with a reason when it is killed", function()
       assert.is_true(erlangen.monitor_nodes(true))

@@ -436,6 +436,7 @@ static void end_conn(io *t, conn *c, const char *why) {
   shutdown(c->fd, SHUT_RDWR);
   if (node_clear_conn(c->node, c)) {
     dist_node_down(c->node, c->peer_creation, why);
+    node_down_done(c->node);
     dist_link_lost(c->node, why);
   }
   conn_release(c);   /* the thread's */
@@ -663,7 +664,10 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
   }
   dist_node_up(idx);
   int attached = io_attach(c) == 0;
-  if (!attached && node_clear_conn(idx, c)) dist_node_down(idx, peer.creation, "out of memory");
+  if (!attached && node_clear_conn(idx, c)) {
+    dist_node_down(idx, peer.creation, "out of memory");
+    node_down_done(idx);
+  }
   pthread_mutex_unlock(&c->lock);
   if (!attached) {
     conn_release(c);

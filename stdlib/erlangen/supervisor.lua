@@ -1,8 +1,10 @@
 -- erlangen.supervisor — OTP supervisors: start children in order, restart them by strategy, stop them in reverse.
 --
 -- A supervisor is a process that traps exits. It calls each child's start
--- function in its own process (so the child is linked to it), keeps the
--- children in start order, and reacts to their EXITs as its strategy says.
+-- function in its own process (so the child is linked to it), or, for a child
+-- with `node`, in a starter process spawned on that node, and then links to the
+-- child itself. It keeps the children in start order and reacts to their EXITs
+-- as its strategy says.
 -- Calls from other processes use a small protocol of its own, like OTP's
 -- gen:call: the request carries an alias, and the caller monitors the
 -- supervisor while it waits. doc/supervisor.md is the reference.
@@ -16,16 +18,23 @@ local STRATEGIES = {one_for_one = true, one_for_all = true, rest_for_one = true,
 local RESTARTS = {permanent = true, transient = true, temporary = true}
 local TYPES = {worker = true, supervisor = true}
 local SPEC_KEYS = {strategy = true, intensity = true, period = true, children = true, name = true}
-local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, type = true}
+local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, type = true,
+                    node = true}
 
 -- Values --------------------------------------------------------------------
 
-local function is_pid(v)
-  return type(v) == "userdata" and (pcall(erlangen.is_alive, v))
+local is_pid = erlangen.is_pid
+
+-- The shape of a node name; the kernel checks the rest when it connects.
+local function is_node_name(v)
+  return type(v) == "string" and v:match("^[^@:]+@[^@]+$") ~= nil
 end
 
 local function show(v)
   if type(v) == "string" then return string.format("%q", v) end
+  if type(v) == "table" and getmetatable(v) == nil and #v == 2 then   -- {name, node}
+    return string.format("{%s, %s}", show(v[1]), show(v[2]))
+  end
   return tostring(v)
 end
 
@@ -65,11 +74,19 @@ local function check_child(c, where)
   if type(start) ~= "table" then
     return nil, string.format("%s.start must be a table {f, args...}, got %s", where, type(start))
   end
+  local node = c.node
+  if node ~= nil and not is_node_name(node) then
+    return nil, string.format('%s.node must be a node name "name@host" or "name@host:port", got %s',
+      where, type(node) == "string" and show(node) or type(node))
+  end
   local f = start[1]
   if type(f) == "string" then
     if not f:match("^.+%.[^.]+$") then
       return nil, string.format("%s.start[1] must be \"module.function\", got %s", where, show(f))
     end
+  elseif type(f) == "function" and node ~= nil then
+    return nil, string.format('%s.start[1] must be a "module.function" string for a child on '
+      .. "another node (a function cannot cross nodes), got function", where)
   elseif type(f) ~= "function" then
     return nil, string.format("%s.start[1] must be a function or a \"module.function\" string, got %s",
       where, type(f))
@@ -90,7 +107,7 @@ local function check_child(c, where)
     return nil, string.format('%s.shutdown must be "brutal_kill", "infinity" or a number of seconds >= 0, got %s',
       where, show(shutdown))
   end
-  return {id = id, start = start, restart = restart, shutdown = shutdown, type = ctype}
+  return {id = id, start = start, restart = restart, shutdown = shutdown, type = ctype, node = node}
 end
 
 -- Returns the supervisor spec with its defaults filled in, or nil and a message.
@@ -149,7 +166,7 @@ local function report(level, text, fields) require("erlangen.log").report(level,
 
 local function child_report(S, level, text, rec, reason, pid)
   report(level, text, {supervisor = S.name, id = rec.id, pid = pid or rec.pid, reason = reason,
-                       restart = rec.restart, type = rec.type})
+                       restart = rec.restart, type = rec.type, node = rec.node})
 end
 
 -- Starting one child (in the supervisor) --------------------------------------
@@ -179,10 +196,72 @@ local function call_start(start, extra)
   return nil, {"bad_return_value", pid}
 end
 
+-- A child on another node is started by a starter process there, which traps
+-- exits as the supervisor does and calls the start function, so the child is
+-- linked to the starter. The supervisor then links to the child and tells the
+-- starter, which only then unlinks and ends: until the supervisor's link is in
+-- place, the starter's guards the child, and if the supervisor is lost first
+-- the starter kills the child, so none outlives its supervisor.
+
+-- The starter's body (spawned on the child's node by the supervisor `sup`).
+-- Not for direct use.
+function supervisor.start_remote(sup, start, extra)
+  local me = erlangen.self()
+  local sup_ref = erlangen.monitor(sup)
+  local pid, reason = call_start(start, extra)
+  if not pid then
+    erlangen.send(sup, {"$sup_remote", me, false, reason}, 5)
+    return
+  end
+  local m
+  if erlangen.send(sup, {"$sup_remote", me, true, pid}, 5) then
+    m = erlangen.receive(function(x)
+      return type(x) == "table" and ((x[1] == "$sup_linked" and x[2] == pid)
+                                     or (x[1] == "DOWN" and x[2] == sup_ref))
+    end)
+  end
+  if not m or m[1] == "DOWN" then
+    erlangen.exit(pid, "kill")
+    return
+  end
+  erlangen.demonitor(sup_ref, true)
+  erlangen.unlink(pid)
+  erlangen.receive(is_exit_of(pid), 0)
+end
+
+-- Starts the child of `rec` on rec.node, `extra` appended to its start's
+-- arguments. Returns the child's pid, linked to the caller, or nil and a
+-- reason: the start function's, spawn_opt's error ("... noconnection" for a
+-- node that cannot be reached), or the starter's exit reason.
+local function start_remote(rec, extra)
+  local me = erlangen.self()
+  local ok, starter, ref = pcall(erlangen.spawn_opt, {node = rec.node, monitor = true, trap_exit = true},
+    "erlangen.supervisor.start_remote", me, rec.start, extra)
+  if not ok then return nil, starter end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and ((x[1] == "$sup_remote" and x[2] == starter)
+                                   or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if m[1] == "DOWN" then return nil, m[4] end
+  erlangen.demonitor(ref, true)
+  if not m[3] then return nil, m[4] end
+  local pid = m[4]
+  local linked, err = pcall(erlangen.link, pid)
+  if not linked then return nil, err end   -- the starter, losing us, kills the child
+  erlangen.send(starter, {"$sup_linked", pid}, 5)
+  return pid
+end
+
+-- Starts the child of `rec` where it runs. Returns its pid, or nil and a reason.
+local function start_child_of(rec)
+  if rec.node then return start_remote(rec, rec.args) end
+  return call_start(rec.start, rec.args)
+end
+
 -- Starts the child of record `rec`; sets rec.pid on success. Returns true,
 -- or nil and a reason.
 local function start_rec(S, rec)
-  local pid, reason = call_start(rec.start, rec.args)
+  local pid, reason = start_child_of(rec)
   if not pid then return nil, reason end
   rec.pid, rec.restarting = pid, nil
   if rec.args == nil then child_report(S, "info", "child started", rec) end
@@ -303,7 +382,7 @@ end
 local function new_rec(S, c, args)
   S.seq = S.seq + 1
   return {id = c.id, start = c.start, restart = c.restart, shutdown = c.shutdown,
-          type = c.type, args = args, seq = S.seq}
+          type = c.type, node = c.node, args = args, seq = S.seq}
 end
 
 local function find_id(S, id)
@@ -372,7 +451,7 @@ end
 local function restart_by_strategy(S, rec)
   local strategy = S.strategy
   if strategy == "one_for_one" or strategy == "simple_one_for_one" then
-    local pid, reason = call_start(rec.start, rec.args)
+    local pid, reason = start_child_of(rec)
     if not pid then return nil, rec, reason end
     set_pid(S, rec, pid)
     rec.restarting = nil
@@ -431,7 +510,7 @@ local calls = {}
 function calls.start_child(S, args)
   if S.template then
     local rec = new_rec(S, S.template, args)
-    local pid, reason = call_start(rec.start, rec.args)
+    local pid, reason = start_child_of(rec)
     if not pid then return nil, reason end
     S.dynamic[rec] = true
     set_pid(S, rec, pid)
@@ -491,7 +570,7 @@ end
 
 local function child_info(rec)
   return {id = (not rec.args) and rec.id or nil, pid = rec.pid, type = rec.type,
-          restart = rec.restart,
+          restart = rec.restart, node = rec.node or erlangen.node(),
           status = rec.pid and "running" or rec.restarting and "restarting" or "undefined"}
 end
 
@@ -534,7 +613,7 @@ function calls.get_childspec(S, key)
   end
   if not rec then return nil, "not_found" end
   return {id = rec.id, start = rec.start, restart = rec.restart, shutdown = rec.shutdown,
-          type = rec.type}
+          type = rec.type, node = rec.node}
 end
 
 -- The supervisor process ----------------------------------------------------------
@@ -685,8 +764,8 @@ end
 
 -- The error value raised by a call that got no answer: {kind, detail, op=,
 -- supervisor=}, kind being "noproc", "calling_self", "exit" (detail: the
--- supervisor's exit reason) or "timeout" (stop only); the shape of
--- erlangen.server's call errors.
+-- supervisor's exit reason), "noconnection" (detail: the supervisor's node)
+-- or "timeout" (stop only); the shape of erlangen.server's call errors.
 local call_error_mt = {__name = "erlangen.supervisor.error"}
 
 function call_error_mt.__tostring(e)
@@ -697,6 +776,8 @@ function call_error_mt.__tostring(e)
     return head .. ": noproc (no such process)"
   elseif e[1] == "calling_self" then
     return head .. ": calling_self (a supervisor cannot call itself)"
+  elseif e[1] == "noconnection" then
+    return head .. ": noconnection (no link to node " .. tostring(e[2]) .. ")"
   end
   return head .. ": " .. tostring(e[1])
 end
@@ -705,15 +786,52 @@ local function call_error(fname, sup, kind, detail)
   return setmetatable({kind, detail, op = fname, supervisor = sup}, call_error_mt)
 end
 
--- Resolves `sup` (pid or name) for supervisor.<fname>; raises on a bad argument
--- or a missing supervisor.
+-- On its node, for resolve: sends {tag, whereis(name)} to `to`. Not for
+-- direct use.
+function supervisor.whereis_reply(to, tag, name)
+  erlangen.send(to, {tag, erlangen.whereis(name)}, 5)
+end
+
+-- The pid registered as `name` on `node`, or nil and "noproc" or
+-- "noconnection". A remote name is looked up by a short process spawned there.
+local function whereis_on(name, node)
+  if node == erlangen.node() then
+    local pid = erlangen.whereis(name)
+    if pid then return pid end
+    return nil, "noproc"
+  end
+  local tag = erlangen.ref()
+  local ok, p, ref = pcall(erlangen.spawn_opt, {node = node, monitor = true},
+    "erlangen.supervisor.whereis_reply", erlangen.self(), tag, name)
+  if not ok then return nil, "noconnection" end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if m[1] == "DOWN" then return nil, m[4] == "noconnection" and "noconnection" or "noproc" end
+  erlangen.demonitor(ref, true)
+  if m[2] then return m[2] end
+  return nil, "noproc"
+end
+
+-- Resolves `sup` (a pid, a registered name or {name, node}) for
+-- supervisor.<fname>; raises on a bad argument or a missing supervisor.
 local function resolve(fname, sup, level)
   local pid = sup
   if type(sup) == "string" then
     pid = erlangen.whereis(sup)
     if not pid then error(call_error(fname, sup, "noproc"), level) end
+  elseif type(sup) == "table" and getmetatable(sup) == nil then
+    local name, node = sup[1], sup[2]
+    if type(name) ~= "string" or not is_node_name(node) then
+      error(string.format("bad argument #1 to '%s' ({name, node} expected, got {%s, %s})", fname,
+        type(name), type(node) == "string" and show(node) or type(node)), level)
+    end
+    local why
+    pid, why = whereis_on(name, node)
+    if not pid then error(call_error(fname, sup, why, why == "noconnection" and node or nil), level) end
   elseif not is_pid(sup) then
-    error(string.format("bad argument #1 to '%s' (pid or name expected, got %s)", fname, type(sup)), level)
+    error(string.format("bad argument #1 to '%s' (pid, name or {name, node} expected, got %s)",
+      fname, type(sup)), level)
   end
   if pid == erlangen.self() then error(call_error(fname, sup, "calling_self"), level) end
   return pid
@@ -738,6 +856,7 @@ local function call(fname, sup, op, arg)
   erlangen.unalias(alias)
   if m[1] == "DOWN" then
     if m[4] == "noproc" then error(call_error(fname, sup, "noproc"), 3) end
+    if m[4] == "noconnection" then error(call_error(fname, sup, "noconnection", erlangen.node(pid)), 3) end
     error(call_error(fname, sup, "exit", m[4]), 3)
   end
   erlangen.demonitor(ref, true)
@@ -825,6 +944,7 @@ function supervisor.stop(sup, reason, timeout)
     error(call_error("stop", sup, "timeout", timeout), 2)
   end
   if m[4] == "noproc" then error(call_error("stop", sup, "noproc"), 2) end
+  if m[4] == "noconnection" then error(call_error("stop", sup, "noconnection", erlangen.node(pid)), 2) end
   return true
 end
 

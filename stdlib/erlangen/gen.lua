@@ -10,6 +10,8 @@
 --   this node).
 --
 -- Interface:
+--   gen.FOREVER
+--       Seconds that stand for "infinity" where erlangen.send wants a number.
 --   gen.show(v) -> string
 --       A short readable rendering of any value, for error texts and logs.
 --   gen.arg_error(n, fname, msg [, level=2])
@@ -64,6 +66,7 @@ local erlangen = require "erlangen"
 local gen = {}
 
 local FOREVER = 1e9          -- seconds: "infinity" where send wants a number
+gen.FOREVER = FOREVER
 local ACK_SPACE_WAIT = 5     -- seconds an ack may wait for room in the starter's mailbox
 
 -- Values -----------------------------------------------------------------------

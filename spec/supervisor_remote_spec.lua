@@ -248,8 +248,12 @@ describe("a remote child: bad input", function()
   it("refuses a malformed {name, node} for the supervisor", function()
     local err = H.error_of(function() supervisor.which_children({42, "b@" .. D.HOST}) end)
     assert.matches("supervisor_remote_spec.lua:%d+: bad argument #1 to 'which_children' "
-      .. "%({name, node} expected, got {number, \"b@127.0.0.1\"}%)", err)
+      .. "%(pid, name or {name, node} expected, got table%)", err)
     err = H.error_of(function() supervisor.stop({"sup", "nohost"}) end)
-    assert.matches("bad argument #1 to 'stop' %({name, node} expected, got {string, \"nohost\"}%)", err)
+    assert.matches("supervisor_remote_spec.lua:%d+: bad argument #1 to 'stop' "
+      .. '%(pid, name or {name, node} expected, got {name, node} with node "nohost"%)', err)
+    err = H.error_of(function() supervisor.count_children(erlangen.alias()) end)
+    assert.matches("supervisor_remote_spec.lua:%d+: bad argument #1 to 'count_children' "
+      .. "%(pid, name or {name, node} expected, got an alias%)", err)
   end)
 end)

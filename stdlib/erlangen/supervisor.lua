@@ -5,11 +5,12 @@
 -- with `node`, in a starter process spawned on that node, and then links to the
 -- child itself. It keeps the children in start order and reacts to their EXITs
 -- as its strategy says.
--- Calls from other processes use a small protocol of its own, like OTP's
--- gen:call: the request carries an alias, and the caller monitors the
--- supervisor while it waits. doc/supervisor.md is the reference.
+-- Calls from other processes and the start acknowledgement are
+-- erlangen.gen's, shared with the other behaviours. doc/supervisor.md is the
+-- reference.
 
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 
 local supervisor = {}
 
@@ -24,18 +25,11 @@ local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, ty
 -- Values --------------------------------------------------------------------
 
 local is_pid = erlangen.is_pid
+local show = gen.show
 
--- The shape of a node name; the kernel checks the rest when it connects.
+-- The shape of a node name (gen's); the kernel checks the rest when it connects.
 local function is_node_name(v)
-  return type(v) == "string" and v:match("^[^@:]+@[^@]+$") ~= nil
-end
-
-local function show(v)
-  if type(v) == "string" then return string.format("%q", v) end
-  if type(v) == "table" and getmetatable(v) == nil and #v == 2 then   -- {name, node}
-    return string.format("{%s, %s}", show(v[1]), show(v[2]))
-  end
-  return tostring(v)
+  return type(v) == "string" and v:match("^[^@%s]+@[^@%s]+$") ~= nil
 end
 
 -- Whether an exit reason is one a transient child may end with unrestarted.
@@ -618,12 +612,13 @@ end
 
 -- The supervisor process ----------------------------------------------------------
 
+-- A call from gen.call: {"$sup_call", alias, op, arg}, answered {alias, r1, r2, bad}.
 local function handle_call(S, m)
-  local reply_to, tag, op, arg = m[2], m[3], m[4], m[5]
+  local alias, op, arg = m[2], m[3], m[4]
   local fn = calls[op]
   local r1, r2, bad
   if fn then r1, r2, bad = fn(S, arg) else r1, r2 = nil, "unknown call " .. tostring(op) end
-  erlangen.send(reply_to, {tag, r1, r2, bad}, 5)
+  erlangen.send(alias, {alias, r1, r2, bad}, 5)
 end
 
 local function handle_exit(S, pid, reason)
@@ -672,11 +667,11 @@ end
 
 -- The body of a supervisor process (started by supervisor.start/start_link
 -- with trap_exit set). Not for direct use.
-function supervisor.init_it(starter, linked, spec)
+function supervisor.init_it(ack, parent, spec)
   erlangen.set_label("supervisor")
   local me = erlangen.self()
   local S = {
-    parent = linked and starter or nil,
+    parent = parent or nil,
     name = spec.name or tostring(me),
     strategy = spec.strategy, intensity = spec.intensity, period = spec.period,
     children = {},           -- static children, in start order
@@ -699,11 +694,11 @@ function supervisor.init_it(starter, linked, spec)
     child_report(S, "error", "start error", failed, reason)
     terminate_all(S)
     reason = {"shutdown", {"failed_to_start_child", failed.id, reason}}
-    if linked then erlangen.unlink(starter) end
-    erlangen.send(starter, {"$sup_ack", me, false, reason}, 5)
+    if parent then erlangen.unlink(parent) end
+    gen.ack(ack, false, reason)
     erlangen.exit(reason)
   end
-  erlangen.send(starter, {"$sup_ack", me, true}, 5)
+  gen.ack(ack, true)
   loop(S)
 end
 
@@ -712,39 +707,10 @@ end
 local function start(fname, spec, link)
   local checked, err = check_spec(spec)
   if not checked then error(fname .. ": " .. err, 3) end
-  local name = checked.name
-  if name then
-    local other = erlangen.whereis(name)
-    if other then return nil, {"already_started", other} end
-  end
-  local me = erlangen.self()
-  local ok, pid, ref = pcall(erlangen.spawn_opt,
-    {link = link, monitor = true, trap_exit = true, name = name},
-    "erlangen.supervisor.init_it", me, link, checked)
-  if not ok then
-    local other = name and erlangen.whereis(name)
-    if other and tostring(pid):find("already registered", 1, true) then
-      return nil, {"already_started", other}
-    end
-    error(fname .. ": " .. tostring(pid), 3)
-  end
-  local m = erlangen.receive(function(x)
-    return type(x) == "table" and ((x[1] == "$sup_ack" and x[2] == pid)
-                                   or (x[1] == "DOWN" and x[2] == ref))
-  end)
-  if m[1] == "$sup_ack" and m[3] then
-    erlangen.demonitor(ref, true)
-    return pid
-  end
-  local reason
-  if m[1] == "$sup_ack" then
-    reason = m[4]
-    erlangen.receive(is_down_of(ref))
-  else
-    reason = m[4]
-    if link then erlangen.receive(is_exit_of(pid), 0) end
-  end
-  return nil, reason
+  local pid, reason = gen.start{fname = fname, level = 3, body = "erlangen.supervisor.init_it",
+                                spawn = {link = link, trap_exit = true, name = checked.name},
+                                args = table.pack(link and erlangen.self() or false, checked)}
+  return pid, reason
 end
 
 --- supervisor.start_link(spec) -> pid | nil, reason
@@ -763,9 +729,10 @@ function supervisor.start(spec)
 end
 
 -- The error value raised by a call that got no answer: {kind, detail, op=,
--- supervisor=}, kind being "noproc", "calling_self", "exit" (detail: the
--- supervisor's exit reason), "noconnection" (detail: the supervisor's node)
--- or "timeout" (stop only); the shape of erlangen.server's call errors.
+-- supervisor=, node=}, kind being "noproc" (detail: the node), "calling_self",
+-- "exit" (detail: the supervisor's exit reason), "noconnection" (detail: the
+-- supervisor's node) or "timeout" (stop only); the shape of erlangen.server's
+-- call errors.
 local call_error_mt = {__name = "erlangen.supervisor.error"}
 
 function call_error_mt.__tostring(e)
@@ -783,25 +750,22 @@ function call_error_mt.__tostring(e)
 end
 
 local function call_error(fname, sup, kind, detail)
-  return setmetatable({kind, detail, op = fname, supervisor = sup}, call_error_mt)
+  return setmetatable({kind, detail, op = fname, supervisor = sup, node = gen.node_of(sup)},
+                      call_error_mt)
 end
 
--- On its node, for resolve: sends {tag, whereis(name)} to `to`. Not for
--- direct use.
+-- On its node, for remote_whereis: sends {tag, whereis(name)} to `to`. Not
+-- for direct use.
 function supervisor.whereis_reply(to, tag, name)
   erlangen.send(to, {tag, erlangen.whereis(name)}, 5)
 end
 
--- The pid registered as `name` on `node`, or nil and "noproc" or
--- "noconnection". A remote name is looked up by a short process spawned there.
-local function whereis_on(name, node)
-  if node == erlangen.node() then
-    local pid = erlangen.whereis(name)
-    if pid then return pid end
-    return nil, "noproc"
-  end
+-- The pid registered as `name` on another node, or nil and "noproc" or
+-- "noconnection": looked up by a short process spawned there, so that the
+-- call can monitor the supervisor by pid.
+local function remote_whereis(name, node)
   local tag = erlangen.ref()
-  local ok, p, ref = pcall(erlangen.spawn_opt, {node = node, monitor = true},
+  local ok, _, ref = pcall(erlangen.spawn_opt, {node = node, monitor = true},
     "erlangen.supervisor.whereis_reply", erlangen.self(), tag, name)
   if not ok then return nil, "noconnection" end
   local m = erlangen.receive(function(x)
@@ -814,25 +778,16 @@ local function whereis_on(name, node)
 end
 
 -- Resolves `sup` (a pid, a registered name or {name, node}) for
--- supervisor.<fname>; raises on a bad argument or a missing supervisor.
+-- supervisor.<fname> to the supervisor's pid; raises on a bad argument or a
+-- missing supervisor. `level` as error()'s, seen from resolve.
 local function resolve(fname, sup, level)
-  local pid = sup
-  if type(sup) == "string" then
-    pid = erlangen.whereis(sup)
-    if not pid then error(call_error(fname, sup, "noproc"), level) end
-  elseif type(sup) == "table" and getmetatable(sup) == nil then
-    local name, node = sup[1], sup[2]
-    if type(name) ~= "string" or not is_node_name(node) then
-      error(string.format("bad argument #1 to '%s' ({name, node} expected, got {%s, %s})", fname,
-        type(name), type(node) == "string" and show(node) or type(node)), level)
-    end
-    local why
-    pid, why = whereis_on(name, node)
-    if not pid then error(call_error(fname, sup, why, why == "noconnection" and node or nil), level) end
-  elseif not is_pid(sup) then
-    error(string.format("bad argument #1 to '%s' (pid, name or {name, node} expected, got %s)",
-      fname, type(sup)), level)
+  gen.check_address(sup, 1, fname, level)
+  if erlangen.is_ref(sup) then
+    gen.arg_error(1, fname, "pid, name or {name, node} expected, got an alias", level)
   end
+  local pid, why = gen.resolve(sup), "noproc"
+  if type(pid) == "table" then pid, why = remote_whereis(sup[1], sup[2]) end
+  if not pid then error(call_error(fname, sup, why, gen.node_of(sup)), level) end
   if pid == erlangen.self() then error(call_error(fname, sup, "calling_self"), level) end
   return pid
 end
@@ -841,25 +796,11 @@ end
 -- OTP's supervisor calls do) or for the supervisor's DOWN.
 local function call(fname, sup, op, arg)
   local pid = resolve(fname, sup, 4)
-  local ref = erlangen.monitor(pid)
-  local alias = erlangen.alias()
-  local tag = alias
-  local ok, err = pcall(erlangen.send, pid, {"$sup_call", alias, tag, op, arg}, 60)
-  if not ok then
-    erlangen.demonitor(ref, true)
-    erlangen.unalias(alias)
-    error(string.format("supervisor.%s: %s", fname, tostring(err)), 3)
+  local m, kind, detail = gen.call(pid, function(alias) return {"$sup_call", alias, op, arg} end)
+  if not m then
+    if kind == "badarg" then error(string.format("supervisor.%s: %s", fname, detail), 3) end
+    error(call_error(fname, sup, kind, detail), 3)
   end
-  local m = erlangen.receive(function(x)
-    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
-  end)
-  erlangen.unalias(alias)
-  if m[1] == "DOWN" then
-    if m[4] == "noproc" then error(call_error(fname, sup, "noproc"), 3) end
-    if m[4] == "noconnection" then error(call_error(fname, sup, "noconnection", erlangen.node(pid)), 3) end
-    error(call_error(fname, sup, "exit", m[4]), 3)
-  end
-  erlangen.demonitor(ref, true)
   if m[4] ~= nil then error(string.format("supervisor.%s: %s", fname, m[4]), 3) end
   return m[2], m[3]
 end
@@ -943,7 +884,7 @@ function supervisor.stop(sup, reason, timeout)
     erlangen.demonitor(ref, true)
     error(call_error("stop", sup, "timeout", timeout), 2)
   end
-  if m[4] == "noproc" then error(call_error("stop", sup, "noproc"), 2) end
+  if m[4] == "noproc" then error(call_error("stop", sup, "noproc", erlangen.node(pid)), 2) end
   if m[4] == "noconnection" then error(call_error("stop", sup, "noconnection", erlangen.node(pid)), 2) end
   return true
 end

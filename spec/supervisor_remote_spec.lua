@@ -6,7 +6,8 @@
 -- The busted process is one node; the others are real `erlangen` child
 -- nodes started and killed through spec/dist_helpers.lua. The children are
 -- sup_child workers (spec/fixtures/sup_child.lua), which report their life
--- to this process from whichever node they run on.
+-- to this process from whichever node they run on; remote_child.lua holds
+-- a start function that waits on its node until told to go.
 local erlangen = require "erlangen"
 local H = require "spec.helpers"
 local D = require "spec.dist_helpers"
@@ -99,6 +100,23 @@ describe("a supervisor with a child on another node", function()
     local ref = erlangen.monitor(pid_in(msgs, 1))
     erlangen.exit(sup, "kill")
     assert.are.equal("killed", H.await_down(ref, "the remote child's DOWN"))
+  end)
+
+  it("kills a child whose start ended after the supervisor was lost, so none outlives it", function()
+    local b = D.start_child()
+    local sup = S.start{children = {}}
+    local spec = {id = "late", node = b.name,
+                  start = {"remote_child.start_on_go", self(), "late", {trap = false}}}
+    erlangen.spawn(function(s, c) pcall(require("erlangen.supervisor").start_child, s, c) end, sup, spec)
+    local starter = H.recv(H.tagged("starting"), "the start function on " .. b.name)[2]
+    local ref = erlangen.monitor(sup)
+    erlangen.exit(sup, "kill")
+    H.await_down(ref, "the supervisor's end")
+    erlangen.send(starter, "go")
+    local _, msgs = S.events(1, "the late child's start")
+    -- "noproc": it was killed before this monitor reached its node
+    local reason = H.exit_reason(pid_in(msgs, 1))
+    assert.is_true(reason == "killed" or reason == "noproc", "the late child ended with " .. H.show(reason))
   end)
 
   it("counts a noconnection exit toward the restart intensity", function()

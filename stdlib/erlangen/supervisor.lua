@@ -194,7 +194,7 @@ end
 -- exits as the supervisor does and calls the start function, so the child is
 -- linked to the starter. The supervisor then links to the child and tells the
 -- starter, which only then unlinks and ends: until the supervisor's link is in
--- place, the starter's guards the child, and if the supervisor is lost first
+-- place, the starter's link guards the child, and if the supervisor is lost first
 -- the starter kills the child, so none outlives its supervisor.
 
 -- The starter's body (spawned on the child's node by the supervisor `sup`).
@@ -241,7 +241,10 @@ local function start_remote(rec, extra)
   if not m[3] then return nil, m[4] end
   local pid = m[4]
   local linked, err = pcall(erlangen.link, pid)
-  if not linked then return nil, err end   -- the starter, losing us, kills the child
+  if not linked then   -- the node backs off; the starter ends the child when it hears of it
+    erlangen.exit(starter, "kill")
+    return nil, err
+  end
   erlangen.send(starter, {"$sup_linked", pid}, 5)
   return pid
 end

@@ -1,0 +1,139 @@
+-- The stdlib across nodes: server.call, cast and stop to a server on another
+-- node, by its remote pid and by {name, node} (reply, timeout with no late
+-- reply, noproc, noconnection, wrong types), from this node and from a third
+-- one; timer.send_after to a remote pid and to {name, node}. Servers run on
+-- real child nodes (spec/fixtures/remote_stdlib_node.lua).
+local erlangen = require "erlangen"
+local server = require "erlangen.server"
+local timer = require "erlangen.timer"
+local H = require "spec.helpers"
+local D = require "spec.dist_helpers"
+
+local self = erlangen.self
+
+-- Starts a remote_stdlib_node server on child `c` (registered as `name`
+-- if given) and returns its pid; the server reports to this process.
+local function remote_server(c, name)
+  local _, ref = erlangen.spawn_opt({node = c.name, monitor = true},
+                                    "remote_stdlib_node.start", self(), name)
+  local m = H.recv(H.tagged("server"), "the server on " .. c.name)
+  assert(m[2], "the server on " .. c.name .. " did not start: " .. H.show(m[3]))
+  assert.are.equal("normal", H.await_down(ref, "the starter on " .. c.name))
+  return m[2]
+end
+
+-- The error `fn` raised, which must be a server error of `kind` naming `srv`.
+local function server_error(kind, srv, fn)
+  local err = H.error_of(fn)
+  assert.are.equal("table", type(err), "expected a server error, got " .. H.show(err))
+  assert.are.equal(kind, err[1], "the error was " .. tostring(err))
+  assert.are.same(srv, err.server)
+  return err
+end
+
+describe("the stdlib across nodes", function()
+  setup(D.this_node)
+  teardown(D.teardown)
+  before_each(D.before_each)
+  after_each(D.after_each)
+
+  describe("server.call to a remote pid", function()
+    it("returns the reply of the server on the other node", function()
+      local c = D.start_child()
+      local srv = remote_server(c)
+      assert.are.equal(c.name, erlangen.node(srv))
+      assert.are.same({1, "two"}, server.call(srv, {"echo", {1, "two"}}))
+      assert.are.equal(c.name, server.call(srv, {"node"}))
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises a timeout, and the late reply never reaches the mailbox", function()
+      local c = D.start_child()
+      local srv = remote_server(c)
+      local err = server_error("timeout", srv, function() server.call(srv, {"hold"}, 0.2) end)
+      assert.are.equal(0.2, err[2])
+      H.recv(H.tagged("holding"), "the server holding the call")
+      server.cast(srv, {"release", "too late"})
+      -- The reply went out on the same link before this answer: it was sent
+      -- to the inactive alias and dropped.
+      assert.are.same({true}, server.call(srv, {"released"}))
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises noproc naming the node for a pid that has ended", function()
+      local c = D.start_child()
+      local dead = D.dead_remote_pid(c)
+      local err = server_error("noproc", dead, function() server.call(dead, {"echo", 1}) end)
+      assert.are.equal(c.name, err.node)
+      assert.matches("noproc (no such process on " .. c.name .. ")", tostring(err), 1, true)
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises noconnection naming the node when the node is gone", function()
+      local c = D.start_child()
+      local srv = remote_server(c)
+      D.kill_child(c)
+      local err = server_error("noconnection", srv, function() server.call(srv, {"echo", 1}, 10) end)
+      assert.are.equal(c.name, err.node)
+      assert.matches("noconnection (node " .. c.name .. " cannot be reached)", tostring(err), 1, true)
+      assert.are.same({}, H.peek())
+    end)
+
+    it("applies a cast before a later call, and stops the server", function()
+      local c = D.start_child()
+      local srv = remote_server(c)
+      local mref = erlangen.monitor(srv)
+      assert.is_true(server.cast(srv, {"set", "cast from afar"}))
+      assert.are.equal("cast from afar", server.call(srv, {"get"}))
+      assert.is_true(server.stop(srv, "normal", 10))
+      assert.are.equal("normal", H.await_down(mref, "the remote server"))
+    end)
+  end)
+
+  describe("server.call from a third node", function()
+    it("returns the reply of a server on another child node", function()
+      local b, c = D.start_child(), D.start_child()
+      local srv = remote_server(c)
+      local pb = D.puppet(b)
+      assert.is_true(D.must(pb, "connect", c.addr))
+      local _, ref = erlangen.spawn_opt({node = b.name, monitor = true}, "remote_stdlib_node.call",
+                                        self(), srv, {"node"}, 10)
+      assert.are.same({"called", true, c.name}, H.recv(H.tagged("called"), "the call from " .. b.name))
+      assert.are.equal("normal", H.await_down(ref, "the caller on " .. b.name))
+    end)
+  end)
+
+  describe("bad addresses", function()
+    it("refuse a {name, node} whose node is not a node name", function()
+      for _, addr in ipairs({{"srv", 42}, {"srv", "nohost"}, {"", "b@127.0.0.1"}, {"srv", "b@h", "x"}}) do
+        local e = H.error_of(function() server.call(addr, "x") end)
+        assert.matches("^[^:]*remote_stdlib_spec.lua:%d+: bad argument #1 to 'call' " ..
+          "%(pid, name or {name, node} expected, got ", e)
+        e = H.error_of(function() timer.send_after(1, addr, "x") end)
+        assert.matches("^[^:]*remote_stdlib_spec.lua:%d+: bad argument #2 to 'send_after' " ..
+          "%(pid, name or {name, node} expected, got ", e)
+      end
+    end)
+  end)
+
+  describe("timer.send_after", function()
+    it("delivers to a remote pid", function()
+      local c = D.start_child()
+      local p = D.puppet(c)
+      timer.send_after(0.05, p, {"tick", 1})
+      local m = D.reported(p, function(x) return type(x) == "table" and x[1] == "tick" end, "the tick")
+      assert.are.same({"tick", 1}, m)
+    end)
+
+    it("delivers to {name, node}", function()
+      local c = D.start_child()
+      local _, ref = erlangen.spawn_opt({node = c.name, monitor = true}, "dist_node.registered",
+                                        self(), "remote_stdlib_echo")
+      local reg = H.recv(H.tagged("registered"), "the registered echo on " .. c.name)
+      timer.send_after(0.05, {"remote_stdlib_echo", c.name}, {"ping", self(), 7})
+      assert.are.same({"pong", 7, reg[3]}, H.recv(H.tagged("pong"), "the pong of the timed ping"))
+      erlangen.exit(reg[3], "kill")
+      assert.are.equal("killed", H.await_down(ref, "the echo"))
+    end)
+  end)
+end)

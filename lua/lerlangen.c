@@ -401,6 +401,50 @@ static int l_send(lua_State *L) {
   return 2;
 }
 
+/* Monitors of {name, node}: their DOWN names the process as {name, node},
+** not by pid. The calling state's registry maps each such monitor's ref
+** serial to {name, node} until its DOWN is taken or it is demonitored. */
+static const char named_key = 'n';
+
+static void named_remember(lua_State *L, term_id ref, const char *name, const char *node) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &named_key);
+  }
+  lua_createtable(L, 2, 0);
+  lua_pushstring(L, name);
+  lua_rawseti(L, -2, 1);
+  lua_pushstring(L, node);
+  lua_rawseti(L, -2, 2);
+  lua_rawseti(L, -2, (lua_Integer)ref.n);
+  lua_pop(L, 1);
+}
+
+/* Pushes a fresh {name, node} for monitor `ref` and returns 1, or pushes
+** nothing and returns 0 if it is not a monitor of a name. */
+static int named_push(lua_State *L, term_id ref) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) != LUA_TTABLE) { lua_pop(L, 1); return 0; }
+  if (lua_rawgeti(L, -1, (lua_Integer)ref.n) != LUA_TTABLE) { lua_pop(L, 2); return 0; }
+  lua_createtable(L, 2, 0);
+  lua_rawgeti(L, -2, 1);
+  lua_rawseti(L, -2, 1);
+  lua_rawgeti(L, -2, 2);
+  lua_rawseti(L, -2, 2);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static void named_forget(lua_State *L, term_id ref) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) == LUA_TTABLE) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, (lua_Integer)ref.n);
+  }
+  lua_pop(L, 1);
+}
+
 /* Pushes the Lua value of a queued entry and returns 0, or pushes an error
 ** message and returns -1 when a message cannot be decoded here. An EXIT or
 ** DOWN always succeeds (a reason that cannot be decoded is replaced). */
@@ -418,7 +462,7 @@ static int push_entry(lua_State *L, mbox_msg *m) {
   lua_rawseti(L, -2, 1);
   int i = 2;
   if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, mbox_msg_ref(m)); lua_rawseti(L, -2, i++); }
-  term_push(L, TERM_PID, mbox_msg_from(m));
+  if (m->kind != MBOX_DOWN || !named_push(L, mbox_msg_ref(m))) term_push(L, TERM_PID, mbox_msg_from(m));
   lua_rawseti(L, -2, i++);
   int n = codec_decode(L, m->data, m->len, &lim);
   if (n != 1) {
@@ -451,6 +495,7 @@ static int receive_step(lua_State *L) {
     lua_pushvalue(L, -2);
     lua_call(L, 1, 1);
   }
+  if (m->kind == MBOX_DOWN && lua_toboolean(L, -1)) named_forget(L, mbox_msg_ref(m));   /* taken */
   lua_pushboolean(L, 1);
   lua_rotate(L, -3, 1);
   return 3;
@@ -651,9 +696,42 @@ static int l_unlink(lua_State *L) {
   return 1;
 }
 
+/* monitor({name, node}): the node resolves the name; one that is not
+** registered gives a DOWN "noproc" at once. */
+static int monitor_name(lua_State *L, proc *self) {
+  lua_rawgeti(L, 1, 1);
+  lua_rawgeti(L, 1, 2);
+  if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+    return luaL_argerror(L, 1, "{name, node} expected (two strings)");
+  size_t nl;
+  const char *name = lua_tolstring(L, -2, &nl);
+  luaL_argcheck(L, nl > 0 && nl <= DIST_NAME_MAX && strlen(name) == nl, 1,
+                "name must be a non-empty string without NUL, at most 255 bytes");
+  uint32_t idx = node_at(L, lua_gettop(L), 1);
+  term_id ref;
+  if (idx == 0) {
+    term_id pid = {0, 0, 0};   /* no process: the DOWN says noproc */
+    reg_whereis(name, &pid);
+    if (sig_monitor(self, pid, &ref) != SIG_OK) return luaL_error(L, "monitor: out of memory");
+  } else {
+    ref = term_new_ref();
+    term_id target = {0, idx, 0};
+    sig_monitor_remote(self, target, ref);
+    if (dist_monitor_name(self->pid, idx, name, ref) != DIST_OK) {
+      size_t len;
+      const unsigned char *why = kern_reason(KR_NOCONNECTION, &len);
+      sig_down(self->pid, ref, target, why, len, 0);
+    }
+  }
+  named_remember(L, ref, name, idx == 0 ? node_self() : node_name(idx));
+  term_push(L, TERM_REF, ref);
+  return 1;
+}
+
 static int l_monitor(lua_State *L) {
   proc *self = cur(L);
   term_id pid, alias;
+  if (lua_type(L, 1) == LUA_TTABLE) return monitor_name(L, self);
   if (lua_type(L, 1) != LUA_TSTRING) pid = term_check(L, 1, TERM_PID);
   else if (!dest_pid(L, 1, &pid, &alias)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
   term_id ref;
@@ -668,6 +746,7 @@ static int l_demonitor(lua_State *L) {
   int flush = lua_toboolean(L, 2);
   if (flush && self->in_receive) return luaL_error(L, "demonitor: flush inside a match function");
   sig_demonitor(self, ref, flush);
+  if (flush) named_forget(L, ref);   /* without flush, a DOWN already queued still names it */
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -725,9 +804,24 @@ static int l_unregister(lua_State *L) {
   return 1;
 }
 
+/* whereis(name [, node [, timeout]]): another node is asked. */
 static int l_whereis(lua_State *L) {
+  const char *name = check_name(L, 1);
+  uint32_t idx = lua_isnoneornil(L, 2) ? 0 : check_node(L, 2);
   term_id pid;
-  if (reg_whereis(check_name(L, 1), &pid)) term_push(L, TERM_PID, pid);
+  if (idx == 0) {
+    if (reg_whereis(name, &pid)) term_push(L, TERM_PID, pid);
+    else lua_pushnil(L);
+    return 1;
+  }
+  proc *self = cur(L);
+  luaL_argcheck(L, strlen(name) <= DIST_NAME_MAX, 1, "name longer than 255 bytes");
+  double timeout = lua_isnoneornil(L, 3) ? 5 : check_timeout(L, 3);
+  char err[200];
+  int rc = dist_whereis(self, idx, name, mbox_now() + timeout, &pid, err, sizeof err);
+  cur(L);
+  if (rc < 0) return luaL_error(L, "whereis: '%s' on %s: %s", name, node_name(idx), err);
+  if (rc == 1) term_push(L, TERM_PID, pid);
   else lua_pushnil(L);
   return 1;
 }
@@ -972,6 +1066,14 @@ static int l_monitor_node(lua_State *L) {
   return 1;
 }
 
+static int l_monitor_nodes(lua_State *L) {
+  proc *self = cur(L);
+  luaL_checkany(L, 1);
+  if (dist_monitor_nodes(self, lua_toboolean(L, 1)) != 0) return luaL_error(L, "monitor_nodes: out of memory");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- configuration and the codec ---- */
 
 static int l_configure(lua_State *L) {
@@ -1063,6 +1165,7 @@ static const luaL_Reg funcs[] = {
   {"set_label", l_set_label}, {"tree", l_tree},
   {"start_node", l_start_node}, {"node", l_node}, {"nodes", l_nodes}, {"connect", l_connect},
   {"disconnect", l_disconnect}, {"monitor_node", l_monitor_node},
+  {"monitor_nodes", l_monitor_nodes},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

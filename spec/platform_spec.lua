@@ -1,0 +1,237 @@
+-- spec/platform_spec.lua — the kernel's calls for a cluster, across real
+-- OS processes on loopback: node events (monitor_nodes), remote names
+-- (whereis and monitor of {name, node}), and remote pids seen by
+-- erlangen.type. Only /proc counts and a remote process's info are polled. Child nodes and puppets come from spec/dist_helpers.lua,
+-- which says how they are started and ended.
+
+local erlangen = require "erlangen"
+local H = require "spec.helpers"
+local D = require "spec.dist_helpers"
+
+local HOST, DETECT = D.HOST, D.DETECT
+local self = erlangen.self
+local start_child, kill_child, puppet, must = D.start_child, D.kill_child, D.puppet, D.must
+
+local function node_event(tag, name)
+  return function(m) return type(m) == "table" and m[1] == tag and m[2] == name end
+end
+
+describe("the platform", function()
+  setup(function() D.this_node() end)
+  teardown(D.teardown)
+  before_each(D.before_each)
+  after_each(function()
+    erlangen.monitor_nodes(false)
+    erlangen.monitor_nodes(false)
+    D.after_each()
+  end)
+
+  describe("erlangen.type of remote values", function()
+    it("says pid for a pid of another node and ref for its refs", function()
+      local b = start_child()
+      local p = puppet(b)
+      assert.are.equal("pid", erlangen.type(p))
+      assert.is_true(erlangen.is_pid(p))
+      assert.is_false(erlangen.is_ref(p))
+      local ref = must(p, "ref")
+      assert.are.equal("ref", erlangen.type(ref))
+      assert.is_true(erlangen.is_ref(ref))
+      assert.is_false(erlangen.is_pid(ref))
+    end)
+  end)
+
+  describe("whereis on another node", function()
+    it("returns the pid registered there, or nil", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      assert.are.equal(p, erlangen.whereis("ctr", b.name))
+      assert.are.equal(p, erlangen.whereis("ctr", b.name, 1))
+      assert.is_nil(erlangen.whereis("nobody", b.name))
+    end)
+
+    it("with this node's name is the local whereis", function()
+      D.this_node()
+      erlangen.register("me_here", self())
+      assert.are.equal(self(), erlangen.whereis("me_here", erlangen.node(), 0))
+      erlangen.unregister("me_here")
+      assert.is_nil(erlangen.whereis("me_here", erlangen.node()))
+    end)
+
+    it("raises noconnection for a node that cannot be reached, naming the name and the node", function()
+      D.this_node()
+      local err = H.error_of(erlangen.whereis, "ctr", "nobody@" .. HOST .. ":" .. D.closed_port(), 2)
+      assert.matches("whereis: 'ctr' on nobody@" .. HOST .. ": noconnection", err, 1, true)
+    end)
+
+    it("raises timeout after its timeout for a node that does not answer", function()
+      local b = start_child()
+      D.signal(b, "STOP")
+      local t0 = erlangen.now()
+      local err = H.error_of(erlangen.whereis, "ctr", b.name, 0.3)
+      D.signal(b, "CONT")
+      assert.matches("whereis: 'ctr' on " .. b.name .. ": timeout", err, 1, true)
+      assert.is_true(erlangen.now() - t0 < DETECT)
+    end)
+
+    it("refuses a bad name, node or timeout", function()
+      D.this_node()
+      local node = "b@" .. HOST
+      local function err(...)
+        local args = table.pack(...)
+        return H.error_of(function() erlangen.whereis(table.unpack(args, 1, args.n)) end)
+      end
+      assert.matches("bad argument #1 to 'whereis' (string expected, got boolean)", err(true, node), 1, true)
+      assert.matches("bad argument #1 to 'whereis' (name must be", err("", node), 1, true)
+      assert.matches("bad argument #2 to 'whereis' (bad node name 'nohost'", err("x", "nohost"), 1, true)
+      assert.matches("bad argument #2 to 'whereis'", err("x", {}), 1, true)
+      assert.matches("bad argument #3 to 'whereis' (timeout must be", err("x", node, -1), 1, true)
+    end)
+  end)
+
+  describe("monitor of {name, node}", function()
+    it("gives a DOWN naming {name, node} with the reason when the process ends", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      local ref = erlangen.monitor({"ctr", b.name})
+      assert.is_true(erlangen.is_ref(ref))
+      D.finish(p, "die", "enough")
+      local m = H.recv(H.is_down(ref), "the DOWN")
+      assert.are.same({"ctr", b.name}, m[3])
+      assert.are.equal("enough", m[4])
+    end)
+
+    it("gives noproc at once for a name that is not registered there", function()
+      local b = start_child()
+      local ref = erlangen.monitor({"nobody", b.name})
+      local m = H.recv(H.is_down(ref), "the DOWN", DETECT)
+      assert.are.same({"nobody", b.name}, m[3])
+      assert.are.equal("noproc", m[4])
+    end)
+
+    it("on this node monitors the local name, and gives noproc when it is not registered", function()
+      D.this_node()
+      local pid = erlangen.spawn(function() erlangen.receive() end)
+      erlangen.register("local_ctr", pid)
+      local ref = erlangen.monitor({"local_ctr", erlangen.node()})
+      erlangen.exit(pid, "kill")
+      local m = H.recv(H.is_down(ref), "the DOWN")
+      assert.are.same({"local_ctr", erlangen.node()}, m[3])
+      assert.are.equal("killed", m[4])
+      local ref2 = erlangen.monitor({"local_ctr", erlangen.node()})
+      local m2 = H.recv(H.is_down(ref2), "the noproc DOWN")
+      assert.are.same({"local_ctr", erlangen.node()}, m2[3])
+      assert.are.equal("noproc", m2[4])
+    end)
+
+    it("gives noconnection when the node is killed, or cannot be reached", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      local ref = erlangen.monitor({"ctr", b.name})
+      assert.are.equal(p, erlangen.whereis("ctr", b.name))   -- the monitor is set by now
+      kill_child(b)
+      local m = H.recv(H.is_down(ref), "the DOWN", DETECT)
+      assert.are.same({"ctr", b.name}, m[3])
+      assert.are.equal("noconnection", m[4])
+      local far = "nobody@" .. HOST
+      local ref2 = erlangen.monitor({"ctr", far .. ":" .. D.closed_port()})
+      local m2 = H.recv(H.is_down(ref2), "the DOWN of an unreachable node", DETECT)
+      assert.are.same({"ctr", far}, m2[3])
+      assert.are.equal("noconnection", m2[4])
+    end)
+
+    it("taken down with demonitor gives no DOWN, and the other node drops the monitor", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      for round = 1, 2 do
+        local ref = erlangen.monitor({"ctr", b.name})
+        if round == 2 then erlangen.whereis("ctr", b.name) end   -- once after the node answered
+        erlangen.demonitor(ref)
+        local gone = D.poll(function() return #must(p, "info", p).monitored_by == 0 end)
+        assert.is_true(gone, "the puppet is still monitored: " .. H.show(must(p, "info", p).monitored_by))
+      end
+      D.finish(p, "die", "enough")
+      H.refute_message(H.is_down(), "a DOWN after demonitor")
+    end)
+
+    it("demonitor with flush removes a DOWN already queued", function()
+      local b = start_child()
+      local ref = erlangen.monitor({"nobody", b.name})
+      assert.is_nil(erlangen.whereis("nobody", b.name))   -- the noproc DOWN is queued by now
+      erlangen.demonitor(ref, true)
+      H.refute_message(H.is_down(ref), "the flushed DOWN")
+    end)
+
+    it("refuses a malformed {name, node}", function()
+      D.this_node()
+      for _, bad in ipairs{{}, {"x"}, {1, "b@" .. HOST}, {"x", 2}, {"", "b@" .. HOST}} do
+        assert.matches("bad argument #1 to 'monitor'", H.error_of(function() erlangen.monitor(bad) end))
+      end
+      assert.matches("bad node name", H.error_of(erlangen.monitor, {"x", "nohost"}))
+    end)
+  end)
+
+  describe("monitor_nodes", function()
+    it("sends nodeup when a node connects, and nodedown with a reason when it is killed", function()
+      assert.is_true(erlangen.monitor_nodes(true))
+      local b = start_child()
+      H.recv(node_event("nodeup", b.name), "the nodeup", DETECT)
+      kill_child(b)
+      local m = H.recv(node_event("nodedown", b.name), "the nodedown", DETECT)
+      assert.are.equal("noconnection", m[3])
+      H.refute_message(function(x) return type(x) == "table" and x[1] == "nodeup" end, "a second nodeup")
+    end)
+
+    it("reports nodes that another process connects to, and their disconnect as closed", function()
+      erlangen.monitor_nodes(true)
+      local b = start_child{connect = false}
+      erlangen.spawn(function(addr) erlangen.connect(addr) end, b.addr)
+      H.recv(node_event("nodeup", b.name), "the nodeup", DETECT)
+      assert.is_true(erlangen.disconnect(b.name))
+      assert.are.equal("closed", H.recv(node_event("nodedown", b.name), "the nodedown", DETECT)[3])
+    end)
+
+    it("sends no nodedown for a node that never came up", function()
+      erlangen.monitor_nodes(true)
+      local name = "nobody@" .. HOST
+      assert.is_false(erlangen.connect(name .. ":" .. D.closed_port()))
+      H.refute_message(node_event("nodedown", name), "a nodedown for a node that was never up")
+    end)
+
+    it("counts subscriptions, and monitor_nodes(false) removes one", function()
+      erlangen.monitor_nodes(true)
+      erlangen.monitor_nodes(true)
+      erlangen.monitor_nodes(true)
+      erlangen.monitor_nodes(false)
+      local b = start_child()
+      H.recv(node_event("nodeup", b.name), "the first nodeup", DETECT)
+      H.recv(node_event("nodeup", b.name), "the second nodeup", DETECT)
+      H.refute_message(node_event("nodeup", b.name), "a third nodeup")
+      erlangen.monitor_nodes(false)
+      erlangen.monitor_nodes(false)
+      kill_child(b)
+      H.refute_message(node_event("nodedown", b.name), "a nodedown after unsubscribing")
+    end)
+
+    it("tells processes on other nodes, and ends a subscriber's subscription with it", function()
+      local b = start_child()
+      local c = start_child()
+      local p = puppet(b)
+      must(p, "monitor_nodes", true)
+      must(p, "connect", c.addr)
+      local up = D.reported(p, node_event("nodeup", c.name), "the puppet's nodeup")
+      assert.are.equal(c.name, up[2])
+      kill_child(c)
+      local down = D.reported(p, node_event("nodedown", c.name), "the puppet's nodedown")
+      assert.are.equal("noconnection", down[3])
+    end)
+
+    it("raises for a missing flag", function()
+      assert.has_error(function() erlangen.monitor_nodes() end,
+                       "bad argument #1 to 'monitor_nodes' (value expected)")
+    end)
+  end)
+end)

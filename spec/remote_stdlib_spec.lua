@@ -6,6 +6,7 @@
 local erlangen = require "erlangen"
 local server = require "erlangen.server"
 local timer = require "erlangen.timer"
+local observer = require "erlangen.observer"
 local H = require "spec.helpers"
 local D = require "spec.dist_helpers"
 
@@ -90,6 +91,74 @@ describe("the stdlib across nodes", function()
     end)
   end)
 
+  describe("server.call to {name, node}", function()
+    it("returns the reply of the server registered there", function()
+      local c = D.start_child()
+      local srv = remote_server(c, "remote_stdlib_srv")
+      local addr = {"remote_stdlib_srv", c.name}
+      assert.are.equal(srv, erlangen.whereis("remote_stdlib_srv", c.name))
+      assert.are.equal(c.name, server.call(addr, {"node"}))
+      assert.is_true(server.cast(addr, {"set", "by name"}))
+      assert.are.equal("by name", server.call(addr, {"get"}))
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises a timeout, and the late reply never reaches the mailbox", function()
+      local c = D.start_child()
+      local srv = remote_server(c, "remote_stdlib_srv")
+      local addr = {"remote_stdlib_srv", c.name}
+      local err = server_error("timeout", addr, function() server.call(addr, {"hold"}, 0.2) end)
+      assert.are.equal(0.2, err[2])
+      H.recv(H.tagged("holding"), "the server holding the call")
+      server.cast(srv, {"release", "too late"})
+      assert.are.same({true}, server.call(addr, {"released"}))
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises noproc naming the server and the node for a name nobody has there", function()
+      local c = D.start_child()
+      local addr = {"remote_stdlib_nobody", c.name}
+      local err = server_error("noproc", addr, function() server.call(addr, {"echo", 1}) end)
+      assert.are.equal(c.name, err.node)
+      assert.matches('server.call({"remote_stdlib_nobody", "' .. c.name .. '"}): noproc (no such process on '
+        .. c.name .. ")", tostring(err), 1, true)
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises noconnection naming the node for a node that cannot be reached", function()
+      local ghost = "ghost@" .. D.HOST .. ":" .. D.closed_port()
+      local addr = {"remote_stdlib_srv", ghost}
+      local err = server_error("noconnection", addr, function() server.call(addr, {"echo", 1}, 10) end)
+      assert.are.equal(ghost, err.node)
+      assert.matches("noconnection (node " .. ghost .. " cannot be reached)", tostring(err), 1, true)
+      assert.are.same({}, H.peek())
+    end)
+
+    it("raises noconnection when the node is lost during the call", function()
+      local c = D.start_child()
+      remote_server(c, "remote_stdlib_srv")
+      local addr = {"remote_stdlib_srv", c.name}
+      local caller = erlangen.spawn_link(function(watcher, a)
+        local ok, err = pcall(server.call, a, {"hold"}, 30)
+        erlangen.send(watcher, {"call_ended", ok, type(err) == "table" and err[1] or tostring(err)})
+      end, self(), addr)
+      H.recv(H.tagged("holding"), "the server holding the call")
+      D.kill_child(c)
+      assert.are.same({"call_ended", false, "noconnection"}, H.recv(H.tagged("call_ended"), "the call's end"))
+      assert.are.equal("normal", D.exit_reason_from(caller))
+    end)
+
+    it("stops the server registered there", function()
+      local c = D.start_child()
+      local srv = remote_server(c, "remote_stdlib_srv")
+      local mref = erlangen.monitor(srv)
+      assert.is_true(server.stop({"remote_stdlib_srv", c.name}, "shutdown", 10))
+      assert.are.equal("shutdown", H.await_down(mref, "the remote server"))
+      server_error("noproc", {"remote_stdlib_srv", c.name},
+        function() server.stop({"remote_stdlib_srv", c.name}, "shutdown", 10) end)
+    end)
+  end)
+
   describe("server.call from a third node", function()
     it("returns the reply of a server on another child node", function()
       local b, c = D.start_child(), D.start_child()
@@ -100,6 +169,45 @@ describe("the stdlib across nodes", function()
                                         self(), srv, {"node"}, 10)
       assert.are.same({"called", true, c.name}, H.recv(H.tagged("called"), "the call from " .. b.name))
       assert.are.equal("normal", H.await_down(ref, "the caller on " .. b.name))
+    end)
+
+    it("reaches a server by {name, node} and gets noproc for a name nobody has there", function()
+      local b, c = D.start_child(), D.start_child()
+      remote_server(c, "remote_stdlib_srv")
+      local pb = D.puppet(b)
+      assert.is_true(D.must(pb, "connect", c.addr))
+      erlangen.spawn_opt({node = b.name}, "remote_stdlib_node.call", self(),
+                         {"remote_stdlib_srv", c.name}, {"echo", "via b"}, 10)
+      assert.are.same({"called", true, "via b"}, H.recv(H.tagged("called"), "the call from " .. b.name))
+      erlangen.spawn_opt({node = b.name}, "remote_stdlib_node.call", self(),
+                         {"remote_stdlib_nobody", c.name}, {"echo", 1}, 10)
+      local m = H.recv(H.tagged("called"), "the failed call from " .. b.name)
+      assert.are.equal(false, m[2])
+      assert.are.equal("noproc", m[3][1])
+      assert.are.equal(c.name, m[3].node)
+    end)
+  end)
+
+  describe("observer with a root on another node", function()
+    it("shows the subtree of a remote pid and of {name, node}, built there", function()
+      local c = D.start_child()
+      local srv = remote_server(c, "remote_stdlib_srv")
+      for _, root in ipairs({srv, {"remote_stdlib_srv", c.name}}) do
+        local trees, err = observer.tree{root = root}
+        assert(trees, "observer.tree of " .. H.show(root) .. ": " .. tostring(err))
+        assert.are.equal(1, #trees)
+        assert.are.equal(srv, trees[1].pid)
+        assert.are.equal("server remote_stdlib_node", trees[1].label)
+        assert.are.equal("remote_stdlib_srv", trees[1].name)
+      end
+      assert.matches("remote_stdlib_srv " .. tostring(srv), observer.text{root = srv}, 1, true)
+    end)
+
+    it("returns nil, \"noproc\" or \"noconnection\" for a root that is not there", function()
+      local c = D.start_child()
+      assert.are.same({nil, "noproc"}, {observer.tree{root = {"remote_stdlib_nobody", c.name}}})
+      local ghost = "ghost@" .. D.HOST .. ":" .. D.closed_port()
+      assert.are.same({nil, "noconnection"}, {observer.tree{root = {"remote_stdlib_srv", ghost}}})
     end)
   end)
 

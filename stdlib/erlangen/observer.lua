@@ -9,6 +9,7 @@
 -- Every function takes a snapshot: one erlangen.processes(), then one
 -- erlangen.info() per process. Processes that end meanwhile are left out;
 -- ones started meanwhile may be missing. Nothing here stops or pauses them.
+-- A root on another node is snapshot there, by a process spawned on it.
 
 local erlangen = require "erlangen"
 local gen = require "erlangen.gen"

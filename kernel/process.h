@@ -68,11 +68,11 @@ typedef struct proc {
   term_id pid;                     /* immutable */
   lua_State *L;                    /* owner only */
   term_id last_pid;                /* owner only, send's cache: the pid of the last lookup */
-  int node_monitors;               /* owner only: it called monitor_node (forget its
-                                   ** subscriptions at exit) */
   /* Memory of the state, published by its allocator (state_slot) with a
   ** relaxed store for readers. */
   _Atomic size_t mem_pub;
+  int node_monitors;               /* owner only: it called monitor_node (forget its
+                                   ** subscriptions at exit); beside `entry`, in one word */
   /* Spawn payload: written before the process is handed to a thread (the
   ** pool lock orders it), then consumed by that thread. */
   proc_entry entry;

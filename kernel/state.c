@@ -789,10 +789,34 @@ static int resolve(lua_State *L, const char *name) {
   return 0;
 }
 
+/* The first process state's own package paths (every state starts with
+** the same), published once with a compare-and-swap. */
+static _Atomic(char *) default_paths;
+
+const char *state_default_paths(void) { return atomic_load_explicit(&default_paths, memory_order_acquire); }
+
+static void note_default_paths(lua_State *L) {
+  if (atomic_load_explicit(&default_paths, memory_order_relaxed)) return;
+  if (lua_getglobal(L, "package") != LUA_TTABLE) { lua_pop(L, 1); return; }
+  lua_getfield(L, -1, "path");
+  lua_getfield(L, -2, "cpath");
+  size_t a, b;
+  const char *path = lua_tolstring(L, -2, &a), *cpath = lua_tolstring(L, -1, &b);
+  char *copy = path && cpath ? malloc(a + b + 2) : NULL;
+  if (copy) {
+    memcpy(copy, path, a + 1);
+    memcpy(copy + a + 1, cpath, b + 1);
+    char *none = NULL;
+    if (!atomic_compare_exchange_strong(&default_paths, &none, copy)) free(copy);
+  }
+  lua_pop(L, 3);
+}
+
 /* Leaves the entry function and its arguments on the stack; returns the
 ** argument count, or -1 with an error value on the stack. */
 static int load_entry(lua_State *L, proc *p) {
   int n;
+  note_default_paths(L);
   if (p->paths) {   /* the spawner's, before anything is required */
     lua_getglobal(L, "package");
     if (lua_istable(L, -1)) {

@@ -114,6 +114,10 @@ int state_is_kernel(lua_State *L);
 /* Puts stdlib/ on package.path of L unless it is there (for stock lua). */
 void state_add_stdlib_path(lua_State *L);
 
+/* The package.path and package.cpath a process state starts with, as
+** "path\0cpath\0", or NULL until the first process has started. */
+const char *state_default_paths(void);
+
 /* For kernel threads, which have no lua_State: sends {"$log", level, text,
 ** fields, nil, system time} to the registered logger ("erlangen.log")
 ** without waiting, building it in a temporary state. `fields` holds n

@@ -125,11 +125,19 @@ static void check_entry(lua_State *L, int arg) {
 }
 
 /* The caller's package.path and package.cpath, for a child that inherits
-** them (pushed: they live until the caller's frame ends). */
+** them (pushed: they live until the caller's frame ends); one that is what
+** a new state has anyway is not passed. */
 static void inherit_paths(lua_State *L, proc_opts *o, int path, int cpath) {
   if (lua_getglobal(L, "package") != LUA_TTABLE) return;
-  if (path && lua_getfield(L, -1, "path") == LUA_TSTRING) o->path = lua_tostring(L, -1);
-  if (cpath && lua_getfield(L, path ? -2 : -1, "cpath") == LUA_TSTRING) o->cpath = lua_tostring(L, -1);
+  const char *def = state_default_paths();
+  if (path && lua_getfield(L, -1, "path") == LUA_TSTRING) {
+    o->path = lua_tostring(L, -1);
+    if (def && strcmp(o->path, def) == 0) o->path = NULL;
+  }
+  if (cpath && lua_getfield(L, path ? -2 : -1, "cpath") == LUA_TSTRING) {
+    o->cpath = lua_tostring(L, -1);
+    if (def && strcmp(o->cpath, def + strlen(def) + 1) == 0) o->cpath = NULL;
+  }
 }
 
 /* Spawns with the function at `fn` and the values above it as arguments;

@@ -14,7 +14,7 @@ local self = erlangen.self
 local must = C.must
 local G = "erlangen.global"
 
--- A forward of the member `pid` (pg_node.member) that holds `m[k] == v`.
+-- Matches the forward (pg_node.member) of a message tagged `tag` to member `pid`.
 local function member_got(pid, tag)
   return function(m)
     return type(m) == "table" and m[1] == "member_got" and m[2] == pid

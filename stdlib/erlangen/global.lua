@@ -44,9 +44,20 @@ local node_of = erlangen.node
 -- (ref -> {name, pid, from, waiting = {server pid -> true}, refused}).
 local ns = {}
 
+-- The nodes with a link up, as a set.
+local function up_nodes()
+  local up = {}
+  for _, n in ipairs(erlangen.nodes()) do up[n] = true end
+  return up
+end
+
+-- Sends to the peers on nodes with a link up only: a send to a node
+-- without one would connect to it, healing a partition that its maker
+-- means to hold; the nodedown of a peer not yet handled comes soon.
 local function broadcast(state, msg, except)
-  for p in pairs(state.peers) do
-    if p ~= except then erlangen.send(p, msg) end
+  local up = up_nodes()
+  for p, peer in pairs(state.peers) do
+    if p ~= except and up[peer.node] then erlangen.send(p, msg) end
   end
 end
 
@@ -163,9 +174,11 @@ function calls.register(state, from, name, pid)
   state.names[name] = pid
   local mref = erlangen.monitor(pid)
   state.mine[name], state.by_mref[mref] = mref, name
-  if next(state.peers) == nil then return true end
-  local ref, waiting = erlangen.ref(), {}
-  for p in pairs(state.peers) do waiting[p] = true end
+  local ref, waiting, up = erlangen.ref(), {}, up_nodes()
+  for p, peer in pairs(state.peers) do
+    if up[peer.node] then waiting[p] = true end
+  end
+  if next(waiting) == nil then return true end
   state.claims[ref] = {name = name, pid = pid, from = from, waiting = waiting}
   broadcast(state, {"g_claim", erlangen.self(), ref, name, pid})
   return server.noreply

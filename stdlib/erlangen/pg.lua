@@ -123,8 +123,14 @@ local function notify(state, kind, group, pids)
   end
 end
 
+-- Sends to the peers on nodes with a link up only: a send to a node
+-- without one would connect to it (its nodedown, not yet handled, comes soon).
 local function broadcast(state, msg)
-  for p in pairs(state.peers) do erlangen.send(p, msg) end
+  local up = {}
+  for _, n in ipairs(erlangen.nodes()) do up[n] = true end
+  for p, peer in pairs(state.peers) do
+    if up[peer.node] then erlangen.send(p, msg) end
+  end
 end
 
 local function discover(state, node)

@@ -1060,7 +1060,6 @@ int dist_monitor_nodes(proc *self, int on) {
 }
 
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
-  if (why) announce(idx, 0, why);
   down_walk w = { idx, creation };
   proc_foreach(down_one, &w);
   /* Pending spawns on that node fail; abandoned ones will get no reply. */
@@ -1084,6 +1083,7 @@ void dist_node_down(uint32_t idx, uint32_t creation, const char *why) {
   for (size_t i = 0; msg && i < n; i++) deliver(subs[i], msg, len, (term_id){0, 0, 0});
   free(msg);
   free(subs);
+  if (why) announce(idx, 0, why);   /* last, as monitor_node's: after every noconnection */
 }
 
 int dist_monitor_node(proc *self, uint32_t idx, int on) {

@@ -271,6 +271,24 @@ print("end")]]
       assert.are.equal("closed", H.recv(node_event("nodedown", b.name), "the nodedown", DETECT)[3])
     end)
 
+    it("sends nodedown after the link's noconnection DOWN and monitor_node's nodedown", function()
+      local b = start_child()
+      local p = puppet(b)
+      local ref = erlangen.monitor(p)
+      erlangen.monitor_nodes(true)
+      erlangen.monitor_node(b.name)
+      kill_child(b)
+      local seen = {}
+      for _ = 1, 3 do
+        local m = H.recv(function(x)
+          return type(x) == "table" and ((x[1] == "DOWN" and x[2] == ref) or
+                                         (x[1] == "nodedown" and x[2] == b.name))
+        end, "the DOWN and the two nodedowns", DETECT)
+        seen[#seen + 1] = m[1] .. "/" .. #m
+      end
+      assert.are.same({"DOWN/4", "nodedown/2", "nodedown/3"}, seen)
+    end)
+
     it("sends no nodedown for a node that never came up", function()
       erlangen.monitor_nodes(true)
       local name = "nobody@" .. HOST

@@ -344,6 +344,8 @@ static void sweep(io *t, double now) {
   }
 }
 
+/* ---- connecting (the handshake is handshake.c's) ---- */
+
 int conn_connect(uint32_t idx, double deadline, char *err, size_t errlen) {
   if (!atomic_load(&conn_G.running)) { snprintf(err, errlen, "this node is not started (start_node)"); return -1; }
   const char *name = node_name(idx);

@@ -1,14 +1,15 @@
 /*
 ** conn.h — links between nodes: listening, connecting with the Noise
-** handshake (noise.h), and one authenticated, encrypted connection per
-** pair of nodes with a reader thread, a writer thread, a bounded outgoing
-** buffer and heartbeats. What the records inside mean is dist.c's concern.
+** handshake (noise.h, handshake.h), and one authenticated, encrypted
+** connection per pair of nodes, served by one of a fixed set of I/O
+** threads, with a bounded outgoing buffer and heartbeats. What the records
+** inside mean is dist.c's concern.
 **
-** A connection is reference counted (the node table, its two threads, and
+** A connection is reference counted (the node table, its I/O thread, and
 ** anyone holding it from node_conn). Its `lock` guards the outgoing encoder
-** and `closing`; the decoder belongs to the reader thread alone.
+** and `closing`; the decoder belongs to its I/O thread alone.
 ** Nothing is allocated for a peer before its confirmation frame has
-** decrypted: handshakes run in the acceptor thread on stack buffers.
+** decrypted: accepted handshakes run in I/O thread 0 over fixed slots.
 */
 #ifndef erlangen_conn_h
 #define erlangen_conn_h
@@ -28,7 +29,7 @@ typedef struct conn_config {
 
 enum { CONN_OK = 0, CONN_FULL = 1, CONN_CLOSED = 2 };
 
-/* Starts listening on host:port (port 0: any) and the acceptor thread.
+/* Starts listening on host:port (port 0: any) and the I/O threads.
 ** *port gets the bound port. The configuration is copied. Returns 0, or -1
 ** with a message in err. */
 int conn_start(const conn_config *cfg, const char *host, int *port, char *err, size_t errlen);
@@ -57,7 +58,7 @@ uint32_t conn_node(const conn *c);            /* the peer's node index */
 uint32_t conn_peer_creation(const conn *c);   /* the peer's creation */
 
 /* Ends the link: in order (a CLOSE frame) or at once. The node layer hears
-** of it (dist_node_down) from the reader thread. */
+** of it (dist_node_down) from the link's I/O thread. */
 void conn_close(conn *c, int orderly);
 
 /* 1 on an I/O thread, which must never wait (conn.c). */

@@ -26,7 +26,7 @@
 #include "registry.h"
 #include "state.h"
 
-/* Record types (the first byte of a record; 0 is conn.c's ACCEPT). */
+/* Record types (the first byte of a record; 0 is REC_ACCEPT, conn_impl.h). */
 enum {
   R_SEND = 1,        /* to, to_creation, msg */
   R_SEND_NAME,       /* name, msg */

@@ -102,14 +102,15 @@ int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 ** subscription. Returns 0, or -1 when out of memory. */
 int dist_monitor_nodes(struct proc *self, int on);
 
-/* From conn.c: a record arrived, a link came up, a link was lost.
-** dist_node_up tells the monitor_nodes subscribers that a link was
-** installed, before any record of it is read. dist_node_down fires the lost link's signals, then
-** monitor_node's nodedown, then monitor_nodes' with `why` (NULL: a
-** connect that never came up);
-** dist_link_lost logs the loss (dist_report) unless `why` is "closed". A
-** caller that holds a link's lock logs after it lets go: the report makes a
-** Lua state. dist_node_up and dist_node_down deliver locally only. */
+/* From the link layer (conn.c, handshake.c): a record arrived, a link
+** came up, a link was lost. dist_node_up tells the monitor_nodes
+** subscribers that a link was installed, before any record of it is read.
+** dist_node_down fires the lost link's signals, then monitor_node's
+** nodedown, then monitor_nodes' with `why` (NULL: a connect that never
+** came up); dist_link_lost logs the loss (dist_report) unless `why` is
+** "closed". A caller that holds a link's lock logs after it lets go: the
+** report makes a Lua state. dist_node_up and dist_node_down deliver
+** locally only. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
 void dist_node_up(uint32_t idx);
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why);

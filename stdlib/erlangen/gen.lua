@@ -21,6 +21,9 @@
 --       Returns v if it is an address, else raises
 --       "bad argument #n to 'fname' (pid, name or {name, node} expected, got X)".
 --   gen.is_address(v) -> boolean
+--   gen.is_node_name(v) -> boolean
+--       Whether v has the shape of a node name, "name@host" or
+--       "name@host:port" (the kernel checks the rest when it connects).
 --   gen.node_of(addr) -> string
 --       The node the address points at (this node for a local name).
 --   gen.resolve(addr) -> dest | nil
@@ -104,6 +107,7 @@ end
 local function is_node_name(s)
   return type(s) == "string" and s:match("^[^@%s]+@[^@%s]+$") ~= nil
 end
+gen.is_node_name = is_node_name
 
 local function is_remote_name(v)
   return type(v) == "table" and getmetatable(v) == nil and type(v[1]) == "string" and v[1] ~= ""

@@ -192,13 +192,15 @@ end
 -- linked to the starter. The supervisor then links to the child and tells the
 -- starter, which only then unlinks and ends: until the supervisor's link is in
 -- place, the starter's link guards the child, and if the supervisor is lost first
--- the starter kills the child, so none outlives its supervisor.
+-- the starter kills the child, so none outlives its supervisor. A child
+-- started with a link takes the supervisor as its parent (gen.set_parent).
 
 -- The starter's body (spawned on the child's node by the supervisor `sup`).
 -- Not for direct use.
 function supervisor.start_remote(sup, start, extra)
   local me = erlangen.self()
   local sup_ref = erlangen.monitor(sup)
+  gen.set_parent(sup)   -- a child supervisor ends on sup's EXIT, not the ended starter's
   local pid, reason = call_start(start, extra)
   if not pid then
     erlangen.send(sup, {"$sup_remote", me, false, reason}, 5)
@@ -709,7 +711,7 @@ local function start(fname, spec, link)
   if not checked then error(fname .. ": " .. err, 3) end
   local pid, reason = gen.start{fname = fname, level = 3, body = "erlangen.supervisor.init_it",
                                 spawn = {link = link, trap_exit = true, name = checked.name},
-                                args = table.pack(link and erlangen.self() or false, checked)}
+                                args = table.pack(link and gen.parent() or false, checked)}
   return pid, reason
 end
 

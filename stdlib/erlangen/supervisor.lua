@@ -733,7 +733,7 @@ end
 -- The error value raised by a call that got no answer: {kind, detail, op=,
 -- supervisor=, node=}, kind being "noproc" (detail: the node), "calling_self",
 -- "exit" (detail: the supervisor's exit reason), "noconnection" (detail: the
--- supervisor's node) or "timeout" (stop only); the shape of erlangen.server's
+-- supervisor's node) or "timeout" (stop, which_children with a timeout); the shape of erlangen.server's
 -- call errors.
 local call_error_mt = {__name = "erlangen.supervisor.error"}
 

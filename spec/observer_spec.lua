@@ -536,3 +536,111 @@ while erlangen.info(p).status ~= "waiting" do erlangen.sleep(0.002) end
     assert.are.equal("no process nobody\n", run('erlangen.tree{root = "nobody"}'))
   end)
 end)
+
+describe("observer with a supervisor's children on other nodes", function()
+  local D = require "spec.dist_helpers"
+  local S = require "sup_support"
+  local supervisor = require "erlangen.supervisor"
+  setup(D.this_node)
+  teardown(D.teardown)
+  before_each(D.before_each)
+  after_each(D.after_each)
+
+  -- A sup_child spec whose child runs on `node`.
+  local function remote(id, node)
+    local c = S.child(id)
+    c.node = node
+    return c
+  end
+
+  -- {pid, node} of each node of `list` whose pid is in `pids` (all if nil),
+  -- in order. (A supervisor's report may have spawned a logger under it.)
+  local function where(list, pids)
+    local want, out = {}, {}
+    for _, p in ipairs(pids or {}) do want[p] = true end
+    for _, n in ipairs(list) do
+      if pids == nil or want[n.pid] then out[#out + 1] = {n.pid, n.node} end
+    end
+    return out
+  end
+
+  -- A supervisor here with child l here and one child on each of two other
+  -- nodes; returns it, the nodes (sorted by name) and the children's pids.
+  -- This process takes the log's reports, so that no logger is spawned
+  -- under the supervisor.
+  local function two_node_tree()
+    assert(S.capture_log(), "could not take the name erlangen.log for the test")
+    finally(S.release_log)
+    local b, c = D.start_child(), D.start_child()
+    if c.name < b.name then b, c = c, b end
+    local sup = S.start{children = {remote("rc", c.name), S.child("l"), remote("rb", b.name)}}
+    local _, msgs = S.events(3)
+    return sup, b, c, {rc = msgs[1][3], l = msgs[2][3], rb = msgs[3][3]}
+  end
+
+  it("shows each child under its supervisor with its node, this node first, then by name", function()
+    local sup, b, c, p = two_node_tree()
+    local tree = assert(observer.tree{root = sup})
+    assert.are.same({{sup, erlangen.node()}}, where(tree))
+    assert.are.same({{p.l, erlangen.node()}, {p.rb, b.name}, {p.rc, c.name}}, where(tree[1].children))
+    assert.are.same({p.l, p.rb, p.rc}, tree[1].links)
+    local rb = find_node(tree, p.rb)
+    assert.are.same({sup}, rb.links)
+    assert.is_number(rb.mailbox, "the child's fields come from its own node")
+    supervisor.stop(sup)
+  end)
+
+  it("shows them in the whole tree too, under the supervisor and never as extra links", function()
+    local sup, b, c, p = two_node_tree()
+    local node = assert(find_node(assert(observer.tree()), sup), "the supervisor is in the tree")
+    assert.are.same({{p.l, erlangen.node()}, {p.rb, b.name}, {p.rc, c.name}}, where(node.children))
+    local lines = {}
+    for line in observer.text{root = sup, ascii = true}:gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+    assert.are.equal(4, #lines, table.concat(lines, "\n"))
+    assert.matches("^" .. tostring(sup):gsub("%p", "%%%0") .. " %[supervisor%] %a+ %d+/%d+$", lines[1])
+    assert.matches("^|%- " .. tostring(p.l):gsub("%p", "%%%0") .. " ", lines[2])
+    assert.matches("^|%- <" .. b.name:gsub("%p", "%%%0") .. "%.%d+> %a+ %d+/%d+$", lines[3])
+    assert.matches("^`%- <" .. c.name:gsub("%p", "%%%0") .. "%.%d+> %a+ %d+/%d+$", lines[4])
+    supervisor.stop(sup)
+  end)
+
+  it("draws the children of each other node in a cluster named after it, with solid edges", function()
+    local sup, b, c, p = two_node_tree()
+    local text = assert(observer.dot{root = sup})
+    local function plain(s) return (s:gsub("%p", "%%%0")) end
+    for _, n in ipairs({{b.name, p.rb}, {c.name, p.rc}}) do
+      local cluster = text:match('subgraph "cluster_%d+" {\n    label="' .. plain(n[1]) .. '";[^\n]*\n(.-)\n  }')
+      assert(cluster, "a cluster for " .. n[1] .. " in\n" .. text)
+      assert.matches('^    "' .. plain(tostring(n[2])) .. '" %[shape=ellipse', cluster)
+      assert.matches('  "' .. plain(tostring(sup)) .. '" %-> "' .. plain(tostring(n[2])) .. '";\n', text)
+    end
+    assert.is_nil(text:find("dashed, dir", 1, true), "no link is drawn beside the tree:\n" .. text)
+    supervisor.stop(sup)
+  end)
+
+  it("shows a supervisor on another node with its own children there", function()
+    local b = D.start_child()
+    local sub = {id = "sub", node = b.name, type = "supervisor",
+                 start = {"erlangen.supervisor.start_link", {children = {S.child("w")}}}}
+    local sup = S.start{children = {sub}}
+    local w = select(2, S.events(1))[1][3]
+    local tree = assert(observer.tree{root = sup})
+    local pid = supervisor.which_children(sup)[1].pid
+    local node, parent = find_node(tree, pid)
+    assert.are.same({sup, b.name, "supervisor"}, {parent.pid, node.node, node.label})
+    assert.are.same({{w, b.name}}, where(node.children, {w}))
+    supervisor.stop(sup)
+  end)
+
+  it("shows a child on this node under its supervisor on another node", function()
+    local b = D.start_child()
+    erlangen.spawn_opt({node = b.name}, "erlangen.supervisor.start",
+      {name = "osup", children = {remote("here", erlangen.node())}})
+    local here = select(2, S.events(1, "the child here"))[1][3]
+    assert.are.equal(erlangen.node(), erlangen.node(here))
+    local tree = assert(observer.tree{root = {"osup", b.name}})
+    assert.are.equal(b.name, tree[1].node)
+    assert.are.same({{here, erlangen.node()}}, where(tree[1].children, {here}))
+    supervisor.stop({"osup", b.name})
+  end)
+end)

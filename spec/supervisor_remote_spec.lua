@@ -1,7 +1,8 @@
 -- erlangen.supervisor with children on other nodes: a remote child started,
 -- listed with its node, restarted there, counted when its node is lost,
--- stopped in order with local ones; a supervisor called by {name, node} and
--- by a remote pid; and bad input.
+-- stopped in order with local ones, a child supervisor there stopped by its
+-- parent; a supervisor called and stopped by {name, node} and by a remote
+-- pid; and bad input.
 --
 -- The busted process is one node; the others are real `erlangen` child
 -- nodes started and killed through spec/dist_helpers.lua. The children are
@@ -155,6 +156,18 @@ describe("a supervisor with a child on another node", function()
     for _, f in ipairs(failed) do assert.matches("noconnection", tostring(f.reason), 1, true) end
   end)
 
+  it("stops a child supervisor there, which ends on its supervisor's EXIT as its parent", function()
+    local b = D.start_child()
+    local sub = {id = "sub", node = b.name, type = "supervisor",
+                 start = {"erlangen.supervisor.start_link", {children = {S.child("w")}}}}
+    local sup = S.start{children = {sub}}
+    assert.are.same({"start w"}, S.events(1))
+    local ref = erlangen.monitor(S.pid_of(sup, "sub"))
+    supervisor.stop(sup)
+    assert.are.same({"stop w"}, S.events(1))
+    assert.are.equal("shutdown", H.await_down(ref, "the child supervisor's end"))
+  end)
+
   it("stops local and remote children right to left, killing one after its shutdown time", function()
     local b, c = D.start_child(), D.start_child()
     local sup = S.start{children = {
@@ -203,6 +216,32 @@ describe("a supervisor on another node", function()
       tostring(err), 1, true)
   end)
 
+  it("is stopped by {name, node}, and stop raises noproc for a name not registered there", function()
+    local b = D.start_child()
+    local ref = erlangen.monitor(remote_sup(b, "rsup"))
+    assert.is_true(supervisor.stop({"rsup", b.name}, "bye"))
+    assert.are.same({"stop w"}, S.events(1))
+    assert.are.equal("bye", H.await_down(ref, "the supervisor's end"))
+    local err = H.error_of(function() supervisor.stop({"rsup", b.name}) end)
+    assert.are.same({"noproc", b.name, "stop"}, {err[1], err[2], err.op})
+    assert.are.same({"rsup", b.name}, err.supervisor)
+  end)
+
+  it("raises timeout from which_children(sup, timeout) when no answer comes in time", function()
+    local b = D.start_child()
+    local sup = S.start{children = {}}
+    local spec = {id = "late", node = b.name, start = {"remote_child.start_on_go", self(), "late"}}
+    erlangen.spawn(function(s, c) require("erlangen.supervisor").start_child(s, c) end, sup, spec)
+    local starter = H.recv(H.tagged("starting"), "the start function on " .. b.name)[2]
+    -- the supervisor waits for the start on b until "go"
+    local err = H.error_of(function() supervisor.which_children(sup, 0.1) end)
+    assert.are.same({"timeout", "which_children", sup}, {err[1], err.op, err.supervisor})
+    erlangen.send(starter, "go")
+    assert.are.same({"start late"}, S.events(1))
+    assert.are.equal("late", supervisor.which_children(sup, 60)[1].id)
+    supervisor.stop(sup)
+  end)
+
   it("raises noconnection when its node is lost, by name and by pid", function()
     local b = D.start_child()
     local pid = remote_sup(b, "rsup")
@@ -212,6 +251,8 @@ describe("a supervisor on another node", function()
     local by_pid = H.error_of(function() supervisor.count_children(pid) end)
     assert.are.same({"noconnection", b.name}, {by_pid[1], by_pid[2]})
     assert.matches("noconnection (no link to node " .. b.name .. ")", tostring(by_pid), 1, true)
+    local stop = H.error_of(function() supervisor.stop({"rsup", b.name}) end)
+    assert.are.same({"noconnection", b.name, "stop"}, {stop[1], stop[2], stop.op})
   end)
 end)
 
@@ -270,6 +311,9 @@ describe("a remote child: bad input", function()
     err = H.error_of(function() supervisor.stop({"sup", "nohost"}) end)
     assert.matches("supervisor_remote_spec.lua:%d+: bad argument #1 to 'stop' "
       .. '%(pid, name or {name, node} expected, got {name, node} with node "nohost"%)', err)
+    err = H.error_of(function() supervisor.which_children(self(), -1) end)
+    assert.matches("supervisor_remote_spec.lua:%d+: bad argument #2 to 'which_children' "
+      .. "%(number of seconds >= 0 expected, got %-1%)", err)
     err = H.error_of(function() supervisor.count_children(erlangen.alias()) end)
     assert.matches("supervisor_remote_spec.lua:%d+: bad argument #1 to 'count_children' "
       .. "%(pid, name or {name, node} expected, got an alias%)", err)

@@ -21,6 +21,9 @@
 --       Returns v if it is an address, else raises
 --       "bad argument #n to 'fname' (pid, name or {name, node} expected, got X)".
 --   gen.is_address(v) -> boolean
+--   gen.is_node_name(v) -> boolean
+--       Whether v has the shape of a node name, "name@host" or
+--       "name@host:port" (the kernel checks the rest when it connects).
 --   gen.node_of(addr) -> string
 --       The node the address points at (this node for a local name).
 --   gen.resolve(addr) -> dest | nil
@@ -54,6 +57,14 @@
 --       spawn error raises "<o.fname>: <error>", args[i] renamed
 --       o.arg_names[i]; o.level is error()'s level as seen from the caller
 --       of gen.start.
+--   gen.parent() -> pid
+--       The parent a behaviour started now with a link takes (the process
+--       whose EXIT ends it): the caller, or in a process that called
+--       gen.set_parent, that pid.
+--   gen.set_parent(pid)
+--       For a supervisor's starter on another node: the children it starts
+--       take the supervisor as their parent, as under OTP, not the starter
+--       (which ends once the supervisor has linked to the child).
 --   gen.ack(ack, ok [, reason])
 --       In the started process: tells its starter that init succeeded
 --       (ok true) or failed with `reason`; a failing process unlinks its
@@ -104,6 +115,7 @@ end
 local function is_node_name(s)
   return type(s) == "string" and s:match("^[^@%s]+@[^@%s]+$") ~= nil
 end
+gen.is_node_name = is_node_name
 
 local function is_remote_name(v)
   return type(v) == "table" and getmetatable(v) == nil and type(v[1]) == "string" and v[1] ~= ""
@@ -179,6 +191,12 @@ function gen.call(addr, msg_of, timeout)
 end
 
 -- Start ----------------------------------------------------------------------------
+
+local parent_override = nil   -- this process's (each has its own lua_State)
+
+function gen.parent() return parent_override or erlangen.self() end
+
+function gen.set_parent(pid) parent_override = pid end
 
 function gen.ack(ack, ok, reason)
   if ok then return erlangen.send(ack, {ack, true}, ACK_SPACE_WAIT) end

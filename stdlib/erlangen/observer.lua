@@ -9,7 +9,10 @@
 -- Every function takes a snapshot: one erlangen.processes(), then one
 -- erlangen.info() per process. Processes that end meanwhile are left out;
 -- ones started meanwhile may be missing. Nothing here stops or pauses them.
--- A root on another node is snapshot there, by a process spawned on it.
+-- A root on another node is snapshot there, by a process spawned on it; so
+-- is a supervisor's child on another node, which is grafted under its
+-- supervisor (the only message the observer sends a process is a supervisor's
+-- which_children, and only to one linked to another node).
 
 local erlangen = require "erlangen"
 local gen = require "erlangen.gen"
@@ -71,14 +74,20 @@ end
 
 -- The snapshot ---------------------------------------------------------------
 
--- Sort key of a pid: its node and number from "<node.n>", so that siblings
--- come in spawn order (pids are never reused and grow with each spawn).
-local function pid_order(pid)
-  local node, n = tostring(pid):match("^<(%d+)%.(%d+)>$")
-  return (tonumber(node) or 0) * 2^53 + (tonumber(n) or 0)
+-- Sort key of a pid: this node first, then other nodes by name; within a
+-- node, the number from "<...n>", so that siblings come in spawn order
+-- (pids are never reused and grow with each spawn).
+local function pid_key(pid)
+  local node = erlangen.node(pid)
+  return node == erlangen.node() and "" or node, tonumber(tostring(pid):match("%.(%d+)>$")) or 0
 end
 
-local function by_pid(a, b) return pid_order(a) < pid_order(b) end
+local function by_pid(a, b)
+  local na, sa = pid_key(a)
+  local nb, sb = pid_key(b)
+  if na ~= nb then return na < nb end
+  return sa < sb
+end
 
 local function sorted_pids(list)
   local copy = {}
@@ -87,28 +96,30 @@ local function sorted_pids(list)
   return copy
 end
 
+local function by_node_pid(a, b) return by_pid(a.pid, b.pid) end
+
 -- Builds every live process's node and links each to its parent's node.
 -- Returns the roots (in pid order) and the nodes by pid. A parent is always
 -- spawned before its child, so following parents never loops.
 local function snapshot()
   local nodes, list = {}, {}
+  local here = erlangen.node()
   for _, pid in ipairs(erlangen.processes()) do
     local info = erlangen.info(pid)
     if info then
       local node = {
-        pid = pid, name = info.name, label = info.label, status = info.status,
+        pid = pid, node = here, name = info.name, label = info.label, status = info.status,
         mailbox = info.mailbox, capacity = info.capacity, dropped = info.dropped,
         parent = info.parent, links = sorted_pids(info.links), children = {},
-        order = pid_order(pid),
+        trap_exit = info.trap_exit,
       }
       nodes[pid] = node
       list[#list + 1] = node
     end
   end
-  table.sort(list, function(a, b) return a.order < b.order end)
+  table.sort(list, by_node_pid)
   local roots = {}
   for _, node in ipairs(list) do
-    node.order = nil
     local parent = node.parent and nodes[node.parent]
     if parent then
       parent.children[#parent.children + 1] = node
@@ -119,56 +130,154 @@ local function snapshot()
   return roots, nodes
 end
 
--- The subtree of `root` (a pid or name of this node) as {node}, or nil,
--- "noproc" when it is not a live process.
-local function local_forest(root)
+-- Children on other nodes ------------------------------------------------------
+
+-- A supervisor's child on another node was spawned there, so no snapshot of
+-- this node holds it: it is grafted under its supervisor, as its own node
+-- sees it. Only an erlangen.supervisor (label "supervisor", trapping exits)
+-- that links to a pid of another node is asked its which_children; the
+-- others are never sent anything, so a stuck one cannot hide the tree.
+
+local remote_forest
+
+local function asks_children(node)
+  if node.label ~= "supervisor" or not node.trap_exit then return false end
+  for _, pid in ipairs(node.links) do
+    if erlangen.node(pid) ~= node.node then return true end
+  end
+  return false
+end
+
+-- The seconds left until `deadline`.
+local function left(deadline) return math.max(0, deadline - erlangen.now()) end
+
+-- Grafts under each supervisor of `trees` (and of what is grafted) its
+-- children on other nodes, asking each node once and by `deadline`. A child
+-- whose node did not answer is a node with only pid, node, status (the
+-- reason: "noconnection") and empty links and children; one that ended
+-- meanwhile is left out. Returns the set of grafted pids.
+local function graft(trees, deadline)
+  local supervisor = require "erlangen.supervisor"
+  local wanted, nodes_asked = {}, {}   -- node name -> { {sup = tree node, pid = child} }
+  local function visit(node)
+    for _, child in ipairs(node.children) do visit(child) end
+    if not asks_children(node) then return end
+    local ok, list = pcall(supervisor.which_children, node.pid, left(deadline))
+    if not ok then return end    -- it ended or did not answer: its links still show
+    for _, c in ipairs(list) do
+      if c.pid and c.node ~= node.node then
+        if not wanted[c.node] then wanted[c.node] = {}; nodes_asked[#nodes_asked + 1] = c.node end
+        table.insert(wanted[c.node], {sup = node, pid = c.pid})
+      end
+    end
+  end
+  for _, tree in ipairs(trees) do visit(tree) end
+  local grafted = {}
+  local function mark(node)
+    grafted[node.pid] = true
+    for _, child in ipairs(node.children) do mark(child) end
+  end
+  table.sort(nodes_asked)
+  for _, name in ipairs(nodes_asked) do
+    local asks, pids = wanted[name], {}
+    for i, a in ipairs(asks) do pids[i] = a.pid end
+    local got, why = remote_forest(name, pids, deadline)
+    for i, a in ipairs(asks) do
+      local tree = got and got[i]
+      if not got then
+        tree = {pid = a.pid, node = name, status = why, links = {}, children = {}}
+      end
+      if tree then
+        mark(tree)
+        local kids = a.sup.children
+        kids[#kids + 1] = tree
+        table.sort(kids, by_node_pid)
+      end
+    end
+  end
+  return grafted
+end
+
+-- The subtrees of `roots` (pids or names of this node), children on other
+-- nodes grafted by `deadline`, as a list holding for each root its node or
+-- false when it is not a live process.
+local function local_forests(roots, deadline)
   local _, nodes = snapshot()
-  local pid = gen.resolve(root)
-  local node = pid and nodes[pid]
-  if not node then return nil, "noproc" end
-  return {node}
+  local trees, found = {}, {}
+  for i, root in ipairs(roots) do
+    local pid = gen.resolve(root)
+    trees[i] = pid and nodes[pid] or false
+    if trees[i] then found[#found + 1] = trees[i] end
+  end
+  graft(found, deadline)
+  return trees
 end
 
--- The body of a remote spawn that builds `root`'s subtree on its own node
--- (erlangen.info is local only) and sends {reply_to, forest, err} back.
-function observer.remote_forest(reply_to, root)
-  local trees, err = local_forest(root)
-  erlangen.send(reply_to, {reply_to, trees, err}, REMOTE_TIMEOUT)
+-- The body of a remote spawn that builds the subtrees of `roots` on its own
+-- node (erlangen.info is local only) within `budget` seconds and sends
+-- {reply_to, trees} back (trees as local_forests gives them).
+function observer.remote_forest(reply_to, roots, budget)
+  local deadline = erlangen.now() + budget
+  local trees = local_forests(roots, deadline)
+  erlangen.send(reply_to, {reply_to, trees}, left(deadline) + 1)
 end
 
--- `root`'s subtree built on `node`; nil, "noproc" or "noconnection" when
--- the root is not running there or the node does not answer in time.
-local function remote_forest(node, root)
+-- The subtrees of `roots` built on `node` (a list as local_forests gives
+-- it), or nil, "noconnection" when the node cannot be reached or does not
+-- answer by `deadline`, nil, "noproc" when the builder ended unanswered. The node gets half the time left for its own grafts,
+-- so that its answer can arrive in time.
+function remote_forest(node, roots, deadline)
+  local wait = left(deadline)
+  if wait <= 0 then return nil, "noconnection" end
   local alias = erlangen.alias()
-  local ok, pid, mref = pcall(erlangen.spawn_opt, {node = node, monitor = true, timeout = REMOTE_TIMEOUT},
-                              "erlangen.observer.remote_forest", alias, root)
+  local ok, pid, mref = pcall(erlangen.spawn_opt, {node = node, monitor = true, timeout = wait},
+                              "erlangen.observer.remote_forest", alias, roots, wait / 2)
   if not ok then erlangen.unalias(alias); return nil, "noconnection" end
   local m = erlangen.receive(function(x)
     return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
-  end, REMOTE_TIMEOUT)
+  end, left(deadline))
   erlangen.unalias(alias)
   erlangen.demonitor(mref, true)
-  if m and m[1] == alias then return m[2], m[3] end
+  if m and m[1] == alias then return m[2] end
   if m and m[4] ~= "noconnection" then return nil, "noproc" end
-  erlangen.exit(pid, "kill")
+  if not m then erlangen.exit(pid, "kill") end
   return nil, "noconnection"
 end
 
 -- The forest to show for `opts`: every root, or only opts.root's subtree
--- (built on the root's node). Returns nil, "noproc" when opts.root is not a
--- live process, nil, "noconnection" when its node cannot be reached.
+-- (built on the root's node), supervisors' children on other nodes grafted
+-- within REMOTE_TIMEOUT. Returns nil, "noproc" when opts.root is not a live
+-- process, nil, "noconnection" when its node cannot be reached.
 local function forest(opts)
   local root = opts.root
-  if root == nil then return (snapshot()) end
+  local deadline = erlangen.now() + REMOTE_TIMEOUT
+  if root == nil then
+    local roots = snapshot()
+    local grafted = graft(roots, deadline)
+    local kept = {}     -- a root grafted under a supervisor elsewhere is shown there only
+    for _, r in ipairs(roots) do
+      if not grafted[r.pid] then kept[#kept + 1] = r end
+    end
+    return kept
+  end
   local node = gen.node_of(root)
-  if node == erlangen.node() then return local_forest(root) end
-  return remote_forest(node, type(root) == "table" and root[1] or root)
+  local trees, why
+  if node == erlangen.node() then
+    trees = local_forests({root}, deadline)
+  else
+    trees, why = remote_forest(node, {type(root) == "table" and root[1] or root}, deadline)
+    if not trees then return nil, why end
+  end
+  if not trees[1] then return nil, "noproc" end
+  return {trees[1]}
 end
 
--- The links of `node` that are not an edge of the tree.
-local function extra_links(node)
+-- The links of `node` that are not an edge of the tree; `up` is the pid of
+-- the node it is drawn under (its supervisor, for a child on another node).
+local function extra_links(node, up)
   local tree_edge = {}
   if node.parent then tree_edge[node.parent] = true end
+  if up then tree_edge[up] = true end
   for _, child in ipairs(node.children) do tree_edge[child.pid] = true end
   local extra = {}
   for _, pid in ipairs(node.links) do
@@ -202,21 +311,23 @@ local function one_line(s)
   end))
 end
 
+-- nil for a child on another node that did not answer (no mailbox known).
 local function fill(node)
+  if not node.mailbox then return nil end
   local s = node.mailbox .. "/" .. node.capacity
   if node.dropped and node.dropped > 0 then s = s .. " (" .. node.dropped .. " dropped)" end
   return s
 end
 
 -- name <pid> [label] status mailbox/capacity [(n dropped)] [~ linked to <pid>, ...]
-local function text_line(node)
+local function text_line(node, up)
   local parts = {}
   if node.name then parts[#parts + 1] = one_line(node.name) end
   parts[#parts + 1] = tostring(node.pid)
   if node.label then parts[#parts + 1] = "[" .. one_line(node.label) .. "]" end
   parts[#parts + 1] = node.status
   parts[#parts + 1] = fill(node)
-  local extra = extra_links(node)
+  local extra = extra_links(node, up)
   if #extra > 0 then
     local shown = {}
     for i, pid in ipairs(extra) do shown[i] = tostring(pid) end
@@ -225,12 +336,12 @@ local function text_line(node)
   return table.concat(parts, " ")
 end
 
-local function text_walk(node, lead, rest, g, lines)
-  lines[#lines + 1] = lead .. text_line(node)
+local function text_walk(node, up, lead, rest, g, lines)
+  lines[#lines + 1] = lead .. text_line(node, up)
   local n = #node.children
   for i, child in ipairs(node.children) do
     local last = i == n
-    text_walk(child, rest .. (last and g.last or g.mid), rest .. (last and g.blank or g.bar),
+    text_walk(child, node.pid, rest .. (last and g.last or g.mid), rest .. (last and g.blank or g.bar),
       g, lines)
   end
 end
@@ -240,7 +351,7 @@ local function text(opts)
   if not roots then return nil, err end
   local g = opts.ascii and GLYPHS.ascii or GLYPHS.unicode
   local lines = {}
-  for _, root in ipairs(roots) do text_walk(root, "", "", g, lines) end
+  for _, root in ipairs(roots) do text_walk(root, nil, "", "", g, lines) end
   lines[#lines + 1] = ""
   return table.concat(lines, "\n")
 end
@@ -293,7 +404,7 @@ local function dot_node(node)
   if node.name then rows[#rows + 1] = dot_escape(node.name) end
   rows[#rows + 1] = dot_escape(tostring(node.pid))
   if node.label then rows[#rows + 1] = "[" .. dot_escape(node.label) .. "]" end
-  rows[#rows + 1] = node.status .. " " .. fill(node)
+  rows[#rows + 1] = node.status .. (fill(node) and " " .. fill(node) or "")
   return string.format('  %s [shape=%s, label="%s"];', dot_id(node.pid),
     is_supervisor(node) and "box" or "ellipse", table.concat(rows, "\\n"))
 end
@@ -306,14 +417,31 @@ local function dot(opts)
     '  graph [charset="UTF-8"];',
     '  node [fontname="monospace", fontsize=10];',
   }
-  local shown, all = {}, {}
-  local function collect(node)
+  local shown, all, up = {}, {}, {}
+  local function collect(node, parent)
     shown[node.pid] = true
     all[#all + 1] = node
-    for _, child in ipairs(node.children) do collect(child) end
+    up[node] = parent
+    for _, child in ipairs(node.children) do collect(child, node.pid) end
   end
   for _, root in ipairs(roots) do collect(root) end
-  for _, node in ipairs(all) do out[#out + 1] = dot_node(node) end
+  -- The processes of each other node are drawn in a cluster labelled with its name.
+  local here, others, of_node = erlangen.node(), {}, {}
+  for _, node in ipairs(all) do
+    if node.node == here then
+      out[#out + 1] = dot_node(node)
+    else
+      if not of_node[node.node] then others[#others + 1] = node.node; of_node[node.node] = {} end
+      table.insert(of_node[node.node], node)
+    end
+  end
+  table.sort(others)
+  for i, name in ipairs(others) do
+    out[#out + 1] = string.format('  subgraph "cluster_%d" {', i)
+    out[#out + 1] = string.format('    label="%s"; style=dashed;', dot_escape(name))
+    for _, node in ipairs(of_node[name]) do out[#out + 1] = "  " .. dot_node(node) end
+    out[#out + 1] = "  }"
+  end
   for _, node in ipairs(all) do
     for _, child in ipairs(node.children) do
       out[#out + 1] = string.format("  %s -> %s;", dot_id(node.pid), dot_id(child.pid))
@@ -322,7 +450,7 @@ local function dot(opts)
   -- Each link once; a linked process outside the drawing is a plain pid.
   local outside, drawn = {}, {}
   for _, node in ipairs(all) do
-    for _, pid in ipairs(extra_links(node)) do
+    for _, pid in ipairs(extra_links(node, up[node])) do
       local a, b = tostring(node.pid), tostring(pid)
       local pair = by_pid(node.pid, pid) and a .. " " .. b or b .. " " .. a
       if not drawn[pair] then

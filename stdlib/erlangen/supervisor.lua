@@ -27,10 +27,7 @@ local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, ty
 local is_pid = erlangen.is_pid
 local show = gen.show
 
--- The shape of a node name (gen's); the kernel checks the rest when it connects.
-local function is_node_name(v)
-  return type(v) == "string" and v:match("^[^@%s]+@[^@%s]+$") ~= nil
-end
+local is_node_name = gen.is_node_name
 
 -- Whether an exit reason is one a transient child may end with unrestarted.
 local function is_shutdown(reason)
@@ -195,13 +192,15 @@ end
 -- linked to the starter. The supervisor then links to the child and tells the
 -- starter, which only then unlinks and ends: until the supervisor's link is in
 -- place, the starter's link guards the child, and if the supervisor is lost first
--- the starter kills the child, so none outlives its supervisor.
+-- the starter kills the child, so none outlives its supervisor. A child
+-- started with a link takes the supervisor as its parent (gen.set_parent).
 
 -- The starter's body (spawned on the child's node by the supervisor `sup`).
 -- Not for direct use.
 function supervisor.start_remote(sup, start, extra)
   local me = erlangen.self()
   local sup_ref = erlangen.monitor(sup)
+  gen.set_parent(sup)   -- a child supervisor ends on sup's EXIT, not the ended starter's
   local pid, reason = call_start(start, extra)
   if not pid then
     erlangen.send(sup, {"$sup_remote", me, false, reason}, 5)
@@ -712,7 +711,7 @@ local function start(fname, spec, link)
   if not checked then error(fname .. ": " .. err, 3) end
   local pid, reason = gen.start{fname = fname, level = 3, body = "erlangen.supervisor.init_it",
                                 spawn = {link = link, trap_exit = true, name = checked.name},
-                                args = table.pack(link and erlangen.self() or false, checked)}
+                                args = table.pack(link and gen.parent() or false, checked)}
   return pid, reason
 end
 
@@ -734,7 +733,7 @@ end
 -- The error value raised by a call that got no answer: {kind, detail, op=,
 -- supervisor=, node=}, kind being "noproc" (detail: the node), "calling_self",
 -- "exit" (detail: the supervisor's exit reason), "noconnection" (detail: the
--- supervisor's node) or "timeout" (stop only); the shape of erlangen.server's
+-- supervisor's node) or "timeout" (stop, which_children with a timeout); the shape of erlangen.server's
 -- call errors.
 local call_error_mt = {__name = "erlangen.supervisor.error"}
 
@@ -757,49 +756,22 @@ local function call_error(fname, sup, kind, detail)
                       call_error_mt)
 end
 
--- On its node, for remote_whereis: sends {tag, whereis(name)} to `to`. Not
--- for direct use.
-function supervisor.whereis_reply(to, tag, name)
-  erlangen.send(to, {tag, erlangen.whereis(name)}, 5)
-end
-
--- The pid registered as `name` on another node, or nil and "noproc" or
--- "noconnection": looked up by a short process spawned there, so that the
--- call can monitor the supervisor by pid.
-local function remote_whereis(name, node)
-  local tag = erlangen.ref()
-  local ok, _, ref = pcall(erlangen.spawn_opt, {node = node, monitor = true},
-    "erlangen.supervisor.whereis_reply", erlangen.self(), tag, name)
-  if not ok then return nil, "noconnection" end
-  local m = erlangen.receive(function(x)
-    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
-  end)
-  if m[1] == "DOWN" then return nil, m[4] == "noconnection" and "noconnection" or "noproc" end
-  erlangen.demonitor(ref, true)
-  if m[2] then return m[2] end
-  return nil, "noproc"
-end
-
--- Resolves `sup` (a pid, a registered name or {name, node}) for
--- supervisor.<fname> to the supervisor's pid; raises on a bad argument or a
--- missing supervisor. `level` as error()'s, seen from resolve.
-local function resolve(fname, sup, level)
+-- Checks `sup` (a pid, a registered name or {name, node}) for
+-- supervisor.<fname>; `level` as error()'s, seen from check_sup.
+local function check_sup(fname, sup, level)
   gen.check_address(sup, 1, fname, level)
   if erlangen.is_ref(sup) then
     gen.arg_error(1, fname, "pid, name or {name, node} expected, got an alias", level)
   end
-  local pid, why = gen.resolve(sup), "noproc"
-  if type(pid) == "table" then pid, why = remote_whereis(sup[1], sup[2]) end
-  if not pid then error(call_error(fname, sup, why, gen.node_of(sup)), level) end
-  if pid == erlangen.self() then error(call_error(fname, sup, "calling_self"), level) end
-  return pid
 end
 
 -- Sends a request to the supervisor and waits for the reply (for ever, as
--- OTP's supervisor calls do) or for the supervisor's DOWN.
-local function call(fname, sup, op, arg)
-  local pid = resolve(fname, sup, 4)
-  local m, kind, detail = gen.call(pid, function(alias) return {"$sup_call", alias, op, arg} end)
+-- OTP's supervisor calls do, unless `timeout` seconds are given) or for the
+-- supervisor's DOWN; raises the call error naming `sup` when none comes.
+local function call(fname, sup, op, arg, timeout)
+  check_sup(fname, sup, 4)
+  local m, kind, detail = gen.call(sup, function(alias) return {"$sup_call", alias, op, arg} end,
+                                   timeout)
   if not m then
     if kind == "badarg" then error(string.format("supervisor.%s: %s", fname, detail), 3) end
     error(call_error(fname, sup, kind, detail), 3)
@@ -836,9 +808,14 @@ function supervisor.delete_child(sup, id)
   return r1, r2
 end
 
---- supervisor.which_children(sup) -> { {id=, pid=, status=, type=, restart=}, ... }
-function supervisor.which_children(sup)
-  return (call("which_children", sup, "which_children"))
+--- supervisor.which_children(sup [, timeout]) -> { {id=, pid=, status=, type=, restart=, node=}, ... }
+-- Waits for ever, or up to `timeout` seconds and then raises the call error "timeout".
+function supervisor.which_children(sup, timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    gen.arg_error(2, "which_children", "number of seconds >= 0 expected, got "
+      .. (type(timeout) == "number" and show(timeout) or type(timeout)))
+  end
+  return (call("which_children", sup, "which_children", nil, timeout))
 end
 
 --- supervisor.count_children(sup) -> {specs=, active=, supervisors=, workers=}
@@ -872,12 +849,15 @@ end
 -- ends the supervisor with `reason`; returns once it has ended. Raises the
 -- call error "noproc" if it was not running, "timeout" after `timeout` seconds.
 function supervisor.stop(sup, reason, timeout)
-  local pid = resolve("stop", sup, 3)
+  check_sup("stop", sup, 3)
   if timeout ~= nil and type(timeout) ~= "number" then
     error("bad argument #3 to 'stop' (number expected, got " .. type(timeout) .. ")", 2)
   end
-  local ref = erlangen.monitor(pid)
-  local ok, err = pcall(erlangen.send, pid, {"$sup_stop", reason == nil and "normal" or reason}, 60)
+  local dest = gen.resolve(sup)   -- a pid, or {name, node} for a name on another node
+  if dest == nil then error(call_error("stop", sup, "noproc", gen.node_of(sup)), 2) end
+  if dest == erlangen.self() then error(call_error("stop", sup, "calling_self"), 2) end
+  local ref = erlangen.monitor(dest)
+  local ok, err = pcall(erlangen.send, dest, {"$sup_stop", reason == nil and "normal" or reason}, 60)
   if not ok then
     erlangen.demonitor(ref, true)
     error("supervisor.stop: " .. tostring(err), 2)
@@ -887,8 +867,8 @@ function supervisor.stop(sup, reason, timeout)
     erlangen.demonitor(ref, true)
     error(call_error("stop", sup, "timeout", timeout), 2)
   end
-  if m[4] == "noproc" then error(call_error("stop", sup, "noproc", erlangen.node(pid)), 2) end
-  if m[4] == "noconnection" then error(call_error("stop", sup, "noconnection", erlangen.node(pid)), 2) end
+  if m[4] == "noproc" then error(call_error("stop", sup, "noproc", gen.node_of(sup)), 2) end
+  if m[4] == "noconnection" then error(call_error("stop", sup, "noconnection", gen.node_of(sup)), 2) end
   return true
 end
 

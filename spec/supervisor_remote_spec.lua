@@ -168,6 +168,16 @@ describe("a supervisor with a child on another node", function()
     assert.are.equal("shutdown", H.await_down(ref, "the child supervisor's end"))
   end)
 
+  it("stops a trapping server there, which ends on its supervisor's EXIT as its parent", function()
+    local b = D.start_child()
+    local srv = {id = "srv", node = b.name, shutdown = 30,
+                 start = {"erlangen.server.start_link", "server_counter", 0, {trap_exit = true}}}
+    local sup = S.start{children = {srv}}
+    local ref = erlangen.monitor(S.pid_of(sup, "srv"))
+    supervisor.stop(sup)
+    assert.are.equal("shutdown", H.await_down(ref, "the server's end"))
+  end)
+
   it("stops local and remote children right to left, killing one after its shutdown time", function()
     local b, c = D.start_child(), D.start_child()
     local sup = S.start{children = {

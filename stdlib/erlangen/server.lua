@@ -284,7 +284,7 @@ local function start(link, fname, callbacks, arg, opts)
   end
   local timeout = check_timeout(opts.timeout, nil, 3, fname)
   local pid, reason = gen.start{fname = fname, level = 2, spawn = sopts, body = "erlangen.server.init_it",
-                                args = table.pack(callbacks, arg, link and erlangen.self() or false),
+                                args = table.pack(callbacks, arg, link and gen.parent() or false),
                                 arg_names = {"callbacks", "arg"}, timeout = timeout}
   return pid, reason
 end

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "kernel.h"
 #include "entry.h"
 #include "process.h"
@@ -236,6 +237,9 @@ static proc *proc_new(unsigned capacity) {
   proc *p = aligned_alloc(_Alignof(proc), sizeof *p);   /* whole lines (process.h) */
   if (!p) return NULL;
   memset(p, 0, sizeof *p);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  p->started = (double)ts.tv_sec + ts.tv_nsec / 1e9;
   p->pid.n = atomic_fetch_add(&P.next_id, 1);
   atomic_init(&p->refs, 1);  /* the table's reference */
   mbox_init(&p->mb, capacity);
@@ -251,12 +255,12 @@ void proc_doom(proc *p, const unsigned char *reason, size_t len) {
     p->doom_reason = malloc(len ? len : 1);
     if (p->doom_reason) {
       memcpy(p->doom_reason, reason, len);
-      p->doom_len = len;
+      p->doom_len = (uint32_t)len;   /* codec bytes: below CODEC_HARD_SIZE */
     } else {  /* out of memory: die as killed, whose bytes are static */
       size_t klen;
       const unsigned char *k = kern_reason(KR_KILLED, &klen);
       p->doom_reason = malloc(klen);
-      if (p->doom_reason) { memcpy(p->doom_reason, k, klen); p->doom_len = klen; }
+      if (p->doom_reason) { memcpy(p->doom_reason, k, klen); p->doom_len = (uint32_t)klen; }
     }
     atomic_store_explicit(&p->doomed, 1, memory_order_release);
     wake = 1;
@@ -274,10 +278,19 @@ static void clear_thread(proc *p) {
   pthread_mutex_unlock(&p->lock);
 }
 
+/* The calling thread's CPU time in seconds (0 if the clock cannot be read). */
+static double thread_cpu(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 static void run_process(proc *p, state_slot *slot) {
   P_self = p;
+  double base = thread_cpu();   /* a pool thread's earlier processes are not this one's */
   pthread_mutex_lock(&p->lock);
   p->thread = pthread_self();
+  p->cpu_base = base;
   atomic_store(&p->has_thread, 1);
   pthread_mutex_unlock(&p->lock);
   unsigned char *reason = NULL;
@@ -478,6 +491,7 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
                                    unsigned char *payload, size_t len, const char *chunkname,
                                    term_id *pid, term_id *ref) {
   kern_config cfg = kern_config_get();
+  if (len > UINT32_MAX) { free(payload); return "entry too large"; }
   proc *p = proc_new(o->mailbox ? o->mailbox : cfg.mailbox);
   if (!p || (chunkname && !(p->chunkname = strdup(chunkname))) || copy_paths(p, o) != 0) {
     free(payload);
@@ -486,7 +500,7 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
   }
   p->entry = entry;
   p->payload = payload;
-  p->payload_len = len;
+  p->payload_len = (uint32_t)len;
   p->mem_limit = o->max_memory;
   p->trap_exit = o->trap_exit;
   if (parent) p->parent = parent->pid;
@@ -529,6 +543,7 @@ proc *proc_attach(lua_State *L) {
   p->L = L;
   state_set_current(NULL);   /* allocate this thread's TLS before any signal can come */
   p->thread = pthread_self();
+  p->cpu_base = thread_cpu();
   atomic_store(&p->has_thread, 1);
   proc_retain(p);  /* the attached thread's reference */
   table_insert(p);

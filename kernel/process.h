@@ -60,6 +60,10 @@ typedef struct proc {
                                    ** one replaces it or this process exits */
   uint64_t dest_n;                 /* owner only: dest's pid serial (a local pid), so a
                                    ** hit does not read dest's own lines */
+  /* Messages this process sent (queued) and received (taken by receive):
+  ** written by the owner alone (relaxed load and store, no read-modify-
+  ** write), read by info from any thread (relaxed). */
+  _Atomic uint64_t sent, received;
   /* Lines 1 and 2: the owner's part, then the senders' (mailbox.h). */
   mbox mb;
   /* Read on other paths. */
@@ -71,27 +75,29 @@ typedef struct proc {
   /* Memory of the state, published by its allocator (state_slot) with a
   ** relaxed store for readers. */
   _Atomic size_t mem_pub;
-  int node_monitors;               /* owner only: it called monitor_node (forget its
-                                   ** subscriptions at exit); beside `entry`, in one word */
   /* Spawn payload: written before the process is handed to a thread (the
   ** pool lock orders it), then consumed by that thread. */
   proc_entry entry;
+  uint32_t payload_len;            /* proc_spawn refuses more */
   unsigned char *payload;
-  size_t payload_len;
   char *chunkname;
   char *paths;                     /* NULL, or package.path "\0" package.cpath for the new state */
   term_id parent;                  /* immutable: the spawner ({0} for host threads) */
+  double started;                  /* immutable: system time (s) of the spawn or attach */
   /* Under `lock` (links, monitors and exits come from other threads). */
   pthread_mutex_t lock;
-  proc_status status;              /* lock (the owner may read it without) */
-  int trap_exit;                   /* lock */
+  double cpu_base;                 /* lock, with `thread`: its CPU time (s) when it took this process */
   proc_vec links;                  /* lock: proc_link */
   proc_vec monitors;               /* lock: proc_mon, targets this process monitors */
   proc_vec monitored_by;           /* lock: proc_mon, watchers of this process */
   unsigned char *doom_reason;      /* lock: set once by the first fatal signal */
-  size_t doom_len;                 /* lock */
+  uint32_t doom_len;               /* lock (a reason is below 4 GiB) */
+  proc_status status;              /* lock (the owner may read it without) */
   pthread_t thread;                /* lock: the thread running the process */
   _Atomic int has_thread;          /* written under lock: `thread` may be signalled */
+  uint8_t trap_exit;               /* lock */
+  uint8_t node_monitors;           /* owner only: it called monitor_node (forget its
+                                   ** subscriptions at exit) */
   char *label;                     /* lock: set_label's string, or NULL */
   char *name;                      /* the registry's lock */
   proc_vec aliases;                /* the registry's lock: term_id of each active alias */
@@ -123,7 +129,8 @@ void proc_shutdown_pool(void);     /* joins parked threads; call when no process
 /* Creates and starts a process. `payload` is owned by the callee in every
 ** case. `parent` (may be NULL) receives the link/monitor asked for in opts;
 ** *ref gets the monitor's ref. Returns 0, or an error string (static):
-** "name already registered", "out of memory", "cannot create thread". */
+** "name already registered", "out of memory", "cannot create thread",
+** "entry too large" (over 4 GiB). */
 const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
                        unsigned char *payload, size_t len, const char *chunkname,
                        term_id *pid, term_id *ref);

@@ -88,6 +88,12 @@ static proc *cur(lua_State *L) {
   return p;
 }
 
+/* sent and received have one writer, the owner: a load and a store, no
+** locked read-modify-write. */
+static inline void count_one(_Atomic uint64_t *c) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
 static int cancelled(void *ud) {
   proc *p = ud;
   return atomic_load(&p->doomed) || atomic_load(&p->interrupt);
@@ -372,7 +378,7 @@ static int send_remote(lua_State *L, term_id id, enum term_kind kind) {
          : kind == TERM_REF ? dist_send_alias(id, b.data, b.len, deadline)
          : dist_send(id, b.data, b.len, deadline);
   codec_buf_free(&b);
-  if (rc == DIST_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == DIST_OK) { count_one(&proc_self()->sent); lua_pushboolean(L, 1); return 1; }
   if (rc == DIST_TOOBIG) return luaL_error(L, "send to another node: message larger than a node link carries");
   lua_pushboolean(L, 0);
   if (rc == DIST_FULL) lua_pushliteral(L, "full");
@@ -421,7 +427,7 @@ static int l_send(lua_State *L) {
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, timeout, cancelled, self) : MBOX_FULL;
   proc_dest_done(self, p);
-  if (rc == MBOX_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == MBOX_OK) { count_one(&self->sent); lua_pushboolean(L, 1); return 1; }
   if (rc == MBOX_CANCELLED) cur(L);
   lua_pushboolean(L, 0);
   if (rc == MBOX_CLOSED) lua_pushliteral(L, "noproc");
@@ -586,6 +592,7 @@ static int l_receive(lua_State *L) {
     if (!match) {  /* the common case: take the head in one locked step */
       mbox_msg *m = mbox_pop(&self->mb, &seq);
       if (m && stale(self, m)) { mbox_msg_free(m); continue; }
+      if (m) count_one(&self->received);
       if (m && m->kind == MBOX_MSG && !m->wire && m->len <= QUICK_MAX && !self->mem_limit) {
         /* A short local message: decoded without a protected call from a
         ** copy (the entry goes back at once, so an error raised by the
@@ -631,12 +638,14 @@ static int l_receive(lua_State *L) {
         if (!lua_toboolean(L, -3)) {             /* cannot be decoded: drop it */
           mbox_take(&self->mb, prev, m);
           mbox_msg_free(m);
+          count_one(&self->received);
           lua_pushvalue(L, -2);
           return dropped(L);
         }
         if (lua_toboolean(L, -1)) {
           mbox_take(&self->mb, prev, m);
           mbox_msg_free(m);
+          count_one(&self->received);
           lua_pop(L, 1);
           return 1;
         }
@@ -966,6 +975,12 @@ static int l_info(lua_State *L) {
   int labelled = p->label != NULL;
   if (labelled) memcpy(label, p->label, strlen(p->label) + 1);
   size_t nl = p->links.n, nm = p->monitors.n, nw = p->monitored_by.n;
+  double cpu = -1;   /* the CPU time of the thread running it, while one does */
+  clockid_t clock;
+  struct timespec ts;
+  if (atomic_load(&p->has_thread) && pthread_getcpuclockid(p->thread, &clock) == 0 &&
+      clock_gettime(clock, &ts) == 0)
+    cpu = (double)ts.tv_sec + ts.tv_nsec / 1e9 - p->cpu_base;
   term_id *ids = malloc((nl + nm + nw + 1) * sizeof *ids);
   if (ids) {
     for (size_t i = 0; i < nl; i++) ids[i] = ((proc_link *)p->links.items)[i].pid;
@@ -982,8 +997,11 @@ static int l_info(lua_State *L) {
   int named = reg_name_of(p, name, sizeof name);
   size_t mem = atomic_load_explicit(&p->mem_pub, memory_order_relaxed);
   term_id parent = p->parent;
+  uint64_t sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
+  uint64_t received = atomic_load_explicit(&p->received, memory_order_relaxed);
+  double started = p->started;
   proc_release(p);
-  lua_createtable(L, 0, 13);
+  lua_createtable(L, 0, 18);
   if (labelled) { lua_pushstring(L, label); lua_setfield(L, -2, "label"); }
   if (parent.n) { term_push(L, TERM_PID, parent); lua_setfield(L, -2, "parent"); }
   lua_pushstring(L, waiting ? "waiting" : "running"); lua_setfield(L, -2, "status");
@@ -993,6 +1011,11 @@ static int l_info(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)dropped); lua_setfield(L, -2, "dropped");
   lua_pushboolean(L, trap); lua_setfield(L, -2, "trap_exit");
   lua_pushinteger(L, (lua_Integer)mem); lua_setfield(L, -2, "memory");
+  lua_pushinteger(L, (lua_Integer)sent); lua_setfield(L, -2, "sent");
+  lua_pushinteger(L, (lua_Integer)received); lua_setfield(L, -2, "received");
+  if (cpu >= 0) { lua_pushnumber(L, cpu); lua_setfield(L, -2, "cpu"); }
+  lua_pushnumber(L, started); lua_setfield(L, -2, "started");
+  lua_pushstring(L, node_self()); lua_setfield(L, -2, "node");
   push_pids(L, ids, nl, "links");
   push_pids(L, ids + nl, nm, "monitors");
   push_pids(L, ids + nl + nm, nw, "monitored_by");

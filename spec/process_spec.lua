@@ -623,6 +623,40 @@ E.receive(function(m) return type(m) == "table" and m[2] == ref end, 5)
         "status \"waiting\" of an idle process")
     end)
 
+    it("counts the messages a process sent and received", function()
+      local pid = erlangen.spawn(function(parent)
+        for _ = 1, 3 do erlangen.send(parent, {"echo", erlangen.receive()}) end
+        erlangen.receive(function(m) return m == "never" end, 0.01)   -- nothing taken
+        erlangen.receive()
+      end, self())
+      for i = 1, 3 do erlangen.send(pid, i) end
+      for _ = 1, 3 do H.recv(H.tagged("echo"), "an echo") end
+      H.eventually(function() return erlangen.info(pid).status == "waiting" end, "the last receive")
+      local info = erlangen.info(pid)
+      assert.are.equal(3, info.sent)
+      assert.are.equal(3, info.received)
+      assert.is_true(math.type(info.sent) == "integer")
+      erlangen.send(pid, "done")
+    end)
+
+    it("reports when it started, its CPU time and its node", function()
+      local t0 = erlangen.system_time()
+      local pid = erlangen.spawn(function()
+        local x = 0
+        for i = 1, 2e6 do x = x + i end
+        erlangen.receive()
+      end)
+      H.eventually(function() return erlangen.info(pid).status == "waiting" end, "the busy loop's end")
+      local info = erlangen.info(pid)
+      assert.is_true(info.started >= t0 - 1 and info.started <= erlangen.system_time(),
+                     "started " .. tostring(info.started) .. ", spawned at " .. t0)
+      assert.is_true(info.cpu > 0 and info.cpu < 60, "cpu " .. tostring(info.cpu))
+      assert.are.equal(erlangen.node(), info.node)
+      local mine = erlangen.info(self())
+      assert.is_true(mine.cpu > 0)
+      erlangen.exit(pid, "kill")
+    end)
+
     it("reports the registered name, or nil without one", function()
       local named = H.idle({name = "info_named"})
       assert.are.equal("info_named", erlangen.info(named).name)

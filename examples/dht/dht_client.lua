@@ -1,0 +1,180 @@
+-- dht_client.lua — put, get and delete from any process, and the requests
+-- that DHT processes send each other.
+--
+-- A DHT process is addressed by pid, as "dht" (this node's) or as
+-- {"dht", node}. Requests use erlangen.server's call protocol (server.md,
+-- "Messages on the wire"): {"$gen_call", {alias, alias}, request}, answered
+-- with {alias, reply} sent to the alias. So the DHT process is an ordinary
+-- server whose handle_call answers, and a caller may have many requests in
+-- flight (the lookups need that; server.call has one). Every request has
+-- its own alias: once it is answered or given up, the alias is gone and a
+-- late reply is dropped by the kernel, never seen in the mailbox.
+local erlangen = require "erlangen"
+
+local dht_client = {}
+
+dht_client.NAME = "dht"
+dht_client.TIMEOUT = 5          -- seconds a put, get or delete waits by default
+dht_client.MAX_KEY = 1024       -- bytes in a key
+dht_client.MAX_VALUE = 64 * 1024 -- bytes in an encoded value: DHT messages stay small
+
+-- Raises `bad argument #n to 'fname' (msg)` at the caller of the caller.
+local function arg_error(n, fname, msg)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+end
+
+-- Whether dest is a pid, a name or {name, node}.
+local function is_dest(dest)
+  if erlangen.is_pid(dest) or type(dest) == "string" then return true end
+  return type(dest) == "table" and #dest == 2 and type(dest[1]) == "string" and type(dest[2]) == "string"
+         and next(dest, 2) == nil
+end
+
+local function check_dest(dest, fname)
+  if not is_dest(dest) then
+    arg_error(1, fname, "pid, name or {name, node} expected, got " .. erlangen.type(dest))
+  end
+end
+
+local function check_timeout(t, fname, n)
+  if t == nil then return dht_client.TIMEOUT end
+  if type(t) ~= "number" or t < 0 or t ~= t then
+    arg_error(n, fname, "timeout must be a number >= 0, got " .. tostring(t))
+  end
+  return t
+end
+
+-- An error text for a key that is not a string of 1 to MAX_KEY bytes, or nil.
+function dht_client.bad_key(key)
+  if type(key) ~= "string" then return "string key expected, got " .. erlangen.type(key) end
+  if #key == 0 or #key > dht_client.MAX_KEY then
+    return "key must have 1 to " .. dht_client.MAX_KEY .. " bytes, got " .. #key
+  end
+  return nil
+end
+
+-- An error text for a value that cannot be stored, or nil: not nil, no
+-- function (values go to other nodes), at most MAX_VALUE bytes encoded.
+function dht_client.bad_value(value)
+  if value == nil then return "value expected, got nil" end
+  local ok, bytes = pcall(erlangen.encode, value)
+  if not ok then return tostring(bytes) end
+  if #bytes > dht_client.MAX_VALUE then
+    return "value larger than " .. dht_client.MAX_VALUE .. " bytes encoded (" .. #bytes .. ")"
+  end
+  return nil
+end
+
+-- Requests ---------------------------------------------------------------
+
+-- Sends `request` to the DHT process `dest` and returns its tag (an alias),
+-- or nil and send's reason ("noproc", "noconnection", "full"). Never waits
+-- for a connect.
+function dht_client.request(dest, request)
+  local tag = erlangen.alias()
+  local sent, why = erlangen.send(dest, {"$gen_call", {tag, tag}, request})
+  if not sent then
+    erlangen.unalias(tag)
+    return nil, why
+  end
+  return tag
+end
+
+-- Waits up to `timeout` seconds for the reply to one of the tags in the set
+-- `tags` ({[tag] = anything}). Returns the tag and the reply, or nil,
+-- "timeout". The answered tag is deactivated; the others stay.
+function dht_client.response(tags, timeout)
+  local m = erlangen.receive(function(m)
+    return type(m) == "table" and m[1] ~= nil and tags[m[1]] ~= nil
+  end, timeout)
+  if not m then return nil, "timeout" end
+  erlangen.unalias(m[1])
+  return m[1], m[2]
+end
+
+-- Gives up the request `tag`: its reply, if it comes, is dropped.
+function dht_client.cancel(tag)
+  erlangen.unalias(tag)
+end
+
+-- Sends `request` and waits for its reply. Returns the reply, or nil and
+-- "timeout", "noproc" (a pid that ended, a name nobody has) or
+-- "noconnection". A pid destination is monitored, so its end is noticed at
+-- once; a {name, node} one is bounded by the timeout.
+function dht_client.call(dest, request, timeout)
+  local mref = erlangen.is_pid(dest) and erlangen.monitor(dest)
+  local tag, why = dht_client.request(dest, request)
+  local reply
+  if tag then
+    local m = erlangen.receive(function(m)
+      return type(m) == "table" and (m[1] == tag or (mref and m[1] == "DOWN" and m[2] == mref))
+    end, timeout)
+    erlangen.unalias(tag)
+    if not m then why = "timeout"
+    elseif m[1] == tag then reply = m[2]
+    else why = m[4] == "noproc" and "noproc" or "exit"; mref = nil end
+  end
+  if mref then erlangen.demonitor(mref, true) end
+  if reply == nil then return nil, why end
+  return reply
+end
+
+-- put, get, delete ----------------------------------------------------------
+
+-- Runs client operation `op` on `dest`; returns its result or raises
+-- "dht_client.<op>: <why>" at the caller of put, get or delete.
+local function operate(fname, dest, timeout, request)
+  local reply, why = dht_client.call(dest, request, timeout)
+  if reply == nil then
+    if why == "timeout" then why = "timeout after " .. timeout .. " s" end
+    error(string.format("dht_client.%s: %s (DHT process %s)", fname, why, erlangen.type(dest) == "table"
+      and string.format("{%q, %q}", dest[1], dest[2]) or tostring(dest)), 3)
+  end
+  if type(reply) ~= "table" or reply[1] ~= true then
+    error(string.format("dht_client.%s: %s", fname, tostring(type(reply) == "table" and reply[2] or reply)), 3)
+  end
+  return reply[2]
+end
+
+-- Stores `value` under `key` on the k nodes nearest to the key. Returns the
+-- number of nodes that stored it. Raises on timeout, for an unreachable DHT
+-- process, and when no node stored it.
+function dht_client.put(dest, key, value, timeout)
+  check_dest(dest, "put")
+  local bad = dht_client.bad_key(key)
+  if bad then arg_error(2, "put", bad) end
+  bad = dht_client.bad_value(value)
+  if bad then arg_error(3, "put", bad) end
+  local t = check_timeout(timeout, "put", 4)
+  return operate("put", dest, t, {"put", key, value})
+end
+
+-- The value stored under `key`, or nil if there is none (never put,
+-- deleted, or every node that held it is gone). Raises as put.
+function dht_client.get(dest, key, timeout)
+  check_dest(dest, "get")
+  local bad = dht_client.bad_key(key)
+  if bad then arg_error(2, "get", bad) end
+  local t = check_timeout(timeout, "get", 3)
+  return operate("get", dest, t, {"get", key})
+end
+
+-- Deletes `key` (a tombstone replaces the value on the k nearest nodes).
+-- Returns the number of nodes that stored the tombstone. Raises as put.
+function dht_client.delete(dest, key, timeout)
+  check_dest(dest, "delete")
+  local bad = dht_client.bad_key(key)
+  if bad then arg_error(2, "delete", bad) end
+  local t = check_timeout(timeout, "delete", 3)
+  return operate("delete", dest, t, {"delete", key})
+end
+
+-- What the DHT process holds: {addr =, keys = {key, ...}, contacts =
+-- {addr, ...}, idle = whether no replication pass runs or waits}.
+function dht_client.status(dest, timeout)
+  check_dest(dest, "status")
+  local t = check_timeout(timeout, "status", 2)
+  return operate("status", dest, t, {"status"})
+end
+
+return dht_client

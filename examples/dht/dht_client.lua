@@ -169,7 +169,7 @@ function dht_client.delete(dest, key, timeout)
   return operate("delete", dest, t, {"delete", key})
 end
 
--- What the DHT process holds: {addr =, keys = {key, ...}, contacts =
+-- What the DHT process holds: {addr =, pid =, keys = {key, ...}, contacts =
 -- {addr, ...}, idle = whether no replication pass runs or waits}.
 function dht_client.status(dest, timeout)
   check_dest(dest, "status")

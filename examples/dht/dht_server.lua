@@ -196,7 +196,7 @@ function client.delete(s, req, from)
   return start_op(s, from, "delete", req[2])
 end
 
--- What this node holds, for tools and the demo: {true, {addr =, keys =
+-- What this node holds, for tools and the demo: {true, {addr =, pid =, keys =
 -- {key, ...} (not the tombstones), contacts =, idle = no pass runs or waits}}.
 function client.status(s)
   local keys = {}
@@ -204,7 +204,7 @@ function client.status(s)
     if e.value ~= nil then keys[#keys + 1] = key end
   end
   table.sort(keys)
-  return {true, {addr = s.me.addr, keys = keys, contacts = addrs(dht_routing.contacts(s.table)),
+  return {true, {addr = s.me.addr, pid = erlangen.self(), keys = keys, contacts = addrs(dht_routing.contacts(s.table)),
                  idle = not s.pass.worker and not s.pass.due}}
 end
 

@@ -9,14 +9,14 @@
 # (kill -9) ends by itself when its standard input, a pipe held here, ends.
 # Uses $ERLANGEN_BIN, else the build tree's build/erlangen, else the
 # `erlangen` on PATH. DHT_KEYS sets the number of keys (default 1000),
-# DHT_REFRESH the nodes' refresh period in seconds (default 10); with
+# DHT_REFRESH and DHT_TIMEOUT the nodes' refresh period and request
+# timeout in seconds (default 10 and 2, dht_server.lua); with
 # DHT_LOGS=DIR the nodes' logs are copied there at the end.
 set -eu
 n=${1:-20}
 case $n in ''|*[!0-9]*) echo "demo.sh: N must be a whole number of nodes, got '$n'" >&2; exit 2 ;; esac
 if [ "$n" -lt 2 ]; then echo "demo.sh: N must be at least 2, got $n" >&2; exit 2; fi
 keys=${DHT_KEYS:-1000}
-refresh=${DHT_REFRESH:-10}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${ERLANGEN_BIN:-}
@@ -49,7 +49,7 @@ run=$$-$RANDOM
 # Starts node i joining through address $2 ("-" for none) and waits for its address.
 start_node() {
   local i=$1 seed=$2
-  "$bin" "$here/node.lua" "dht$i@127.0.0.1" "$work/cluster.key" "$seed" "$refresh" \
+  "$bin" "$here/node.lua" "dht$i@127.0.0.1" "$work/cluster.key" "$seed" \
     <"$work/stdin" >"$work/dht$i.addr" 2>"$work/dht$i.log" 3>&- &
   pid[$i]=$!
 }

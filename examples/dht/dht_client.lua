@@ -18,9 +18,10 @@ dht_client.TIMEOUT = 5          -- seconds a put, get or delete waits by default
 dht_client.MAX_KEY = 1024       -- bytes in a key
 dht_client.MAX_VALUE = 64 * 1024 -- bytes in an encoded value: DHT messages stay small
 
--- Raises `bad argument #n to 'fname' (msg)` at the caller of the caller.
+-- Raises `bad argument #n to 'fname' (msg)` at the caller of put, get,
+-- delete or status (arg_error is called from their check).
 local function arg_error(n, fname, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 4)
 end
 
 -- Whether dest is a pid, a name or {name, node}.
@@ -30,18 +31,16 @@ local function is_dest(dest)
          and next(dest, 2) == nil
 end
 
-local function check_dest(dest, fname)
-  if not is_dest(dest) then
-    arg_error(1, fname, "pid, name or {name, node} expected, got " .. erlangen.type(dest))
-  end
+-- An error text for a bad destination, or nil.
+local function bad_dest(dest)
+  if is_dest(dest) then return nil end
+  return "pid, name or {name, node} expected, got " .. erlangen.type(dest)
 end
 
-local function check_timeout(t, fname, n)
-  if t == nil then return dht_client.TIMEOUT end
-  if type(t) ~= "number" or t < 0 or t ~= t then
-    arg_error(n, fname, "timeout must be a number >= 0, got " .. tostring(t))
-  end
-  return t
+-- An error text for a timeout that is not a number >= 0, or nil.
+local function bad_timeout(t)
+  if t == nil or (type(t) == "number" and t >= 0) then return nil end
+  return "timeout must be a number >= 0, got " .. tostring(t)
 end
 
 -- An error text for a key that is not a string of 1 to MAX_KEY bytes, or nil.
@@ -136,45 +135,54 @@ local function operate(fname, dest, timeout, request)
   return reply[2]
 end
 
+-- The checks of put, get, delete and status, in argument order: each
+-- returns an error text or nil.
+local CHECKS = {
+  put = {bad_dest, dht_client.bad_key, dht_client.bad_value, bad_timeout},
+  get = {bad_dest, dht_client.bad_key, bad_timeout},
+  delete = {bad_dest, dht_client.bad_key, bad_timeout},
+  status = {bad_dest, bad_timeout},
+}
+
+-- Checks the arguments of `fname` (the caller) and raises at its caller.
+local function check(fname, ...)
+  for i, bad in ipairs(CHECKS[fname]) do
+    local msg = bad((select(i, ...)))
+    if msg then arg_error(i, fname, msg) end
+  end
+end
+
 -- Stores `value` under `key` on the k nodes nearest to the key. Returns the
 -- number of nodes that stored it. Raises on timeout, for an unreachable DHT
 -- process, and when no node stored it.
 function dht_client.put(dest, key, value, timeout)
-  check_dest(dest, "put")
-  local bad = dht_client.bad_key(key)
-  if bad then arg_error(2, "put", bad) end
-  bad = dht_client.bad_value(value)
-  if bad then arg_error(3, "put", bad) end
-  local t = check_timeout(timeout, "put", 4)
-  return operate("put", dest, t, {"put", key, value})
+  check("put", dest, key, value, timeout)
+  local r = operate("put", dest, timeout or dht_client.TIMEOUT, {"put", key, value})
+  return r   -- not a tail call: operate raises at this function\'s caller
 end
 
 -- The value stored under `key`, or nil if there is none (never put,
 -- deleted, or every node that held it is gone). Raises as put.
 function dht_client.get(dest, key, timeout)
-  check_dest(dest, "get")
-  local bad = dht_client.bad_key(key)
-  if bad then arg_error(2, "get", bad) end
-  local t = check_timeout(timeout, "get", 3)
-  return operate("get", dest, t, {"get", key})
+  check("get", dest, key, timeout)
+  local r = operate("get", dest, timeout or dht_client.TIMEOUT, {"get", key})
+  return r   -- not a tail call: operate raises at this function\'s caller
 end
 
 -- Deletes `key` (a tombstone replaces the value on the k nearest nodes).
 -- Returns the number of nodes that stored the tombstone. Raises as put.
 function dht_client.delete(dest, key, timeout)
-  check_dest(dest, "delete")
-  local bad = dht_client.bad_key(key)
-  if bad then arg_error(2, "delete", bad) end
-  local t = check_timeout(timeout, "delete", 3)
-  return operate("delete", dest, t, {"delete", key})
+  check("delete", dest, key, timeout)
+  local r = operate("delete", dest, timeout or dht_client.TIMEOUT, {"delete", key})
+  return r   -- not a tail call: operate raises at this function\'s caller
 end
 
 -- What the DHT process holds: {addr =, pid =, keys = {key, ...}, contacts =
 -- {addr, ...}, idle = whether no replication pass runs or waits}.
 function dht_client.status(dest, timeout)
-  check_dest(dest, "status")
-  local t = check_timeout(timeout, "status", 2)
-  return operate("status", dest, t, {"status"})
+  check("status", dest, timeout)
+  local r = operate("status", dest, timeout or dht_client.TIMEOUT, {"status"})
+  return r   -- not a tail call: operate raises at this function\'s caller
 end
 
 return dht_client

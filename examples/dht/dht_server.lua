@@ -78,10 +78,18 @@ local function schedule_pass(s)
   end
 end
 
+-- The contacts a lookup of `target` starts from: the k nearest of the
+-- table (all of it when target is nil), and the seed while the table holds
+-- fewer than k (a node that has not joined yet knows only its seed).
+local function starting_points(s, target)
+  local list = target and dht_routing.closest(s.table, target, s.opts.k) or dht_routing.contacts(s.table)
+  if s.opts.seed and #list < s.opts.k then list[#list + 1] = dht_lookup.contact(s.opts.seed) end
+  return list
+end
+
 local function start_pass(s)
   s.pass.due = false
-  local contacts = dht_routing.contacts(s.table)
-  if #contacts == 0 and s.opts.seed then contacts = {dht_lookup.contact(s.opts.seed)} end
+  local contacts = starting_points(s)
   local refresh_id
   if s.pass.refresh then
     local used = dht_routing.buckets(s.table)
@@ -172,7 +180,7 @@ end
 local client = {}
 
 local function start_op(s, from, op, key, value)
-  local start = dht_routing.closest(s.table, dht_id.of(key), s.opts.k)
+  local start = starting_points(s, dht_id.of(key))
   start[#start + 1] = s.me
   erlangen.spawn("dht_lookup.client_op", s.cfg, from, op, start, key, value)
   return server.noreply

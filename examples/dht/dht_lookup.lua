@@ -33,7 +33,7 @@ function dht_lookup.is_addr(v)
   return type(v) == "string" and #v <= 200 and v:match("^[%w_.-]+@[^:@]+:%d+$") ~= nil
 end
 
-local ids = setmetatable({}, {__mode = "k"})
+local ids = {}   -- addr -> id, one entry per address this process has seen
 -- The contact of address `addr`: its id is the hash of its node name, so
 -- the port may change (a restarted node) and the id stays.
 function dht_lookup.contact(addr)

@@ -13,7 +13,7 @@
 ** The grace period is ERLANGEN_GRACE seconds (default 2).
 **
 ** `erlangen --port-mapper [--port N]` runs the port mapper daemon
-** (portmap.h) in the foreground instead: it prints the port it listens on
+** (portmapd.h) in the foreground instead: it prints the port it listens on
 ** (one line) and serves until SIGTERM or SIGINT, then exits 0.
 **
 ** The REPL reads with readline when stdin is a terminal, and with plain
@@ -53,6 +53,7 @@
 #include "erlangen.h"
 #include "erlangen_config.h"
 #include "portmap.h"
+#include "portmapd.h"
 
 #define PROGNAME        "erlangen"
 #define GRACE_DEFAULT   2.0         /* seconds; see ERLANGEN_GRACE */
@@ -1463,11 +1464,11 @@ static int port_mapper(int argc, char **argv) {
     return EXIT_FAILURE;
   }
   signal(SIGPIPE, SIG_IGN);  /* whoever reads the port line may be gone */
-  if (pmap_listen(port, &fd, &bound, err, sizeof err) != 0) {
+  if (pmapd_listen(port, &fd, &bound, err, sizeof err) != 0) {
     message(err);
     return EXIT_FAILURE;
   }
-  /* Stop signals stay blocked outside pmap_serve's wait: one sent as soon
+  /* Stop signals stay blocked outside pmapd_serve's wait: one sent as soon
   ** as the port line is read is held until the loop takes it, and one that
   ** comes after the loop has ended (timeout(1) signals the child and then
   ** its group) stays pending while we exit 0. */
@@ -1477,7 +1478,7 @@ static int port_mapper(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &stops, NULL);
   printf("%d\n", bound);
   fflush(stdout);
-  if (pmap_serve(fd, err, sizeof err) != 0) {
+  if (pmapd_serve(fd, err, sizeof err) != 0) {
     message(err);
     return EXIT_FAILURE;
   }

@@ -193,6 +193,7 @@ static void proc_free(proc *p) {
   codec_buf_free(&p->scratch);
   free(p->payload);
   free(p->chunkname);
+  free(p->paths);
   free(p);
 }
 
@@ -461,13 +462,24 @@ const char *proc_spawn(proc *parent, const proc_opts *o, proc_entry entry,
   return err;
 }
 
+/* Keeps o's package paths for the new state: "path\0cpath\0", an empty
+** string for one that is not given. */
+static int copy_paths(proc *p, const proc_opts *o) {
+  if (!o->path && !o->cpath) return 0;
+  size_t a = o->path ? strlen(o->path) : 0, b = o->cpath ? strlen(o->cpath) : 0;
+  if (!(p->paths = malloc(a + b + 2))) return -1;
+  memcpy(p->paths, o->path ? o->path : "", a + 1);
+  memcpy(p->paths + a + 1, o->cpath ? o->cpath : "", b + 1);
+  return 0;
+}
+
 /* proc_spawn between kern_spawn_begin and kern_spawn_end. */
 static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry entry,
                                    unsigned char *payload, size_t len, const char *chunkname,
                                    term_id *pid, term_id *ref) {
   kern_config cfg = kern_config_get();
   proc *p = proc_new(o->mailbox ? o->mailbox : cfg.mailbox);
-  if (!p || (chunkname && !(p->chunkname = strdup(chunkname)))) {
+  if (!p || (chunkname && !(p->chunkname = strdup(chunkname))) || copy_paths(p, o) != 0) {
     free(payload);
     if (p) proc_release(p);
     return "out of memory";

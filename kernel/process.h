@@ -79,6 +79,7 @@ typedef struct proc {
   unsigned char *payload;
   size_t payload_len;
   char *chunkname;
+  char *paths;                     /* NULL, or package.path "\0" package.cpath for the new state */
   term_id parent;                  /* immutable: the spawner ({0} for host threads) */
   /* Under `lock` (links, monitors and exits come from other threads). */
   pthread_mutex_t lock;
@@ -104,6 +105,7 @@ typedef struct proc_opts {
   unsigned mailbox;                /* 0: node default */
   size_t max_memory;               /* 0: unlimited */
   const char *name;                /* NULL: none */
+  const char *path, *cpath;        /* the new state's package.path and cpath; NULL: the node's default */
   /* A spawn asked for by a process of another node (no local parent):
   ** link and monitor refer to it. */
   term_id rparent;                 /* {0}: none */

@@ -288,9 +288,22 @@ void sig_monitor_remote(proc *self, term_id remote, term_id ref) {
   add_if_alive(self, &self->monitors, &m, sizeof m, 0);
 }
 
-/* creation 0 (never a node's): any incarnation. */
+int sig_monitor_resolve(proc *self, term_id ref, term_id target) {
+  int found = 0;
+  pthread_mutex_lock(&self->lock);
+  proc_mon *m = self->monitors.items;
+  for (size_t i = 0; i < self->monitors.n && !found; i++)
+    if (term_eq(m[i].ref, ref)) {
+      found = 1;
+      if (m[i].pid.n == 0 && m[i].pid.node == target.node) m[i].pid = target;   /* only an unresolved one, by its node */
+    }
+  pthread_mutex_unlock(&self->lock);
+  return found;
+}
+
+/* creation 0 (never a node's), asked or held: any incarnation. */
 static int of_node(term_id id, uint32_t idx, uint32_t creation) {
-  return id.node == idx && (creation == 0 || id.creation == creation);
+  return id.node == idx && (creation == 0 || id.creation == 0 || id.creation == creation);
 }
 
 void sig_collect_node(proc *p, uint32_t idx, uint32_t creation, term_id **links, size_t *nl,

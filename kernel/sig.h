@@ -56,6 +56,12 @@ void sig_demonitor_remote_in(term_id local, term_id ref);
 void sig_link_remote(struct proc *self, term_id remote);
 void sig_monitor_remote(struct proc *self, term_id remote, term_id ref);
 
+/* A monitor of a name on another node starts with target {0, node, 0}
+** (creation 0: any incarnation) and learns its pid when the node answers.
+** Returns 1 if self still holds monitor `ref` (now of `target` if it was
+** unresolved and of target's node); 0 if it was taken down meanwhile. */
+int sig_monitor_resolve(struct proc *self, term_id ref, term_id target);
+
 /* For a lost link to node idx (incarnation `creation`, 0: any): copies p's links
 ** to that node's processes into *links (n of them) and its monitors of
 ** them into *mons as (ref, pid) pairs, and drops the monitors that

@@ -793,6 +793,17 @@ static int resolve(lua_State *L, const char *name) {
 ** argument count, or -1 with an error value on the stack. */
 static int load_entry(lua_State *L, proc *p) {
   int n;
+  if (p->paths) {   /* the spawner's, before anything is required */
+    lua_getglobal(L, "package");
+    if (lua_istable(L, -1)) {
+      size_t a = strlen(p->paths);
+      if (a) { lua_pushstring(L, p->paths); lua_setfield(L, -2, "path"); }
+      if (p->paths[a + 1]) { lua_pushstring(L, p->paths + a + 1); lua_setfield(L, -2, "cpath"); }
+    }
+    lua_pop(L, 1);
+    free(p->paths);
+    p->paths = NULL;
+  }
   switch (p->entry) {
   case ENTRY_FILE:
     return luaL_loadfile(L, (const char *)p->payload) == LUA_OK ? 0 : -1;

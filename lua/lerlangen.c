@@ -14,6 +14,7 @@
 #include "conn.h"
 #include "dist.h"
 #include "node.h"
+#include "portmap.h"
 #include "erlangen.h"
 #include "kernel.h"
 #include "sig.h"
@@ -123,14 +124,26 @@ static void check_entry(lua_State *L, int arg) {
     luaL_typeerror(L, arg, "function or \"module.function\"");
 }
 
+/* The caller's package.path and package.cpath, for a child that inherits
+** them (pushed: they live until the caller's frame ends). */
+static void inherit_paths(lua_State *L, proc_opts *o, int path, int cpath) {
+  if (lua_getglobal(L, "package") != LUA_TTABLE) return;
+  if (path && lua_getfield(L, -1, "path") == LUA_TSTRING) o->path = lua_tostring(L, -1);
+  if (cpath && lua_getfield(L, path ? -2 : -1, "cpath") == LUA_TSTRING) o->cpath = lua_tostring(L, -1);
+}
+
 /* Spawns with the function at `fn` and the values above it as arguments;
-** pushes pid (and ref when monitoring). */
-static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
+** pushes pid (and ref when monitoring). The child gets the caller's
+** package paths unless o says which (o->path, o->cpath) or `inherit` is 0. */
+static int do_spawn_paths(lua_State *L, int fn, const proc_opts *opts, int inherit_path, int inherit_cpath) {
   proc *self = cur(L);
   check_entry(L, fn);
   /* One message for the function and its arguments, so that sharing
   ** between them survives. */
   codec_buf b = encode_or_raise(L, fn, lua_gettop(L) - fn + 1, CODEC_ROOT_SPAWN, 1);
+  proc_opts copy = *opts;
+  const proc_opts *o = &copy;
+  inherit_paths(L, &copy, inherit_path && !opts->path, inherit_cpath && !opts->cpath);
   unsigned char *payload = b.data;
   size_t len = b.len;
   term_id pid, ref;
@@ -143,6 +156,8 @@ static int do_spawn(lua_State *L, int fn, const proc_opts *o) {
   if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
   return 1;
 }
+
+static int do_spawn(lua_State *L, int fn, const proc_opts *o) { return do_spawn_paths(L, fn, o, 1, 1); }
 
 static int l_spawn(lua_State *L) { proc_opts o = {0}; return do_spawn(L, 1, &o); }
 static int l_spawn_link(lua_State *L) { proc_opts o = {0}; o.link = 1; return do_spawn(L, 1, &o); }
@@ -204,7 +219,7 @@ static int spawn_remote(lua_State *L, uint32_t idx, const proc_opts *o, double t
 static int l_spawn_opt(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   proc_opts o = {0};
-  int remote = 0;
+  int remote = 0, inherit_path = 1, inherit_cpath = 1;
   uint32_t idx = 0;
   double timeout = 5;
   lua_pushnil(L);
@@ -227,6 +242,11 @@ static int l_spawn_opt(lua_State *L) {
       if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "spawn_opt: option 'node' must be a node name");
       idx = node_at(L, lua_gettop(L), 1);
       remote = 1;
+    } else if (!strcmp(k, "path") || !strcmp(k, "cpath")) {
+      int is_path = k[0] == 'p';
+      if (lua_type(L, -1) == LUA_TSTRING) *(is_path ? &o.path : &o.cpath) = lua_tostring(L, -1);
+      else if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) *(is_path ? &inherit_path : &inherit_cpath) = 0;
+      else return luaL_error(L, "spawn_opt: option '%s' must be a string, or false for the node's default", k);
     } else if (!strcmp(k, "timeout")) {
       if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))
         return luaL_error(L, "spawn_opt: option 'timeout' must be a positive number");
@@ -234,11 +254,11 @@ static int l_spawn_opt(lua_State *L) {
     } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
     lua_pop(L, 1);
   }
-  if (remote && (o.name || o.mailbox || o.max_memory))
+  if (remote && (o.name || o.mailbox || o.max_memory || o.path || o.cpath || !inherit_path || !inherit_cpath))
     return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor', 'trap_exit' and 'timeout' "
-                         "are supported");
+                         "are supported (a remote spawn uses that node's paths)");
   if (remote) return spawn_remote(L, idx, &o, timeout);
-  return do_spawn(L, 2, &o);
+  return do_spawn_paths(L, 2, &o, inherit_path, inherit_cpath);
 }
 
 static int l_self(lua_State *L) {
@@ -401,6 +421,50 @@ static int l_send(lua_State *L) {
   return 2;
 }
 
+/* Monitors of {name, node}: their DOWN names the process as {name, node},
+** not by pid. The calling state's registry maps each such monitor's ref
+** serial to {name, node} until its DOWN is taken or it is demonitored. */
+static const char named_key = 'n';
+
+static void named_remember(lua_State *L, term_id ref, const char *name, const char *node) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &named_key);
+  }
+  lua_createtable(L, 2, 0);
+  lua_pushstring(L, name);
+  lua_rawseti(L, -2, 1);
+  lua_pushstring(L, node);
+  lua_rawseti(L, -2, 2);
+  lua_rawseti(L, -2, (lua_Integer)ref.n);
+  lua_pop(L, 1);
+}
+
+/* Pushes a fresh {name, node} for monitor `ref` and returns 1, or pushes
+** nothing and returns 0 if it is not a monitor of a name. */
+static int named_push(lua_State *L, term_id ref) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) != LUA_TTABLE) { lua_pop(L, 1); return 0; }
+  if (lua_rawgeti(L, -1, (lua_Integer)ref.n) != LUA_TTABLE) { lua_pop(L, 2); return 0; }
+  lua_createtable(L, 2, 0);
+  lua_rawgeti(L, -2, 1);
+  lua_rawseti(L, -2, 1);
+  lua_rawgeti(L, -2, 2);
+  lua_rawseti(L, -2, 2);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static void named_forget(lua_State *L, term_id ref) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &named_key) == LUA_TTABLE) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, (lua_Integer)ref.n);
+  }
+  lua_pop(L, 1);
+}
+
 /* Pushes the Lua value of a queued entry and returns 0, or pushes an error
 ** message and returns -1 when a message cannot be decoded here. An EXIT or
 ** DOWN always succeeds (a reason that cannot be decoded is replaced). */
@@ -418,7 +482,7 @@ static int push_entry(lua_State *L, mbox_msg *m) {
   lua_rawseti(L, -2, 1);
   int i = 2;
   if (m->kind == MBOX_DOWN) { term_push(L, TERM_REF, mbox_msg_ref(m)); lua_rawseti(L, -2, i++); }
-  term_push(L, TERM_PID, mbox_msg_from(m));
+  if (m->kind != MBOX_DOWN || !named_push(L, mbox_msg_ref(m))) term_push(L, TERM_PID, mbox_msg_from(m));
   lua_rawseti(L, -2, i++);
   int n = codec_decode(L, m->data, m->len, &lim);
   if (n != 1) {
@@ -451,6 +515,7 @@ static int receive_step(lua_State *L) {
     lua_pushvalue(L, -2);
     lua_call(L, 1, 1);
   }
+  if (m->kind == MBOX_DOWN && lua_toboolean(L, -1)) named_forget(L, mbox_msg_ref(m));   /* taken */
   lua_pushboolean(L, 1);
   lua_rotate(L, -3, 1);
   return 3;
@@ -651,9 +716,42 @@ static int l_unlink(lua_State *L) {
   return 1;
 }
 
+/* monitor({name, node}): the node resolves the name; one that is not
+** registered gives a DOWN "noproc" at once. */
+static int monitor_name(lua_State *L, proc *self) {
+  lua_rawgeti(L, 1, 1);
+  lua_rawgeti(L, 1, 2);
+  if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+    return luaL_argerror(L, 1, "{name, node} expected (two strings)");
+  size_t nl;
+  const char *name = lua_tolstring(L, -2, &nl);
+  luaL_argcheck(L, nl > 0 && nl <= DIST_NAME_MAX && strlen(name) == nl, 1,
+                "name must be a non-empty string without NUL, at most 255 bytes");
+  uint32_t idx = node_at(L, lua_gettop(L), 1);
+  term_id ref;
+  if (idx == 0) {
+    term_id pid = {0, 0, 0};   /* no process: the DOWN says noproc */
+    reg_whereis(name, &pid);
+    if (sig_monitor(self, pid, &ref) != SIG_OK) return luaL_error(L, "monitor: out of memory");
+  } else {
+    ref = term_new_ref();
+    term_id target = {0, idx, 0};
+    sig_monitor_remote(self, target, ref);
+    if (dist_monitor_name(self->pid, idx, name, ref) != DIST_OK) {
+      size_t len;
+      const unsigned char *why = kern_reason(KR_NOCONNECTION, &len);
+      sig_down(self->pid, ref, target, why, len, 0);
+    }
+  }
+  named_remember(L, ref, name, idx == 0 ? node_self() : node_name(idx));
+  term_push(L, TERM_REF, ref);
+  return 1;
+}
+
 static int l_monitor(lua_State *L) {
   proc *self = cur(L);
   term_id pid, alias;
+  if (lua_type(L, 1) == LUA_TTABLE) return monitor_name(L, self);
   if (lua_type(L, 1) != LUA_TSTRING) pid = term_check(L, 1, TERM_PID);
   else if (!dest_pid(L, 1, &pid, &alias)) return luaL_error(L, "monitor: no process registered as '%s'", lua_tostring(L, 1));
   term_id ref;
@@ -668,6 +766,7 @@ static int l_demonitor(lua_State *L) {
   int flush = lua_toboolean(L, 2);
   if (flush && self->in_receive) return luaL_error(L, "demonitor: flush inside a match function");
   sig_demonitor(self, ref, flush);
+  if (flush) named_forget(L, ref);   /* without flush, a DOWN already queued still names it */
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -725,9 +824,24 @@ static int l_unregister(lua_State *L) {
   return 1;
 }
 
+/* whereis(name [, node [, timeout]]): another node is asked. */
 static int l_whereis(lua_State *L) {
+  const char *name = check_name(L, 1);
+  uint32_t idx = lua_isnoneornil(L, 2) ? 0 : check_node(L, 2);
   term_id pid;
-  if (reg_whereis(check_name(L, 1), &pid)) term_push(L, TERM_PID, pid);
+  if (idx == 0) {
+    if (reg_whereis(name, &pid)) term_push(L, TERM_PID, pid);
+    else lua_pushnil(L);
+    return 1;
+  }
+  proc *self = cur(L);
+  luaL_argcheck(L, strlen(name) <= DIST_NAME_MAX, 1, "name longer than 255 bytes");
+  double timeout = lua_isnoneornil(L, 3) ? 5 : check_timeout(L, 3);
+  char err[200];
+  int rc = dist_whereis(self, idx, name, mbox_now() + timeout, &pid, err, sizeof err);
+  cur(L);
+  if (rc < 0) return luaL_error(L, "whereis: '%s' on %s: %s", name, node_name(idx), err);
+  if (rc == 1) term_push(L, TERM_PID, pid);
   else lua_pushnil(L);
   return 1;
 }
@@ -980,6 +1094,50 @@ static int l_monitor_nodes(lua_State *L) {
   return 1;
 }
 
+static int free_box(lua_State *L) {
+  void **box = lua_touserdata(L, 1);
+  free(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Pushes a box for one malloc'ed block, freed when the box is collected. */
+static void **malloc_box(lua_State *L) {
+  void **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  if (luaL_newmetatable(L, "erlangen.malloc_box")) {
+    lua_pushcfunction(L, free_box);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return box;
+}
+
+/* node_names([host [, timeout]]): the port mapper's listing, sorted by name. */
+static int l_node_names(lua_State *L) {
+  cur(L);
+  const char *host = luaL_optstring(L, 1, NULL);
+  double timeout = lua_isnoneornil(L, 2) ? 2 : check_timeout(L, 2);
+  luaL_argcheck(L, timeout > 0, 2, "timeout must be positive");
+  void **box = malloc_box(L);   /* frees the listing if building the table raises */
+  pmap_name *v = NULL;
+  size_t n = 0;
+  char err[300];
+  if (pmap_names(host, timeout, &v, &n, err, sizeof err) != 0)
+    return luaL_error(L, "node_names: %s", err);
+  *box = v;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, v[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, v[i].port);
+    lua_setfield(L, -2, "port");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 /* ---- configuration and the codec ---- */
 
 static int l_configure(lua_State *L) {
@@ -1071,7 +1229,7 @@ static const luaL_Reg funcs[] = {
   {"set_label", l_set_label}, {"tree", l_tree},
   {"start_node", l_start_node}, {"node", l_node}, {"nodes", l_nodes}, {"connect", l_connect},
   {"disconnect", l_disconnect}, {"monitor_node", l_monitor_node},
-  {"monitor_nodes", l_monitor_nodes},
+  {"monitor_nodes", l_monitor_nodes}, {"node_names", l_node_names},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},

@@ -44,7 +44,7 @@ describe("the kernel's core", function()
     local wanted = {}
     for _, sym in ipairs(lines_of("nm -u " .. lib .. " | awk 'NF == 2 { print $2 }'")) do
       if not defined[sym] and (sym:match("^dist_") or sym:match("^node_") or sym:match("^conn_") or
-          sym:match("^noise_") or sym:match("^frame_") or sym:match("^key_") or sym:match("^pmap_") or
+          sym:match("^noise_") or sym:match("^frame_") or sym:match("^key_") or sym:match("^pmapd?_") or
           sym:match("^sodium_") or sym:match("^randombytes")) then
         wanted[#wanted + 1] = sym
       end

@@ -248,6 +248,18 @@ describe("erlangen.log", function()
       assert.are.equal("number", type(m[3].time))
     end)
 
+    it("reaches a sink given by name and by {name, node}", function()
+      fresh_logger()
+      erlangen.register("log_spec_sink", self())
+      for _, dest in ipairs({"log_spec_sink", {"log_spec_sink", erlangen.node()}}) do
+        assert.is_true(log.set_sink{pid = dest})
+        log.notice("to " .. H.show(dest))
+        log.flush()
+        local m = H.recv(H.tagged("log"), "the record sent to " .. H.show(dest))
+        assert.are.equal("to " .. H.show(dest), m[3].text)
+      end
+    end)
+
     it("is replaced by stderr when its process is gone", function()
       local out = run([[
         local p, ref = erlangen.spawn_monitor(function() end)
@@ -526,7 +538,8 @@ describe("erlangen.log", function()
         {{}, "set_sink: give exactly one of"},
         {{file = "a", pid = self()}, "set_sink: give exactly one of"},
         {{file = 3}, "set_sink: option 'file' must be a path"},
-        {{pid = "x"}, "set_sink: option 'pid' must be a pid, got string"},
+        {{pid = 42}, "set_sink: option 'pid' must be a pid, name or {name, node}, got number"},
+        {{pid = {"sink", "nohost"}}, "set_sink: option 'pid' must be a pid, name or {name, node}, got table"},
         {{stderr = 1}, "set_sink: option 'stderr' must be true"},
         {{pid = self(), timeout = -1}, "set_sink: option 'timeout' must be a non%-negative number"},
         {{file = "a", timeout = 1}, "set_sink: option 'timeout' goes with 'pid'"},

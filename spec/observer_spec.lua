@@ -182,7 +182,7 @@ describe("observer.tree", function()
     assert.is_nil(find_node(roots, middle))
   end)
 
-  it("returns only the subtree of opts.root, given as a pid or a name", function()
+  it("returns only the subtree of opts.root, given as a pid, a name or {name, node}", function()
     local pids = kv_pids(start(KV))
     local by_pid = observer.tree{root = pids.inner}
     assert.are.equal(1, #by_pid)
@@ -191,12 +191,18 @@ describe("observer.tree", function()
     local by_name = observer.tree{root = "kv_registry"}
     assert.are.equal(1, #by_name)
     assert.are.equal(pids.registry, by_name[1].pid)
+    local by_name_node = observer.tree{root = {"kv_registry", erlangen.node()}}
+    assert.are.equal(1, #by_name_node)
+    assert.are.equal(pids.registry, by_name_node[1].pid)
   end)
 
   it("returns nil, 'noproc' for a root that is not running", function()
     local a, err = observer.tree{root = H.dead_pid()}
     assert.is_nil(a); assert.are.equal("noproc", err)
     a, err = observer.tree{root = "no_such_process"}
+    assert.is_nil(a)
+    assert.are.equal("noproc", err)
+    a, err = observer.tree{root = {"no_such_process", erlangen.node()}}
     assert.is_nil(a); assert.are.equal("noproc", err)
   end)
 end)
@@ -458,10 +464,12 @@ describe("observer options", function()
       error_of(function() observer.dot{ascii = true} end))
   end)
 
-  it("rejects a root that is neither a pid nor a name", function()
-    assert.matches("observer.text: option 'root' must be a pid or a name, got table",
+  it("rejects a root that is neither a pid, a name nor {name, node}", function()
+    assert.matches("observer.text: option 'root' must be a pid, a name or {name, node}, got table",
       error_of(function() observer.text{root = {}} end))
-    assert.matches("observer.tree: option 'root' must be a pid or a name, got userdata",
+    assert.matches("observer.text: option 'root' must be a pid, a name or {name, node}, got table",
+      error_of(function() observer.text{root = {"kv_sup", "nohost"}} end))
+    assert.matches("observer.tree: option 'root' must be a pid, a name or {name, node}, got ref",
       error_of(function() observer.tree{root = erlangen.ref()} end))
   end)
 

@@ -1,7 +1,7 @@
 -- spec/platform_spec.lua — the kernel's calls for a cluster, across real
 -- OS processes on loopback: node events (monitor_nodes), remote names
 -- (whereis and monitor of {name, node}), and remote pids seen by
--- erlangen.type. Child nodes and puppets come from spec/dist_helpers.lua,
+-- erlangen.type. Only /proc counts and a remote process's info are polled. Child nodes and puppets come from spec/dist_helpers.lua,
 -- which says how they are started and ended.
 
 local erlangen = require "erlangen"
@@ -37,6 +37,217 @@ describe("the platform", function()
       assert.are.equal("ref", erlangen.type(ref))
       assert.is_true(erlangen.is_ref(ref))
       assert.is_false(erlangen.is_pid(ref))
+    end)
+  end)
+
+  describe("whereis on another node", function()
+    it("returns the pid registered there, or nil", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      assert.are.equal(p, erlangen.whereis("ctr", b.name))
+      assert.are.equal(p, erlangen.whereis("ctr", b.name, 1))
+      assert.is_nil(erlangen.whereis("nobody", b.name))
+    end)
+
+    it("with this node's name is the local whereis", function()
+      D.this_node()
+      erlangen.register("me_here", self())
+      assert.are.equal(self(), erlangen.whereis("me_here", erlangen.node(), 0))
+      erlangen.unregister("me_here")
+      assert.is_nil(erlangen.whereis("me_here", erlangen.node()))
+    end)
+
+    it("raises noconnection for a node that cannot be reached, naming the name and the node", function()
+      D.this_node()
+      local err = H.error_of(erlangen.whereis, "ctr", "nobody@" .. HOST .. ":" .. D.closed_port(), 2)
+      assert.matches("whereis: 'ctr' on nobody@" .. HOST .. ": noconnection", err, 1, true)
+    end)
+
+    it("raises timeout after its timeout for a node that does not answer", function()
+      local b = start_child()
+      D.signal(b, "STOP")
+      local t0 = erlangen.now()
+      local err = H.error_of(erlangen.whereis, "ctr", b.name, 0.3)
+      D.signal(b, "CONT")
+      assert.matches("whereis: 'ctr' on " .. b.name .. ": timeout", err, 1, true)
+      assert.is_true(erlangen.now() - t0 < DETECT)
+    end)
+
+    it("refuses a bad name, node or timeout", function()
+      D.this_node()
+      local node = "b@" .. HOST
+      local function err(...)
+        local args = table.pack(...)
+        return H.error_of(function() erlangen.whereis(table.unpack(args, 1, args.n)) end)
+      end
+      assert.matches("bad argument #1 to 'whereis' (string expected, got boolean)", err(true, node), 1, true)
+      assert.matches("bad argument #1 to 'whereis' (name must be", err("", node), 1, true)
+      assert.matches("bad argument #2 to 'whereis' (bad node name 'nohost'", err("x", "nohost"), 1, true)
+      assert.matches("bad argument #2 to 'whereis'", err("x", {}), 1, true)
+      assert.matches("bad argument #3 to 'whereis' (timeout must be", err("x", node, -1), 1, true)
+    end)
+  end)
+
+  describe("monitor of {name, node}", function()
+    it("gives a DOWN naming {name, node} with the reason when the process ends", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      local ref = erlangen.monitor({"ctr", b.name})
+      assert.is_true(erlangen.is_ref(ref))
+      D.finish(p, "die", "enough")
+      local m = H.recv(H.is_down(ref), "the DOWN")
+      assert.are.same({"ctr", b.name}, m[3])
+      assert.are.equal("enough", m[4])
+    end)
+
+    it("gives noproc at once for a name that is not registered there", function()
+      local b = start_child()
+      local ref = erlangen.monitor({"nobody", b.name})
+      local m = H.recv(H.is_down(ref), "the DOWN", DETECT)
+      assert.are.same({"nobody", b.name}, m[3])
+      assert.are.equal("noproc", m[4])
+    end)
+
+    it("on this node monitors the local name, and gives noproc when it is not registered", function()
+      D.this_node()
+      local pid = erlangen.spawn(function() erlangen.receive() end)
+      erlangen.register("local_ctr", pid)
+      local ref = erlangen.monitor({"local_ctr", erlangen.node()})
+      erlangen.exit(pid, "kill")
+      local m = H.recv(H.is_down(ref), "the DOWN")
+      assert.are.same({"local_ctr", erlangen.node()}, m[3])
+      assert.are.equal("killed", m[4])
+      local ref2 = erlangen.monitor({"local_ctr", erlangen.node()})
+      local m2 = H.recv(H.is_down(ref2), "the noproc DOWN")
+      assert.are.same({"local_ctr", erlangen.node()}, m2[3])
+      assert.are.equal("noproc", m2[4])
+    end)
+
+    it("gives noconnection when the node is killed, or cannot be reached", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      local ref = erlangen.monitor({"ctr", b.name})
+      assert.are.equal(p, erlangen.whereis("ctr", b.name))   -- the monitor is set by now
+      kill_child(b)
+      local m = H.recv(H.is_down(ref), "the DOWN", DETECT)
+      assert.are.same({"ctr", b.name}, m[3])
+      assert.are.equal("noconnection", m[4])
+      local far = "nobody@" .. HOST
+      local ref2 = erlangen.monitor({"ctr", far .. ":" .. D.closed_port()})
+      local m2 = H.recv(H.is_down(ref2), "the DOWN of an unreachable node", DETECT)
+      assert.are.same({"ctr", far}, m2[3])
+      assert.are.equal("noconnection", m2[4])
+    end)
+
+    it("taken down with demonitor gives no DOWN, and the other node drops the monitor", function()
+      local b = start_child()
+      local p = puppet(b)
+      must(p, "register", "ctr", p)
+      for round = 1, 2 do
+        local ref = erlangen.monitor({"ctr", b.name})
+        if round == 2 then erlangen.whereis("ctr", b.name) end   -- once after the node answered
+        erlangen.demonitor(ref)
+        local gone = D.poll(function() return #must(p, "info", p).monitored_by == 0 end)
+        assert.is_true(gone, "the puppet is still monitored: " .. H.show(must(p, "info", p).monitored_by))
+      end
+      D.finish(p, "die", "enough")
+      H.refute_message(H.is_down(), "a DOWN after demonitor")
+    end)
+
+    it("demonitor with flush removes a DOWN already queued", function()
+      local b = start_child()
+      local ref = erlangen.monitor({"nobody", b.name})
+      assert.is_nil(erlangen.whereis("nobody", b.name))   -- the noproc DOWN is queued by now
+      erlangen.demonitor(ref, true)
+      H.refute_message(H.is_down(ref), "the flushed DOWN")
+    end)
+
+    it("refuses a malformed {name, node}", function()
+      D.this_node()
+      for _, bad in ipairs{{}, {"x"}, {1, "b@" .. HOST}, {"x", 2}, {"", "b@" .. HOST}} do
+        assert.matches("bad argument #1 to 'monitor'", H.error_of(function() erlangen.monitor(bad) end))
+      end
+      assert.matches("bad node name", H.error_of(erlangen.monitor, {"x", "nohost"}))
+    end)
+  end)
+
+  describe("node_names", function()
+    -- A daemon of this test's own on a free port; names are registered over
+    -- luasocket, and node_names runs in a child interpreter that the
+    -- environment points at that daemon.
+    local socket = require "socket"
+    local daemon, regs
+
+    before_each(function()
+      local f = assert(io.popen("sh -c " .. H.quote("echo $$; exec timeout -k 2 60 " .. H.quote(D.BIN) ..
+                                                    " --port-mapper --port 0 2>&1"), "r"))
+      daemon = {pid = tonumber(f:read("l")), port = tonumber(f:read("l")), f = f}
+      assert(daemon.port, "the port mapper did not start")
+      regs = {}
+    end)
+
+    after_each(function()
+      for _, c in ipairs(regs) do c:close() end
+      os.execute("kill -TERM " .. daemon.pid)
+      daemon.f:close()
+    end)
+
+    local function register(name, port)
+      local c = assert(socket.connect("127.0.0.1", daemon.port))
+      c:settimeout(5)
+      assert(c:send("REGISTER " .. name .. " " .. port .. "\n"))
+      assert.are.equal("OK", c:receive("*l"))
+      regs[#regs + 1] = c
+    end
+
+    -- Runs `code` in a child erlangen that asks this test's daemon; returns its output.
+    local function child(code, port)
+      local p = assert(io.popen(string.format("ERLANGEN_PORT_MAPPER_PORT=%d timeout 20 %s -e %s 2>&1",
+                                              port or daemon.port, H.quote(D.BIN), H.quote(code))))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+
+    local LIST = [[
+local e = require "erlangen"
+for _, n in ipairs(e.node_names(...)) do io.write(n.name, "=", n.port, " ") end
+print("end")]]
+
+    it("lists the names registered with the port mapper, sorted, with their ports", function()
+      register("zeta", 9101)
+      register("alpha", 9102)
+      register("mid", 9103)
+      assert.are.equal("alpha=9102 mid=9103 zeta=9101 end\n", child(LIST))
+      assert.are.equal("alpha=9102 mid=9103 zeta=9101 end\n", child((LIST:gsub("%.%.%.", "'localhost', 1"))))
+      regs[1]:close()
+      table.remove(regs, 1)
+      local out
+      for _ = 1, 50 do   -- the daemon drops zeta when it sees the close
+        out = child(LIST)
+        if not out:find("zeta", 1, true) then break end
+      end
+      assert.are.equal("alpha=9102 mid=9103 end\n", out)
+    end)
+
+    it("returns an empty list when nothing is registered", function()
+      assert.are.equal("end\n", child(LIST))
+    end)
+
+    it("raises naming the host when no port mapper answers", function()
+      local out = child([[print(pcall(require("erlangen").node_names, nil, 1))]], D.closed_port())
+      assert.matches("^false\tnode_names: ", out)
+      assert.matches("127.0.0.1", out, 1, true)
+    end)
+
+    it("refuses a bad timeout", function()
+      assert.matches("bad argument #2 to 'node_names'",
+                     H.error_of(function() erlangen.node_names(nil, 0) end), 1, true)
+      assert.matches("bad argument #1 to 'node_names'",
+                     H.error_of(function() erlangen.node_names({}) end), 1, true)
     end)
   end)
 

@@ -12,8 +12,8 @@ local socket = require "socket"
 local BIN = os.getenv("ERLANGEN_BIN") or "build/erlangen"
 local LIFE = 120      -- seconds a daemon may live at most
 local TIMEOUT = 5     -- seconds any one socket operation may take
-local STALL = 3       -- PMAP_STALL_SECONDS in kernel/portmap.h
-local REMOTE = 64     -- PMAP_MAX_REMOTE in kernel/portmap.h
+local STALL = 3       -- PMAPD_STALL_SECONDS in kernel/net/portmapd.h
+local REMOTE = 64     -- PMAP_MAX_REMOTE in kernel/net/portmap.h
 
 local H = require "spec.helpers"
 local q = H.quote

@@ -304,6 +304,76 @@ describe("a process", function()
     end)
   end)
 
+  describe("package paths", function()
+    local saved_path, saved_cpath, dir
+    before_each(function()
+      saved_path, saved_cpath = package.path, package.cpath
+      dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. H.quote(dir)))
+      local f = assert(io.open(dir .. "/path_worker.lua", "w"))
+      f:write([[
+local erlangen = require "erlangen"
+local M = {}
+function M.start(parent, depth)
+  if depth > 0 then erlangen.spawn("path_worker.start", parent, depth - 1) return end
+  erlangen.send(parent, {"paths", package.path, package.cpath})
+end
+return M
+]])
+      f:close()
+    end)
+    after_each(function()
+      package.path, package.cpath = saved_path, saved_cpath
+      os.remove(dir .. "/path_worker.lua")
+      os.remove(dir)
+    end)
+
+    local function paths_of(spawn_it)
+      spawn_it()
+      local m = H.recv(H.tagged("paths"), "the child's paths")
+      return m[2], m[3]
+    end
+
+    it("are the spawner's: a module found on the spawner's package.path is found by the child", function()
+      package.path = dir .. "/?.lua;" .. package.path
+      package.cpath = dir .. "/?.so;" .. package.cpath
+      local path, cpath = paths_of(function() erlangen.spawn("path_worker.start", self(), 0) end)
+      assert.are.equal(package.path, path)
+      assert.are.equal(package.cpath, cpath)
+    end)
+
+    it("pass on to the child's own children", function()
+      package.path = dir .. "/?.lua;" .. package.path
+      local path = paths_of(function() erlangen.spawn("path_worker.start", self(), 2) end)
+      assert.are.equal(package.path, path)
+    end)
+
+    it("are what spawn_opt says: a string, or false for the node's default", function()
+      package.path = dir .. "/?.lua;" .. package.path
+      local path, cpath = paths_of(function()
+        erlangen.spawn_opt({path = package.path, cpath = "/x/?.so"}, "path_worker.start", self(), 0)
+      end)
+      assert.are.equal(package.path, path)
+      assert.are.equal("/x/?.so", cpath)
+      local default_path
+      erlangen.spawn_opt({path = false}, function(parent)
+        erlangen.send(parent, {"paths", package.path})
+      end, self())
+      default_path = H.recv(H.tagged("paths"), "the default path")[2]
+      assert.is_nil(default_path:find(dir, 1, true))
+      local _, ref = erlangen.spawn_opt({path = false, monitor = true}, "path_worker.start", self(), 0)
+      assert.matches("module 'path_worker' not found", H.await_down(ref), 1, true)
+    end)
+
+    it("refuses a path option that is not a string or false", function()
+      assert.matches("spawn_opt: option 'path' must be a string, or false",
+                     H.error_of(erlangen.spawn_opt, {path = true}, function() end), 1, true)
+      assert.matches("spawn_opt: option 'cpath' must be a string, or false",
+                     H.error_of(erlangen.spawn_opt, {cpath = 1}, function() end), 1, true)
+    end)
+  end)
+
   describe("ending", function()
     it("exits with \"normal\" when its function returns", function()
       local _, ref = erlangen.spawn_monitor(function() end)

@@ -33,6 +33,7 @@ function kv.handle_call(req, from, s)
     return {ok, err[1]}, s
   end
   if op == "bad_reply" then return io.stdout, s end
+  if op == "alias" then return erlangen.alias(), s end
   return "unknown", s
 end
 
@@ -97,6 +98,21 @@ describe("erlangen.server", function()
       assert.are.equal(pid, erlangen.whereis("server_spec_kv"))
       server.cast("server_spec_kv", {"put", "x", "by name"})
       assert.are.equal("by name", server.call("server_spec_kv", {"get", "x"}))
+    end)
+
+    it("reaches a server by {name, node} when node is this node", function()
+      start_kv({name = "server_spec_kv"})
+      local addr = {"server_spec_kv", erlangen.node()}
+      server.cast(addr, {"put", "x", "by name and node"})
+      assert.are.equal("by name and node", server.call(addr, {"get", "x"}))
+    end)
+
+    it("reaches a server through an alias the server made", function()
+      local pid = start_kv()
+      local alias = server.call(pid, {"alias"})
+      server.cast(alias, {"put", "x", "by alias"})
+      assert.are.equal("by alias", server.call(alias, {"get", "x"}))
+      assert.are.same({}, H.peek())
     end)
 
     it("returns a nil reply as nil", function()
@@ -196,6 +212,14 @@ describe("erlangen.server", function()
       local err = H.error_of(function() server.call("server_spec_nobody", {"get", "x"}) end)
       assert.are.equal("noproc", err[1])
       assert.are.equal("server_spec_nobody", err.server)
+    end)
+
+    it("raises noproc for a ref that is not an active alias", function()
+      local ref = erlangen.ref()
+      local err = H.error_of(function() server.call(ref, {"get", "x"}) end)
+      assert.are.equal("noproc", err[1])
+      assert.are.equal(ref, err.server)
+      assert.are.same({}, H.drain())
     end)
 
     it("raises calling_self when a process calls itself", function()
@@ -487,10 +511,12 @@ describe("erlangen.server", function()
     end)
 
     it("names the bad server and timeout of call", function()
-      check("bad argument #1 to 'call' (pid or name expected, got table)",
+      check("bad argument #1 to 'call' (pid, name or {name, node} expected, got table)",
         function() server.call({}, "x") end)
-      check("bad argument #1 to 'call' (pid or name expected, got ref)",
-        function() server.call(erlangen.ref(), "x") end)
+      check("bad argument #1 to 'call' (pid, name or {name, node} expected, got {name, node} " ..
+        "with node \"nohost\")", function() server.call({"kv", "nohost"}, "x") end)
+      check("bad argument #1 to 'call' (pid, name or {name, node} expected, got boolean)",
+        function() server.call(true, "x") end)
       check("bad argument #3 to 'call' (timeout must be a number >= 0",
         function() server.call(pid, "x", -1) end)
     end)
@@ -503,8 +529,10 @@ describe("erlangen.server", function()
     end)
 
     it("names the bad arguments of cast, reply, stop and stop_with", function()
-      check("bad argument #1 to 'cast' (pid or name expected, got number)",
+      check("bad argument #1 to 'cast' (pid, name or {name, node} expected, got number)",
         function() server.cast(1, "x") end)
+      check("bad argument #1 to 'stop' (pid, name or {name, node} expected, got an alias",
+        function() server.stop(erlangen.alias()) end)
       check("bad argument #1 to 'reply' (the 'from' of handle_call expected",
         function() server.reply("from", 1) end)
       check("bad argument #3 to 'stop' (timeout must be a number >= 0",

@@ -195,7 +195,8 @@ describe("a one_for_one supervisor", function()
             assert.are.same({specs = 0, active = 0, supervisors = 0, workers = 0},
               supervisor.count_children(sup))
           else
-            assert.are.same({id = "w", status = "undefined", type = "worker", restart = restart}, c)
+            assert.are.same({id = "w", status = "undefined", type = "worker", restart = restart,
+                             node = erlangen.node()}, c)
           end
           S.no_more_events(sup)
         end
@@ -255,7 +256,8 @@ describe("supervisor management calls", function()
     assert.is_true(supervisor.terminate_child(sup, "a"))
     assert.are.same({"stop a"}, S.events(1))
     assert.are.equal("shutdown", H.await_down(ref))
-    assert.are.same({id = "a", status = "undefined", type = "worker", restart = "permanent"},
+    assert.are.same({id = "a", status = "undefined", type = "worker", restart = "permanent",
+                     node = erlangen.node()},
       S.entry(sup, "a"))
     assert.is_true(supervisor.terminate_child(sup, "a"))  -- not running: nothing to do
     assert.are.same({nil, "not_found"}, {supervisor.terminate_child(sup, "zz")})
@@ -365,7 +367,7 @@ describe("supervisor management calls", function()
 
   it("raises a bad argument error for something that is neither a pid nor a name", function()
     local err = H.error_of(function() supervisor.which_children(42) end)
-    assert.matches("supervisor_spec.lua:%d+: bad argument #1 to 'which_children' %(pid or name expected, got number%)", err)
+    assert.matches("supervisor_spec.lua:%d+: bad argument #1 to 'which_children' %(pid, name or {name, node} expected, got number%)", err)
   end)
 end)
 

@@ -67,6 +67,18 @@ describe("erlangen.timer", function()
       collect("named", 1)
     end)
 
+    it("delivers to {name, node} of this node and to an alias", function()
+      erlangen.register("timer_spec_dest", self())
+      local before = erlangen.now()
+      timer.send_after(0.02, {"timer_spec_dest", erlangen.node()}, {"named", 1, before + 0.02})
+      collect("named", 1)
+      local alias = erlangen.alias()
+      before = erlangen.now()
+      timer.send_after(0.02, alias, {"aliased", 1, before + 0.02})
+      collect("aliased", 1)
+      erlangen.unalias(alias)
+    end)
+
     it("returns a ref without waiting for the service", function()
       local tref = timer.send_after(10, self(), "later")
       assert.is_truthy(tostring(tref):match("^#Ref<"), "expected a ref, got " .. H.show(tref))
@@ -294,13 +306,18 @@ describe("erlangen.timer", function()
       end
     end)
 
-    it("refuses a destination that is not a pid, a name or an alias", function()
-      for _, d in ipairs({{}, "", 42, true}) do
-        local e = err_of(function() timer.send_after(1, d, "x") end)
-        assert.matches(here .. "bad argument #2 to 'send_after' %(dest", e)
+    it("refuses a destination that is not a pid, an alias, a name or {name, node}", function()
+      for _, c in ipairs({{{}, "table"}, {"", "an empty name"}, {42, "number"}, {true, "boolean"},
+                          {{"t", "nohost"}, "{name, node} with node \"nohost\""}}) do
+        local e = err_of(function() timer.send_after(1, c[1], "x") end)
+        assert.matches(here, e)
+        assert.matches("bad argument #2 to 'send_after' (pid, name or {name, node} expected, got "
+          .. c[2] .. ")", e, 1, true)
       end
       local e = err_of(function() timer.send_interval(1, nil, "x") end)
-      assert.matches(here .. "bad argument #2 to 'send_interval' %(dest.*got nil", e)
+      assert.matches(here, e)
+      assert.matches("bad argument #2 to 'send_interval' (pid, name or {name, node} expected, got nil)",
+        e, 1, true)
     end)
 
     it("refuses a nil message and an unsendable one", function()

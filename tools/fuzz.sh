@@ -8,6 +8,7 @@
 #   frame      the frame decoder (and an encoder round trip)
 #   handshake  the handshake responder: msg1, then the confirmation
 #   pmap       the port mapper daemon: one client's stream through its protocol
+#   pmap_names the port mapper client: a daemon's NAMES reply through pmap_names's parser
 # Each starts from its seed corpus spec/fuzz/corpus/<target>/ and keeps what
 # it finds in build/fuzz/corpus/<target>/; crash inputs go to
 # build/fuzz/<target>-crash-*. Prints one line per target:
@@ -16,7 +17,7 @@
 # any target failed to build or found a crash. --list prints the targets.
 # (tools/setup.sh installs clang and libclang-rt-14-dev.)
 set -u
-targets_all="codec frame handshake pmap"
+targets_all="codec frame handshake pmap pmap_names"
 if [ "${1:-}" = "--list" ]; then echo $targets_all; exit 0; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
@@ -37,10 +38,17 @@ build_target() {  # build_target NAME -> $out/NAME_fuzz
              "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/frame_fuzz" ;;
     handshake) clang "${cflags[@]}" $(pkg-config --cflags libsodium) "$f/handshake_fuzz.c" "$n/frame.c" \
              "$n/noise.c" "$n/crypto.c" $(pkg-config --libs libsodium) -ldl -pthread -o "$out/handshake_fuzz" ;;
-    pmap) mkdir -p "$out/pmap-inc"  # portmap.c wants the meson-made config header: a stand-in
+    pmap|pmap_names)
+          mkdir -p "$out/pmap-inc"  # portmap.c wants the meson-made config header: a stand-in
           printf '#define ERLANGEN_BIN_INSTALL "/nonexistent/erlangen"\n#define ERLANGEN_BUILD_ROOT "/nonexistent/"\n' \
             > "$out/pmap-inc/erlangen_config.h"
-          clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_fuzz.c" -ldl -pthread -o "$out/pmap_fuzz" ;;
+          if [ "$1" = pmap ]; then  # the daemon, included whole; portmap.c linked
+            clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_fuzz.c" "$n/portmap.c" -ldl -pthread \
+              -o "$out/pmap_fuzz"
+          else  # the client, included whole
+            clang "${cflags[@]}" -I "$out/pmap-inc" "$f/pmap_names_fuzz.c" -ldl -pthread \
+              -o "$out/pmap_names_fuzz"
+          fi ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
 }

@@ -436,6 +436,7 @@ static void end_conn(io *t, conn *c, const char *why) {
   shutdown(c->fd, SHUT_RDWR);
   if (node_clear_conn(c->node, c)) {
     dist_node_down(c->node, c->peer_creation, why);
+    node_down_done(c->node);
     dist_link_lost(c->node, why);
   }
   conn_release(c);   /* the thread's */
@@ -652,14 +653,27 @@ static int initiate(uint32_t idx, double deadline, int *refused, char *err, size
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  dist_node_up(idx, 1);   /* before its I/O thread reads a record */
-  if (io_attach(c) != 0) {
-    dist_node_up(idx, 0);   /* the link never started */
+  /* Installed, announced, then handed to its I/O thread, all under c->lock
+  ** (as hs_accept does): no sender writes before the I/O thread has it,
+  ** and no record is read before the nodeup. */
+  pthread_mutex_lock(&c->lock);
+  if (node_install_conn(idx, c) != 0) {   /* an incoming link won meanwhile: keep it */
+    pthread_mutex_unlock(&c->lock);
+    conn_release(c);   /* never used: this closes it */
+    return 0;
+  }
+  dist_node_up(idx);
+  int attached = io_attach(c) == 0;
+  if (!attached && node_clear_conn(idx, c)) {
+    dist_node_down(idx, peer.creation, "out of memory");
+    node_down_done(idx);
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (!attached) {
     conn_release(c);
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  if (node_install_conn(idx, c) != 0) conn_close(c, 0);   /* an incoming link won meanwhile: keep it */
   conn_release(c);   /* ours; the table and the I/O thread hold theirs */
   return 0;
 }
@@ -875,7 +889,7 @@ static void hs_accept(hs_slot *s, conn *c, conn *old, uint32_t idx, const char *
     conn_close(old, 0);
     dist_node_down(idx, conn_peer_creation(old), old_why);   /* local deliveries only: no lock of c's */
   }
-  dist_node_up(idx, 1);   /* before its I/O thread reads a record */
+  dist_node_up(idx);   /* installed; before its I/O thread reads a record */
   int gone = hs_hand_over(s, c) != 0 || send_frame_now(c->fd, &c->enc, FRAME_DATA, REC_ACCEPT) != 0;
   if (gone) shutdown(c->fd, SHUT_RDWR);   /* its I/O thread ends it: a lost link */
   c->last_send = mbox_now();

@@ -39,8 +39,14 @@ enum {
   R_DEMONITOR,       /* from, to, to_creation, ref */
   R_DOWN,            /* from, watcher, watcher_creation, ref, ref_creation, reason */
   R_SPAWN,           /* req, from, flags, ref, payload */
-  R_SPAWN_REPLY      /* req, to, to_creation, ok, pid | error text */
+  R_SPAWN_REPLY,     /* req, to, to_creation, ok, pid | error text */
+  R_QUERY,           /* req, from, kind, arguments */
+  R_QUERY_REPLY,     /* req, to, to_creation, ok, answer | error text */
+  R_MONITOR_NAME,    /* from, ref, name */
+  R_MONITOR_NAMED    /* watcher, watcher_creation, ref, pid: the name's pid, before its DOWN */
 };
+
+enum { Q_WHEREIS = 1 };   /* query kinds: WHEREIS name -> pid serial (0: none) */
 
 #define SPAWN_LINK    DIST_SPAWN_LINK
 #define SPAWN_MONITOR DIST_SPAWN_MONITOR
@@ -53,10 +59,12 @@ enum {
 ** message the codec makes by default, plus room for a record header. */
 #define DIST_MAX_BODY (CODEC_DEFAULT_MAX_SIZE + 4096u)
 
+/* A request waiting for its reply: a remote spawn or a query. */
 typedef struct pending {
   struct pending *next;
   uint64_t req;
   uint32_t node;
+  int type;                /* R_SPAWN or R_QUERY */
   term_id caller;
   int flags;
   term_id ref;
@@ -439,8 +447,8 @@ int dist_send(term_id to, const unsigned char *msg, size_t len, double deadline)
 int dist_send_name(uint32_t idx, const char *name, const unsigned char *msg, size_t len,
                    double deadline) {
   size_t nl = strlen(name);
-  if (nl > 255) return DIST_DEAD;
-  unsigned char h[HDR_MAX + 256];
+  if (nl > DIST_NAME_MAX) return DIST_DEAD;
+  unsigned char h[HDR_MAX + DIST_NAME_MAX + 1];
   size_t n = 0;
   h[n++] = R_SEND_NAME;
   n += put_v(h + n, nl);
@@ -536,9 +544,9 @@ static void walk_processes(void (*mark)(uint32_t idx, void *ud), void *ud) {
 
 /* ---- remote spawn ---- */
 
-static pending *find_pending_locked(uint64_t req, term_id caller) {
+static pending *find_pending_locked(uint64_t req, term_id caller, int type) {
   pending *p = D.spawns;
-  while (p && !(p->req == req && term_eq(p->caller, caller))) p = p->next;
+  while (p && !(p->req == req && p->type == type && term_eq(p->caller, caller))) p = p->next;
   return p;
 }
 
@@ -574,27 +582,28 @@ static void abandon_child(term_id caller, term_id child, int flags, term_id ref)
   if (flags & SPAWN_MONITOR) dist_demonitor(caller, child, ref);
 }
 
-int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int flags,
-               term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
+/* A new pending request of `type` from self to node idx, listed. */
+static pending *request_new(proc *self, uint32_t idx, int type, int flags, term_id ref) {
   pending *p = calloc(1, sizeof *p);
-  if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+  if (!p) return NULL;
   p->node = idx;
+  p->type = type;
   p->caller = self->pid;
-  p->flags = flags & (SPAWN_LINK | SPAWN_MONITOR | SPAWN_TRAP);
-  p->ref = term_new_ref();
+  p->flags = flags;
+  p->ref = ref;
   pthread_mutex_lock(&D.lock);
   p->req = D.next_req++;
   p->next = D.spawns;
   D.spawns = p;
   pthread_mutex_unlock(&D.lock);
-  unsigned char h[HDR_MAX];
-  size_t n = 0;
-  h[n++] = R_SPAWN;
-  n += put_v(h + n, p->req);
-  n += put_v(h + n, self->pid.n);
-  n += put_v(h + n, (uint64_t)p->flags);
-  n += put_v(h + n, p->ref.n);
-  int rc = put_record(idx, 1, 0, h, n, payload, len, deadline);
+  return p;
+}
+
+/* Waits until `deadline` for the reply to p, whose record put_record
+** queued with `rc`. Returns 1 with the answer in *pid (and *ref), or 0 with
+** the reason in err. p is freed, or kept as abandoned for a late reply. */
+static int request_wait(proc *self, pending *p, int rc, double deadline, term_id *pid, term_id *ref,
+                        char *err, size_t errlen) {
   pthread_mutex_lock(&D.lock);
   if (rc == DIST_OK) {
     while (!p->done && !atomic_load(&self->doomed)) {
@@ -606,10 +615,10 @@ int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t le
     }
   }
   int ok = p->done && p->ok;
-  if (ok) { *pid = p->pid; *ref = p->ref; }
+  if (ok) { *pid = p->pid; if (ref) *ref = p->ref; }
   else if (p->done) snprintf(err, errlen, "%s", p->err);
   else if (rc == DIST_NOCONN) snprintf(err, errlen, "noconnection");
-  else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(idx));
+  else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(p->node));
   else snprintf(err, errlen, "timeout");
   if (!p->done && rc == DIST_OK) {   /* the request left: its reply may still come */
     abandon_locked(p);
@@ -617,7 +626,42 @@ int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t le
   } else pending_remove_locked(p);
   pthread_mutex_unlock(&D.lock);
   free(p);
-  return ok ? 0 : -1;
+  return ok;
+}
+
+int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int flags,
+               term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
+  pending *p = request_new(self, idx, R_SPAWN, flags & (SPAWN_LINK | SPAWN_MONITOR | SPAWN_TRAP),
+                           term_new_ref());
+  if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_SPAWN;
+  n += put_v(h + n, p->req);
+  n += put_v(h + n, self->pid.n);
+  n += put_v(h + n, (uint64_t)p->flags);
+  n += put_v(h + n, p->ref.n);
+  int rc = put_record(idx, 1, 0, h, n, payload, len, deadline);
+  return request_wait(self, p, rc, deadline, pid, ref, err, errlen) ? 0 : -1;
+}
+
+int dist_whereis(proc *self, uint32_t idx, const char *name, double deadline, term_id *pid,
+                 char *err, size_t errlen) {
+  size_t nl = strlen(name);
+  if (nl == 0 || nl > DIST_NAME_MAX) { snprintf(err, errlen, "bad name"); return -1; }
+  pending *p = request_new(self, idx, R_QUERY, 0, (term_id){0, 0, 0});
+  if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_QUERY;
+  n += put_v(h + n, p->req);
+  n += put_v(h + n, self->pid.n);
+  h[n++] = Q_WHEREIS;
+  int rc = put_record(idx, 1, 0, h, n, (const unsigned char *)name, nl, deadline);
+  term_id got = {0, 0, 0};
+  if (!request_wait(self, p, rc, deadline, &got, NULL, err, errlen)) return -1;
+  *pid = got;
+  return got.n != 0;
 }
 
 typedef struct spawn_ctx { conn *c; uint64_t req; term_id from; } spawn_ctx;
@@ -678,7 +722,7 @@ static void handle_spawn_reply(conn *c, rd *r) {
   int flags = 0, abandoned = 0;
   term_id ref = {0, 0, 0};
   pthread_mutex_lock(&D.lock);
-  pending *p = find_pending_locked(req, to);
+  pending *p = find_pending_locked(req, to, R_SPAWN);
   if (p) {
     flags = p->flags;
     ref = p->ref;
@@ -701,7 +745,7 @@ static void handle_spawn_reply(conn *c, rd *r) {
     }
   }
   pthread_mutex_lock(&D.lock);
-  p = find_pending_locked(req, to);
+  p = find_pending_locked(req, to, R_SPAWN);
   if (p && p->abandoned) {   /* it gave up while we set up its side */
     abandoned = 1;
     abandoned_free_locked(p);
@@ -726,6 +770,110 @@ static void handle_spawn_reply(conn *c, rd *r) {
     }
     abandon_child(to, child, flags, ref);
   }
+}
+
+/* ---- queries and monitors of names ---- */
+
+static void handle_query(conn *c, rd *r) {
+  uint64_t req = get_v(r);
+  term_id from = { get_v(r), conn_node(c), conn_peer_creation(c) };
+  int kind = r->p < r->end ? *r->p++ : 0;
+  if (r->bad) return;
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_QUERY_REPLY;
+  n += put_v(h + n, req);
+  n += put_v(h + n, from.n);
+  n += put_v(h + n, from.creation);
+  size_t nl = (size_t)(r->end - r->p);
+  if (kind == Q_WHEREIS && nl > 0 && nl <= DIST_NAME_MAX && !memchr(r->p, 0, nl)) {
+    char name[DIST_NAME_MAX + 1];
+    memcpy(name, r->p, nl);
+    name[nl] = '\0';
+    term_id pid;
+    h[n++] = 1;
+    n += put_v(h + n, reg_whereis(name, &pid) ? pid.n : 0);
+    conn_send(c, h, n, NULL, 0, INFINITY);
+    return;
+  }
+  static const char bad[] = "a query this node does not know";
+  h[n++] = 0;
+  conn_send(c, h, n, (const unsigned char *)bad, sizeof bad - 1, INFINITY);
+}
+
+static void handle_query_reply(conn *c, rd *r) {
+  uint64_t req = get_v(r);
+  term_id to = { get_v(r), 0, 0 };
+  uint32_t to_creation = get_u32(r);
+  int ok = r->p < r->end ? *r->p++ : 0;
+  uint64_t answer = ok ? get_v(r) : 0;
+  if (r->bad || to_creation != node_creation()) return;
+  pthread_mutex_lock(&D.lock);
+  pending *p = find_pending_locked(req, to, R_QUERY);
+  if (p && p->abandoned) abandoned_free_locked(p);
+  else if (p && !p->done) {
+    p->done = 1;
+    p->ok = ok;
+    p->pid = (term_id){ answer, answer ? conn_node(c) : 0, answer ? conn_peer_creation(c) : 0 };
+    if (!ok) snprintf(p->err, sizeof p->err, "%.*s", (int)(r->end - r->p), (const char *)r->p);
+  }
+  pthread_cond_broadcast(&D.answered);
+  pthread_mutex_unlock(&D.lock);
+}
+
+int dist_monitor_name(term_id from, uint32_t idx, const char *name, term_id ref) {
+  size_t nl = strlen(name);
+  if (nl == 0 || nl > DIST_NAME_MAX) return DIST_DEAD;
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_MONITOR_NAME;
+  n += put_v(h + n, from.n);
+  n += put_v(h + n, ref.n);
+  int rc = put_record(idx, 1, 0, h, n, (const unsigned char *)name, nl, INFINITY);
+  return rc == DIST_OK ? DIST_OK : DIST_NOCONN;
+}
+
+/* The name's pid goes back first, so that its DOWN (after the monitor is
+** set) comes after it on the link. */
+static void handle_monitor_name(conn *c, rd *r) {
+  term_id from = { get_v(r), conn_node(c), conn_peer_creation(c) };
+  term_id ref = { get_v(r), conn_node(c), conn_peer_creation(c) };
+  size_t nl = (size_t)(r->end - r->p);
+  if (r->bad) return;
+  char name[DIST_NAME_MAX + 1];
+  term_id pid = {0, 0, 0};
+  int found = 0;
+  if (nl > 0 && nl <= DIST_NAME_MAX && !memchr(r->p, 0, nl)) {
+    memcpy(name, r->p, nl);
+    name[nl] = '\0';
+    found = reg_whereis(name, &pid);
+  }
+  size_t len;
+  const unsigned char *noproc = kern_reason(KR_NOPROC, &len);
+  if (!found) { dist_down(pid, from, ref, noproc, len); return; }
+  unsigned char h[HDR_MAX];
+  size_t n = 0;
+  h[n++] = R_MONITOR_NAMED;
+  n += put_v(h + n, from.n);
+  n += put_v(h + n, from.creation);
+  n += put_v(h + n, ref.n);
+  n += put_v(h + n, pid.n);
+  conn_send(c, h, n, NULL, 0, INFINITY);
+  if (sig_monitor_remote_in(pid, from, ref) != SIG_OK) dist_down(pid, from, ref, noproc, len);
+}
+
+/* The watcher's side: its monitor learns the pid, or, taken down before
+** the answer came, is taken down there too. */
+static void handle_monitor_named(conn *c, rd *r) {
+  term_id watcher = { get_v(r), 0, 0 };
+  uint32_t creation = get_u32(r);
+  term_id ref = { get_v(r), 0, 0 };
+  term_id pid = { get_v(r), conn_node(c), conn_peer_creation(c) };
+  if (r->bad || creation != node_creation()) return;
+  proc *p = proc_get(watcher);
+  int held = p && sig_monitor_resolve(p, ref, pid);
+  if (p) proc_release(p);
+  if (!held) dist_demonitor(watcher, pid, ref);
 }
 
 /* ---- arrivals ---- */
@@ -756,8 +904,8 @@ void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
   }
   case R_SEND_NAME: {
     uint64_t nl = get_v(&r);
-    if (r.bad || nl == 0 || nl > 255 || nl > (uint64_t)(r.end - r.p)) return;
-    char name[256];
+    if (r.bad || nl == 0 || nl > DIST_NAME_MAX || nl > (uint64_t)(r.end - r.p)) return;
+    char name[DIST_NAME_MAX + 1];
     memcpy(name, r.p, nl);
     name[nl] = '\0';
     r.p += nl;
@@ -773,6 +921,10 @@ void dist_inbound(conn *c, const unsigned char *rec, size_t len) {
   }
   case R_SPAWN: handle_spawn(c, &r); return;
   case R_SPAWN_REPLY: handle_spawn_reply(c, &r); return;
+  case R_QUERY: handle_query(c, &r); return;
+  case R_QUERY_REPLY: handle_query_reply(c, &r); return;
+  case R_MONITOR_NAME: handle_monitor_name(c, &r); return;
+  case R_MONITOR_NAMED: handle_monitor_named(c, &r); return;
   default: break;
   }
   /* Signals: from (a pid of the peer), to (ours), to's creation. */
@@ -873,7 +1025,7 @@ static void announce(uint32_t idx, int up, const char *reason) {
   free(to);
 }
 
-void dist_node_up(uint32_t idx, int up) { announce(idx, up, "out of memory"); }
+void dist_node_up(uint32_t idx) { announce(idx, 1, NULL); }
 
 static int watcher_alive(term_id pid) {
   proc *p = proc_get(pid);

@@ -79,6 +79,20 @@ enum { DIST_SPAWN_LINK = 1, DIST_SPAWN_MONITOR = 2, DIST_SPAWN_TRAP_EXIT = 4 };
 int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, size_t len,
                int flags, term_id *ref, double deadline, term_id *pid, char *err, size_t errlen);
 
+/* Asks node idx for the pid registered as `name` (at most DIST_NAME_MAX
+** bytes), waiting until `deadline`. Returns 1 with *pid, 0 if the name is
+** not registered there, or -1 with the reason in err ("noconnection",
+** "timeout"). */
+#define DIST_NAME_MAX 255
+int dist_whereis(struct proc *self, uint32_t idx, const char *name, double deadline, term_id *pid,
+                 char *err, size_t errlen);
+
+/* Asks node idx to monitor the process registered as `name` for `from`,
+** whose monitor `ref` targets {0, idx, 0} until the node answers with the
+** pid (sig_monitor_resolve). The DOWN says "noproc" if no process has the
+** name. Returns DIST_OK or DIST_NOCONN. */
+int dist_monitor_name(term_id from, uint32_t idx, const char *name, term_id ref);
+
 /* monitor_node: subscribes (on) or unsubscribes self to idx's nodedown. A
 ** node that cannot be reached gives {"nodedown", name} at once. */
 int dist_monitor_node(struct proc *self, uint32_t idx, int on);
@@ -89,15 +103,14 @@ int dist_monitor_node(struct proc *self, uint32_t idx, int on);
 int dist_monitor_nodes(struct proc *self, int on);
 
 /* From conn.c: a record arrived, a link came up, a link was lost.
-** dist_node_up(idx, 1) tells the monitor_nodes subscribers, before any
-** record of the link is read; dist_node_up(idx, 0) takes that back for a
-** link that could not start. dist_node_down fires the lost link's signals and tells
+** dist_node_up tells the monitor_nodes subscribers that a link was
+** installed, before any record of it is read. dist_node_down fires the lost link's signals and tells
 ** the subscribers `why` (NULL: a connect that never came up);
 ** dist_link_lost logs the loss (dist_report) unless `why` is "closed". A
 ** caller that holds a link's lock logs after it lets go: the report makes a
 ** Lua state. dist_node_up and dist_node_down deliver locally only. */
 void dist_inbound(struct conn *c, const unsigned char *rec, size_t len);
-void dist_node_up(uint32_t idx, int up);
+void dist_node_up(uint32_t idx);
 void dist_node_down(uint32_t idx, uint32_t creation, const char *why);
 void dist_link_lost(uint32_t idx, const char *why);
 

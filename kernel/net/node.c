@@ -29,6 +29,9 @@ typedef struct node_entry {
   _Atomic uint64_t marked;    /* the sweep that last found a process holding it */
   struct conn *conn;          /* shard lock: the up connection, retained */
   int connecting;             /* shard lock: an outgoing attempt is in progress */
+  int downing;                /* shard lock: a lost link's signals are being fired (node_clear_conn
+                              ** to node_down_done); no new link is installed meanwhile, so the
+                              ** walk never takes a link or monitor made over the next one */
   int port;                   /* shard lock: port hint, 0 if none */
   term_id *subs;              /* shard lock: monitor_node subscribers, one per subscription */
   size_t nsubs, capsubs;
@@ -464,6 +467,7 @@ int node_install_conn(uint32_t idx, struct conn *c) {
   if (!e) return -1;
   shard *sh = shard_of(e);
   pthread_mutex_lock(&sh->lock);
+  while (e->downing) pthread_cond_wait(&sh->changed, &sh->lock);
   int empty = e->conn == NULL;
   if (empty) {
     conn_retain(c);
@@ -481,6 +485,7 @@ int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_s
   if (!e) return NODE_REFUSED;
   shard *sh = shard_of(e);
   pthread_mutex_lock(&sh->lock);
+  while (e->downing) pthread_cond_wait(&sh->changed, &sh->lock);
   int rc = e->conn ? (conn_peer_creation(e->conn) != creation ? NODE_ACCEPTED : NODE_ASK)
                    : (!e->connecting || peer_smaller ? NODE_ACCEPTED : NODE_REFUSED);
   if (rc == NODE_ACCEPTED) {
@@ -512,10 +517,20 @@ int node_clear_conn(uint32_t idx, struct conn *c) {
   shard *sh = shard_of(e);
   pthread_mutex_lock(&sh->lock);
   int cur = e->conn == c;
-  if (cur) e->conn = NULL;
+  if (cur) { e->conn = NULL; e->downing = 1; }
   pthread_mutex_unlock(&sh->lock);
   if (cur) conn_release(c);
   return cur;
+}
+
+void node_down_done(uint32_t idx) {
+  node_entry *e = entry_at(idx);
+  if (!e) return;
+  shard *sh = shard_of(e);
+  pthread_mutex_lock(&sh->lock);
+  e->downing = 0;
+  pthread_cond_broadcast(&sh->changed);
+  pthread_mutex_unlock(&sh->lock);
 }
 
 /* Calls fn for every entry, each under its shard lock (a leaf: fn must

@@ -121,8 +121,11 @@ int node_accept_conn(uint32_t idx, struct conn *c, uint32_t creation, int peer_s
 ** NULL) is handed back for the caller to close. */
 struct conn *node_replace_conn(uint32_t idx, struct conn *c);
 
-/* Removes c as idx's connection if it is the current one; 1 if it was. */
+/* Removes c as idx's connection if it is the current one; 1 if it was.
+** Then the caller fires the lost link's signals and calls node_down_done:
+** until then, installing idx's next link waits. */
 int node_clear_conn(uint32_t idx, struct conn *c);
+void node_down_done(uint32_t idx);
 
 /* Names of the nodes with an up connection: calls fn(name, ud) for each. */
 void node_each_up(void (*fn)(const char *name, void *ud), void *ud);

@@ -1,6 +1,8 @@
 /*
-** portmap.c — the port mapper: a daemon mapping node names to ports (like
-** epmd), and the client calls a node makes to it (see portmap.h).
+** portmap.c — the port mapper's client side: the names and ports of its
+** protocol, the calls a node makes to the daemon (lookup, names, register,
+** ensure) and the registration keeper (see portmap.h; the daemon is
+** portmapd.c).
 */
 #include <dlfcn.h>
 #include <errno.h>
@@ -9,15 +11,12 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -28,12 +27,9 @@
 #include "errbuf.h"
 #include "portmap.h"
 
-#define LISTEN_BACKLOG  128
 #define PING_SECONDS    0.5     /* how long pmap_ensure's first probe waits */
 #define RETRY_MS        20      /* pause between probes while a daemon starts */
-#define ACCEPT_PAUSE_MS 100     /* accept pauses this long when out of descriptors */
 #define REPLY_MAX       PMAP_LINE_MAX  /* longest reply line a client accepts */
-#define SMALL_REPLY     32      /* longest reply but NAMES: "ERR already registered\n" */
 
 /* {================= helpers */
 
@@ -64,8 +60,12 @@ static int name_char(int c) {
          c == '_' || c == '.' || c == '-';
 }
 
-/* 1 if the n bytes at s are a valid name. */
-static int valid_name_n(const char *s, size_t n) {
+/* }================= */
+
+
+/* {================= names and ports */
+
+int pmap_valid_name_n(const char *s, size_t n) {
   size_t i;
   if (n == 0 || n > PMAP_NAME_MAX) return 0;
   for (i = 0; i < n; i++)
@@ -73,8 +73,11 @@ static int valid_name_n(const char *s, size_t n) {
   return 1;
 }
 
-/* Parses n bytes as a port 0..65535 (decimal, no leading zeros). */
-static int parse_port_n(const char *s, size_t n, int *port) {
+int pmap_valid_name(const char *name) {
+  return name != NULL && pmap_valid_name_n(name, strnlen(name, PMAP_NAME_MAX + 1));
+}
+
+int pmap_parse_port_n(const char *s, size_t n, int *port) {
   int v = 0;
   size_t i;
   if (n == 0 || n > 5 || (n > 1 && s[0] == '0')) return -1;
@@ -87,18 +90,9 @@ static int parse_port_n(const char *s, size_t n, int *port) {
   return 0;
 }
 
-/* }================= */
-
-
-/* {================= names, ports, addresses */
-
-int pmap_valid_name(const char *name) {
-  return name != NULL && valid_name_n(name, strnlen(name, PMAP_NAME_MAX + 1));
-}
-
 int pmap_parse_port(const char *s, int *port) {
   if (s == NULL) return -1;
-  return parse_port_n(s, strnlen(s, 6), port);
+  return pmap_parse_port_n(s, strnlen(s, 6), port);
 }
 
 int pmap_default_port(int *port, char *err, size_t errlen) {
@@ -114,620 +108,6 @@ int pmap_default_port(int *port, char *err, size_t errlen) {
   }
   *port = p;
   return 0;
-}
-
-int pmap_is_loopback(const struct sockaddr *sa, socklen_t len) {
-  if (sa == NULL) return 0;
-  if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-  }
-  if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
-    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(a)) return 1;
-    return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
-  }
-  return 0;
-}
-
-/* }================= */
-
-
-/* {================= the daemon */
-
-static int try_listen(int family, int port, int *fd, char *err, size_t errlen) {
-  int one = 1, zero = 0;
-  int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int e;
-  if (s < 0) {
-    e = errno;
-    errbuf_set(err, errlen, "port mapper: cannot make a socket: %s", strerror(e));
-    return e;
-  }
-  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (family == AF_INET6) {
-    struct sockaddr_in6 a;
-    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-    memset(&a, 0, sizeof a);
-    a.sin6_family = AF_INET6;
-    a.sin6_addr = in6addr_any;
-    a.sin6_port = htons((uint16_t)port);
-    e = bind(s, (struct sockaddr *)&a, sizeof a) == 0 ? 0 : errno;
-  }
-  else {
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_ANY);
-    a.sin_port = htons((uint16_t)port);
-    e = bind(s, (struct sockaddr *)&a, sizeof a) == 0 ? 0 : errno;
-  }
-  if (e == 0 && listen(s, LISTEN_BACKLOG) != 0) e = errno;
-  if (e != 0) {
-    close(s);
-    if (e == EADDRINUSE)
-      errbuf_set(err, errlen, "port mapper: port %d is already in use", port);
-    else
-      errbuf_set(err, errlen, "port mapper: cannot listen on port %d: %s", port, strerror(e));
-    return e;
-  }
-  *fd = s;
-  return 0;
-}
-
-int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  int s, e;
-  if (port < 0 || port > 65535) {
-    errbuf_set(err, errlen, "port mapper: port %d is not in 0..65535", port);
-    return -1;
-  }
-  e = try_listen(AF_INET6, port, &s, err, errlen);
-  if (e == EAFNOSUPPORT || e == EADDRNOTAVAIL)  /* no IPv6 on this host */
-    e = try_listen(AF_INET, port, &s, err, errlen);
-  if (e != 0) {
-    errno = e;
-    return -1;
-  }
-  if (getsockname(s, (struct sockaddr *)&ss, &len) != 0) {
-    errbuf_set(err, errlen, "port mapper: getsockname: %s", strerror(errno));
-    close(s);
-    return -1;
-  }
-  *bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-  *fd = s;
-  return 0;
-}
-
-/* The daemon's connections. Invariants (pmap_serve's thread only, so no
-** lock): a connection is on the `all` list from accept to close; it is on
-** the timed list exactly when deadline != 0, and that list is sorted by
-** deadline because every deadline is `now + PMAP_STALL_SECONDS` with a
-** clock that never goes back; it is in the name hash exactly when
-** reg_port != 0. A closed connection (fd -1) waits on the graveyard until
-** the events of the current epoll batch, which may still name it, are done. */
-typedef struct pmap_conn {
-  int fd;                 /* -1 once closed (and in the fuzz target, which has no sockets) */
-  unsigned char closed;   /* on the graveyard */
-  unsigned char loopback; /* the peer is loopback: it may register and list */
-  unsigned char closing;  /* close once the reply is sent */
-  unsigned events;        /* the epoll interest set now */
-  int reg_port;           /* the registered port; 0: nothing registered */
-  uint32_t hash;          /* of name, while registered */
-  int64_t deadline;       /* monotonic ms at which it is closed; 0: none */
-  struct pmap_conn *tprev, *tnext;  /* timed list */
-  struct pmap_conn *aprev, *anext;  /* all connections; anext links the graveyard */
-  struct pmap_conn *hnext;          /* name hash chain */
-  char *listing;          /* a NAMES reply being sent (PMAP_LISTINGS at most), else NULL */
-  size_t inlen, outlen, outoff;     /* outlen/outoff count `listing` when it is set */
-  char name[PMAP_NAME_MAX + 1];
-  char in[PMAP_LINE_MAX];
-  char out[SMALL_REPLY];  /* every reply but NAMES fits */
-} pmap_conn;
-
-/* The daemon's state; only pmap_serve (one per process) uses it. */
-static struct {
-  volatile sig_atomic_t stop;   /* set by SIGTERM/SIGINT */
-  int epfd;                     /* -1 outside pmap_serve */
-  int reserve;                  /* a spare descriptor, given up to answer "ERR busy" */
-  pmap_conn *all, *grave;       /* open connections; closed, not yet freed */
-  pmap_conn *thead, *ttail;     /* connections with a deadline, earliest first */
-  pmap_conn **buckets;          /* the name hash: nbuckets (a power of 2) chains */
-  size_t nbuckets, nnames;      /* nnames: registered names */
-  uint32_t seed;                /* of the name hash */
-  int nconns, nremote;          /* open connections; of which non-loopback */
-  int nlistings;                /* connections sending a NAMES listing */
-  int64_t accept_pause;         /* out of descriptors: accept again after this */
-  unsigned listen_events;       /* the listener's epoll interest: EPOLLIN, or 0 while paused */
-} S = { .epfd = -1, .reserve = -1 };
-
-static void on_stop_signal(int sig) {
-  (void)sig;
-  S.stop = 1;
-}
-
-/* {------ the name hash */
-
-static uint32_t name_hash(const char *s, size_t n) {
-  uint32_t h = 2166136261u ^ S.seed;  /* FNV-1a, seeded: names come from peers */
-  size_t i;
-  for (i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-  return h;
-}
-
-/* Doubles the bucket array when names outnumber buckets; on failure the
-** table stays as it is (longer chains, still correct). */
-static void hash_grow(void) {
-  size_t n = S.nbuckets ? S.nbuckets * 2 : 64, i;
-  pmap_conn **b;
-  if (S.nnames < S.nbuckets) return;
-  b = calloc(n, sizeof *b);
-  if (b == NULL) return;
-  for (i = 0; i < S.nbuckets; i++)
-    while (S.buckets[i] != NULL) {
-      pmap_conn *c = S.buckets[i];
-      S.buckets[i] = c->hnext;
-      c->hnext = b[c->hash & (n - 1)];
-      b[c->hash & (n - 1)] = c;
-    }
-  free(S.buckets);
-  S.buckets = b;
-  S.nbuckets = n;
-}
-
-static pmap_conn *find_name(const char *name, size_t n) {
-  pmap_conn *c;
-  uint32_t h = name_hash(name, n);
-  if (S.nbuckets == 0) return NULL;
-  for (c = S.buckets[h & (S.nbuckets - 1)]; c != NULL; c = c->hnext)
-    if (c->hash == h && strlen(c->name) == n && memcmp(c->name, name, n) == 0) return c;
-  return NULL;
-}
-
-/* Registers c (not registered; the name is free). Fails only out of memory. */
-static int hash_add(pmap_conn *c, const char *name, size_t n, int port) {
-  hash_grow();
-  if (S.nbuckets == 0) return -1;
-  memcpy(c->name, name, n);
-  c->name[n] = '\0';
-  c->hash = name_hash(name, n);
-  c->reg_port = port;
-  c->hnext = S.buckets[c->hash & (S.nbuckets - 1)];
-  S.buckets[c->hash & (S.nbuckets - 1)] = c;
-  S.nnames++;
-  return 0;
-}
-
-static void hash_remove(pmap_conn *c) {
-  pmap_conn **pp;
-  if (c->reg_port == 0) return;
-  for (pp = &S.buckets[c->hash & (S.nbuckets - 1)]; *pp != NULL; pp = &(*pp)->hnext)
-    if (*pp == c) {
-      *pp = c->hnext;
-      break;
-    }
-  c->hnext = NULL;
-  c->reg_port = 0;
-  c->name[0] = '\0';
-  S.nnames--;
-}
-
-/* }------ */
-
-/* {------ deadlines */
-
-static void timed_unlink(pmap_conn *c) {
-  if (c->deadline == 0) return;
-  if (c->tprev) c->tprev->tnext = c->tnext; else S.thead = c->tnext;
-  if (c->tnext) c->tnext->tprev = c->tprev; else S.ttail = c->tprev;
-  c->tprev = c->tnext = NULL;
-  c->deadline = 0;
-}
-
-/* The stall rule. `progress` is an accept, a request line taken, or a reply
-** sent in full: each restarts the clock. Partial lines and partial writes
-** do not, so trickling bytes buys no time. A registered connection with
-** nothing pending has no deadline. */
-static void conn_arm(pmap_conn *c, int64_t now, int progress) {
-  if (c->reg_port != 0 && c->inlen == 0 && c->outlen == 0 && !c->closing) {
-    timed_unlink(c);
-    return;
-  }
-  if (c->deadline != 0 && !progress) return;
-  timed_unlink(c);
-  c->deadline = now + PMAP_STALL_SECONDS * 1000;
-  c->tprev = S.ttail;
-  if (S.ttail) S.ttail->tnext = c; else S.thead = c;
-  S.ttail = c;
-}
-
-/* }------ */
-
-/* {------ connections */
-
-static pmap_conn *conn_new(int fd, int loopback, int64_t now) {
-  pmap_conn *c = calloc(1, sizeof *c);
-  if (c == NULL) return NULL;
-  c->fd = fd;
-  c->loopback = (unsigned char)loopback;
-  c->anext = S.all;
-  if (S.all) S.all->aprev = c;
-  S.all = c;
-  S.nconns++;
-  if (!loopback) S.nremote++;
-  conn_arm(c, now, 1);
-  return c;
-}
-
-/* Ends a connection: its name is free at once; the record is freed by
-** conn_reap, after the epoll batch that may still name it. */
-static void conn_close(pmap_conn *c) {
-  if (c->closed) return;
-  c->closed = 1;
-  hash_remove(c);
-  timed_unlink(c);
-  if (c->listing) {
-    free(c->listing);
-    c->listing = NULL;
-    S.nlistings--;
-  }
-  if (c->fd >= 0) close(c->fd);  /* also leaves the epoll set */
-  c->fd = -1;
-  if (c->aprev) c->aprev->anext = c->anext; else S.all = c->anext;
-  if (c->anext) c->anext->aprev = c->aprev;
-  c->aprev = NULL;
-  S.nconns--;
-  if (!c->loopback) S.nremote--;
-  c->anext = S.grave;
-  S.grave = c;
-}
-
-static void conn_reap(void) {
-  while (S.grave != NULL) {
-    pmap_conn *c = S.grave;
-    S.grave = c->anext;
-    free(c);
-  }
-}
-
-/* Queues a short reply line (with its '\n'); SMALL_REPLY holds the longest. */
-static void reply(pmap_conn *c, const char *fmt, ...) {
-  va_list ap;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(c->out + c->outlen, sizeof c->out - c->outlen, fmt, ap);
-  va_end(ap);
-  if (n > 0 && (size_t)n < sizeof c->out - c->outlen) c->outlen += (size_t)n;
-}
-
-/* An error reply after which the connection is closed. */
-static void refuse(pmap_conn *c, const char *what) {
-  reply(c, "ERR %s\n", what);
-  c->closing = 1;
-}
-
-/* The NAMES reply: a snapshot in its own buffer, since a listing is
-** longer than the fixed reply buffer. At most PMAP_LISTINGS at once, so
-** the memory listings hold stays PMAP_LISTINGS times the table's size. */
-static void do_names(pmap_conn *c) {
-  size_t cap = 24 + S.nnames * (PMAP_NAME_MAX + 8), len, i;
-  char *buf;
-  if (S.nlistings >= PMAP_LISTINGS || (buf = malloc(cap)) == NULL) {
-    refuse(c, "busy");
-    return;
-  }
-  len = (size_t)snprintf(buf, cap, "NAMES %zu\n", S.nnames);
-  for (i = 0; i < S.nbuckets; i++) {
-    pmap_conn *r;
-    for (r = S.buckets[i]; r != NULL; r = r->hnext)
-      len += (size_t)snprintf(buf + len, cap - len, "%s %d\n", r->name, r->reg_port);
-  }
-  c->listing = buf;
-  c->outlen = len;
-  c->outoff = 0;
-  S.nlistings++;
-}
-
-/* Handles one request line (len bytes, without its '\n'; untrusted). */
-static void handle_line(pmap_conn *c, const char *line, size_t len) {
-  const char *sp1, *sp2;
-  size_t i;
-  int port;
-  for (i = 0; i < len; i++)
-    if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] > 0x7e) {
-      refuse(c, "bad request");
-      return;
-    }
-  sp1 = memchr(line, ' ', len);
-  if (sp1 == NULL) {
-    if (len == 4 && memcmp(line, "PING", 4) == 0) reply(c, "PONG %d\n", PMAP_PROTOCOL);
-    else if (len == 5 && memcmp(line, "NAMES", 5) == 0) {
-      if (!c->loopback) refuse(c, "loopback only");
-      else do_names(c);
-    }
-    else refuse(c, "bad request");
-    return;
-  }
-  if ((size_t)(sp1 - line) == 6 && memcmp(line, "LOOKUP", 6) == 0) {
-    const char *name = sp1 + 1;
-    size_t n = len - (size_t)(name - line);
-    pmap_conn *r;
-    if (!valid_name_n(name, n)) { refuse(c, "bad name"); return; }
-    r = find_name(name, n);
-    if (r != NULL) reply(c, "PORT %d\n", r->reg_port);
-    else reply(c, "NONE\n");
-    return;
-  }
-  if ((size_t)(sp1 - line) == 8 && memcmp(line, "REGISTER", 8) == 0) {
-    const char *name = sp1 + 1;
-    size_t n;
-    sp2 = memchr(name, ' ', len - (size_t)(name - line));
-    if (sp2 == NULL) { refuse(c, "bad request"); return; }
-    n = (size_t)(sp2 - name);
-    if (!c->loopback) { refuse(c, "loopback only"); return; }
-    if (!valid_name_n(name, n)) { refuse(c, "bad name"); return; }
-    if (parse_port_n(sp2 + 1, len - (size_t)(sp2 + 1 - line), &port) != 0 || port == 0) {
-      refuse(c, "bad port");
-      return;
-    }
-    if (c->reg_port != 0) { refuse(c, "already registered"); return; }
-    if (find_name(name, n) != NULL) { reply(c, "ERR taken\n"); return; }
-    if (hash_add(c, name, n, port) != 0) { refuse(c, "busy"); return; }
-    reply(c, "OK\n");
-    return;
-  }
-  refuse(c, "bad request");
-}
-
-/* Handles the complete lines in the input buffer while no reply is pending
-** (a reply is answered before the next request is read). */
-static void conn_process(pmap_conn *c, int64_t now) {
-  while (!c->closing && c->outlen == 0) {
-    char *nl = memchr(c->in, '\n', c->inlen);
-    size_t used;
-    if (nl == NULL) {
-      if (c->inlen == PMAP_LINE_MAX) refuse(c, "line too long");
-      break;
-    }
-    used = (size_t)(nl - c->in) + 1;
-    handle_line(c, c->in, used - 1);
-    memmove(c->in, c->in + used, c->inlen - used);
-    c->inlen -= used;
-    conn_arm(c, now, 1);
-  }
-  conn_arm(c, now, 0);
-}
-
-/* The peer took n more bytes of the reply. */
-static void conn_sent(pmap_conn *c, size_t n, int64_t now) {
-  c->outoff += n;
-  if (c->outoff < c->outlen) return;
-  c->outoff = c->outlen = 0;
-  if (c->listing) {
-    free(c->listing);
-    c->listing = NULL;
-    S.nlistings--;
-  }
-  if (c->closing) {
-    conn_close(c);
-    return;
-  }
-  conn_arm(c, now, 1);
-  conn_process(c, now);
-}
-
-/* The bytes of the reply not yet sent. */
-static const char *conn_pending(const pmap_conn *c) {
-  return (c->listing ? c->listing : c->out) + c->outoff;
-}
-
-/* }------ */
-
-/* {------ sockets and the loop */
-
-/* Keeps the epoll interest equal to what the connection waits for. */
-static void conn_watch(pmap_conn *c) {
-  unsigned want = c->outlen > c->outoff ? EPOLLOUT : (c->closing ? 0u : EPOLLIN);
-  struct epoll_event ev;
-  if (c->closed || want == c->events) return;
-  ev.events = want;
-  ev.data.ptr = c;
-  if (epoll_ctl(S.epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->events = want;
-  else conn_close(c);
-}
-
-static void on_readable(pmap_conn *c, int64_t now) {
-  ssize_t n = recv(c->fd, c->in + c->inlen, PMAP_LINE_MAX - c->inlen, MSG_DONTWAIT);
-  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-    conn_close(c);  /* a registration ends with its connection */
-    return;
-  }
-  if (n > 0) {
-    c->inlen += (size_t)n;
-    conn_process(c, now);
-  }
-}
-
-static void on_writable(pmap_conn *c, int64_t now) {
-  ssize_t n = send(c->fd, conn_pending(c), c->outlen - c->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
-  if (n < 0) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) conn_close(c);
-    return;
-  }
-  conn_sent(c, (size_t)n, now);
-}
-
-/* Answers a connection the daemon turns away, and closes it. What the peer
-** already sent is read first, so that the close does not reset the
-** connection before the answer is read. */
-static void turn_away(int fd, const char *line) {
-  char sink[PMAP_LINE_MAX];
-  ssize_t r = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
-  (void)r;
-  shutdown(fd, SHUT_WR);
-  r = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
-  close(fd);
-}
-
-#define ACCEPT_BATCH 64  /* accepts per wake-up, so a flood cannot hold the loop */
-
-static void on_accept(int lfd, int64_t now) {
-  int i;
-  for (i = 0; i < ACCEPT_BATCH; i++) {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    struct epoll_event ev;
-    int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    int loopback;
-    pmap_conn *c;
-    if (fd < 0) {
-      int e = errno;
-      if (e == EAGAIN || e == EWOULDBLOCK) return;
-      if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
-      if ((e == EMFILE || e == ENFILE) && S.reserve >= 0) {
-        close(S.reserve);  /* room for one: take the peer only to say why not */
-        fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) turn_away(fd, "ERR busy\n");
-        S.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (fd >= 0 && S.reserve >= 0) continue;
-      }
-      S.accept_pause = now + ACCEPT_PAUSE_MS;  /* out of descriptors or memory: else epoll spins */
-      return;
-    }
-    loopback = pmap_is_loopback((struct sockaddr *)&ss, len);
-    if (!loopback && S.nremote >= PMAP_MAX_REMOTE) {
-      turn_away(fd, "ERR full\n");
-      continue;
-    }
-    c = conn_new(fd, loopback, now);
-    if (c == NULL) {
-      turn_away(fd, "ERR busy\n");
-      continue;
-    }
-    ev.events = EPOLLIN;
-    ev.data.ptr = c;
-    if (epoll_ctl(S.epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      conn_close(c);  /* out of kernel memory: as busy, without the answer */
-      continue;
-    }
-    c->events = EPOLLIN;
-  }
-}
-
-/* Takes the listening socket out of the interest set while accepting is
-** paused, back in after. */
-static void watch_listener(int lfd, int64_t now) {
-  unsigned want = now >= S.accept_pause ? EPOLLIN : 0u;
-  struct epoll_event ev;
-  if (want == S.listen_events) return;
-  ev.events = want;
-  ev.data.ptr = NULL;
-  if (epoll_ctl(S.epfd, EPOLL_CTL_MOD, lfd, &ev) == 0) S.listen_events = want;
-}
-
-static void serve_free(void) {
-  while (S.all != NULL) conn_close(S.all);
-  conn_reap();
-  free(S.buckets);
-  S.buckets = NULL;
-  S.nbuckets = S.nnames = 0;
-  S.nconns = S.nremote = S.nlistings = 0;
-  S.thead = S.ttail = NULL;
-  if (S.epfd >= 0) close(S.epfd);
-  if (S.reserve >= 0) close(S.reserve);
-  S.epfd = S.reserve = -1;
-}
-
-/* As many descriptors as the hard limit allows: connections are limited
-** by descriptors only. */
-static void raise_fd_limit(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
-
-#define MAX_EVENTS 256
-
-int pmap_serve(int listen_fd, char *err, size_t errlen) {
-  struct epoll_event evs[MAX_EVENTS], lev;
-  struct sigaction sa, old_int, old_term;
-  sigset_t block, old_mask, wait_mask;
-  int i;
-  raise_fd_limit();
-  S.all = S.grave = S.thead = S.ttail = NULL;
-  S.nconns = S.nremote = S.nlistings = 0;
-  S.accept_pause = 0;
-  S.listen_events = EPOLLIN;
-  S.stop = 0;
-  S.seed = (uint32_t)now_ms() * 2654435761u ^ (uint32_t)getpid();
-  S.epfd = epoll_create1(EPOLL_CLOEXEC);
-  S.reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  lev.events = EPOLLIN;
-  lev.data.ptr = NULL;  /* the listener; connections carry their record */
-  if (S.epfd < 0 || epoll_ctl(S.epfd, EPOLL_CTL_ADD, listen_fd, &lev) != 0) {
-    errbuf_set(err, errlen, "port mapper: epoll: %s", strerror(errno));
-    serve_free();
-    close(listen_fd);
-    return -1;
-  }
-  /* SIGINT/SIGTERM are blocked except inside epoll_pwait, so none is missed. */
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &block, &old_mask);
-  wait_mask = old_mask;
-  sigdelset(&wait_mask, SIGINT);
-  sigdelset(&wait_mask, SIGTERM);
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-
-  while (!S.stop) {
-    int64_t now = now_ms(), next = 0;
-    int n, timeout = -1;
-    while (S.thead != NULL && S.thead->deadline <= now) conn_close(S.thead);  /* stalled */
-    conn_reap();
-    watch_listener(listen_fd, now);
-    if (S.thead != NULL) next = S.thead->deadline;
-    if (now < S.accept_pause && (next == 0 || S.accept_pause < next)) next = S.accept_pause;
-    if (next != 0) timeout = ms_left(next);
-    n = epoll_pwait(S.epfd, evs, MAX_EVENTS, timeout, &wait_mask);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      errbuf_set(err, errlen, "port mapper: epoll: %s", strerror(errno));
-      break;
-    }
-    now = now_ms();
-    for (i = 0; i < n; i++) {
-      pmap_conn *c = evs[i].data.ptr;
-      uint32_t ev = evs[i].events;
-      if (c == NULL) {
-        if (now >= S.accept_pause) on_accept(listen_fd, now);
-        continue;
-      }
-      if (c->closed) continue;  /* closed earlier in this batch */
-      if (ev & EPOLLOUT) on_writable(c, now);
-      else if (ev & EPOLLIN) on_readable(c, now);
-      else if (ev & (EPOLLERR | EPOLLHUP)) conn_close(c);
-      if (!c->closed) conn_watch(c);
-    }
-  }
-
-  serve_free();
-  close(listen_fd);
-  /* Unblock before restoring, so that a second stop signal still pending
-  ** (timeout(1) signals the child and then its whole group) reaches our
-  ** handler instead of the old disposition. */
-  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-  sigaction(SIGINT, &old_int, NULL);
-  sigaction(SIGTERM, &old_term, NULL);
-  return S.stop ? 0 : -1;
 }
 
 /* }================= */
@@ -764,29 +144,80 @@ static int connect_by(const struct sockaddr *sa, socklen_t len, int64_t deadline
   return 0;
 }
 
-/* Reads what is already queued on fd, without waiting, for a reply line
-** (the daemon may have answered and closed before a send failed). */
-static int queued_line(int fd, char *reply, size_t cap) {
-  ssize_t n = recv(fd, reply, cap - 1, MSG_DONTWAIT);
-  char *nl;
-  if (n <= 0) return -1;
-  nl = memchr(reply, '\n', (size_t)n);
-  if (nl == NULL) return -1;
-  *nl = '\0';
-  return 0;
+/* The replies on one connection, read before a deadline. Invariant:
+** off <= len <= REPLY_MAX; buf[off..len) are bytes received and not yet
+** handed out (a listing's lines come several to a read). */
+typedef struct reply_reader {
+  int fd;
+  int64_t deadline;
+  size_t off, len;
+  size_t linelen;           /* of the line reader_line returned last */
+  char buf[REPLY_MAX + 1];
+} reply_reader;
+
+static void reader_init(reply_reader *rd, int fd, int64_t deadline) {
+  rd->fd = fd;
+  rd->deadline = deadline;
+  rd->off = rd->len = rd->linelen = 0;
 }
 
-/* Sends `line`, then reads one reply line (without its '\n') into reply. */
-static int exchange(int fd, const char *line, int64_t deadline, char *reply, size_t cap,
-                    char *err, size_t errlen) {
-  size_t len = strlen(line), off = 0, got = 0;
+/* The next reply line, without its '\n' and NUL-terminated in rd->buf
+** (valid until the next call), its length in rd->linelen; NULL with the
+** reason in err when none comes in time, the peer closes first, or
+** REPLY_MAX bytes come without a '\n'. A line may hold a NUL: a parser
+** that must not stop early goes by linelen. */
+static const char *reader_line(reply_reader *rd, char *err, size_t errlen) {
+  for (;;) {
+    char *start = rd->buf + rd->off, *nl = memchr(start, '\n', rd->len - rd->off);
+    struct pollfd p = { rd->fd, POLLIN, 0 };
+    ssize_t got;
+    int r;
+    if (nl != NULL) {
+      *nl = '\0';
+      rd->linelen = (size_t)(nl - start);
+      rd->off += rd->linelen + 1;
+      return start;
+    }
+    memmove(rd->buf, start, rd->len - rd->off);
+    rd->len -= rd->off;
+    rd->off = 0;
+    if (rd->len == REPLY_MAX) {
+      errbuf_set(err, errlen, "the answer is too long");
+      return NULL;
+    }
+    do r = poll(&p, 1, ms_left(rd->deadline)); while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      errbuf_set(err, errlen, "no answer in time");
+      return NULL;
+    }
+    got = recv(rd->fd, rd->buf + rd->len, REPLY_MAX - rd->len, MSG_DONTWAIT);
+    if (got == 0) {
+      errbuf_set(err, errlen, "the connection was closed without an answer");
+      return NULL;
+    }
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      errbuf_set(err, errlen, "%s", strerror(errno));
+      return NULL;
+    }
+    rd->len += (size_t)got;
+  }
+}
+
+/* Sends `line` on fd, then reads the first reply line through rd (see
+** reader_line; *reply points into rd). */
+static int exchange(int fd, const char *line, int64_t deadline, reply_reader *rd,
+                    const char **reply, char *err, size_t errlen) {
+  size_t len = strlen(line), off = 0;
+  reader_init(rd, fd, deadline);
   while (off < len) {
     struct pollfd p = { fd, POLLOUT, 0 };
-    ssize_t n = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n > 0) { off += (size_t)n; continue; }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    ssize_t sent = send(fd, line + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent > 0) { off += (size_t)sent; continue; }
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       int e = errno;
-      if (queued_line(fd, reply, cap) == 0) return 0;  /* e.g. "ERR busy" */
+      rd->deadline = now_ms();  /* only what is queued already, e.g. "ERR busy" and a close */
+      if ((*reply = reader_line(rd, NULL, 0)) != NULL) return 0;
       errbuf_set(err, errlen, "%s", strerror(e));
       return -1;
     }
@@ -795,37 +226,8 @@ static int exchange(int fd, const char *line, int64_t deadline, char *reply, siz
       return -1;
     }
   }
-  for (;;) {  /* the reply is one line; nothing is read past its '\n' unless sent */
-    struct pollfd p = { fd, POLLIN, 0 };
-    char *nl;
-    ssize_t n;
-    int r;
-    do r = poll(&p, 1, ms_left(deadline)); while (r < 0 && errno == EINTR);
-    if (r == 0) {
-      errbuf_set(err, errlen, "no answer in time");
-      return -1;
-    }
-    n = recv(fd, reply + got, cap - 1 - got, MSG_DONTWAIT);
-    if (n == 0) {
-      errbuf_set(err, errlen, "the connection was closed without an answer");
-      return -1;
-    }
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-      errbuf_set(err, errlen, "%s", strerror(errno));
-      return -1;
-    }
-    got += (size_t)n;
-    nl = memchr(reply, '\n', got);
-    if (nl != NULL) {
-      *nl = '\0';
-      return 0;
-    }
-    if (got == cap - 1) {
-      errbuf_set(err, errlen, "the answer is too long");
-      return -1;
-    }
-  }
+  *reply = reader_line(rd, err, errlen);
+  return *reply != NULL ? 0 : -1;
 }
 
 /* 1 if `reply` is the daemon turning the connection away ("ERR busy",
@@ -861,11 +263,13 @@ static int connect_local(int port, int64_t deadline, int *fd, char *err, size_t 
 ** one answers that it is busy or full; 1 if something else holds the
 ** port; -1 if nothing answers. */
 static int ping(int port, double seconds, char *err, size_t errlen) {
-  char reply[REPLY_MAX], expect[32];
+  char expect[32];
+  const char *reply;
+  reply_reader rd;
   int64_t deadline = deadline_after(seconds);
   int fd, r;
   if (connect_local(port, deadline, &fd, err, errlen) != 0) return -1;
-  r = exchange(fd, "PING\n", deadline, reply, sizeof reply, err, errlen);
+  r = exchange(fd, "PING\n", deadline, &rd, &reply, err, errlen);
   close(fd);
   if (r != 0) return -1;
   snprintf(expect, sizeof expect, "PONG %d", PMAP_PROTOCOL);
@@ -878,24 +282,17 @@ static int ping(int port, double seconds, char *err, size_t errlen) {
   return 0;
 }
 
-int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
-                char *err, size_t errlen) {
+/* Sends `line` to the daemon on `host` (NULL: 127.0.0.1) at port mport,
+** trying each address it resolves to in turn before `deadline`, until one
+** answers. *fd is then that connection (the caller closes it) and *reply
+** its first reply line, in rd. Fails with "no port mapper answers on ..."
+** and the last address's reason, or when the host does not resolve. */
+static int ask_host(const char *host, int mport, const char *line, int64_t deadline, int *fd,
+                    reply_reader *rd, const char **reply, char *err, size_t errlen) {
   struct addrinfo hints, *res = NULL, *ai;
-  char service[8], line[PMAP_NAME_MAX + 16], reply[REPLY_MAX], why[160];
   const char *h = (host == NULL) ? "127.0.0.1" : host;
-  int64_t deadline;
-  int mport, r, p;
-  if (!pmap_valid_name(name)) {
-    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
-           name ? name : "(null)", PMAP_NAME_MAX);
-    return -1;
-  }
-  if (!(timeout_seconds > 0)) {
-    errbuf_set(err, errlen, "port mapper lookup: the timeout must be positive");
-    return -1;
-  }
-  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
-  deadline = deadline_after(timeout_seconds);
+  char service[8], why[160];
+  int r;
   snprintf(service, sizeof service, "%d", mport);
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -906,35 +303,186 @@ int pmap_lookup(const char *host, const char *name, int *port, double timeout_se
     errbuf_set(err, errlen, "cannot resolve host '%.100s': %s", h, gai_strerror(r));
     return -1;
   }
-  snprintf(line, sizeof line, "LOOKUP %s\n", name);
   snprintf(why, sizeof why, "no address");
   for (ai = res; ai != NULL; ai = ai->ai_next) {
-    int fd;
     if (now_ms() >= deadline) {
       snprintf(why, sizeof why, "no answer in time");
       break;
     }
-    if (connect_by(ai->ai_addr, ai->ai_addrlen, deadline, &fd, why, sizeof why) != 0) continue;
-    r = exchange(fd, line, deadline, reply, sizeof reply, why, sizeof why);
-    close(fd);
-    if (r != 0) continue;
-    freeaddrinfo(res);
-    if (strcmp(reply, "NONE") == 0) {
-      errbuf_set(err, errlen, "no node '%s' on %.100s", name, h);
-      return -1;
-    }
-    if (strncmp(reply, "PORT ", 5) == 0 && pmap_parse_port(reply + 5, &p) == 0 && p != 0) {
-      *port = p;
+    if (connect_by(ai->ai_addr, ai->ai_addrlen, deadline, fd, why, sizeof why) != 0) continue;
+    if (exchange(*fd, line, deadline, rd, reply, why, sizeof why) == 0) {
+      freeaddrinfo(res);
       return 0;
     }
-    if (turned_away(reply, h, mport, err, errlen)) return -1;
-    errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
-    return -1;
+    close(*fd);
   }
   freeaddrinfo(res);
   errbuf_set(err, errlen, "no port mapper answers on %.100s port %d: %s", h, mport, why);
   return -1;
 }
+
+int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
+                char *err, size_t errlen) {
+  char line[PMAP_NAME_MAX + 16];
+  const char *h = (host == NULL) ? "127.0.0.1" : host, *reply;
+  reply_reader rd;
+  int mport, fd, p;
+  if (!pmap_valid_name(name)) {
+    errbuf_set(err, errlen, "'%.80s' is not a valid node name ([A-Za-z0-9_.-], 1 to %d characters)",
+           name ? name : "(null)", PMAP_NAME_MAX);
+    return -1;
+  }
+  if (!(timeout_seconds > 0)) {
+    errbuf_set(err, errlen, "port mapper lookup: the timeout must be positive");
+    return -1;
+  }
+  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
+  snprintf(line, sizeof line, "LOOKUP %s\n", name);
+  if (ask_host(host, mport, line, deadline_after(timeout_seconds), &fd, &rd, &reply, err, errlen) != 0)
+    return -1;
+  close(fd);  /* reply stays in rd */
+  if (strcmp(reply, "NONE") == 0) {
+    errbuf_set(err, errlen, "no node '%s' on %.100s", name, h);
+    return -1;
+  }
+  if (strncmp(reply, "PORT ", 5) == 0 && pmap_parse_port(reply + 5, &p) == 0 && p != 0) {
+    *port = p;
+    return 0;
+  }
+  if (turned_away(reply, h, mport, err, errlen)) return -1;
+  errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
+  return -1;
+}
+
+/* {------ the listing */
+
+/* The count of a "NAMES <n>" header (n bytes at s): 0 with *count set, -1
+** if it is not a count (digits, no leading zero), 1 if it is over `max`.
+** At most 9 digits are summed, so the sum cannot overflow. */
+static int parse_count(const char *s, size_t n, size_t max, size_t *count) {
+  size_t v = 0, i;
+  if (n == 0 || (n > 1 && s[0] == '0')) return -1;
+  for (i = 0; i < n; i++)
+    if (s[i] < '0' || s[i] > '9') return -1;
+  if (n > 9) return 1;
+  for (i = 0; i < n; i++) v = v * 10 + (size_t)(s[i] - '0');
+  if (v > max) return 1;
+  *count = v;
+  return 0;
+}
+
+/* One "<name> <port>" line (n bytes at s) into *e: 0, or -1 if malformed. */
+static int parse_entry(const char *s, size_t n, pmap_name *e) {
+  const char *sp = memchr(s, ' ', n);
+  size_t nlen;
+  int port;
+  if (sp == NULL) return -1;
+  nlen = (size_t)(sp - s);
+  if (!pmap_valid_name_n(s, nlen) || pmap_parse_port_n(sp + 1, n - nlen - 1, &port) != 0 || port == 0)
+    return -1;
+  memcpy(e->name, s, nlen);
+  e->name[nlen] = '\0';
+  e->port = port;
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const pmap_name *)a)->name, ((const pmap_name *)b)->name);
+}
+
+/* Reads the entries after a "NAMES <count>" header from rd into a new
+** array. It grows as entries arrive (doubling, from 64), so a count that
+** no entries follow costs no memory. */
+static int read_listing(reply_reader *rd, const char *h, size_t count, pmap_name **out,
+                        char *err, size_t errlen) {
+  pmap_name *v = NULL;
+  size_t cap = 0, i;
+  char why[160];
+  for (i = 0; i < count; i++) {
+    const char *s = reader_line(rd, why, sizeof why);
+    if (s == NULL) {
+      errbuf_set(err, errlen, "the port mapper on %.100s ended its listing after %zu of %zu "
+                 "names: %s", h, i, count, why);
+      free(v);
+      return -1;
+    }
+    if (i == cap) {
+      size_t want = cap ? (cap * 2 < count ? cap * 2 : count) : (count < 64 ? count : 64);
+      pmap_name *w = realloc(v, want * sizeof *v);
+      if (w == NULL) {
+        errbuf_set(err, errlen, "out of memory for %zu port mapper names", want);
+        free(v);
+        return -1;
+      }
+      v = w;
+      cap = want;
+    }
+    if (parse_entry(s, rd->linelen, &v[i]) != 0) {
+      errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer in its listing: "
+                 "'%.40s'", h, s);
+      free(v);
+      return -1;
+    }
+  }
+  if (count > 1) qsort(v, count, sizeof *v, by_name);
+  for (i = 1; i < count; i++)
+    if (strcmp(v[i - 1].name, v[i].name) == 0) {
+      errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: it lists '%s' twice",
+                 h, v[i].name);
+      free(v);
+      return -1;
+    }
+  *out = v;
+  return 0;
+}
+
+/* The listing that starts with `reply`, rd's last line, from the daemon
+** on h:mport: *out and *n on success, else a message in err. */
+static int names_reply(reply_reader *rd, const char *reply, const char *h, int mport,
+                       pmap_name **out, size_t *n, char *err, size_t errlen) {
+  pmap_name *v = NULL;
+  size_t count = 0, len = rd->linelen;
+  int r;
+  if (len > 6 && memcmp(reply, "NAMES ", 6) == 0 &&
+      (r = parse_count(reply + 6, len - 6, PMAP_NAMES_MAX, &count)) >= 0) {
+    if (r == 1) {
+      errbuf_set(err, errlen, "the port mapper on %.100s lists %.20s names, more than the %d "
+                 "pmap_names takes", h, reply + 6, PMAP_NAMES_MAX);
+      return -1;
+    }
+    if (read_listing(rd, h, count, &v, err, errlen) != 0) return -1;
+    *out = v;
+    *n = count;
+    return 0;
+  }
+  if (turned_away(reply, h, mport, err, errlen)) return -1;
+  if (strcmp(reply, "ERR loopback only") == 0)
+    errbuf_set(err, errlen, "the port mapper on %.100s lists its names only to its own host "
+               "(ERR loopback only)", h);
+  else
+    errbuf_set(err, errlen, "the port mapper on %.100s gave a bad answer: '%.40s'", h, reply);
+  return -1;
+}
+
+int pmap_names(const char *host, double timeout_seconds, pmap_name **out, size_t *n,
+               char *err, size_t errlen) {
+  const char *h = (host == NULL) ? "127.0.0.1" : host, *reply;
+  reply_reader rd;
+  int mport, fd, r;
+  if (!(timeout_seconds > 0)) {
+    errbuf_set(err, errlen, "port mapper names: the timeout must be positive");
+    return -1;
+  }
+  if (pmap_default_port(&mport, err, errlen) != 0) return -1;
+  if (ask_host(host, mport, "NAMES\n", deadline_after(timeout_seconds), &fd, &rd, &reply,
+               err, errlen) != 0)
+    return -1;
+  r = names_reply(&rd, reply, h, mport, out, n, err, errlen);
+  close(fd);
+  return r;
+}
+
+/* }------ */
 
 /* The name and port of a registration, checked: 0, or -1 with a message. */
 static int check_registration(const char *name, int port, char *err, size_t errlen) {
@@ -951,7 +499,9 @@ static int check_registration(const char *name, int port, char *err, size_t errl
 }
 
 int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen) {
-  char line[PMAP_NAME_MAX + 32], reply[REPLY_MAX], why[160];
+  char line[PMAP_NAME_MAX + 32], why[160];
+  const char *reply;
+  reply_reader rd;
   int64_t deadline = deadline_after(PMAP_CLIENT_SECONDS);
   int mport, s;
   if (check_registration(name, port, err, errlen) != 0) return -1;
@@ -961,7 +511,7 @@ int pmap_register(const char *name, int port, int *fd, char *err, size_t errlen)
     return -1;
   }
   snprintf(line, sizeof line, "REGISTER %s %d\n", name, port);
-  if (exchange(s, line, deadline, reply, sizeof reply, why, sizeof why) != 0) {
+  if (exchange(s, line, deadline, &rd, &reply, why, sizeof why) != 0) {
     close(s);
     errbuf_set(err, errlen, "registering '%s' with the port mapper: %s", name, why);
     return -1;

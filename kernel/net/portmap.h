@@ -1,31 +1,18 @@
 /*
-** portmap.h — the port mapper (like Erlang's epmd): a daemon that maps node
-** names to the TCP ports nodes listen on, and the client calls a node makes.
-** doc/portmap.md gives the line protocol byte for byte.
+** portmap.h — the port mapper's client side: the names and ports of its
+** line protocol, and the calls a node makes to the daemon (portmapd.h,
+** like Erlang's epmd) that maps node names to the TCP ports nodes listen
+** on. doc/portmap.md gives the protocol byte for byte.
 **
-** The daemon (pmap_listen + pmap_serve, run by `erlangen --port-mapper`):
-**   - one thread around epoll. Connections are limited only by descriptors
-**     (it raises its soft RLIMIT_NOFILE to the hard limit), of which at most
-**     PMAP_MAX_REMOTE from non-loopback peers, so remote peers cannot take
-**     what local nodes need. Each connection costs one fixed-size record
-**     (a PMAP_LINE_MAX line buffer, a short reply buffer); only a NAMES
-**     listing is sized by the table, and at most PMAP_LISTINGS are held.
-**   - registers names only for loopback peers (pmap_is_loopback). A name
-**     stays registered while the connection that registered it is open, so
-**     a node that dies releases its name; a live name cannot be taken.
-**   - answers LOOKUP to anyone; NAMES (the listing) to loopback only.
-**   - closes a connection that sends a malformed line or one longer than
-**     PMAP_LINE_MAX; and one for which PMAP_STALL_SECONDS pass without a
-**     request answered in full, unless it holds a registration and has
-**     nothing pending (a registered idle node keeps its connection).
-**   - turns a connection away with "ERR busy" when it is out of
-**     descriptors or memory, "ERR full" when a remote peer finds the
-**     PMAP_MAX_REMOTE connections taken.
-**   - outlives the nodes that started it, as epmd does.
+** pmap_lookup asks any host's daemon for one node's port; pmap_names asks
+** for the whole listing (loopback peers only). pmap_register (blocking,
+** bounded) registers once; pmap_keeper holds a registration from an event
+** loop and makes it again when the daemon comes back, without ever
+** blocking. pmap_ensure starts a daemon when none answers.
 **
-** The node's side: pmap_register (blocking, bounded) registers once;
-** pmap_keeper holds a registration from an event loop and makes it again
-** when the daemon comes back, without ever blocking.
+** A reply is untrusted bytes: every client call checks each line, length
+** and count against the protocol and fails with "gave a bad answer"
+** otherwise; a reply line longer than PMAP_LINE_MAX is refused.
 **
 ** The port is PMAP_DEFAULT_PORT unless the environment variable
 ** PMAP_PORT_ENV says otherwise (for the daemon and for clients alike).
@@ -34,62 +21,45 @@
 ** err (always NUL-terminated when errlen > 0), nothing half-done. Every
 ** wait is bounded: client calls by their timeout, the daemon's start by
 ** PMAP_START_SECONDS. Every returned descriptor is close-on-exec.
-** Thread-safe except pmap_serve, of which one runs per process, and a
-** pmap_keeper, which belongs to the one thread that steps it.
+** Thread-safe except a pmap_keeper, which belongs to the one thread that
+** steps it.
 */
 #ifndef erlangen_portmap_h
 #define erlangen_portmap_h
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
 
 #define PMAP_DEFAULT_PORT   4370
 #define PMAP_PORT_ENV       "ERLANGEN_PORT_MAPPER_PORT"
 #define PMAP_PROTOCOL       1        /* the version PING answers with */
 
 #define PMAP_NAME_MAX       64       /* a name is [A-Za-z0-9_.-]{1,PMAP_NAME_MAX} */
-#define PMAP_LINE_MAX       128      /* longest request line, its '\n' included */
-#define PMAP_MAX_REMOTE     64       /* connections at once from non-loopback peers */
-#define PMAP_LISTINGS       4        /* NAMES replies held at once ("ERR busy" beyond) */
-#define PMAP_STALL_SECONDS  3        /* see above */
+#define PMAP_LINE_MAX       128      /* longest request or reply line, its '\n' included */
+#define PMAP_MAX_REMOTE     64       /* the daemon's connections at once from non-loopback
+                                        peers; the "ERR full" message quotes it */
+#define PMAP_NAMES_MAX      65536    /* most names pmap_names takes from one listing */
 #define PMAP_CLIENT_SECONDS 2.0      /* the bound of pmap_register's waits */
 #define PMAP_START_SECONDS  2.0      /* pmap_ensure waits this long for a daemon */
 
-/* ---- names, ports, addresses ---- */
+/* ---- names and ports ---- */
 
 /* 1 if `name` is a valid port-mapper name (NUL-terminated), else 0. */
 int pmap_valid_name(const char *name);
+
+/* 1 if the n bytes at s (no NUL needed) are a valid name, else 0. */
+int pmap_valid_name_n(const char *s, size_t n);
 
 /* Parses a decimal port "0".."65535" (no sign, no leading zeros, nothing
 ** after) into *port. Fails, leaving *port unchanged, otherwise. */
 int pmap_parse_port(const char *s, int *port);
 
+/* The same for the n bytes at s (no NUL needed). */
+int pmap_parse_port_n(const char *s, size_t n, int *port);
+
 /* The port mapper's port: PMAP_PORT_ENV if set (1..65535), else
 ** PMAP_DEFAULT_PORT. Fails if the variable is set to anything else. */
 int pmap_default_port(int *port, char *err, size_t errlen);
-
-/* 1 if the address is loopback (127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104),
-** else 0 (also for a family other than AF_INET/AF_INET6 or a short len). */
-int pmap_is_loopback(const struct sockaddr *sa, socklen_t len);
-
-/* ---- the daemon ---- */
-
-/* Opens the listening socket on every address (IPv6 dual-stack, or IPv4
-** when the host has no IPv6) at `port` (0: any free port). *fd gets the
-** socket and *bound_port the port it got. Fails (EADDRINUSE for a port
-** already taken, e.g. by a running daemon) without leaving a socket open. */
-int pmap_listen(int port, int *fd, int *bound_port, char *err, size_t errlen);
-
-/* Runs the daemon on `listen_fd` (from pmap_listen) in the calling thread
-** until SIGTERM or SIGINT arrives, then closes every connection and
-** listen_fd and returns 0. It handles those two signals itself while it
-** runs (and restores the previous handlers and mask when it returns);
-** SIGPIPE is never raised. It raises the process's soft RLIMIT_NOFILE to
-** the hard limit and keeps one descriptor in reserve, so that it can still
-** answer "ERR busy" when the others are used up. Returns -1 only if it
-** cannot start (listen_fd is then closed too). */
-int pmap_serve(int listen_fd, char *err, size_t errlen);
 
 /* ---- the client calls of a node ---- */
 
@@ -101,6 +71,27 @@ int pmap_serve(int listen_fd, char *err, size_t errlen);
 ** name is not registered, and with the reason otherwise. */
 int pmap_lookup(const char *host, const char *name, int *port, double timeout_seconds,
                 char *err, size_t errlen);
+
+/* One registration of a listing: a valid name and its port 1..65535. */
+typedef struct pmap_name {
+  char name[PMAP_NAME_MAX + 1];
+  int port;
+} pmap_name;
+
+/* Asks the daemon at `host` (as pmap_lookup: NULL is loopback, every
+** address in turn, all of it within timeout_seconds > 0) for every name
+** registered there. On success *out is one array of *n entries sorted by
+** name (byte order), which the caller frees with free(*out); *out is NULL
+** when *n is 0. Every line of the reply is checked: a name or port that is
+** not valid, a name listed twice, a line longer than PMAP_LINE_MAX, fewer
+** entries than announced, or more than PMAP_NAMES_MAX announced fails
+** ("... gave a bad answer ..."), and memory grows only with entries that
+** came. The daemon lists only to loopback peers: another host's fails
+** with "... lists its names only to its own host (ERR loopback only)".
+** Busy and full daemons fail as for pmap_lookup. *out and *n are left
+** alone on failure. */
+int pmap_names(const char *host, double timeout_seconds, pmap_name **out, size_t *n,
+               char *err, size_t errlen);
 
 /* Registers `name` for `port` at the loopback daemon. On success *fd is
 ** the registration's connection: the caller owns it and must keep it open

@@ -2,10 +2,12 @@
 ** test_portmap.c — the port mapper's checks (names, ports, loopback
 ** addresses), its client calls against a daemon forked from this test
 ** (more than 256 registrations, the stall rule, out of descriptors, the
-** busy and full messages), pmap_ensure starting the build tree's
-** `erlangen --port-mapper`, alone and raced, and pmap_keeper registering
-** again across daemon restarts. Links only portmap.c
-** (spec/portmap_spec.lua tests the protocol). Every daemon is ended by pid.
+** busy and full messages), pmap_names against that daemon and against a
+** fake one whose malformed listings it must refuse, pmap_ensure starting
+** the build tree's `erlangen --port-mapper`, alone and raced, and
+** pmap_keeper registering again across daemon restarts. Links portmap.c
+** and portmapd.c (spec/portmap_spec.lua tests the protocol). Every daemon
+** is ended by pid; every fake daemon's thread is joined.
 */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -23,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "ctest.h"
-#include "portmap.h"
+#include "portmapd.h"
 
 static double now(void) {
   struct timespec ts;
@@ -79,7 +81,7 @@ static int lb4(const char *ip) {
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
   inet_pton(AF_INET, ip, &a.sin_addr);
-  return pmap_is_loopback((struct sockaddr *)&a, sizeof a);
+  return pmapd_is_loopback((struct sockaddr *)&a, sizeof a);
 }
 
 static int lb6(const char *ip) {
@@ -87,7 +89,7 @@ static int lb6(const char *ip) {
   memset(&a, 0, sizeof a);
   a.sin6_family = AF_INET6;
   inet_pton(AF_INET6, ip, &a.sin6_addr);
-  return pmap_is_loopback((struct sockaddr *)&a, sizeof a);
+  return pmapd_is_loopback((struct sockaddr *)&a, sizeof a);
 }
 
 static void test_loopback(void) {
@@ -107,8 +109,8 @@ static void test_loopback(void) {
   memset(&in, 0, sizeof in);
   in.sin_family = AF_INET;
   in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  CHECK(!pmap_is_loopback((struct sockaddr *)&un, sizeof un) &&
-        !pmap_is_loopback((struct sockaddr *)&in, sizeof in - 1) && !pmap_is_loopback(NULL, 0),
+  CHECK(!pmapd_is_loopback((struct sockaddr *)&un, sizeof un) &&
+        !pmapd_is_loopback((struct sockaddr *)&in, sizeof in - 1) && !pmapd_is_loopback(NULL, 0),
         "another family, a short address or NULL is not loopback", "yes");
 }
 
@@ -166,7 +168,7 @@ static pid_t fork_daemon_on(int *port, int nofile) {
   char err[256];
   int fd, want = *port;
   pid_t pid;
-  if (pmap_listen(want, &fd, port, err, sizeof err) != 0) {
+  if (pmapd_listen(want, &fd, port, err, sizeof err) != 0) {
     if (want != 0) return -1;
     fprintf(stderr, "%s\n", err);
     exit(2);
@@ -177,7 +179,7 @@ static pid_t fork_daemon_on(int *port, int nofile) {
       struct rlimit rl = { (rlim_t)nofile, (rlim_t)nofile };
       if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(4);
     }
-    _exit(pmap_serve(fd, err, sizeof err) == 0 ? 0 : 3);
+    _exit(pmapd_serve(fd, err, sizeof err) == 0 ? 0 : 3);
   }
   close(fd);
   return pid;
@@ -214,7 +216,7 @@ static void test_client_calls(void) {
   pid_t pid = fork_daemon(&port);
   int busy = -1;
   set_port_env(port);
-  CHECK(pmap_listen(port, &busy, &got, err, sizeof err) == -1 && errno == EADDRINUSE &&
+  CHECK(pmapd_listen(port, &busy, &got, err, sizeof err) == -1 && errno == EADDRINUSE &&
         strstr(err, "already in use") != NULL, "a second daemon cannot listen on a taken port",
         "'%s'", err);
   r = pmap_register("alpha", 9001, &fd, err, sizeof err);
@@ -482,7 +484,7 @@ static void test_many_registrations(void) {
 }
 
 /* The stall rule: a connection with no registration and nothing pending
-** is closed PMAP_STALL_SECONDS after its last answered request; one that
+** is closed PMAPD_STALL_SECONDS after its last answered request; one that
 ** keeps asking stays; a registered idle one stays; a request line must end
 ** in that time however it trickles. */
 static void test_stall_rule(void) {
@@ -496,9 +498,9 @@ static void test_stall_rule(void) {
   ask_line(reg, "REGISTER patient 9300\n", line, sizeof line);
   CHECK(strcmp(line, "OK") == 0, "a connection registers", "'%s'", line);
   idle = dial("127.0.0.1", port);
-  t = time_to_close(idle, PMAP_STALL_SECONDS + 2);
-  CHECK(t > PMAP_STALL_SECONDS - 0.3 && t < PMAP_STALL_SECONDS + 1.0,
-        "an unregistered connection that asks nothing is closed after PMAP_STALL_SECONDS",
+  t = time_to_close(idle, PMAPD_STALL_SECONDS + 2);
+  CHECK(t > PMAPD_STALL_SECONDS - 0.3 && t < PMAPD_STALL_SECONDS + 1.0,
+        "an unregistered connection that asks nothing is closed after PMAPD_STALL_SECONDS",
         "closed after %.2f s", t);
   asking = dial("127.0.0.1", port);
   t0 = now();
@@ -507,18 +509,18 @@ static void test_stall_rule(void) {
     ask_line(asking, "PING\n", line, sizeof line);
     asked_ok = strcmp(line, "PONG 1") == 0;
   }
-  CHECK(asked_ok && now() - t0 > PMAP_STALL_SECONDS + 0.5,
-        "an unregistered connection that asks every second stays open past PMAP_STALL_SECONDS",
+  CHECK(asked_ok && now() - t0 > PMAPD_STALL_SECONDS + 0.5,
+        "an unregistered connection that asks every second stays open past PMAPD_STALL_SECONDS",
         "ended at request %d after %.2f s", i, now() - t0);
   trickle = dial("127.0.0.1", port);
   t0 = now();
-  for (i = 0; slow[i] != '\0' && now() - t0 < PMAP_STALL_SECONDS + 2; i++) {
+  for (i = 0; slow[i] != '\0' && now() - t0 < PMAPD_STALL_SECONDS + 2; i++) {
     if (write(trickle, slow + i, 1) != 1) break;  /* EPIPE once the daemon has closed it */
     pause_ms(400);  /* 14 bytes over 5.6 s: each byte is progress, the line is not */
   }
   t = now() - t0;
-  CHECK(slow[i] != '\0' && t < PMAP_STALL_SECONDS + 1.0,
-        "a request line trickled byte by byte is cut off PMAP_STALL_SECONDS after it began",
+  CHECK(slow[i] != '\0' && t < PMAPD_STALL_SECONDS + 1.0,
+        "a request line trickled byte by byte is cut off PMAPD_STALL_SECONDS after it began",
         "%d bytes went through in %.2f s", i, t);
   ask_line(reg, "PING\n", line, sizeof line);
   CHECK(strcmp(line, "PONG 1") == 0, "the registered connection, idle 9 s, is still open",
@@ -619,6 +621,158 @@ static void test_remote_full(void) {
   unsetenv(PMAP_PORT_ENV);
 }
 
+/* ---- pmap_names ---- */
+
+static void test_names_listing(void) {
+  const char *names[] = { "zeta", "alpha", "mid" };
+  char err[256] = "", ip[64];
+  int port, fds[3], i, ok = 1, r;
+  pmap_name *v = NULL;
+  size_t n = 99;
+  pid_t pid = fork_daemon(&port);
+  set_port_env(port);
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 0 && v == NULL, "pmap_names of a daemon without names gives an empty list",
+        "r %d n %zu '%s'", r, n, err);
+  for (i = 0; i < 3; i++) ok &= pmap_register(names[i], 9800 + i, &fds[i], err, sizeof err) == 0;
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(ok && r == 0 && n == 3 && strcmp(v[0].name, "alpha") == 0 && v[0].port == 9801 &&
+        strcmp(v[1].name, "mid") == 0 && v[1].port == 9802 && strcmp(v[2].name, "zeta") == 0 &&
+        v[2].port == 9800, "pmap_names lists the registered names with their ports, sorted by name",
+        "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  v = NULL;
+  r = pmap_names("localhost", 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 3, "pmap_names resolves 'localhost'", "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  v = NULL;
+  close(fds[0]);
+  CHECK(await_gone("zeta"), "a registration closes", "still there");
+  r = pmap_names(NULL, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 2 && strcmp(v[0].name, "alpha") == 0 && strcmp(v[1].name, "mid") == 0,
+        "a released name leaves the listing", "r %d n %zu '%s'", r, n, err);
+  if (r == 0) free(v);
+  r = pmap_names(NULL, 0, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "timeout") != NULL, "pmap_names needs a positive timeout", "'%s'", err);
+  if (outside_ip(ip, sizeof ip)) {
+    r = pmap_names(ip, 2.0, &v, &n, err, sizeof err);
+    CHECK(r == -1 && strstr(err, "only to its own host (ERR loopback only)") != NULL,
+          "pmap_names from another address is refused, and says why", "r %d '%s'", r, err);
+  }
+  else
+    SKIP("pmap_names from another address is refused", "this host has no address besides loopback");
+  for (i = 1; i < 3; i++) close(fds[i]);
+  CHECK(stop_daemon(pid), "the daemon exits 0 on SIGTERM", "status");
+  v = NULL;
+  n = 77;
+  r = pmap_names(NULL, 1.0, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "no port mapper answers") != NULL && v == NULL && n == 77,
+        "pmap_names without a daemon fails, leaving its results alone", "r %d '%s'", r, err);
+  unsetenv(PMAP_PORT_ENV);
+}
+
+/* A fake daemon for one connection: it reads the request line, answers
+** `len` bytes of `reply`, then closes, or with `hold` waits until the
+** client closes. Every wait is bounded (5 s), so a test cannot hang. */
+typedef struct fake_daemon {
+  int listener;
+  const char *reply;
+  size_t len;
+  int hold;
+} fake_daemon;
+
+static void *fake_serve(void *arg) {
+  fake_daemon *f = arg;
+  struct pollfd p = { f->listener, POLLIN, 0 };
+  struct timeval tv = { 5, 0 };
+  char b[PMAP_LINE_MAX];
+  size_t off = 0;
+  int c, i;
+  if (poll(&p, 1, 5000) != 1 || (c = accept(f->listener, NULL, NULL)) < 0) return NULL;
+  setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  for (i = 0; i < PMAP_LINE_MAX; i++)  /* the request, a byte at a time up to its '\n' */
+    if (read(c, b, 1) != 1 || b[0] == '\n') break;
+  while (off < f->len) {
+    ssize_t w = write(c, f->reply + off, f->len - off);
+    if (w <= 0) break;  /* the client has refused and closed */
+    off += (size_t)w;
+  }
+  if (f->hold)
+    while (read(c, b, sizeof b) > 0) {}
+  close(c);
+  return NULL;
+}
+
+/* pmap_names against a fake daemon answering `reply` (len bytes). */
+static int names_from(const char *reply, size_t len, int hold, double timeout, pmap_name **v,
+                      size_t *n, char *err, size_t errlen) {
+  fake_daemon f = { -1, reply, len, hold };
+  pthread_t t;
+  int port, r;
+  f.listener = silent_listener(&port);
+  set_port_env(port);
+  pthread_create(&t, NULL, fake_serve, &f);
+  r = pmap_names(NULL, timeout, v, n, err, errlen);
+  pthread_join(t, NULL);
+  close(f.listener);
+  unsetenv(PMAP_PORT_ENV);
+  return r;
+}
+
+static void test_names_refused(void) {
+  static const struct { const char *reply; size_t len; const char *says, *what; } cases[] = {
+#define R(s) s, sizeof s - 1
+    { R("NAMES 2\nalpha 1\n"), "ended its listing after 1 of 2 names",
+      "a listing that ends before its count" },
+    { R("NAMES 1\nalpha 1"), "ended its listing after 0 of 1 names",
+      "a last entry without its '\\n'" },
+    { R("NAMES 65537\n"), "more than the 65536", "a count over PMAP_NAMES_MAX" },
+    { R("NAMES 123456789012345678901234567890\n"), "more than the 65536", "a count of 30 digits" },
+    { R("NAMES 1\nbad!name 1\n"), "bad answer in its listing", "an entry with a bad name" },
+    { R("NAMES 1\nalpha 0\n"), "bad answer in its listing", "an entry with port 0" },
+    { R("NAMES 1\nalpha 65536\n"), "bad answer in its listing", "an entry with port 65536" },
+    { R("NAMES 1\nalpha  1\n"), "bad answer in its listing", "an entry with two spaces" },
+    { R("NAMES 1\nalpha\n"), "bad answer in its listing", "an entry without a port" },
+    { R("NAMES 1\nal\0pha 1\n"), "bad answer in its listing", "an entry holding a NUL" },
+    { R("NAMES 2\nalpha 1\nalpha 2\n"), "lists 'alpha' twice", "a name listed twice" },
+    { R("NAMES x\n"), "gave a bad answer: 'NAMES x'", "a count that is not a number" },
+    { R("NAMES -1\n"), "gave a bad answer", "a negative count" },
+    { R("NAMES 01\n"), "gave a bad answer", "a count with a leading zero" },
+    { R("NAMES \n"), "gave a bad answer", "an empty count" },
+    { R("NAMES 1\0\nalpha 1\n"), "gave a bad answer", "a header holding a NUL" },
+    { R("PORT 4000\n"), "gave a bad answer: 'PORT 4000'", "an answer that is not a listing" },
+    { R("NAMES 1\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 1\n"),
+      "the answer is too long", "an entry line longer than PMAP_LINE_MAX" },
+    { R("ERR busy\n"), "is busy (ERR busy)", "'ERR busy'" },
+    { R("ERR full\n"), "is full (ERR full)", "'ERR full'" },
+    { R("ERR loopback only\n"), "only to its own host (ERR loopback only)", "'ERR loopback only'" },
+#undef R
+  };
+  char err[256], name[160];
+  pmap_name *v = NULL;
+  size_t n = 0, i;
+  int r;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    v = NULL;
+    n = 55;
+    err[0] = '\0';
+    r = names_from(cases[i].reply, cases[i].len, 0, 2.0, &v, &n, err, sizeof err);
+    snprintf(name, sizeof name, "pmap_names refuses %s", cases[i].what);
+    CHECK(r == -1 && v == NULL && n == 55 && strstr(err, cases[i].says) != NULL, name,
+          "r %d '%s'", r, err);
+    if (r == 0) free(v);
+  }
+  r = names_from("NAMES 2\nalpha 1\n", 16, 1, 0.3, &v, &n, err, sizeof err);
+  CHECK(r == -1 && strstr(err, "after 1 of 2 names: no answer in time") != NULL,
+        "pmap_names gives up on a listing that stops coming, at its timeout", "r %d '%s'", r, err);
+  r = names_from("NAMES 3\nb 2\nc 3\na 1\n", 21, 0, 2.0, &v, &n, err, sizeof err);
+  CHECK(r == 0 && n == 3 && strcmp(v[0].name, "a") == 0 && v[0].port == 1 &&
+        strcmp(v[1].name, "b") == 0 && v[1].port == 2 && strcmp(v[2].name, "c") == 0 && v[2].port == 3,
+        "pmap_names sorts a listing that comes in another order", "r %d '%s'", r, err);
+  if (r == 0) free(v);
+}
+
 /* ---- pmap_keeper ---- */
 
 static int is_registered(const pmap_keeper *k) { return pmap_keeper_registered(k); }
@@ -694,7 +848,7 @@ static void test_keeper_restart(void) {
         "'%s'", pmap_keeper_error(&k));
   p2 = port;
   pid2 = fork_daemon_on(&p2, 0);
-  CHECK(pid2 > 0, "a new daemon takes the same port", "pmap_listen failed");
+  CHECK(pid2 > 0, "a new daemon takes the same port", "pmapd_listen failed");
   t0 = now();
   r = drive(&k, is_registered, 3.0, &slowest);
   CHECK(r && looks_up("kept", 9701) && pmap_keeper_registrations(&k) == 2,
@@ -766,6 +920,8 @@ int main(void) {
   test_stall_rule();
   test_out_of_descriptors();
   test_remote_full();
+  test_names_listing();
+  test_names_refused();
   test_keeper_checks();
   test_keeper_restart();
   test_keeper_adopt_and_taken();

@@ -1,13 +1,14 @@
 /*
 ** pmap_fuzz.c — libFuzzer target for the port mapper daemon's protocol:
 ** the bytes after the first are one client's stream, fed to the daemon's
-** connection state machine (kernel/net/portmap.c, included whole so that its
-** static parser is reached without sockets; a connection's fd is -1).
+** connection state machine (kernel/net/portmapd.c, included whole so that
+** its static parser is reached without sockets; a connection's fd is -1;
+** portmap.c is linked for the name and port checks).
 ** Byte 0 chooses the mode:
 **   bit 0     the client is on loopback (else remote: no REGISTER, no NAMES)
 **   bits 1-3  input chunk size, 2^(n-1) bytes (0: as much as fits)
 **   bits 4-6  how much of a reply the client reads at a time, 2^n bytes
-**   bit 7     PMAP_LISTINGS other connections hold unread NAMES replies
+**   bit 7     PMAPD_LISTINGS other connections hold unread NAMES replies
 ** Another connection always holds the name "taken" (port 4000). The clock
 ** moves 1 ms a step and the stall sweep runs, so deadlines fire too.
 ** Invariants checked (abort on violation): every reply line is one the
@@ -19,7 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "portmap.c"
+#include "portmapd.c"
 
 static void check(int ok) {
   if (!ok) abort();
@@ -50,7 +51,7 @@ static void reply_line(replies *r, const char *s) {
   check(!r->closing_error);  /* nothing comes after a closing error */
   if (r->entries > 0) {      /* "<name> <port>" */
     sp = strchr(s, ' ');
-    check(sp != NULL && valid_name_n(s, (size_t)(sp - s)) && is_port(sp + 1));
+    check(sp != NULL && pmap_valid_name_n(s, (size_t)(sp - s)) && is_port(sp + 1));
     r->entries--;
     return;
   }
@@ -97,7 +98,7 @@ static void reply_bytes(replies *r, const char *p, size_t n) {
 
 static void check_state(void) {
   size_t i, names = 0;
-  pmap_conn *c, *prev = NULL;
+  pmapd_conn *c, *prev = NULL;
   int open = 0;
   for (i = 0; i < S.nbuckets; i++)
     for (c = S.buckets[i]; c != NULL; c = c->hnext) {
@@ -118,11 +119,11 @@ static void check_state(void) {
     check(c->listing != NULL || c->outlen <= sizeof c->out);
     if (c->reg_port == 0 || c->inlen > 0 || c->outlen > 0 || c->closing) check(c->deadline != 0);
   }
-  check(open == S.nconns && S.nlistings >= 0 && S.nlistings <= PMAP_LISTINGS);
+  check(open == S.nconns && S.nlistings >= 0 && S.nlistings <= PMAPD_LISTINGS);
 }
 
 /* Feeds a whole request stream to c and reads the whole reply. */
-static void converse(pmap_conn *c, const char *req, int64_t now) {
+static void converse(pmapd_conn *c, const char *req, int64_t now) {
   size_t n = strlen(req);
   memcpy(c->in + c->inlen, req, n);
   c->inlen += n;
@@ -133,7 +134,7 @@ static void converse(pmap_conn *c, const char *req, int64_t now) {
 /* }------ */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  pmap_conn *c, *taken, *holders[PMAP_LISTINGS];
+  pmapd_conn *c, *taken, *holders[PMAPD_LISTINGS];
   replies r;
   unsigned mode, in_chunk, out_chunk;
   size_t off = 1, newlines = 0, i;
@@ -150,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   converse(taken, "REGISTER taken 4000\n", now);
   check(taken->reg_port == 4000);
   if (mode & 0x80)
-    for (i = 0; i < PMAP_LISTINGS; i++) {
+    for (i = 0; i < PMAPD_LISTINGS; i++) {
       holders[i] = conn_new(-1, 1, now);
       check(holders[i] != NULL);
       memcpy(holders[i]->in, "NAMES\n", 6);
@@ -188,7 +189,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (i = 0; i < c->inlen; i++) newlines -= c->in[i] == '\n';
   too_long = r.closing_error && c->inlen == PMAP_LINE_MAX && memchr(c->in, '\n', c->inlen) == NULL;
   if (c->closed && !r.closing_error) {
-    check(now >= PMAP_STALL_SECONDS * 1000);  /* only a stall closes without a word */
+    check(now >= PMAPD_STALL_SECONDS * 1000);  /* only a stall closes without a word */
   }
   else {
     check(r.len == 0 && r.entries == 0);  /* no reply was cut */

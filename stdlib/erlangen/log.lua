@@ -9,6 +9,7 @@
 -- what it holds before it ends; the kernel stops it after every other process
 -- (kernel.h, KERN_LOGGER_NAME), so a program's last records are written.
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 local svc = require "erlangen.service"
 
 local log = {}
@@ -35,14 +36,7 @@ local function wall_time()
   return erlangen.system_time and erlangen.system_time() or os.time()
 end
 
-local function is_pid(v)
-  return type(v) == "userdata" and tostring(v):match("^<%d+%.%d+>$") ~= nil
-end
-
-local function typename(v)
-  if is_pid(v) then return "pid" end
-  return type(v)
-end
+local typename = erlangen.type
 
 -- Formatting -----------------------------------------------------------------------
 
@@ -331,15 +325,14 @@ local function ensure()
   return svc.ensure(NAME, {mailbox = MAILBOX, trap_exit = true}, logger, "erlangen.log: cannot start the logger")
 end
 
--- A synchronous request (see erlangen.service's ask). A logger that dies before it
--- answers (killed, or found dying by whereis) is started again and asked
--- once more.
+-- A synchronous request (gen.call). A logger that dies before it answers
+-- (killed, or found dying by whereis) is started again and asked once more.
 local function call(fname, op, arg)
   for _ = 1, 2 do
-    local m, gone = svc.ask(ensure(), function(alias) return {"$log_ctl", op, alias, arg} end,
-                                CALL_TIMEOUT)
+    local m, kind = gen.call(ensure(), function(alias) return {"$log_ctl", op, alias, arg} end,
+                             CALL_TIMEOUT)
     if m then return m[2], m[3] end
-    if not gone then
+    if kind == "timeout" then
       error(string.format("%s: the logger did not answer within %gs", fname, CALL_TIMEOUT), 3)
     end
   end
@@ -353,7 +346,7 @@ local function sendable(fields)
   for k, v in pairs(fields) do
     local key = (type(k) == "string" or type(k) == "number") and k or render(k)
     local t = type(v)
-    if t == "string" or t == "number" or t == "boolean" or is_pid(v)
+    if t == "string" or t == "number" or t == "boolean" or erlangen.is_pid(v)
       or (t == "table" and pcall(erlangen.encode, v)) then
       out[key] = v
     else
@@ -439,7 +432,9 @@ end
 -- Where formatted records go. `spec` is one of
 --   {stderr = true}                  standard error (the default)
 --   {file = path}                    appended to the file, flushed per record
---   {pid = p [, timeout = seconds]}  sent to p as {"log", line, record}
+--   {pid = p [, timeout = seconds]}  sent to p as {"log", line, record}; p is a
+--                                    pid of any node, an alias, a name or
+--                                    {name, node}
 --   {syslog = true [, ident = s] [, facility = f] [, path = p]}
 --                                    one datagram per record to the local
 --                                    syslog socket (journald's too), /dev/log
@@ -458,7 +453,9 @@ function log.set_sink(spec)
     elseif k == "file" then
       if type(v) ~= "string" or v == "" then error("set_sink: option 'file' must be a path", 2) end
     elseif k == "pid" then
-      if not is_pid(v) then error("set_sink: option 'pid' must be a pid, got " .. typename(v), 2) end
+      if not gen.is_address(v) then
+        error("set_sink: option 'pid' must be a pid, name or {name, node}, got " .. typename(v), 2)
+      end
     elseif k == "timeout" then
       if type(v) ~= "number" or not (v >= 0) then
         error("set_sink: option 'timeout' must be a non-negative number", 2)

@@ -9,8 +9,10 @@
 -- Every function takes a snapshot: one erlangen.processes(), then one
 -- erlangen.info() per process. Processes that end meanwhile are left out;
 -- ones started meanwhile may be missing. Nothing here stops or pauses them.
+-- A root on another node is snapshot there, by a process spawned on it.
 
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 
 local observer = {}
 
@@ -27,9 +29,7 @@ local ACCEPTS = {
   write_svg = {root = true, dot = true},
 }
 
-local function is_pid(v)
-  return type(v) == "userdata" and (pcall(erlangen.is_alive, v))
-end
+local REMOTE_TIMEOUT = 5   -- seconds to build the subtree of a root on another node
 
 -- Checks the options table given as argument `argn` of observer.<fname> and
 -- returns it (an empty table for nil). Raises at `level` (the public
@@ -47,9 +47,9 @@ local function check_opts(fname, opts, argn, level)
     end
   end
   local root = opts.root
-  if root ~= nil and type(root) ~= "string" and not is_pid(root) then
-    error(string.format("observer.%s: option 'root' must be a pid or a name, got %s",
-      fname, type(root)), level)
+  if root ~= nil and (erlangen.is_ref(root) or not gen.is_address(root)) then
+    error(string.format("observer.%s: option 'root' must be a pid, a name or {name, node}, got %s",
+      fname, erlangen.type(root)), level)
   end
   if opts.ascii ~= nil and type(opts.ascii) ~= "boolean" then
     error(string.format("observer.%s: option 'ascii' must be a boolean, got %s",
@@ -119,17 +119,50 @@ local function snapshot()
   return roots, nodes
 end
 
--- The forest to show for `opts`: every root, or only opts.root's subtree.
--- Returns nil, "noproc" when opts.root is not a live process.
-local function forest(opts)
-  local roots, nodes = snapshot()
-  local root = opts.root
-  if root == nil then return roots end
-  local pid = root
-  if type(root) == "string" then pid = erlangen.whereis(root) end
+-- The subtree of `root` (a pid or name of this node) as {node}, or nil,
+-- "noproc" when it is not a live process.
+local function local_forest(root)
+  local _, nodes = snapshot()
+  local pid = gen.resolve(root)
   local node = pid and nodes[pid]
   if not node then return nil, "noproc" end
   return {node}
+end
+
+-- The body of a remote spawn that builds `root`'s subtree on its own node
+-- (erlangen.info is local only) and sends {reply_to, forest, err} back.
+function observer.remote_forest(reply_to, root)
+  local trees, err = local_forest(root)
+  erlangen.send(reply_to, {reply_to, trees, err}, REMOTE_TIMEOUT)
+end
+
+-- `root`'s subtree built on `node`; nil, "noproc" or "noconnection" when
+-- the root is not running there or the node does not answer in time.
+local function remote_forest(node, root)
+  local alias = erlangen.alias()
+  local ok, pid, mref = pcall(erlangen.spawn_opt, {node = node, monitor = true, timeout = REMOTE_TIMEOUT},
+                              "erlangen.observer.remote_forest", alias, root)
+  if not ok then erlangen.unalias(alias); return nil, "noconnection" end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
+  end, REMOTE_TIMEOUT)
+  erlangen.unalias(alias)
+  erlangen.demonitor(mref, true)
+  if m and m[1] == alias then return m[2], m[3] end
+  if m and m[4] ~= "noconnection" then return nil, "noproc" end
+  erlangen.exit(pid, "kill")
+  return nil, "noconnection"
+end
+
+-- The forest to show for `opts`: every root, or only opts.root's subtree
+-- (built on the root's node). Returns nil, "noproc" when opts.root is not a
+-- live process, nil, "noconnection" when its node cannot be reached.
+local function forest(opts)
+  local root = opts.root
+  if root == nil then return (snapshot()) end
+  local node = gen.node_of(root)
+  if node == erlangen.node() then return local_forest(root) end
+  return remote_forest(node, type(root) == "table" and root[1] or root)
 end
 
 -- The links of `node` that are not an edge of the tree.

@@ -8,43 +8,21 @@
 --   {"$gen_call", from, request}     from = {reply_to, tag}; the reply is {tag, value}
 --   {"$gen_cast", msg}
 --   {"$gen_stop", reason}
---   start acknowledgement to the starter: {tag, true} or {tag, false, reason}
+--   start acknowledgement to the starter's alias: {ack, true} or {ack, false, reason}
+-- Call, start and addresses are erlangen.gen's, shared with the other behaviours.
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 
 local server = {}
 
 local DEFAULT_CALL_TIMEOUT = 5
-local FOREVER = 1e9               -- seconds: "infinity" where the API wants a number
-local ACK_SPACE_WAIT = 5          -- seconds the start ack may wait for room in the starter's mailbox
 local CALLBACKS = {"init", "handle_call", "handle_cast", "handle_info", "terminate"}
 local START_OPTS = {name = "string", timeout = "timeout", mailbox = "integer",
                     max_memory = "integer", trap_exit = "boolean"}
 
 -- Values -----------------------------------------------------------------------
 
--- A short readable rendering for logs and error messages.
-local function show(v, depth)
-  depth = depth or 0
-  if type(v) == "string" then return string.format("%q", v) end
-  if type(v) ~= "table" or depth > 2 then
-    local ok, s = pcall(tostring, v)
-    return ok and s or "?"
-  end
-  local mt = getmetatable(v)
-  if mt and mt.__tostring then
-    local ok, s = pcall(tostring, v)
-    if ok then return s end
-  end
-  local parts, n = {}, #v
-  for i = 1, n do parts[#parts + 1] = show(v[i], depth + 1) end
-  for k, x in pairs(v) do
-    if not (math.type(k) == "integer" and k >= 1 and k <= n) then
-      parts[#parts + 1] = "[" .. show(k, depth + 1) .. "]=" .. show(x, depth + 1)
-    end
-    if #parts > 12 then parts[#parts + 1] = "..."; break end
-  end
-  return "{" .. table.concat(parts, ", ") .. "}"
-end
+local show = gen.show
 
 -- Deep equality of exit reasons (a reason that crossed a process is a copy).
 local function same(a, b)
@@ -53,14 +31,6 @@ local function same(a, b)
   for k, v in pairs(a) do if not same(v, b[k]) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
-end
-
-local function is_pid(v)
-  return type(v) == "userdata" and tostring(v):match("^<%d+%.%d+>$") ~= nil
-end
-
-local function is_ref(v)
-  return type(v) == "userdata" and tostring(v):match("^#Ref<") ~= nil
 end
 
 -- The error object of erlangen.exit(reason), as raised into a pcall.
@@ -101,10 +71,13 @@ local ERROR = {__name = "erlangen.server.error"}
 
 function ERROR.__tostring(e)
   local head = string.format("server.%s(%s)", e.op, show(e.server))
+  local remote = e.node ~= erlangen.node()
   if e[1] == "timeout" then
     return string.format("%s: timeout after %s s", head, show(e[2]))
   elseif e[1] == "noproc" then
-    return head .. ": noproc (no such process)"
+    return head .. ": noproc (no such process" .. (remote and " on " .. e.node or "") .. ")"
+  elseif e[1] == "noconnection" then
+    return head .. ": noconnection (node " .. e.node .. " cannot be reached)"
   elseif e[1] == "calling_self" then
     return head .. ": calling_self (a process cannot " .. e.op .. " itself)"
   end
@@ -112,29 +85,20 @@ function ERROR.__tostring(e)
 end
 
 local function fail_with(kind, detail, op, srv, request)
-  error(setmetatable({kind, detail, op = op, server = srv, request = request}, ERROR))
+  error(setmetatable({kind, detail, op = op, server = srv, request = request,
+                      node = gen.node_of(srv)}, ERROR))
 end
 
 -- Argument checks -------------------------------------------------------------------
 
--- Raises "bad argument #n to 'fname' (msg)" blaming the caller `level` levels up.
-local function arg_error(n, fname, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level or 3)
-end
-
--- The pid of `srv` (a pid, or a registered name: nil when nobody has it).
-local function check_server(srv, n, fname)
-  if type(srv) == "string" then return erlangen.whereis(srv) end
-  if is_pid(srv) then return srv end
-  arg_error(n, fname, "pid or name expected, got " .. (is_ref(srv) and "ref" or type(srv)), 4)
-end
+local arg_error = gen.arg_error
 
 -- A timeout in seconds, or nil for "infinity".
 local function check_timeout(t, default, n, fname)
   if t == nil then return default end
   if t == "infinity" then return nil end
   if type(t) ~= "number" or t ~= t or t < 0 then
-    arg_error(n, fname, "timeout must be a number >= 0 or \"infinity\", got " .. show(t), 4)
+    arg_error(n, fname, "timeout must be a number >= 0 or \"infinity\", got " .. show(t), 3)
   end
   return t
 end
@@ -167,7 +131,8 @@ local function send_reply(from, value)
 end
 
 local function is_from(from)
-  return type(from) == "table" and (is_pid(from[1]) or is_ref(from[1])) and is_ref(from[2])
+  return type(from) == "table" and (erlangen.is_pid(from[1]) or erlangen.is_ref(from[1]))
+    and erlangen.is_ref(from[2])
 end
 
 -- Runs terminate (if any) and ends the process with `reason` (or with the
@@ -256,10 +221,10 @@ local function bad_callback(cb)
 end
 
 -- The body of a server process (OTP's gen_server:init_it; not for direct use).
--- Resolves the callbacks, runs init, acknowledges the start to `ack_to` with
--- `tag`, then loops. A failed start unlinks `parent` before it exits, so the
--- starter gets `nil, reason` and no EXIT.
-function server.init_it(callbacks, arg, ack_to, tag, parent)
+-- Resolves the callbacks, runs init, acknowledges the start (gen.ack), then
+-- loops. A failed start unlinks `parent` before it exits, so the starter gets
+-- `nil, reason` and no EXIT.
+function server.init_it(ack, callbacks, arg, parent)
   parent = parent or nil
   local cb, label = callbacks, "server"
   local function fail(reason, traceback)
@@ -268,7 +233,7 @@ function server.init_it(callbacks, arg, ack_to, tag, parent)
       log_event("error", "server failed to start",
                 {server = label, reason = reason, traceback = traceback})
     end
-    erlangen.send(ack_to, {tag, false, reason}, ACK_SPACE_WAIT)
+    gen.ack(ack, false, reason)
     erlangen.exit(reason)
   end
   if type(callbacks) == "string" then
@@ -290,7 +255,7 @@ function server.init_it(callbacks, arg, ack_to, tag, parent)
     if is_stop(r) then fail(r.reason) end
     state = r
   end
-  erlangen.send(ack_to, {tag, true}, ACK_SPACE_WAIT)
+  gen.ack(ack, true)
   loop({cb = cb, parent = parent, label = label}, state)
 end
 
@@ -318,53 +283,10 @@ local function start(link, fname, callbacks, arg, opts)
     if k ~= "timeout" then sopts[k] = v end
   end
   local timeout = check_timeout(opts.timeout, nil, 3, fname)
-
-  local me = erlangen.self()
-  local alias = erlangen.alias()
-  local tag = alias
-  local ok, pid, mref
-  for _ = 1, 3 do  -- a name whose holder dies while we look is retried
-    ok, pid, mref = pcall(erlangen.spawn_opt, sopts, "erlangen.server.init_it",
-                          callbacks, arg, alias, tag, link and me or false)
-    if ok then break end
-    erlangen.unalias(alias)
-    local msg = tostring(pid)
-    if not msg:find("already registered", 1, true) then
-      msg = msg:gsub("^args%[1%]", "callbacks"):gsub("^args%[2%]", "arg")
-      error(fname .. ": " .. msg, 2)
-    end
-    local holder = erlangen.whereis(opts.name)
-    if holder then return nil, {"already_started", holder} end
-    alias = erlangen.alias()
-    tag = alias
-  end
-  if not ok then return nil, {"already_started", erlangen.whereis(opts.name)} end
-
-  local function flush_exit()
-    erlangen.receive(function(m)
-      return type(m) == "table" and m[1] == "EXIT" and m[2] == pid
-    end, 0)
-  end
-  local m = erlangen.receive(function(m)
-    return type(m) == "table" and (m[1] == tag or (m[1] == "DOWN" and m[2] == mref))
-  end, timeout)
-  if m and m[1] == tag and m[2] == true then
-    erlangen.unalias(alias)
-    erlangen.demonitor(mref, true)
-    return pid
-  end
-  if m == nil then  -- init took too long: OTP kills it
-    if link then erlangen.unlink(pid) end
-    erlangen.exit(pid, "kill")
-  end
-  local down = (m and m[1] == "DOWN") and m
-    or erlangen.receive(function(x) return type(x) == "table" and x[1] == "DOWN" and x[2] == mref end)
-  erlangen.unalias(alias)
-  erlangen.receive(function(x) return type(x) == "table" and x[1] == tag end, 0)
-  flush_exit()  -- a link's EXIT is queued before the DOWN
-  if m == nil then return nil, "timeout" end
-  if m[1] == tag then return nil, m[3] end
-  return nil, down[4]
+  local pid, reason = gen.start{fname = fname, level = 2, spawn = sopts, body = "erlangen.server.init_it",
+                                args = table.pack(callbacks, arg, link and erlangen.self() or false),
+                                arg_names = {"callbacks", "arg"}, timeout = timeout}
+  return pid, reason
 end
 
 function server.start(callbacks, arg, opts)
@@ -377,44 +299,31 @@ end
 
 -- Talking to a server -------------------------------------------------------------------------
 
-function server.call(srv, request, timeout)
-  local pid = check_server(srv, 1, "call")
-  local t = check_timeout(timeout, DEFAULT_CALL_TIMEOUT, 3, "call")
-  if not pid then fail_with("noproc", nil, "call", srv, request) end
-  if pid == erlangen.self() then fail_with("calling_self", nil, "call", srv, request) end
+-- Raises the server error for gen.call's or gen's failure `kind`.
+local function raise(kind, detail, op, srv, request, timeout)
+  if kind == "timeout" then detail = timeout
+  elseif kind ~= "exit" then detail = nil end
+  fail_with(kind, detail, op, srv, request)
+end
 
-  local mref = erlangen.monitor(pid)
-  local alias = erlangen.alias()
-  local tag = alias
-  local deadline = t and erlangen.now() + t
-  local ok, e = pcall(erlangen.send, pid, {"$gen_call", {alias, tag}, request},
-                      t or FOREVER)
-  if not ok then
-    erlangen.unalias(alias)
-    erlangen.demonitor(mref, true)
-    error("bad argument #2 to 'call' (" .. tostring(e):gsub("^msg%[3%]", "request") .. ")", 2)
+function server.call(srv, request, timeout)
+  gen.check_address(srv, 1, "call")
+  local t = check_timeout(timeout, DEFAULT_CALL_TIMEOUT, 3, "call")
+  local m, kind, detail = gen.call(srv, function(alias)
+    return {"$gen_call", {alias, alias}, request}
+  end, t)
+  if m then return m[2] end
+  if kind == "badarg" then
+    error("bad argument #2 to 'call' (" .. detail:gsub("^msg%[3%]", "request") .. ")", 2)
   end
-  -- false, "full": the wait for room used up the timeout; "noproc": the DOWN follows.
-  local m = erlangen.receive(function(m)
-    return type(m) == "table" and (m[1] == tag or (m[1] == "DOWN" and m[2] == mref))
-  end, deadline and math.max(0, deadline - erlangen.now()))
-  erlangen.unalias(alias)  -- from here on, no reply can enter the mailbox
-  if m and m[1] == tag then
-    erlangen.demonitor(mref, true)
-    return m[2]
-  end
-  if m == nil then  -- a reply that comes now is dropped by the kernel: the alias is gone
-    erlangen.demonitor(mref, true)
-    fail_with("timeout", t, "call", srv, request)
-  end
-  if m[4] == "noproc" then fail_with("noproc", nil, "call", srv, request) end
-  fail_with("exit", m[4], "call", srv, request)
+  raise(kind, detail, "call", srv, request, t)
 end
 
 function server.cast(srv, msg)
-  local pid = check_server(srv, 1, "cast")
-  if not pid then return false, "noproc" end
-  local ok, sent, why = pcall(erlangen.send, pid, {"$gen_cast", msg})
+  gen.check_address(srv, 1, "cast")
+  local dest = gen.resolve(srv)
+  if not dest then return false, "noproc" end
+  local ok, sent, why = pcall(erlangen.send, dest, {"$gen_cast", msg})
   if not ok then
     error("bad argument #2 to 'cast' (" .. tostring(sent):gsub("^msg%[2%]", "msg") .. ")", 2)
   end
@@ -433,18 +342,27 @@ function server.reply(from, value)
 end
 
 function server.stop(srv, reason, timeout)
-  local pid = check_server(srv, 1, "stop")
+  gen.check_address(srv, 1, "stop")
+  if erlangen.is_ref(srv) then
+    arg_error(1, "stop", "pid, name or {name, node} expected, got an alias, which cannot be monitored")
+  end
   if reason == nil then reason = "normal" end
   local t = check_timeout(timeout, nil, 3, "stop")
-  if not pid then fail_with("noproc", nil, "stop", srv) end
-  if pid == erlangen.self() then fail_with("calling_self", nil, "stop", srv) end
-  local mref = erlangen.monitor(pid)
+  local dest = gen.resolve(srv)
+  if not dest then fail_with("noproc", nil, "stop", srv) end
+  if dest == erlangen.self() then fail_with("calling_self", nil, "stop", srv) end
+  local mref = erlangen.monitor(dest)
   local deadline = t and erlangen.now() + t
-  local ok, e = pcall(erlangen.send, pid, {"$gen_stop", reason}, t or FOREVER)
+  local ok, sent, why = pcall(erlangen.send, dest, {"$gen_stop", reason}, t or gen.FOREVER)
   if not ok then
     erlangen.demonitor(mref, true)
-    error("bad argument #2 to 'stop' (" .. tostring(e):gsub("^msg%[2%]", "reason") .. ")", 2)
+    error("bad argument #2 to 'stop' (" .. tostring(sent):gsub("^msg%[2%]", "reason") .. ")", 2)
   end
+  if not sent and why == "noconnection" then
+    erlangen.demonitor(mref, true)
+    fail_with("noconnection", nil, "stop", srv)
+  end
+  -- false, "full": the wait for room used up the timeout; "noproc": the DOWN follows.
   local m = erlangen.receive(function(m)
     return type(m) == "table" and m[1] == "DOWN" and m[2] == mref
   end, deadline and math.max(0, deadline - erlangen.now()))
@@ -454,6 +372,9 @@ function server.stop(srv, reason, timeout)
   end
   if same(m[4], reason) then return true end
   if m[4] == "noproc" then fail_with("noproc", nil, "stop", srv) end
+  if m[4] == "noconnection" and gen.node_of(srv) ~= erlangen.node() then
+    fail_with("noconnection", nil, "stop", srv)
+  end
   fail_with("exit", m[4], "stop", srv)
 end
 

@@ -1,6 +1,6 @@
--- erlangen.service — the two pieces every on-demand, registered service of
--- the stdlib needs (erlangen.log's logger, erlangen.timer's timer service):
--- starting it once under its name, and asking it something synchronously.
+-- erlangen.service — starting an on-demand, registered service of the
+-- stdlib (erlangen.log's logger, erlangen.timer's timer service) once under
+-- its name. Asking it something is erlangen.gen's call.
 -- Internal to the stdlib; its interface may change.
 
 local erlangen = require "erlangen"
@@ -22,26 +22,6 @@ function service.ensure(name, opts, body, failure)
     if not tostring(res):find("already registered", 1, true) then error(res, 0) end
   end
   error(failure, 0)
-end
-
--- Sends msg_of(alias) to `pid` (waiting up to `timeout` for room) and waits
--- up to `timeout` for the answer {alias, ...}. The answer comes to a fresh
--- alias, so one that arrives after the timeout never reaches the mailbox.
--- Returns the answer table, or nil and whether `pid` is gone (it died before
--- answering, or was dying when it was found); nil, false is a timeout.
-function service.ask(pid, msg_of, timeout)
-  local mref = erlangen.monitor(pid)
-  local alias = erlangen.alias()
-  local m
-  if erlangen.send(pid, msg_of(alias), timeout) then
-    m = erlangen.receive(function(x)
-      return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
-    end, timeout)
-  end
-  erlangen.unalias(alias)
-  erlangen.demonitor(mref, true)
-  if m and m[1] == alias then return m end
-  return nil, m ~= nil or not erlangen.is_alive(pid)
 end
 
 return service

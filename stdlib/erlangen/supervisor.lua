@@ -1,13 +1,16 @@
 -- erlangen.supervisor — OTP supervisors: start children in order, restart them by strategy, stop them in reverse.
 --
 -- A supervisor is a process that traps exits. It calls each child's start
--- function in its own process (so the child is linked to it), keeps the
--- children in start order, and reacts to their EXITs as its strategy says.
--- Calls from other processes use a small protocol of its own, like OTP's
--- gen:call: the request carries an alias, and the caller monitors the
--- supervisor while it waits. doc/supervisor.md is the reference.
+-- function in its own process (so the child is linked to it), or, for a child
+-- with `node`, in a starter process spawned on that node, and then links to the
+-- child itself. It keeps the children in start order and reacts to their EXITs
+-- as its strategy says.
+-- Calls from other processes and the start acknowledgement are
+-- erlangen.gen's, shared with the other behaviours. doc/supervisor.md is the
+-- reference.
 
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 
 local supervisor = {}
 
@@ -16,17 +19,17 @@ local STRATEGIES = {one_for_one = true, one_for_all = true, rest_for_one = true,
 local RESTARTS = {permanent = true, transient = true, temporary = true}
 local TYPES = {worker = true, supervisor = true}
 local SPEC_KEYS = {strategy = true, intensity = true, period = true, children = true, name = true}
-local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, type = true}
+local CHILD_KEYS = {id = true, start = true, restart = true, shutdown = true, type = true,
+                    node = true}
 
 -- Values --------------------------------------------------------------------
 
-local function is_pid(v)
-  return type(v) == "userdata" and (pcall(erlangen.is_alive, v))
-end
+local is_pid = erlangen.is_pid
+local show = gen.show
 
-local function show(v)
-  if type(v) == "string" then return string.format("%q", v) end
-  return tostring(v)
+-- The shape of a node name (gen's); the kernel checks the rest when it connects.
+local function is_node_name(v)
+  return type(v) == "string" and v:match("^[^@%s]+@[^@%s]+$") ~= nil
 end
 
 -- Whether an exit reason is one a transient child may end with unrestarted.
@@ -65,11 +68,19 @@ local function check_child(c, where)
   if type(start) ~= "table" then
     return nil, string.format("%s.start must be a table {f, args...}, got %s", where, type(start))
   end
+  local node = c.node
+  if node ~= nil and not is_node_name(node) then
+    return nil, string.format('%s.node must be a node name "name@host" or "name@host:port", got %s',
+      where, type(node) == "string" and show(node) or type(node))
+  end
   local f = start[1]
   if type(f) == "string" then
     if not f:match("^.+%.[^.]+$") then
       return nil, string.format("%s.start[1] must be \"module.function\", got %s", where, show(f))
     end
+  elseif type(f) == "function" and node ~= nil then
+    return nil, string.format('%s.start[1] must be a "module.function" string for a child on '
+      .. "another node (a function cannot cross nodes), got function", where)
   elseif type(f) ~= "function" then
     return nil, string.format("%s.start[1] must be a function or a \"module.function\" string, got %s",
       where, type(f))
@@ -90,7 +101,7 @@ local function check_child(c, where)
     return nil, string.format('%s.shutdown must be "brutal_kill", "infinity" or a number of seconds >= 0, got %s',
       where, show(shutdown))
   end
-  return {id = id, start = start, restart = restart, shutdown = shutdown, type = ctype}
+  return {id = id, start = start, restart = restart, shutdown = shutdown, type = ctype, node = node}
 end
 
 -- Returns the supervisor spec with its defaults filled in, or nil and a message.
@@ -149,7 +160,7 @@ local function report(level, text, fields) require("erlangen.log").report(level,
 
 local function child_report(S, level, text, rec, reason, pid)
   report(level, text, {supervisor = S.name, id = rec.id, pid = pid or rec.pid, reason = reason,
-                       restart = rec.restart, type = rec.type})
+                       restart = rec.restart, type = rec.type, node = rec.node})
 end
 
 -- Starting one child (in the supervisor) --------------------------------------
@@ -179,10 +190,75 @@ local function call_start(start, extra)
   return nil, {"bad_return_value", pid}
 end
 
+-- A child on another node is started by a starter process there, which traps
+-- exits as the supervisor does and calls the start function, so the child is
+-- linked to the starter. The supervisor then links to the child and tells the
+-- starter, which only then unlinks and ends: until the supervisor's link is in
+-- place, the starter's link guards the child, and if the supervisor is lost first
+-- the starter kills the child, so none outlives its supervisor.
+
+-- The starter's body (spawned on the child's node by the supervisor `sup`).
+-- Not for direct use.
+function supervisor.start_remote(sup, start, extra)
+  local me = erlangen.self()
+  local sup_ref = erlangen.monitor(sup)
+  local pid, reason = call_start(start, extra)
+  if not pid then
+    erlangen.send(sup, {"$sup_remote", me, false, reason}, 5)
+    return
+  end
+  local m
+  if erlangen.send(sup, {"$sup_remote", me, true, pid}, 5) then
+    m = erlangen.receive(function(x)
+      return type(x) == "table" and ((x[1] == "$sup_linked" and x[2] == pid)
+                                     or (x[1] == "DOWN" and x[2] == sup_ref))
+    end)
+  end
+  if not m or m[1] == "DOWN" then
+    erlangen.exit(pid, "kill")
+    return
+  end
+  erlangen.demonitor(sup_ref, true)
+  erlangen.unlink(pid)
+  erlangen.receive(is_exit_of(pid), 0)
+end
+
+-- Starts the child of `rec` on rec.node, `extra` appended to its start's
+-- arguments. Returns the child's pid, linked to the caller, or nil and a
+-- reason: the start function's, spawn_opt's error ("... noconnection" for a
+-- node that cannot be reached), or the starter's exit reason.
+local function start_remote(rec, extra)
+  local me = erlangen.self()
+  local ok, starter, ref = pcall(erlangen.spawn_opt, {node = rec.node, monitor = true, trap_exit = true},
+    "erlangen.supervisor.start_remote", me, rec.start, extra)
+  if not ok then return nil, starter end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and ((x[1] == "$sup_remote" and x[2] == starter)
+                                   or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if m[1] == "DOWN" then return nil, m[4] end
+  erlangen.demonitor(ref, true)
+  if not m[3] then return nil, m[4] end
+  local pid = m[4]
+  local linked, err = pcall(erlangen.link, pid)
+  if not linked then   -- the node backs off; the starter ends the child when it hears of it
+    erlangen.exit(starter, "kill")
+    return nil, err
+  end
+  erlangen.send(starter, {"$sup_linked", pid}, 5)
+  return pid
+end
+
+-- Starts the child of `rec` where it runs. Returns its pid, or nil and a reason.
+local function start_child_of(rec)
+  if rec.node then return start_remote(rec, rec.args) end
+  return call_start(rec.start, rec.args)
+end
+
 -- Starts the child of record `rec`; sets rec.pid on success. Returns true,
 -- or nil and a reason.
 local function start_rec(S, rec)
-  local pid, reason = call_start(rec.start, rec.args)
+  local pid, reason = start_child_of(rec)
   if not pid then return nil, reason end
   rec.pid, rec.restarting = pid, nil
   if rec.args == nil then child_report(S, "info", "child started", rec) end
@@ -303,7 +379,7 @@ end
 local function new_rec(S, c, args)
   S.seq = S.seq + 1
   return {id = c.id, start = c.start, restart = c.restart, shutdown = c.shutdown,
-          type = c.type, args = args, seq = S.seq}
+          type = c.type, node = c.node, args = args, seq = S.seq}
 end
 
 local function find_id(S, id)
@@ -372,7 +448,7 @@ end
 local function restart_by_strategy(S, rec)
   local strategy = S.strategy
   if strategy == "one_for_one" or strategy == "simple_one_for_one" then
-    local pid, reason = call_start(rec.start, rec.args)
+    local pid, reason = start_child_of(rec)
     if not pid then return nil, rec, reason end
     set_pid(S, rec, pid)
     rec.restarting = nil
@@ -431,7 +507,7 @@ local calls = {}
 function calls.start_child(S, args)
   if S.template then
     local rec = new_rec(S, S.template, args)
-    local pid, reason = call_start(rec.start, rec.args)
+    local pid, reason = start_child_of(rec)
     if not pid then return nil, reason end
     S.dynamic[rec] = true
     set_pid(S, rec, pid)
@@ -491,7 +567,7 @@ end
 
 local function child_info(rec)
   return {id = (not rec.args) and rec.id or nil, pid = rec.pid, type = rec.type,
-          restart = rec.restart,
+          restart = rec.restart, node = rec.node or erlangen.node(),
           status = rec.pid and "running" or rec.restarting and "restarting" or "undefined"}
 end
 
@@ -534,17 +610,18 @@ function calls.get_childspec(S, key)
   end
   if not rec then return nil, "not_found" end
   return {id = rec.id, start = rec.start, restart = rec.restart, shutdown = rec.shutdown,
-          type = rec.type}
+          type = rec.type, node = rec.node}
 end
 
 -- The supervisor process ----------------------------------------------------------
 
+-- A call from gen.call: {"$sup_call", alias, op, arg}, answered {alias, r1, r2, bad}.
 local function handle_call(S, m)
-  local reply_to, tag, op, arg = m[2], m[3], m[4], m[5]
+  local alias, op, arg = m[2], m[3], m[4]
   local fn = calls[op]
   local r1, r2, bad
   if fn then r1, r2, bad = fn(S, arg) else r1, r2 = nil, "unknown call " .. tostring(op) end
-  erlangen.send(reply_to, {tag, r1, r2, bad}, 5)
+  erlangen.send(alias, {alias, r1, r2, bad}, 5)
 end
 
 local function handle_exit(S, pid, reason)
@@ -593,11 +670,11 @@ end
 
 -- The body of a supervisor process (started by supervisor.start/start_link
 -- with trap_exit set). Not for direct use.
-function supervisor.init_it(starter, linked, spec)
+function supervisor.init_it(ack, parent, spec)
   erlangen.set_label("supervisor")
   local me = erlangen.self()
   local S = {
-    parent = linked and starter or nil,
+    parent = parent or nil,
     name = spec.name or tostring(me),
     strategy = spec.strategy, intensity = spec.intensity, period = spec.period,
     children = {},           -- static children, in start order
@@ -620,11 +697,11 @@ function supervisor.init_it(starter, linked, spec)
     child_report(S, "error", "start error", failed, reason)
     terminate_all(S)
     reason = {"shutdown", {"failed_to_start_child", failed.id, reason}}
-    if linked then erlangen.unlink(starter) end
-    erlangen.send(starter, {"$sup_ack", me, false, reason}, 5)
+    if parent then erlangen.unlink(parent) end
+    gen.ack(ack, false, reason)
     erlangen.exit(reason)
   end
-  erlangen.send(starter, {"$sup_ack", me, true}, 5)
+  gen.ack(ack, true)
   loop(S)
 end
 
@@ -633,39 +710,10 @@ end
 local function start(fname, spec, link)
   local checked, err = check_spec(spec)
   if not checked then error(fname .. ": " .. err, 3) end
-  local name = checked.name
-  if name then
-    local other = erlangen.whereis(name)
-    if other then return nil, {"already_started", other} end
-  end
-  local me = erlangen.self()
-  local ok, pid, ref = pcall(erlangen.spawn_opt,
-    {link = link, monitor = true, trap_exit = true, name = name},
-    "erlangen.supervisor.init_it", me, link, checked)
-  if not ok then
-    local other = name and erlangen.whereis(name)
-    if other and tostring(pid):find("already registered", 1, true) then
-      return nil, {"already_started", other}
-    end
-    error(fname .. ": " .. tostring(pid), 3)
-  end
-  local m = erlangen.receive(function(x)
-    return type(x) == "table" and ((x[1] == "$sup_ack" and x[2] == pid)
-                                   or (x[1] == "DOWN" and x[2] == ref))
-  end)
-  if m[1] == "$sup_ack" and m[3] then
-    erlangen.demonitor(ref, true)
-    return pid
-  end
-  local reason
-  if m[1] == "$sup_ack" then
-    reason = m[4]
-    erlangen.receive(is_down_of(ref))
-  else
-    reason = m[4]
-    if link then erlangen.receive(is_exit_of(pid), 0) end
-  end
-  return nil, reason
+  local pid, reason = gen.start{fname = fname, level = 3, body = "erlangen.supervisor.init_it",
+                                spawn = {link = link, trap_exit = true, name = checked.name},
+                                args = table.pack(link and erlangen.self() or false, checked)}
+  return pid, reason
 end
 
 --- supervisor.start_link(spec) -> pid | nil, reason
@@ -684,9 +732,10 @@ function supervisor.start(spec)
 end
 
 -- The error value raised by a call that got no answer: {kind, detail, op=,
--- supervisor=}, kind being "noproc", "calling_self", "exit" (detail: the
--- supervisor's exit reason) or "timeout" (stop only); the shape of
--- erlangen.server's call errors.
+-- supervisor=, node=}, kind being "noproc" (detail: the node), "calling_self",
+-- "exit" (detail: the supervisor's exit reason), "noconnection" (detail: the
+-- supervisor's node) or "timeout" (stop only); the shape of erlangen.server's
+-- call errors.
 local call_error_mt = {__name = "erlangen.supervisor.error"}
 
 function call_error_mt.__tostring(e)
@@ -697,24 +746,51 @@ function call_error_mt.__tostring(e)
     return head .. ": noproc (no such process)"
   elseif e[1] == "calling_self" then
     return head .. ": calling_self (a supervisor cannot call itself)"
+  elseif e[1] == "noconnection" then
+    return head .. ": noconnection (no link to node " .. tostring(e[2]) .. ")"
   end
   return head .. ": " .. tostring(e[1])
 end
 
 local function call_error(fname, sup, kind, detail)
-  return setmetatable({kind, detail, op = fname, supervisor = sup}, call_error_mt)
+  return setmetatable({kind, detail, op = fname, supervisor = sup, node = gen.node_of(sup)},
+                      call_error_mt)
 end
 
--- Resolves `sup` (pid or name) for supervisor.<fname>; raises on a bad argument
--- or a missing supervisor.
+-- On its node, for remote_whereis: sends {tag, whereis(name)} to `to`. Not
+-- for direct use.
+function supervisor.whereis_reply(to, tag, name)
+  erlangen.send(to, {tag, erlangen.whereis(name)}, 5)
+end
+
+-- The pid registered as `name` on another node, or nil and "noproc" or
+-- "noconnection": looked up by a short process spawned there, so that the
+-- call can monitor the supervisor by pid.
+local function remote_whereis(name, node)
+  local tag = erlangen.ref()
+  local ok, _, ref = pcall(erlangen.spawn_opt, {node = node, monitor = true},
+    "erlangen.supervisor.whereis_reply", erlangen.self(), tag, name)
+  if not ok then return nil, "noconnection" end
+  local m = erlangen.receive(function(x)
+    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
+  end)
+  if m[1] == "DOWN" then return nil, m[4] == "noconnection" and "noconnection" or "noproc" end
+  erlangen.demonitor(ref, true)
+  if m[2] then return m[2] end
+  return nil, "noproc"
+end
+
+-- Resolves `sup` (a pid, a registered name or {name, node}) for
+-- supervisor.<fname> to the supervisor's pid; raises on a bad argument or a
+-- missing supervisor. `level` as error()'s, seen from resolve.
 local function resolve(fname, sup, level)
-  local pid = sup
-  if type(sup) == "string" then
-    pid = erlangen.whereis(sup)
-    if not pid then error(call_error(fname, sup, "noproc"), level) end
-  elseif not is_pid(sup) then
-    error(string.format("bad argument #1 to '%s' (pid or name expected, got %s)", fname, type(sup)), level)
+  gen.check_address(sup, 1, fname, level)
+  if erlangen.is_ref(sup) then
+    gen.arg_error(1, fname, "pid, name or {name, node} expected, got an alias", level)
   end
+  local pid, why = gen.resolve(sup), "noproc"
+  if type(pid) == "table" then pid, why = remote_whereis(sup[1], sup[2]) end
+  if not pid then error(call_error(fname, sup, why, gen.node_of(sup)), level) end
   if pid == erlangen.self() then error(call_error(fname, sup, "calling_self"), level) end
   return pid
 end
@@ -723,24 +799,11 @@ end
 -- OTP's supervisor calls do) or for the supervisor's DOWN.
 local function call(fname, sup, op, arg)
   local pid = resolve(fname, sup, 4)
-  local ref = erlangen.monitor(pid)
-  local alias = erlangen.alias()
-  local tag = alias
-  local ok, err = pcall(erlangen.send, pid, {"$sup_call", alias, tag, op, arg}, 60)
-  if not ok then
-    erlangen.demonitor(ref, true)
-    erlangen.unalias(alias)
-    error(string.format("supervisor.%s: %s", fname, tostring(err)), 3)
+  local m, kind, detail = gen.call(pid, function(alias) return {"$sup_call", alias, op, arg} end)
+  if not m then
+    if kind == "badarg" then error(string.format("supervisor.%s: %s", fname, detail), 3) end
+    error(call_error(fname, sup, kind, detail), 3)
   end
-  local m = erlangen.receive(function(x)
-    return type(x) == "table" and (x[1] == tag or (x[1] == "DOWN" and x[2] == ref))
-  end)
-  erlangen.unalias(alias)
-  if m[1] == "DOWN" then
-    if m[4] == "noproc" then error(call_error(fname, sup, "noproc"), 3) end
-    error(call_error(fname, sup, "exit", m[4]), 3)
-  end
-  erlangen.demonitor(ref, true)
   if m[4] ~= nil then error(string.format("supervisor.%s: %s", fname, m[4]), 3) end
   return m[2], m[3]
 end
@@ -824,7 +887,8 @@ function supervisor.stop(sup, reason, timeout)
     erlangen.demonitor(ref, true)
     error(call_error("stop", sup, "timeout", timeout), 2)
   end
-  if m[4] == "noproc" then error(call_error("stop", sup, "noproc"), 2) end
+  if m[4] == "noproc" then error(call_error("stop", sup, "noproc", erlangen.node(pid)), 2) end
+  if m[4] == "noconnection" then error(call_error("stop", sup, "noconnection", erlangen.node(pid)), 2) end
   return true
 end
 

@@ -8,6 +8,7 @@
 -- only once `erlangen.now() >= deadline`: late is possible, early never.
 -- Pending timers cost a heap entry each, not a thread.
 local erlangen = require "erlangen"
+local gen = require "erlangen.gen"
 local svc = require "erlangen.service"
 
 local timer = {}
@@ -21,18 +22,7 @@ local BATCH = 256             -- timers fired before the service looks at its ma
 
 -- Values ----------------------------------------------------------------------
 
-local function is_pid(v)
-  return type(v) == "userdata" and tostring(v):match("^<%d+%.%d+>$") ~= nil
-end
-
-local function is_ref(v)
-  return type(v) == "userdata" and tostring(v):match("^#Ref<%d+%.%d+>$") ~= nil
-end
-
-local function typename(v)
-  if is_pid(v) then return "pid" elseif is_ref(v) then return "ref" end
-  return type(v)
-end
+local typename = erlangen.type
 
 local function check_seconds(fname, s, positive)
   if type(s) ~= "number" or s ~= s or s < 0 or s == math.huge or (positive and s == 0) then
@@ -43,10 +33,7 @@ local function check_seconds(fname, s, positive)
 end
 
 local function check_dest(fname, dest)
-  if not (is_pid(dest) or is_ref(dest) or (type(dest) == "string" and dest ~= "")) then
-    error(string.format("bad argument #2 to '%s' (dest must be a pid, a name or an alias, got %s)",
-      fname, typename(dest)), 3)
-  end
+  gen.check_address(dest, 2, fname, 3)
 end
 
 -- The service -------------------------------------------------------------------
@@ -116,7 +103,7 @@ local function service()
     remove(t)
     local ok, sent, why = pcall(erlangen.send, t.dest, t.msg, DELIVERY_WAIT)
     if not ok or not sent then
-      if ok and why == "noproc" and t.interval and type(t.dest) ~= "string" then
+      if ok and why == "noproc" and t.interval and (erlangen.is_pid(t.dest) or erlangen.is_ref(t.dest)) then
         forget(t)                   -- its destination is gone: so is the interval
         return
       end
@@ -149,8 +136,7 @@ local function service()
       if t.interval then
         -- Tied to the destination process, or to the caller when the
         -- destination is a name or an alias (as OTP's interval timers are).
-        local dest_is_pid = type(t.dest) == "userdata" and tostring(t.dest):sub(1, 1) == "<"
-        t.mref = erlangen.monitor(dest_is_pid and t.dest or m[8])
+        t.mref = erlangen.monitor(erlangen.is_pid(t.dest) and t.dest or m[8])
         by_mref[t.mref] = t
       end
       by_tref[t.tref] = t
@@ -204,15 +190,15 @@ local function request(msg, fname)
   error(fname .. ": cannot reach the timer service", 3)
 end
 
--- A synchronous request (see erlangen.service's ask). Returns the answer;
--- `none` when no service is running and `start` is false.
+-- A synchronous request (gen.call). Returns the answer; `none` when no
+-- service is running and `start` is false.
 local function call(op, arg, start, none)
   for _ = 1, 2 do
     local pid = start and ensure() or erlangen.whereis(NAME)
     if not pid then return none end
-    local m, gone = svc.ask(pid, function(alias) return {"$timer", op, alias, arg} end, CALL_TIMEOUT)
+    local m, kind = gen.call(pid, function(alias) return {"$timer", op, alias, arg} end, CALL_TIMEOUT)
     if m then return m[2] end
-    if not gone then
+    if kind == "timeout" then
       error("erlangen.timer: the timer service did not answer within " .. CALL_TIMEOUT .. "s", 3)
     end
     -- It died (or was dying) before it answered: a new one has no such timer.
@@ -222,7 +208,8 @@ end
 
 -- The API ----------------------------------------------------------------------------
 
--- Sends `msg` to `dest` (pid, registered name or alias) once `seconds` have
+-- Sends `msg` to `dest` (a pid of any node, an alias, a registered name or
+-- {name, node}) once `seconds` have
 -- passed. With opts.abs, `seconds` is instead the deadline itself, a time on
 -- the `erlangen.now()` clock (OTP's {abs, true}); one in the past fires at
 -- once. Returns a tref for `cancel`. Does not wait for the service.
@@ -271,7 +258,7 @@ end
 -- Cancels a timer. Returns the seconds that were left (0 if it was due but
 -- not sent yet), or false if it had fired already or is unknown.
 function timer.cancel(tref)
-  if not is_ref(tref) then
+  if not erlangen.is_ref(tref) then
     error("bad argument #1 to 'cancel' (tref expected, got " .. typename(tref) .. ")", 2)
   end
   return (call("cancel", tref, false, false))

@@ -29,7 +29,9 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dht-demo.XXXXXX")
 declare -A pid addr   # node number -> OS pid, "name@host:port"
+driver=               # the OS pid of the running step
 cleanup() {
+  if [ -n "$driver" ]; then kill -9 "$driver" 2>/dev/null || true; fi
   for i in "${!pid[@]}"; do kill -9 "${pid[$i]}" 2>/dev/null || true; done
   for i in "${!pid[@]}"; do wait "${pid[$i]}" 2>/dev/null || true; done
   if [ -n "${DHT_LOGS:-}" ]; then mkdir -p "$DHT_LOGS" && cp "$work"/*.log "$DHT_LOGS"/ 2>/dev/null || true; fi
@@ -68,11 +70,16 @@ await_node() {
 }
 live() { for i in "${!addr[@]}"; do echo "${addr[$i]}"; done; }
 
+# Runs one step of demo.lua. In the background with a wait: bash runs a
+# trap (TERM) only between commands, and a wait is interrupted by it.
 step() {  # step put|get LABEL [DEAD...]
   local what=$1 label=$2
   shift 2
   # shellcheck disable=SC2046
-  "$bin" "$here/demo.lua" "$work/cluster.key" "$run" "$keys" "$what" "$label" $(live) -- "$@" 3>&-
+  "$bin" "$here/demo.lua" "$work/cluster.key" "$run" "$keys" "$what" "$label" $(live) -- "$@" 3>&- &
+  driver=$!
+  wait "$driver"
+  driver=
 }
 
 # 1. N nodes, each joining through the first.

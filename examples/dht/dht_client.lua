@@ -1,15 +1,17 @@
 -- dht_client.lua — put, get and delete from any process, and the requests
 -- that DHT processes send each other.
 --
--- A DHT process is addressed by pid, as "dht" (this node's) or as
--- {"dht", node}. Requests use erlangen.server's call protocol (server.md,
--- "Messages on the wire"): {"$gen_call", {alias, alias}, request}, answered
--- with {alias, reply} sent to the alias. So the DHT process is an ordinary
--- server whose handle_call answers, and a caller may have many requests in
--- flight (the lookups need that; server.call has one). Every request has
--- its own alias: once it is answered or given up, the alias is gone and a
--- late reply is dropped by the kernel, never seen in the mailbox.
+-- A DHT process is an erlangen.server registered as "dht": put, get, delete
+-- and status are server.call's to it, so it is addressed as any server is
+-- (a pid, "dht" on this node, {"dht", node}) and a failed call raises
+-- server.call's error table (server.md, "Errors"). A lookup needs several
+-- requests in flight, which server.call does not offer: request and
+-- response send the same {"$gen_call", {alias, alias}, request} and take
+-- the {alias, reply} (server.md, "Messages on the wire"). Every request has
+-- its own alias: once answered or given up, the alias is gone and a late
+-- reply is dropped by the kernel, never seen in the mailbox.
 local erlangen = require "erlangen"
+local server = require "erlangen.server"
 
 local dht_client = {}
 
@@ -96,39 +98,14 @@ function dht_client.cancel(tag)
   erlangen.unalias(tag)
 end
 
--- Sends `request` and waits for its reply. Returns the reply, or nil and
--- "timeout", "noproc" (a pid that ended, a name nobody has) or
--- "noconnection". A pid destination is monitored, so its end is noticed at
--- once; a {name, node} one is bounded by the timeout.
-function dht_client.call(dest, request, timeout)
-  local mref = erlangen.is_pid(dest) and erlangen.monitor(dest)
-  local tag, why = dht_client.request(dest, request)
-  local reply
-  if tag then
-    local m = erlangen.receive(function(m)
-      return type(m) == "table" and (m[1] == tag or (mref and m[1] == "DOWN" and m[2] == mref))
-    end, timeout)
-    erlangen.unalias(tag)
-    if not m then why = "timeout"
-    elseif m[1] == tag then reply = m[2]
-    else why = m[4] == "noproc" and "noproc" or "exit"; mref = nil end
-  end
-  if mref then erlangen.demonitor(mref, true) end
-  if reply == nil then return nil, why end
-  return reply
-end
-
 -- put, get, delete ----------------------------------------------------------
 
--- Runs client operation `op` on `dest`; returns its result or raises
--- "dht_client.<op>: <why>" at the caller of put, get or delete.
+-- Calls the DHT process `dest` with `request` and returns the result of
+-- its {true, result} answer; an answer {false, why} raises
+-- "dht_client.<fname>: why" at the caller of put, get, delete or status.
+-- A failed call raises server.call's error table.
 local function operate(fname, dest, timeout, request)
-  local reply, why = dht_client.call(dest, request, timeout)
-  if reply == nil then
-    if why == "timeout" then why = "timeout after " .. timeout .. " s" end
-    error(string.format("dht_client.%s: %s (DHT process %s)", fname, why, erlangen.type(dest) == "table"
-      and string.format("{%q, %q}", dest[1], dest[2]) or tostring(dest)), 3)
-  end
+  local reply = server.call(dest, request, timeout)
   if type(reply) ~= "table" or reply[1] ~= true then
     error(string.format("dht_client.%s: %s", fname, tostring(type(reply) == "table" and reply[2] or reply)), 3)
   end
@@ -153,8 +130,9 @@ local function check(fname, ...)
 end
 
 -- Stores `value` under `key` on the k nodes nearest to the key. Returns the
--- number of nodes that stored it. Raises on timeout, for an unreachable DHT
--- process, and when no node stored it.
+-- number of nodes that stored it. Raises server.call's errors (timeout,
+-- noproc, noconnection), and "dht_client.put: no DHT node answered" or
+-- "... stored the key".
 function dht_client.put(dest, key, value, timeout)
   check("put", dest, key, value, timeout)
   local r = operate("put", dest, timeout or dht_client.TIMEOUT, {"put", key, value})

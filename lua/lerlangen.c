@@ -1059,6 +1059,10 @@ static int l_start_node(lua_State *L) {
   o.out_bound = (size_t)lua_tointeger(L, -1);
   o.port_mapper = lua_getfield(L, 1, "port_mapper") == LUA_TNIL || lua_toboolean(L, -1);
   lua_pop(L, 3);
+  proc_opts paths = {0};   /* the caller's package paths become the node's */
+  inherit_paths(L, &paths, 1, 1);
+  o.path = paths.path;
+  o.cpath = paths.cpath;
   char err[300];
   if (dist_start(&o, err, sizeof err) != 0) return luaL_error(L, "start_node: %s", err);
   lua_pushstring(L, node_self());

@@ -199,8 +199,8 @@ end
 local function start_dht_node(name, seed)
   local n = {name = name, out = os.tmpname(), err = os.tmpname(), pidfile = os.tmpname()}
   n.f = assert(io.popen(string.format(
-    "echo $$ >%s; DHT_TIMEOUT=%d LUA_PATH=%s exec %s %s %s %s %s >%s 2>%s",
-    D.q(n.pidfile), 2 * SLOW, D.q(dir .. "/?.lua;;"), D.q(D.BIN), D.q(dir .. "/node.lua"), D.q(name),
+    "echo $$ >%s; DHT_TIMEOUT=%d exec %s %s %s %s %s >%s 2>%s",
+    D.q(n.pidfile), 2 * SLOW, D.q(D.BIN), D.q(dir .. "/node.lua"), D.q(name),
     D.q(D.KEY), D.q(seed or "-"), D.q(n.out), D.q(n.err)), "w"))
   nodes[#nodes + 1] = n
   assert(D.poll(function()

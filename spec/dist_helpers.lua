@@ -146,7 +146,7 @@ end
 local children = {}   -- the child nodes of the running test
 
 -- Starts a child node. opts: prefix (of the name), name (exact), key_file,
--- listen, tick, connect (a node it connects to at start: by default this
+-- listen, tick, path (put first on package.path before the node starts), connect (a node it connects to at start: by default this
 -- node, false for none), refused (its connect to this node is expected to
 -- fail). Returns {name, addr, pid, port, f, err, connect_line}, or
 -- {name, failed, stderr} when the node did not start.
@@ -161,9 +161,9 @@ function D.start_child(opts)
   if connect == nil then connect = me.addr end
   local errfile = os.tmpname()
   local code = string.format(
-    "require('dist_node').main{name=%q, key_file=%q, tick=%s, listen=%q, connect=%s}",
+    "require('dist_node').main{name=%q, key_file=%q, tick=%s, listen=%q, connect=%s, path=%s}",
     name, opts.key_file or D.KEY, opts.tick or D.TICK, opts.listen or (D.HOST .. ":0"),
-    connect and string.format("%q", connect) or "nil")
+    connect and string.format("%q", connect) or "nil", opts.path and string.format("%q", opts.path) or "nil")
   local cmd = string.format("exec timeout -s KILL %d %s -e %s 2>%s",
                             D.LIFE, D.q(D.BIN), D.q(code), D.q(errfile))
   local f = assert(io.popen(cmd, "r"))

@@ -40,8 +40,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "demo.sh: interrupted" >&2; exit 130' INT TERM
 
-# The processes of the example find its modules through LUA_PATH.
-export LUA_PATH="$here/?.lua;;"
 head -c 32 /dev/urandom > "$work/cluster.key"
 chmod 600 "$work/cluster.key"
 mkfifo -m 600 "$work/stdin"

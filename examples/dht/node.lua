@@ -10,8 +10,9 @@
 -- request timeout in seconds (dht_server.DEFAULTS otherwise).
 -- It prints its address "NAME@HOST:PORT" on a line, then runs until its
 -- standard input ends (so it dies with the launcher that holds the other
--- end) or its supervisor gives up. The processes it spawns find the
--- example's modules through LUA_PATH (demo.sh sets it).
+-- end) or its supervisor gives up. Its folder goes on package.path before
+-- the node starts: the processes it spawns, and those other nodes spawn on
+-- it, find the example's modules there.
 local erlangen = require "erlangen"
 
 local dir = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."

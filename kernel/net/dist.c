@@ -110,6 +110,8 @@ static struct {
   int connectors;          /* connector threads running */
   int stopping;
   int port;                /* the listening port */
+  char *path, *cpath;      /* dist_opts' copies: written by dist_start before `started`, freed by
+                           ** dist_stop after the I/O threads (whose spawns read them) end */
   int pmap_fd;
   pthread_mutex_t lock;
   pthread_cond_t answered;
@@ -701,6 +703,8 @@ static void handle_spawn(conn *c, rd *r) {
   o.trap_exit = (flags & SPAWN_TRAP) != 0;
   o.rparent = s.from;
   o.rref = ref;
+  o.path = D.path;   /* this node's paths, not the spawner's */
+  o.cpath = D.cpath;
   o.ready = spawn_ready;
   o.ready_ud = &s;
   term_id pid, unused;
@@ -1178,6 +1182,10 @@ int dist_start(const dist_opts *o, char *err, size_t errlen) {
   }
   D.tick = cfg.tick;
   D.out_bound = cfg.out_bound;
+  free(D.path);
+  free(D.cpath);
+  D.path = o->path ? strdup(o->path) : NULL;
+  D.cpath = o->cpath ? strdup(o->cpath) : NULL;
   D.stopping = 0;
   int rc = conn_start(&cfg, host[0] ? host : NULL, &port, err, errlen);
   sodium_memzero(cfg.key, sizeof cfg.key);
@@ -1214,4 +1222,7 @@ void dist_stop(void) {
   pthread_mutex_unlock(&D.plock);
   conn_stop();
   if (D.pmap_fd >= 0) { close(D.pmap_fd); D.pmap_fd = -1; }
+  free(D.path);
+  free(D.cpath);
+  D.path = D.cpath = NULL;
 }

@@ -28,6 +28,8 @@ typedef struct dist_opts {
   double tick;             /* seconds of silence before a link is lost (0: 60) */
   size_t out_bound;        /* bytes a link may buffer (0: 8 MiB) */
   int port_mapper;         /* register with the port mapper (starting it if needed) */
+  const char *path, *cpath; /* package paths of the processes other nodes spawn here (NULL: a
+                            ** new state's own); copied */
 } dist_opts;
 
 /* Starts distribution: loads the key, listens, names this node. Returns 0,

@@ -122,6 +122,25 @@ static codec_buf encode_or_raise(lua_State *L, int first, int n, const char *roo
 }
 
 
+static int free_box(lua_State *L) {
+  void **box = lua_touserdata(L, 1);
+  free(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Pushes a box for one malloc'ed block, freed when the box is collected. */
+static void **malloc_box(lua_State *L) {
+  void **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  if (luaL_newmetatable(L, "erlangen.malloc_box")) {
+    lua_pushcfunction(L, free_box);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return box;
+}
+
 /* ---- spawning ---- */
 
 static void check_entry(lua_State *L, int arg) {
@@ -902,7 +921,7 @@ static void collect_pid(proc *p, void *ud) {
   if (c->n < c->cap) c->ids[c->n++] = p->pid; else c->overflow = 1;
 }
 
-static int l_processes(lua_State *L) {
+static int local_processes(lua_State *L) {
   pid_list c;
   for (;;) {
     c.cap = proc_count() + 64;
@@ -966,8 +985,9 @@ static void push_pids(lua_State *L, term_id *ids, size_t n, const char *field) {
   lua_setfield(L, -2, field);
 }
 
-static int l_info(lua_State *L) {
-  proc *p = proc_get(check_local_pid(L, 1));
+/* Pushes the info table of local process `pid`, or nil. */
+static int push_info(lua_State *L, term_id pid) {
+  proc *p = proc_get(pid);
   if (!p) { lua_pushnil(L); return 1; }
   pthread_mutex_lock(&p->lock);
   int alive = p->status == PROC_ALIVE, trap = p->trap_exit;
@@ -1021,6 +1041,90 @@ static int l_info(lua_State *L) {
   push_pids(L, ids + nl + nm, nw, "monitored_by");
   free(ids);
   return 1;
+}
+
+/* ---- introspection of another node ---- */
+
+/* Asks node idx the query `kind` with the value at `arg` (or none) and
+** pushes the answer; raises "<what>: <why>" naming the node. */
+static int ask_node(lua_State *L, uint32_t idx, int kind, int arg, double timeout, const char *what) {
+  proc *self = cur(L);
+  codec_buf args = {0};
+  if (arg) args = encode_wire(L, arg, 1, "args", what);
+  unsigned char *answer = NULL;
+  size_t alen = 0;
+  char err[200];
+  int rc = dist_query(self, idx, kind, args.data, args.len, mbox_now() + timeout, &answer, &alen, err, sizeof err);
+  codec_buf_free(&args);
+  cur(L);
+  if (rc != 0) return luaL_error(L, "%s: on %s: %s", what, node_name(idx), err);
+  void **box = malloc_box(L);   /* frees the answer if decoding raises */
+  *box = answer;
+  codec_limits lim = kern_limits(0);
+  lim.wire = 1;
+  int n = codec_decode(L, answer, alen, &lim);
+  if (n != 1) return luaL_error(L, "%s: on %s: a bad answer", what, node_name(idx));
+  return 1;
+}
+
+/* The timeout at `arg` (default 5 s) for a question to another node. */
+static double remote_timeout(lua_State *L, int arg) {
+  return lua_isnoneornil(L, arg) ? 5 : check_timeout(L, arg);
+}
+
+/* Answers info and processes for another node (dist_set_query_handler), in
+** a state of its own. */
+static int answer_step(lua_State *L) {
+  int kind = (int)lua_tointeger(L, 1);
+  const unsigned char *args = lua_touserdata(L, 2);
+  size_t n = (size_t)lua_tointeger(L, 3);
+  codec_buf *out = lua_touserdata(L, 4);
+  lua_settop(L, 0);
+  if (kind == DIST_Q_INFO) {
+    codec_limits lim = kern_limits(0);
+    lim.wire = 1;
+    term_id pid;
+    if (codec_decode(L, args, n, &lim) != 1 || term_test(L, 1, &pid) != TERM_PID)
+      return luaL_error(L, "info: a pid expected");
+    if (pid.node != 0) lua_pushnil(L);   /* not one of ours (an old incarnation) */
+    else push_info(L, pid);
+  } else if (kind == DIST_Q_PROCESSES) {
+    local_processes(L);
+  } else return luaL_error(L, "a query this node does not know");
+  codec_limits lim = kern_limits(0);
+  lim.wire = 1;
+  if (codec_encode(L, lua_gettop(L), 1, "answer", &lim, out) != 0) return lua_error(L);
+  return 0;
+}
+
+static int answer_query(int kind, const unsigned char *args, size_t n, codec_buf *out, char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) { snprintf(err, errlen, "out of memory"); return -1; }
+  lua_pushcfunction(L, answer_step);
+  lua_pushinteger(L, kind);
+  lua_pushlightuserdata(L, (void *)args);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_pushlightuserdata(L, out);
+  int rc = lua_pcall(L, 4, 0, 0) == LUA_OK ? 0 : -1;
+  if (rc != 0) {
+    snprintf(err, errlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
+    codec_buf_free(out);
+  }
+  lua_close(L);
+  return rc;
+}
+
+static int l_info(lua_State *L) {
+  term_id pid = term_check(L, 1, TERM_PID);
+  if (pid.node == 0) return push_info(L, pid);
+  return ask_node(L, pid.node, DIST_Q_INFO, 1, remote_timeout(L, 2), "info");
+}
+
+/* processes([node [, timeout]]) */
+static int l_processes(lua_State *L) {
+  uint32_t idx = lua_isnoneornil(L, 1) ? 0 : check_node(L, 1);
+  if (idx == 0) return local_processes(L);
+  return ask_node(L, idx, DIST_Q_PROCESSES, 0, remote_timeout(L, 2), "processes");
 }
 
 /* ---- distribution ---- */
@@ -1127,25 +1231,6 @@ static int l_monitor_nodes(lua_State *L) {
   if (dist_monitor_nodes(self, lua_toboolean(L, 1)) != 0) return luaL_error(L, "monitor_nodes: out of memory");
   lua_pushboolean(L, 1);
   return 1;
-}
-
-static int free_box(lua_State *L) {
-  void **box = lua_touserdata(L, 1);
-  free(*box);
-  *box = NULL;
-  return 0;
-}
-
-/* Pushes a box for one malloc'ed block, freed when the box is collected. */
-static void **malloc_box(lua_State *L) {
-  void **box = lua_newuserdatauv(L, sizeof *box, 0);
-  *box = NULL;
-  if (luaL_newmetatable(L, "erlangen.malloc_box")) {
-    lua_pushcfunction(L, free_box);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  return box;
 }
 
 /* node_names([host [, timeout]]): the port mapper's listing, sorted by name. */
@@ -1295,6 +1380,9 @@ static void open_in_foreign_state(lua_State *L) {
 }
 
 int luaopen_erlangen(lua_State *L) {
+  static _Atomic int answering;   /* the query handler is installed once */
+  if (!atomic_load_explicit(&answering, memory_order_relaxed) && !atomic_exchange(&answering, 1))
+    dist_set_query_handler(answer_query);
   if (!state_is_kernel(L)) open_in_foreign_state(L);
   luaL_newlib(L, funcs);
   lua_pushstring(L, ERLANGEN_VERSION);

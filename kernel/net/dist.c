@@ -46,7 +46,9 @@ enum {
   R_MONITOR_NAMED    /* watcher, watcher_creation, ref, pid: the name's pid, before its DOWN */
 };
 
-enum { Q_WHEREIS = 1 };   /* query kinds: WHEREIS name -> pid serial (0: none) */
+/* Query kinds: WHEREIS name -> pid serial (0: none); the others (dist.h)
+** carry a codec message each way, answered by the binding's handler. */
+enum { Q_WHEREIS = 1 };
 
 #define SPAWN_LINK    DIST_SPAWN_LINK
 #define SPAWN_MONITOR DIST_SPAWN_MONITOR
@@ -65,6 +67,9 @@ typedef struct pending {
   uint64_t req;
   uint32_t node;
   int type;                /* R_SPAWN or R_QUERY */
+  int kind;                /* a query's kind */
+  unsigned char *answer;   /* D.lock: a codec answer (queries but WHEREIS), malloc'ed */
+  size_t alen;             /* D.lock */
   term_id caller;
   int flags;
   term_id ref;
@@ -115,7 +120,8 @@ static struct {
   int pmap_fd;
   pthread_mutex_t lock;
   pthread_cond_t answered;
-  pending *spawns;         /* newest first */
+  pending *spawns;         /* newest first: spawns and queries waiting for replies */
+  _Atomic(dist_query_fn) query_fn;   /* set once by the binding */
   /* monitor_nodes: the subscribers, and the nodes announced up to them
   ** (nodeup sent, nodedown not yet), kept whether or not anyone listens.
   ** All four: wlock. */
@@ -561,6 +567,7 @@ static void pending_remove_locked(pending *p) {
 static void abandoned_free_locked(pending *p) {
   pending_remove_locked(p);
   D.nabandoned--;
+  free(p->answer);
   free(p);
 }
 
@@ -585,11 +592,12 @@ static void abandon_child(term_id caller, term_id child, int flags, term_id ref)
 }
 
 /* A new pending request of `type` from self to node idx, listed. */
-static pending *request_new(proc *self, uint32_t idx, int type, int flags, term_id ref) {
+static pending *request_new(proc *self, uint32_t idx, int type, int kind, int flags, term_id ref) {
   pending *p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->node = idx;
   p->type = type;
+  p->kind = kind;
   p->caller = self->pid;
   p->flags = flags;
   p->ref = ref;
@@ -605,7 +613,7 @@ static pending *request_new(proc *self, uint32_t idx, int type, int flags, term_
 ** queued with `rc`. Returns 1 with the answer in *pid (and *ref), or 0 with
 ** the reason in err. p is freed, or kept as abandoned for a late reply. */
 static int request_wait(proc *self, pending *p, int rc, double deadline, term_id *pid, term_id *ref,
-                        char *err, size_t errlen) {
+                        unsigned char **answer, size_t *alen, char *err, size_t errlen) {
   pthread_mutex_lock(&D.lock);
   if (rc == DIST_OK) {
     while (!p->done && !atomic_load(&self->doomed)) {
@@ -618,6 +626,7 @@ static int request_wait(proc *self, pending *p, int rc, double deadline, term_id
   }
   int ok = p->done && p->ok;
   if (ok) { *pid = p->pid; if (ref) *ref = p->ref; }
+  if (ok && answer) { *answer = p->answer; *alen = p->alen; p->answer = NULL; }
   else if (p->done) snprintf(err, errlen, "%s", p->err);
   else if (rc == DIST_NOCONN) snprintf(err, errlen, "noconnection");
   else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(p->node));
@@ -627,13 +636,14 @@ static int request_wait(proc *self, pending *p, int rc, double deadline, term_id
     p = NULL;
   } else pending_remove_locked(p);
   pthread_mutex_unlock(&D.lock);
+  if (p) free(p->answer);
   free(p);
   return ok;
 }
 
 int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t len, int flags,
                term_id *ref, double deadline, term_id *pid, char *err, size_t errlen) {
-  pending *p = request_new(self, idx, R_SPAWN, flags & (SPAWN_LINK | SPAWN_MONITOR | SPAWN_TRAP),
+  pending *p = request_new(self, idx, R_SPAWN, 0, flags & (SPAWN_LINK | SPAWN_MONITOR | SPAWN_TRAP),
                            term_new_ref());
   if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
   unsigned char h[HDR_MAX];
@@ -644,14 +654,14 @@ int dist_spawn(proc *self, uint32_t idx, const unsigned char *payload, size_t le
   n += put_v(h + n, (uint64_t)p->flags);
   n += put_v(h + n, p->ref.n);
   int rc = put_record(idx, 1, 0, h, n, payload, len, deadline);
-  return request_wait(self, p, rc, deadline, pid, ref, err, errlen) ? 0 : -1;
+  return request_wait(self, p, rc, deadline, pid, ref, NULL, NULL, err, errlen) ? 0 : -1;
 }
 
 int dist_whereis(proc *self, uint32_t idx, const char *name, double deadline, term_id *pid,
                  char *err, size_t errlen) {
   size_t nl = strlen(name);
   if (nl == 0 || nl > DIST_NAME_MAX) { snprintf(err, errlen, "bad name"); return -1; }
-  pending *p = request_new(self, idx, R_QUERY, 0, (term_id){0, 0, 0});
+  pending *p = request_new(self, idx, R_QUERY, Q_WHEREIS, 0, (term_id){0, 0, 0});
   if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
   unsigned char h[HDR_MAX];
   size_t n = 0;
@@ -661,10 +671,28 @@ int dist_whereis(proc *self, uint32_t idx, const char *name, double deadline, te
   h[n++] = Q_WHEREIS;
   int rc = put_record(idx, 1, 0, h, n, (const unsigned char *)name, nl, deadline);
   term_id got = {0, 0, 0};
-  if (!request_wait(self, p, rc, deadline, &got, NULL, err, errlen)) return -1;
+  if (!request_wait(self, p, rc, deadline, &got, NULL, NULL, NULL, err, errlen)) return -1;
   *pid = got;
   return got.n != 0;
 }
+
+int dist_query(proc *self, uint32_t idx, int kind, const unsigned char *args, size_t n, double deadline,
+               unsigned char **answer, size_t *alen, char *err, size_t errlen) {
+  pending *p = request_new(self, idx, R_QUERY, kind, 0, (term_id){0, 0, 0});
+  if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+  unsigned char h[HDR_MAX];
+  size_t hn = 0;
+  h[hn++] = R_QUERY;
+  hn += put_v(h + hn, p->req);
+  hn += put_v(h + hn, self->pid.n);
+  h[hn++] = (unsigned char)kind;
+  int rc = put_record(idx, 1, 0, h, hn, args, n, deadline);
+  term_id unused;
+  *answer = NULL;
+  return request_wait(self, p, rc, deadline, &unused, NULL, answer, alen, err, errlen) ? 0 : -1;
+}
+
+void dist_set_query_handler(dist_query_fn fn) { atomic_store(&D.query_fn, fn); }
 
 typedef struct spawn_ctx { conn *c; uint64_t req; term_id from; } spawn_ctx;
 
@@ -800,6 +828,17 @@ static void handle_query(conn *c, rd *r) {
     conn_send(c, h, n, NULL, 0, INFINITY);
     return;
   }
+  dist_query_fn fn = atomic_load(&D.query_fn);
+  if (kind != Q_WHEREIS && fn) {
+    codec_buf out = {0};
+    char err[200] = "";
+    int ok = fn(kind, r->p, nl, &out, err, sizeof err) == 0;
+    h[n++] = (unsigned char)ok;
+    if (ok) conn_send(c, h, n, out.data, out.len, INFINITY);
+    else conn_send(c, h, n, (const unsigned char *)err, strlen(err), INFINITY);
+    codec_buf_free(&out);
+    return;
+  }
   static const char bad[] = "a query this node does not know";
   h[n++] = 0;
   conn_send(c, h, n, (const unsigned char *)bad, sizeof bad - 1, INFINITY);
@@ -810,7 +849,6 @@ static void handle_query_reply(conn *c, rd *r) {
   term_id to = { get_v(r), 0, 0 };
   uint32_t to_creation = get_u32(r);
   int ok = r->p < r->end ? *r->p++ : 0;
-  uint64_t answer = ok ? get_v(r) : 0;
   if (r->bad || to_creation != node_creation()) return;
   pthread_mutex_lock(&D.lock);
   pending *p = find_pending_locked(req, to, R_QUERY);
@@ -818,8 +856,19 @@ static void handle_query_reply(conn *c, rd *r) {
   else if (p && !p->done) {
     p->done = 1;
     p->ok = ok;
-    p->pid = (term_id){ answer, answer ? conn_node(c) : 0, answer ? conn_peer_creation(c) : 0 };
-    if (!ok) snprintf(p->err, sizeof p->err, "%.*s", (int)(r->end - r->p), (const char *)r->p);
+    size_t blen = (size_t)(r->end - r->p);
+    if (ok && p->kind == Q_WHEREIS) {
+      uint64_t pid = get_v(r);
+      p->ok = !r->bad;
+      p->pid = (term_id){ pid, pid ? conn_node(c) : 0, pid ? conn_peer_creation(c) : 0 };
+    } else if (ok) {
+      p->answer = malloc(blen ? blen : 1);
+      p->ok = p->answer != NULL;
+      if (p->answer) memcpy(p->answer, r->p, blen);
+      p->alen = blen;
+    }
+    if (!ok) snprintf(p->err, sizeof p->err, "%.*s", (int)blen, (const char *)r->p);
+    else if (!p->ok) snprintf(p->err, sizeof p->err, "a bad answer, or out of memory");
   }
   pthread_cond_broadcast(&D.answered);
   pthread_mutex_unlock(&D.lock);

@@ -89,6 +89,23 @@ int dist_spawn(struct proc *self, uint32_t idx, const unsigned char *payload, si
 int dist_whereis(struct proc *self, uint32_t idx, const char *name, double deadline, term_id *pid,
                  char *err, size_t errlen);
 
+/* Queries answered by the binding (info and processes of another node):
+** args and the answer are codec messages in the wire form. */
+enum { DIST_Q_INFO = 2, DIST_Q_PROCESSES = 3 };
+
+/* Asks node idx a query of `kind`, waiting until `deadline`. Returns 0 with
+** the answer in *answer (malloc'ed, *alen bytes), or -1 with the reason in
+** err ("noconnection", "timeout", or the other node's error). */
+int dist_query(struct proc *self, uint32_t idx, int kind, const unsigned char *args, size_t n,
+               double deadline, unsigned char **answer, size_t *alen, char *err, size_t errlen);
+
+/* Answers a query of `kind` from another node: fills *out, or returns -1
+** with a message in err. Runs on an I/O thread: bounded work, no waits. */
+struct codec_buf;
+typedef int (*dist_query_fn)(int kind, const unsigned char *args, size_t n, struct codec_buf *out,
+                             char *err, size_t errlen);
+void dist_set_query_handler(dist_query_fn fn);
+
 /* Asks node idx to monitor the process registered as `name` for `from`,
 ** whose monitor `ref` targets {0, idx, 0} until the node answers with the
 ** pid (sig_monitor_resolve). The DOWN says "noproc" if no process has the

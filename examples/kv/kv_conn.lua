@@ -135,6 +135,26 @@ local function send_lines(c, lines)
   return ok ~= nil
 end
 
+-- Closes after a refusal without losing it: closing a socket that still
+-- holds unread bytes makes the kernel reset the connection, and a reset
+-- can discard the refusal before the client reads it. So the write side is
+-- shut first and what the client still sends is read and dropped, bounded
+-- in bytes and time, until it closes its side.
+local DRAIN_BYTES, DRAIN_SECONDS = 1 << 20, 1
+
+local function close_refusing(c, text)
+  send_lines(c, {text})
+  c:shutdown("send")
+  c:settimeout(0.05)
+  local deadline, drained = erlangen.now() + DRAIN_SECONDS, 0
+  while drained < DRAIN_BYTES and erlangen.now() < deadline do
+    local data, err, partial = c:receive(8192)
+    drained = drained + #(data or partial or "")
+    if err == "closed" then break end
+  end
+  c:close()
+end
+
 -- The process body: acknowledge, adopt the fd, then serve lines until the
 -- client closes, says QUIT, stays idle too long or sends a line too long.
 function kv_conn.loop(starter, fd)
@@ -162,8 +182,7 @@ function kv_conn.loop(starter, fd)
         buf = rest
         line = line:gsub("\r$", "")
         if #line > kv_conn.MAX_LINE then
-          send_lines(c, {"ERROR line too long"})
-          c:close()
+          close_refusing(c, "ERROR line too long")
           return
         end
         local lines, keep, after = handle(line)
@@ -171,8 +190,7 @@ function kv_conn.loop(starter, fd)
         if after then after() end
       end
       if #buf > kv_conn.MAX_LINE then
-        send_lines(c, {"ERROR line too long"})
-        c:close()
+        close_refusing(c, "ERROR line too long")
         return
       end
       if err == "closed" then return end

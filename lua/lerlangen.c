@@ -1043,6 +1043,27 @@ static int push_info(lua_State *L, term_id pid) {
   return 1;
 }
 
+/* Pushes an array of the info tables of every live process, each with
+** its `pid`. */
+static int local_snapshot(lua_State *L) {
+  local_processes(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1), k = 0;
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    term_id pid;
+    term_test(L, -1, &pid);
+    push_info(L, pid);
+    if (lua_istable(L, -1)) {
+      lua_insert(L, -2);
+      lua_setfield(L, -2, "pid");
+      lua_rawseti(L, -2, ++k);
+    } else lua_pop(L, 2);   /* it ended meanwhile */
+  }
+  lua_remove(L, -2);
+  return 1;
+}
+
 /* ---- introspection of another node ---- */
 
 /* Asks node idx the query `kind` with the value at `arg` (or none) and
@@ -1090,6 +1111,8 @@ static int answer_step(lua_State *L) {
     else push_info(L, pid);
   } else if (kind == DIST_Q_PROCESSES) {
     local_processes(L);
+  } else if (kind == DIST_Q_SNAPSHOT) {
+    local_snapshot(L);
   } else return luaL_error(L, "a query this node does not know");
   codec_limits lim = kern_limits(0);
   lim.wire = 1;
@@ -1118,6 +1141,13 @@ static int l_info(lua_State *L) {
   term_id pid = term_check(L, 1, TERM_PID);
   if (pid.node == 0) return push_info(L, pid);
   return ask_node(L, pid.node, DIST_Q_INFO, 1, remote_timeout(L, 2), "info");
+}
+
+/* snapshot([node [, timeout]]) */
+static int l_snapshot(lua_State *L) {
+  uint32_t idx = lua_isnoneornil(L, 1) ? 0 : check_node(L, 1);
+  if (idx == 0) return local_snapshot(L);
+  return ask_node(L, idx, DIST_Q_SNAPSHOT, 0, remote_timeout(L, 2), "snapshot");
 }
 
 /* processes([node [, timeout]]) */
@@ -1352,7 +1382,7 @@ static const luaL_Reg funcs[] = {
   {"monitor_nodes", l_monitor_nodes}, {"node_names", l_node_names},
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
-  {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info},
+  {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info}, {"snapshot", l_snapshot},
   {"configure", l_configure}, {"encode", l_encode}, {"decode", l_decode},
   {NULL, NULL}
 };

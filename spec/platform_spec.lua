@@ -89,6 +89,23 @@ describe("the platform", function()
       assert.is_true(H.contains(erlangen.processes(nil, 1), self()))
     end)
 
+    it("snapshot(node) gives the info of every process there, each with its pid", function()
+      local b = start_child()
+      local p = puppet(b)
+      local found
+      for _, info in ipairs(erlangen.snapshot(b.name)) do
+        assert.are.equal(b.name, info.node)
+        assert.are.equal(b.name, erlangen.node(info.pid))
+        if info.pid == p then found = info end
+      end
+      assert.is_truthy(found, "the puppet is not in b's snapshot")
+      assert.are.equal("waiting", found.status)
+      local mine
+      for _, info in ipairs(erlangen.snapshot()) do if info.pid == self() then mine = info end end
+      assert.are.equal(erlangen.node(), mine.node)
+      assert.are.equal("running", mine.status)
+    end)
+
     it("raise noconnection for a node that cannot be reached and timeout for one that does not answer", function()
       local far = "nobody@" .. HOST
       local err = H.error_of(function() erlangen.processes(far .. ":" .. D.closed_port(), 2) end)

@@ -91,7 +91,7 @@ int dist_whereis(struct proc *self, uint32_t idx, const char *name, double deadl
 
 /* Queries answered by the binding (info and processes of another node):
 ** args and the answer are codec messages in the wire form. */
-enum { DIST_Q_INFO = 2, DIST_Q_PROCESSES = 3 };
+enum { DIST_Q_INFO = 2, DIST_Q_PROCESSES = 3, DIST_Q_SNAPSHOT = 4 };
 
 /* Asks node idx a query of `kind`, waiting until `deadline`. Returns 0 with
 ** the answer in *answer (malloc'ed, *alen bytes), or -1 with the reason in

@@ -399,7 +399,7 @@ describe("examples/dht/demo.sh", function()
     check_demo(10)
   end)
 
-  it("on 20 nodes reads back every key that kept a live replica, none wrong #slow", function()
+  it("on 20 nodes reads back every key that kept a live replica, none wrong #slow #big", function()
     check_demo(20)
   end)
 

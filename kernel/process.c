@@ -504,7 +504,7 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
   p->payload_len = (uint32_t)len;
   p->mem_limit = o->max_memory;
   p->trap_exit = o->trap_exit;
-  if (parent) p->parent = parent->pid;
+  if (parent && !o->orphan) p->parent = parent->pid;
   trace_inherit(p);
   table_insert(p);
   if (o->name) {

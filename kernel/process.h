@@ -110,6 +110,7 @@ typedef struct proc {
 
 typedef struct proc_opts {
   int link, monitor, trap_exit;
+  int orphan;                      /* no parent: a root of the spawn tree (a node-wide service) */
   unsigned mailbox;                /* 0: node default */
   size_t max_memory;               /* 0: unlimited */
   const char *name;                /* NULL: none */

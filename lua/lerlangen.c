@@ -299,6 +299,11 @@ static int l_spawn_opt(lua_State *L) {
     if (!strcmp(k, "link")) o.link = lua_toboolean(L, -1);
     else if (!strcmp(k, "monitor")) o.monitor = lua_toboolean(L, -1);
     else if (!strcmp(k, "trap_exit")) o.trap_exit = lua_toboolean(L, -1);
+    else if (!strcmp(k, "parent")) {
+      if (lua_type(L, -1) != LUA_TBOOLEAN || lua_toboolean(L, -1))
+        return luaL_error(L, "spawn_opt: option 'parent' can only be false (no parent)");
+      o.orphan = 1;
+    }
     else if (!strcmp(k, "mailbox")) {
       lua_Integer v = positive_option(L, k);
       if (v > 0x7fffffff) return luaL_error(L, "spawn_opt: option 'mailbox' is too large");
@@ -324,7 +329,8 @@ static int l_spawn_opt(lua_State *L) {
     } else return luaL_error(L, "spawn_opt: unknown option '%s'", k);
     lua_pop(L, 1);
   }
-  if (remote && (o.name || o.mailbox || o.max_memory || o.path || o.cpath || !inherit_path || !inherit_cpath))
+  if (remote && (o.name || o.mailbox || o.max_memory || o.orphan || o.path || o.cpath || !inherit_path ||
+                 !inherit_cpath))
     return luaL_error(L, "spawn_opt: with 'node', only 'link', 'monitor', 'trap_exit' and 'timeout' "
                          "are supported (a remote spawn uses that node's paths)");
   if (remote) return spawn_remote(L, idx, &o, timeout);

@@ -8,11 +8,13 @@ local erlangen = require "erlangen"
 local service = {}
 
 -- The pid of the process registered as `name`, spawned with
--- spawn_opt(opts + {name = name}, body) if nobody has the name. When two
--- callers race to start it, the loser's spawn_opt fails on the name and it
--- takes the winner's pid. Raises `failure` if it still cannot get one.
+-- spawn_opt(opts + {name = name, parent = false}, body) if nobody has the
+-- name: a service is the node's, a root of the spawn tree, not a child of
+-- whoever used it first. When two callers race to start it, the loser's
+-- spawn_opt fails on the name and it takes the winner's pid. Raises
+-- `failure` if it still cannot get one.
 function service.ensure(name, opts, body, failure)
-  local o = {name = name}
+  local o = {name = name, parent = false}
   for k, v in pairs(opts) do o[k] = v end
   for _ = 1, 3 do
     local pid = erlangen.whereis(name)

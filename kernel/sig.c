@@ -283,9 +283,9 @@ void sig_link_remote(proc *self, term_id remote) {
   add_if_alive(self, &self->links, &l, sizeof l, 1);
 }
 
-void sig_monitor_remote(proc *self, term_id remote, term_id ref) {
+int sig_monitor_remote(proc *self, term_id remote, term_id ref) {
   proc_mon m = { ref, remote };
-  add_if_alive(self, &self->monitors, &m, sizeof m, 0);
+  return add_if_alive(self, &self->monitors, &m, sizeof m, 0);
 }
 
 int sig_monitor_resolve(proc *self, term_id ref, term_id target) {

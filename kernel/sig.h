@@ -54,7 +54,7 @@ int sig_monitor_remote_in(term_id local, term_id watcher, term_id ref);
 void sig_demonitor_remote_in(term_id local, term_id ref);
 /* The caller's end of a remote spawn_link / spawn_monitor. */
 void sig_link_remote(struct proc *self, term_id remote);
-void sig_monitor_remote(struct proc *self, term_id remote, term_id ref);
+int sig_monitor_remote(struct proc *self, term_id remote, term_id ref);   /* SIG_OK, SIG_NOPROC, SIG_NOMEM */
 
 /* A monitor of a name on another node starts with target {0, node, 0}
 ** (creation 0: any incarnation) and learns its pid when the node answers.

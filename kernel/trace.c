@@ -17,8 +17,9 @@ typedef struct traced {
   term_id pid, tracer;
 } traced;
 
-/* `lock` (a leaf: nothing is locked under it) guards the tracer of "all",
-** its events, and the table of processes traced on their own. */
+/* `lock` guards the tracer of "all", its events, and the table of
+** processes traced on their own. Only a process's lock (proc_alive) is
+** taken under it. */
 static struct {
   pthread_mutex_t lock;
   unsigned all_events;
@@ -62,6 +63,15 @@ int trace_set(term_id target, unsigned events, term_id tracer) {
     } else rc = -1;
   }
   if (rc == 0) atomic_store(&p->trace, (uint8_t)events);
+  /* The events are stored before the look at its status, and proc_exit
+  ** sets the status before it reads them (both under p->lock): either it
+  ** is still alive here, and its trace_forget then sees the events and
+  ** takes the entry, or it is exiting and the entry goes now. */
+  if (rc == 0 && events && !proc_alive(p)) {
+    remove_locked(target);
+    atomic_store(&p->trace, 0);
+    rc = -1;
+  }
   pthread_mutex_unlock(&T.lock);
   proc_release(p);
   return rc;
@@ -109,14 +119,18 @@ static term_id tracer_of(proc *p) {
   return tracer;
 }
 
-/* p's tracer ended: the tracing that used it stops. */
+/* p's tracer ended: the tracing that used it stops, unless a new tracer
+** was set meanwhile (checked under the lock). */
 static void tracer_gone(proc *p, term_id tracer) {
-  if (atomic_load(&p->trace) & TRACE_ALL) {
-    pthread_mutex_lock(&T.lock);
-    int same = term_eq(T.all_tracer, tracer);
-    pthread_mutex_unlock(&T.lock);
-    if (same) trace_set_all(0, tracer);
-  } else trace_set(p->pid, 0, tracer);
+  pthread_mutex_lock(&T.lock);
+  int all = (atomic_load(&p->trace) & TRACE_ALL) && term_eq(T.all_tracer, tracer);
+  traced **at = find_locked(p->pid);
+  if (!all && *at && term_eq((*at)->tracer, tracer)) {
+    remove_locked(p->pid);
+    atomic_store(&p->trace, 0);
+  }
+  pthread_mutex_unlock(&T.lock);
+  if (all) trace_set_all(0, tracer);
 }
 
 void trace_deliver(proc *p, const unsigned char *msg, size_t len) {

@@ -784,8 +784,11 @@ static int l_link(lua_State *L) {
   proc *self = cur(L);
   term_id pid = term_check(L, 1, TERM_PID);
   int rc = sig_link(self, pid);
-  if (TRACED(self, TRACE_LINK)) trace_event(L, self, "link", 1, 0);
-  if (rc == SIG_OK) { lua_pushboolean(L, 1); return 1; }
+  if (rc == SIG_OK) {
+    if (TRACED(self, TRACE_LINK)) trace_event(L, self, "link", 1, 0);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (rc == SIG_NOMEM) return luaL_error(L, "link: out of memory");
   pthread_mutex_lock(&self->lock);
   int trapping = self->trap_exit;
@@ -831,7 +834,7 @@ static int monitor_name(lua_State *L, proc *self) {
   } else {
     ref = term_new_ref();
     term_id target = {0, idx, 0};
-    sig_monitor_remote(self, target, ref);
+    if (sig_monitor_remote(self, target, ref) != SIG_OK) return luaL_error(L, "monitor: out of memory");
     if (dist_monitor_name(self->pid, idx, name, ref) != DIST_OK) {
       size_t len;
       const unsigned char *why = kern_reason(KR_NOCONNECTION, &len);
@@ -860,8 +863,8 @@ static int l_demonitor(lua_State *L) {
   term_id ref = term_check(L, 1, TERM_REF);
   int flush = lua_toboolean(L, 2);
   if (flush && self->in_receive) return luaL_error(L, "demonitor: flush inside a match function");
-  sig_demonitor(self, ref, flush);
-  if (flush) named_forget(L, ref);   /* without flush, a DOWN already queued still names it */
+  int active = sig_demonitor(self, ref, flush);
+  if (flush || active) named_forget(L, ref);   /* else a DOWN already queued still names it */
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1129,6 +1132,7 @@ static int local_snapshot(lua_State *L) {
 ** pushes the answer; raises "<what>: <why>" naming the node. */
 static int ask_node(lua_State *L, uint32_t idx, int kind, int arg, double timeout, const char *what) {
   proc *self = cur(L);
+  void **box = malloc_box(L);   /* owns the answer from the moment it comes: a raise frees it */
   codec_buf args = {0};
   if (arg) args = encode_wire(L, arg, 1, "args", what);
   unsigned char *answer = NULL;
@@ -1136,10 +1140,9 @@ static int ask_node(lua_State *L, uint32_t idx, int kind, int arg, double timeou
   char err[200];
   int rc = dist_query(self, idx, kind, args.data, args.len, mbox_now() + timeout, &answer, &alen, err, sizeof err);
   codec_buf_free(&args);
+  *box = answer;
   cur(L);
   if (rc != 0) return luaL_error(L, "%s: on %s: %s", what, node_name(idx), err);
-  void **box = malloc_box(L);   /* frees the answer if decoding raises */
-  *box = answer;
   codec_limits lim = kern_limits(0);
   lim.wire = 1;
   int n = codec_decode(L, answer, alen, &lim);

@@ -631,10 +631,10 @@ static int request_wait(proc *self, pending *p, int rc, double deadline, term_id
   else if (rc == DIST_NOCONN) snprintf(err, errlen, "noconnection");
   else if (rc == DIST_FULL) snprintf(err, errlen, "the link to %s is full", node_name(p->node));
   else snprintf(err, errlen, "timeout");
-  if (!p->done && rc == DIST_OK) {   /* the request left: its reply may still come */
+  if (!p->done && rc == DIST_OK && p->type == R_SPAWN) {   /* its reply may still come, to undo */
     abandon_locked(p);
     p = NULL;
-  } else pending_remove_locked(p);
+  } else pending_remove_locked(p);   /* a query's late reply finds no entry and is ignored */
   pthread_mutex_unlock(&D.lock);
   if (p) free(p->answer);
   free(p);

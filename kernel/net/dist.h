@@ -100,7 +100,8 @@ int dist_query(struct proc *self, uint32_t idx, int kind, const unsigned char *a
                double deadline, unsigned char **answer, size_t *alen, char *err, size_t errlen);
 
 /* Answers a query of `kind` from another node: fills *out, or returns -1
-** with a message in err. Runs on an I/O thread: bounded work, no waits. */
+** with a message in err. Runs on an I/O thread: no waits, and work that
+** grows only with the node's processes (a snapshot). */
 struct codec_buf;
 typedef int (*dist_query_fn)(int kind, const unsigned char *args, size_t n, struct codec_buf *out,
                              char *err, size_t errlen);

@@ -504,6 +504,7 @@ struct conn *node_replace_conn(uint32_t idx, struct conn *c) {
   shard *sh = shard_of(e);
   conn_retain(c);
   pthread_mutex_lock(&sh->lock);
+  while (e->downing) pthread_cond_wait(&sh->changed, &sh->lock);
   struct conn *old = e->conn;
   e->conn = c;
   pthread_cond_broadcast(&sh->changed);

@@ -229,12 +229,16 @@ local function session(opts)
   assert(os.execute("mkdir -p " .. q(dir)))
   local fifo = dir .. "/terminal"
   assert(os.execute("mkfifo " .. q(fifo)))
-  local code = string.format("require('top_session').main{name=%q, key_file=%q, node=%q, also={%s}, interval=%s}",
-    string.format("top%d_%d@127.0.0.1", math.floor(erlangen.system_time() * 1000) % 1000000, serial),
-    D.KEY, opts.node, opts.also and string.format("%q", opts.also) or "", opts.interval or 0.2)
+  local name = string.format("top%d_%d@127.0.0.1", math.floor(erlangen.system_time() * 1000) % 1000000, serial)
+  local also = {}
+  for i, n in ipairs(opts.also or {}) do also[i] = string.format("%q", n) end
+  local code = string.format(
+    "require('top_session').main{name=%q, key_file=%q, node=%q, also={%s}, interval=%s, fail_after=%s, spawned=%s}",
+    name, D.KEY, opts.node, table.concat(also, ","), opts.interval or 0.2, opts.fail_after or "nil",
+    tostring(opts.spawned or false))
   local cmd = string.format("exec env -u LC_ALL -u LC_CTYPE LANG=%s TERM=xterm %s %d %s -e %s > %s 2>&1",
                             q(opts.lang or "C.UTF-8"), q(PTYRUN), LIMIT, q(D.BIN), q(code), q(fifo))
-  local s = {seen = "", dir = dir}
+  local s = {seen = "", dir = dir, name = name}
   s.input = assert(io.popen(cmd, "w"))
   s.output = assert(io.open(fifo, "rb"))
   local first = s.output:read("l") or ""
@@ -344,17 +348,45 @@ describe("erlangen.top on a terminal", function()
     end
   end)
 
+  -- The terminal's settings that the session printed before the top.
+  local function stty_before(s)
+    s.wait_for("stty before ")
+    return s.wait_for("\n"):match("^(%S+)")
+  end
+
   it("quits on q with the terminal's settings restored", function()
     local c = loaded_node()
     local s = session{node = c.addr}
     finally(s.close)
-    s.wait_for("stty before ")
-    local before = s.wait_for("\n"):match("^(%S+)")
+    local before = stty_before(s)
     s.frame()
     s.send("q")
     local after = s.wait_for("top returned"):match("stty after (%S+)")
     assert.are.equal(before, after)
     s.wait_for("ptyrun: exit 0")
+  end)
+
+  it("restores the terminal's settings when it fails", function()
+    local c = loaded_node()
+    local s = session{node = c.addr, fail_after = 4}
+    finally(s.close)
+    local before = stty_before(s)
+    local shown = s.wait_for("out failed")
+    assert.are.equal(before, shown:match("stty after (%S+)"))
+    assert_contains(shown, "top failed: ")
+  end)
+
+  it("restores the terminal's settings when its process is killed", function()
+    local c = loaded_node()
+    local s = session{node = c.addr, spawned = true, also = {D.me.addr}}
+    finally(s.close)
+    local before = stty_before(s)
+    s.frame()
+    local pid = erlangen.whereis("top", s.name)
+    assert(erlangen.is_pid(pid), "no process 'top' on " .. s.name)
+    erlangen.exit(pid, "kill")
+    local after = s.wait_for("top ended killed"):match("stty after (%S+)")
+    assert.are.equal(before, after)
   end)
 
   it("draws in ASCII when LANG=C", function()
@@ -372,7 +404,7 @@ describe("erlangen.top on a terminal", function()
   it("shows a node that goes away as gone, and goes on", function()
     local c = loaded_node()
     local other = D.start_child{prefix = "topc"}
-    local s = session{node = c.addr, also = other.addr}
+    local s = session{node = c.addr, also = {other.addr}}
     finally(s.close)
     s.wait_frame(function(lines) return contains(lines[2], other.name .. " ") end, other.name .. " listed")
     D.kill_child(other)

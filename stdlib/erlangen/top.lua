@@ -475,6 +475,24 @@ local function run(st)
   end
 end
 
+-- Restores the terminal when the process `watched` ends by an exit signal,
+-- which no pcall of it sees; told "done" when main restored it itself. It
+-- traps exits so that a node that stops gives it its grace period to do so.
+top.GUARD_LABEL = "erlangen.top terminal guard"
+
+local function guard(saved, watched, screen)
+  erlangen.set_label(top.GUARD_LABEL)
+  erlangen.trap_exit(true)
+  local ref = erlangen.monitor(watched)
+  local m = erlangen.receive(function(m)
+    return m == "done" or (type(m) == "table" and m[1] == "DOWN" and m[2] == ref)
+  end)
+  if m ~= "done" then
+    if screen then io.stdout:write(LEAVE); io.stdout:flush() end
+    restore(saved)
+  end
+end
+
 -- Runs the top until `q`: opts.node (required: "name@host" or
 -- "name@host:port"), interval (seconds, default 1), rows (at most this many
 -- processes; default as many as the terminal has room for), sort (the first
@@ -496,11 +514,17 @@ function top.main(opts)
     input = opts.input or io.stdin, known = {}, gone = {}, nodes = {}, rows = {},
   }
   local saved = raw_mode()
-  st.out:write(ENTER)
-  local ok, err = xpcall(run, debug.traceback, st)
-  st.out:write(LEAVE)
-  st.out:flush()
+  local guardian = saved and erlangen.spawn(guard, saved, erlangen.self(), st.out == io.stdout)
+  local ok, err = xpcall(function()
+    st.out:write(ENTER)
+    run(st)
+  end, debug.traceback)
+  pcall(function()
+    st.out:write(LEAVE)
+    st.out:flush()
+  end)
   restore(saved)
+  if guardian then erlangen.send(guardian, "done") end
   if not ok then error(err, 0) end
 end
 

@@ -328,6 +328,7 @@ function top.screen(state, size, utf8ok, max_rows)
   for _, l in ipairs(head) do lines[#lines + 1] = cut(clean(l, utf8ok), w, "") end
   for _, l in ipairs(top.format(shown, {width = w, utf8 = utf8ok, sort = state.sort})) do lines[#lines + 1] = l end
   lines[#lines + 1] = cut(foot, w, "")
+  for i = #lines, h + 1, -1 do lines[i] = nil end  -- a screen too short loses its bottom
   return lines
 end
 

@@ -10,7 +10,8 @@
 -- The pure parts (rows from two snapshots, sort, the table for a width, the
 -- locale and size rules) are exported for tests that need no terminal. The
 -- terminal part is raw mode through `stty` on the controlling terminal,
--- restored on every way out of main that Lua sees (q, an error).
+-- restored when main returns or raises, and by a guard process when main's
+-- process is ended by an exit signal (which no pcall sees).
 
 local erlangen = require "erlangen"
 
@@ -347,7 +348,7 @@ end
 -- restore, or nil when there is no terminal to change.
 local function raw_mode()
   local saved = shell("stty -g < /dev/tty")
-  saved = saved and saved:match("^%s*(%S+)")
+  saved = saved and saved:match("^%s*([%w:=-]+)%s*$")  -- goes back into a shell command
   if not saved then return nil end
   if not os.execute("stty -icanon -echo -isig min 0 time " .. math.floor(TICK * 10) .. " < /dev/tty 2>/dev/null") then
     return nil
@@ -373,12 +374,12 @@ end
 
 local function node_name(n) return (n:gsub(":%d+$", "")) end
 
--- Takes a snapshot of every node: state.target (as given, port included)
+-- Takes a snapshot of every node: st.node (as given, port included)
 -- first, then each of erlangen.nodes() by name. A node that was listed
 -- before and whose snapshot fails, or that is no longer linked, stays
 -- listed as gone with the reason (it is asked again once linked again).
 local function refresh(st)
-  local target = node_name(st.target)
+  local target = node_name(st.node)
   local names, asked = {}, {[target] = true}
   for _, n in ipairs(erlangen.nodes()) do
     local name = node_name(n)
@@ -388,7 +389,7 @@ local function refresh(st)
   table.insert(names, 1, target)
   local rows, listed = {}, {}
   for _, name in ipairs(names) do
-    local ok, procs = pcall(erlangen.snapshot, name == target and st.target or name, st.timeout)
+    local ok, procs = pcall(erlangen.snapshot, name == target and st.node or name, st.timeout)
     if ok then
       local cur = {at = erlangen.now(), procs = procs}
       for _, r in ipairs(top.rows(st.known[name], cur)) do rows[#rows + 1] = r end
@@ -450,7 +451,7 @@ end
 
 local function run(st)
   local out = st.out
-  out:write(string.format("erlangen top: node %s, every %g s\r\n", st.target, st.interval))
+  out:write(string.format("erlangen top: node %s, every %g s\r\n", st.node, st.interval))
   out:flush()
   local size, utf8ok = nil, top.utf8_locale()
   local function frame()
@@ -510,7 +511,7 @@ function top.main(opts)
   end
   local interval = opts.interval or 1
   local st = {
-    node = opts.node, target = opts.node, interval = interval, timeout = math.max(interval, MIN_TIMEOUT),
+    node = opts.node, interval = interval, timeout = math.max(interval, MIN_TIMEOUT),
     max_rows = opts.rows, sort = opts.sort or "cpu", out = opts.out or io.stdout,
     input = opts.input or io.stdin, known = {}, gone = {}, nodes = {}, rows = {},
   }

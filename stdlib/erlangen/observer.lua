@@ -12,7 +12,10 @@
 -- A root on another node is snapshot there, by a process spawned on it; so
 -- is a supervisor's child on another node, which is grafted under its
 -- supervisor (the only message the observer sends a process is a supervisor's
--- which_children, and only to one linked to another node).
+-- which_children: to one linked to another node, or to every one with ids).
+--
+-- observer.serve starts the web observer (observer_web.lua); trace_agent and
+-- node_links are what it spawns on other nodes.
 
 local erlangen = require "erlangen"
 local gen = require "erlangen.gen"

@@ -43,6 +43,8 @@
 
   function ready() { document.body.dataset.ready = '1'; }
   function say(text, bad) { status.textContent = text; status.className = bad ? 'error' : ''; }
+  window.addEventListener('error', (e) => say('page error: ' + e.message, true));
+  window.addEventListener('unhandledrejection', (e) => say('page error: ' + e.reason, true));
 
   // One colour per node name, the same on every page of this tab.
   const colours = {};

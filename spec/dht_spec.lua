@@ -403,6 +403,48 @@ describe("examples/dht/demo.sh", function()
     check_demo(20)
   end)
 
+  it("with --observe serves the observer, whose flow events show lookups from one DHT node to another", function()
+    local socket, cjson = require "socket", require "cjson"
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    assert(os.execute("mkdir -m 700 " .. D.q(tmp)))
+    local err = tmp .. ".err"
+    local p = io.popen(string.format(
+      "TMPDIR=%s DHT_TIMEOUT=%d DHT_OBSERVE_WAIT=3 exec timeout -s KILL 300 bash %s --observe 6 2>%s </dev/null",
+      D.q(tmp), 2 * SLOW, D.q(dir .. "/demo.sh"), D.q(err)))
+    local url = (p:read("l") or ""):match("^observer: (http://[%d.:]+)/")
+    assert(url, "no observer URL:\n" .. D.read_file(err))
+    local host, port = url:match("^http://([%d.]+):(%d+)$")
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(1)
+    assert(c:send("GET /api/events?flow=1 HTTP/1.1\r\nHost: " .. host .. ":" .. port .. "\r\n\r\n"))
+    local hop, deadline, kind = nil, erlangen.now() + 60, nil
+    while not hop and erlangen.now() < deadline do
+      local line, e = c:receive("*l")
+      if not line and e ~= "timeout" then break end
+      if line and line:match("^event: ") then kind = line:match("^event: (%S+)") end
+      if line and kind == "flow" and line:match("^data: ") then
+        local f = cjson.decode(line:sub(7))
+        for _, edge in ipairs(type(f.edges) == "table" and f.edges or {}) do
+          local a, b = tostring(edge.from):match("^<dht(%d+)@"), tostring(edge.to):match("^<dht(%d+)@")
+          if a and b and a ~= b then hop = edge end
+        end
+      end
+    end
+    c:close()
+    local lines = {}
+    for line in p:lines() do lines[#lines + 1] = line end
+    local _, _, status = p:close()
+    local stderr = D.read_file(err)
+    os.remove(err)
+    os.execute("rm -rf " .. D.q(tmp))
+    assert(hop, "no flow edge between two DHT nodes; the demo said:\n" .. table.concat(lines, "\n") .. stderr)
+    assert.are.equal(0, status, stderr)
+    local steps = 0
+    for _, line in ipairs(lines) do if figures(line) then steps = steps + 1 end end
+    assert.are.equal(3, steps, table.concat(lines, "\n"))
+  end)
+
   it("refuses a bad node count", function()
     local p = io.popen("bash " .. D.q(dir .. "/demo.sh") .. " many 2>&1")
     local out = p:read("a")

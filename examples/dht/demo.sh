@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# examples/dht/demo.sh [N] — the Kademlia DHT on N real nodes (default 20)
-# on 127.0.0.1:
+# examples/dht/demo.sh [--observe] [N] — the Kademlia DHT on N real nodes
+# (default 20) on 127.0.0.1:
 #   1. N nodes; put 1,000 keys (and read them back);
 #   2. kill -9 half of them; get every key;
 #   3. add 10 new nodes; get every key again.
@@ -12,7 +12,14 @@
 # DHT_REFRESH and DHT_TIMEOUT the nodes' refresh period and request
 # timeout in seconds (default 10 and 2, dht_server.lua); with
 # DHT_LOGS=DIR the nodes' logs are copied there at the end.
+# --observe also starts the web observer (erlangen --observer) connected to
+# the cluster and prints its URL: its Message flow page shows the lookups
+# hopping between the DHT processes. The demo then waits DHT_OBSERVE_WAIT
+# seconds (default 10) before each step, and keeps the cluster up at the
+# end until Enter or Ctrl-C.
 set -eu
+observe=
+if [ "${1:-}" = "--observe" ]; then observe=1; shift; fi
 n=${1:-20}
 case $n in ''|*[!0-9]*) echo "demo.sh: N must be a whole number of nodes, got '$n'" >&2; exit 2 ;; esac
 if [ "$n" -lt 2 ]; then echo "demo.sh: N must be at least 2, got $n" >&2; exit 2; fi
@@ -32,6 +39,7 @@ declare -A pid addr   # node number -> OS pid, "name@host:port"
 driver=               # the OS pid of the running step
 cleanup() {
   if [ -n "$driver" ]; then kill -9 "$driver" 2>/dev/null || true; fi
+  if [ -n "${observer:-}" ]; then kill -9 "$observer" 2>/dev/null || true; wait "$observer" 2>/dev/null || true; fi
   for i in "${!pid[@]}"; do kill -9 "${pid[$i]}" 2>/dev/null || true; done
   for i in "${!pid[@]}"; do wait "${pid[$i]}" 2>/dev/null || true; done
   if [ -n "${DHT_LOGS:-}" ]; then mkdir -p "$DHT_LOGS" && cp "$work"/*.log "$DHT_LOGS"/ 2>/dev/null || true; fi
@@ -80,11 +88,34 @@ step() {  # step put|get LABEL [DEAD...]
   driver=
 }
 
+# With --observe: the observer, connected to node 1 (and through it to the
+# nodes it links to); its URL is printed once it serves.
+observer=
+start_observer() {
+  "$bin" --observer "127.0.0.1:${DHT_OBSERVER_PORT:-0}" --connect "${addr[1]}" --key "$work/cluster.key" \
+    <&3 >"$work/observer.out" 2>"$work/observer.log" 3>&- &
+  observer=$!
+  local tries=0
+  while ! grep -q '^observer: ' "$work/observer.out" 2>/dev/null; do
+    if ! kill -0 "$observer" 2>/dev/null || [ $tries -ge 300 ]; then
+      echo "demo.sh: the observer did not start:" >&2
+      tail -n 20 "$work/observer.log" >&2
+      exit 1
+    fi
+    tries=$((tries + 1))
+    sleep 0.1
+  done
+  grep '^observer: ' "$work/observer.out"
+}
+pause() { if [ -n "$observe" ]; then sleep "${DHT_OBSERVE_WAIT:-10}"; fi; }
+
 # 1. N nodes, each joining through the first.
 start_node 1 -
 await_node 1
 for ((i = 2; i <= n; i++)); do start_node "$i" "${addr[1]}"; done
 for ((i = 2; i <= n; i++)); do await_node "$i"; done
+if [ -n "$observe" ]; then start_observer; fi
+pause
 step put "1. $n nodes, put $keys keys"
 
 # 2. kill -9 a random half.
@@ -95,10 +126,16 @@ for i in $(printf '%s\n' "${!addr[@]}" | shuf -n $((n / 2))); do
   dead+=("${addr[$i]}")
   unset "pid[$i]" "addr[$i]"
 done
+pause
 step get "2. killed $((n / 2)) of $n nodes with kill -9" "${dead[@]}"
 
 # 3. 10 new nodes, joining through a node that is still up.
 seed=$(live | head -n 1)
 for ((i = n + 1; i <= n + 10; i++)); do start_node "$i" "$seed"; done
 for ((i = n + 1; i <= n + 10; i++)); do await_node "$i"; done
+pause
 step get "3. added 10 nodes ($((n - n / 2 + 10)) live)" "${dead[@]}"
+if [ -n "$observe" ]; then
+  echo "demo.sh: the cluster stays up for the observer; Enter or Ctrl-C ends it"
+  read -r _ || true
+fi

@@ -602,12 +602,19 @@ local function node_pid_text(pid)
 end
 
 -- A trace destination as text: a pid as node_pid_text gives it, an alias as
--- tostring does, a name as it is, {name, node} as "name on node".
-local function show_dest(to)
-  if type(to) == "table" and type(to[1]) == "string" then
-    return to[1] .. " on " .. tostring(to[2])
+-- tostring does; a name, or {name, node}, as the pid it names, looked up
+-- once and kept in `names` (the flow page draws processes, and the
+-- lookups of a DHT, say, go to {name, node}), else as "name on node".
+local function show_dest(to, names)
+  local name, node = to, nil
+  if type(to) == "table" and type(to[1]) == "string" then name, node = to[1], to[2] end
+  if type(name) ~= "string" then return node_pid_text(to) end
+  local key = name .. "\0" .. tostring(node)
+  if names[key] == nil then
+    local ok, pid = pcall(erlangen.whereis, name, node, node and 0.5 or nil)
+    names[key] = ok and pid and node_pid_text(pid) or (node and name .. " on " .. tostring(node) or name)
   end
-  return node_pid_text(to)
+  return names[key]
 end
 
 -- The body of the flow page's agent on each node (spawned there by the web
@@ -630,7 +637,7 @@ function observer.trace_agent(collector, interval)
     erlangen.send(collector, {"flow", here, nil, 0, tostring(err)}, 1)
     return
   end
-  local edges, count, more = {}, 0, 0
+  local edges, count, more, names = {}, 0, 0, {}
   local flush_at = erlangen.now() + interval
   while true do
     local m = erlangen.receive(math.max(0, flush_at - erlangen.now()))
@@ -638,12 +645,13 @@ function observer.trace_agent(collector, interval)
       pcall(erlangen.trace, "all", false)
       return
     elseif type(m) == "table" and m[1] == "trace" and m[3] == "send" and m[2] ~= me then
-      local key = node_pid_text(m[2]) .. "\0" .. show_dest(m[5])
+      local to = show_dest(m[5], names)
+      local key = node_pid_text(m[2]) .. "\0" .. to
       local e = edges[key]
       if e then e[3] = e[3] + 1
       elseif count < FLOW_EDGES then
         count = count + 1
-        edges[key] = {node_pid_text(m[2]), show_dest(m[5]), 1}
+        edges[key] = {node_pid_text(m[2]), to, 1}
       else
         more = more + 1
       end

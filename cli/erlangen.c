@@ -12,6 +12,12 @@
 ** exit signal "shutdown"; those still alive after the grace period are killed.
 ** The grace period is ERLANGEN_GRACE seconds (default 2).
 **
+** `erlangen --observer [HOST:]PORT [--connect NODE]` and `erlangen --top NODE
+** [--interval S]` start a node (named observer_<pid>@127.0.0.1 or
+** top_<pid>@127.0.0.1 unless --name is given), connect it to NODE and run
+** erlangen.observer_web.main (the web observer) or erlangen.top.main
+** instead of a script or the REPL.
+**
 ** `erlangen --port-mapper [--port N]` runs the port mapper daemon
 ** (portmapd.h) in the foreground instead: it prints the port it listens on
 ** (one line) and serves until SIGTERM or SIGINT, then exits 0.
@@ -88,6 +94,10 @@ typedef struct cmdline {
   /* --name, --key, --listen, --tick: start this program as a node */
   const char *node_name, *key_file, *listen, *tick;
   int no_port_mapper;   /* --no-port-mapper */
+  /* --observer, --connect, --top, --interval, --allow-kill: the observer tools */
+  const char *observer, *connect, *top, *interval;
+  int allow_kill;
+  int help;             /* --help */
 } cmdline;
 
 /* Prefix of error messages: the program name, none in the REPL (as lua). */
@@ -221,11 +231,7 @@ static void print_version(void) {
 
 /* {================= the command line */
 
-static void print_usage(const char *bad, int noarg) {
-  if (noarg)
-    fprintf(stderr, "%s: '%s' needs argument\n", PROGNAME, bad);
-  else
-    fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, bad);
+static void print_help(FILE *out) {
   fputs("usage: " PROGNAME " [options] [script [args]]\n"
         "Available options are:\n"
         "  -e stat   execute string 'stat'\n"
@@ -242,10 +248,23 @@ static void print_usage(const char *bad, int noarg) {
         "  --listen HOST:PORT  where the node listens (default all interfaces, any port)\n"
         "  --tick SECONDS      silence after which a node link is lost (default 60)\n"
         "  --no-port-mapper    do not register with the port mapper (peers use name@host:port)\n"
+        "  --help              show this help\n"
+        "or:    " PROGNAME " --observer [HOST:]PORT [--connect NODE] [--allow-kill]\n"
+        "                      serve the web observer of NODE's cluster (on 127.0.0.1 unless HOST)\n"
+        "or:    " PROGNAME " --top NODE [--interval SECONDS]   a live table of the busiest processes\n"
+        "       (both start a node: --name, --key, --listen, --tick apply; see doc/observer.md)\n"
         "or:    " PROGNAME " --port-mapper [--port N]   run the port mapper daemon\n"
         "Environment: ERLANGEN_GRACE  seconds processes get to handle \"shutdown\""
-        " at exit (default 2)\n", stderr);
-  fflush(stderr);
+        " at exit (default 2)\n", out);
+  fflush(out);
+}
+
+static void print_usage(const char *bad, int noarg) {
+  if (noarg)
+    fprintf(stderr, "%s: '%s' needs argument\n", PROGNAME, bad);
+  else
+    fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, bad);
+  print_help(stderr);
 }
 
 /* Scans the options; stops at the script (or "-"), after "--", or at the
@@ -255,6 +274,8 @@ static void parse_cmdline(cmdline *c) {
   c->flags = 0;
   c->node_name = c->key_file = c->listen = c->tick = NULL;
   c->no_port_mapper = 0;
+  c->observer = c->connect = c->top = c->interval = NULL;
+  c->allow_kill = c->help = 0;
   for (i = 1; i < c->argc; i++) {
     const char *a = c->argv[i];
     c->script = i;
@@ -262,13 +283,17 @@ static void parse_cmdline(cmdline *c) {
     switch (a[1]) {
       case '-': {
         const char **slot = !strcmp(a, "--name") ? &c->node_name : !strcmp(a, "--key") ? &c->key_file
-                          : !strcmp(a, "--listen") ? &c->listen : !strcmp(a, "--tick") ? &c->tick : NULL;
+                          : !strcmp(a, "--listen") ? &c->listen : !strcmp(a, "--tick") ? &c->tick
+                          : !strcmp(a, "--observer") ? &c->observer : !strcmp(a, "--connect") ? &c->connect
+                          : !strcmp(a, "--top") ? &c->top : !strcmp(a, "--interval") ? &c->interval : NULL;
         if (slot) {
           if (i + 1 >= c->argc) { c->flags = OPT_BAD | OPT_NOARG; return; }
           *slot = c->argv[++i];
           break;
         }
         if (!strcmp(a, "--no-port-mapper")) { c->no_port_mapper = 1; break; }
+        if (!strcmp(a, "--allow-kill")) { c->allow_kill = 1; break; }
+        if (!strcmp(a, "--help")) { c->help = 1; break; }
         if (a[2] != '\0') { c->flags = OPT_BAD; return; }
         c->script = i + 1;
         return;
@@ -360,7 +385,7 @@ static int run_options(lua_State *L, const cmdline *c) {
   if (c->node_name && start_node(L, c) != LUA_OK) return 0;
   for (i = 1; i < last; i++) {
     const char *a = c->argv[i];
-    if (!strcmp(a, "--no-port-mapper")) continue;
+    if (!strcmp(a, "--no-port-mapper") || !strcmp(a, "--allow-kill") || !strcmp(a, "--help")) continue;
     if (a[0] == '-' && a[1] == '-') { i++; continue; }   /* --name X and the like */
     int opt = a[1];
     if (opt == 'e' || opt == 'l') {
@@ -373,6 +398,71 @@ static int run_options(lua_State *L, const cmdline *c) {
       lua_warning(L, "@on", 0);
   }
   return 1;
+}
+
+/* A positive number of seconds from option `opt`'s text `s`, pushed; or an
+** error reported (returns 0). */
+static int push_seconds(lua_State *L, const char *opt, const char *s) {
+  char *end;
+  double t = strtod(s, &end);
+  if (*end != '\0' || !(t > 0)) {
+    lua_pushfstring(L, "%s '%s': not a positive number of seconds", opt, s);
+    report(L, LUA_ERRRUN);
+    return 0;
+  }
+  lua_pushnumber(L, t);
+  return 1;
+}
+
+/* --observer and --top: starts the node (a generated name unless --name),
+** connects to NODE, then calls the tool's main with its options table; it
+** returns only when the tool ends. Returns 0 after reporting an error. */
+static int run_tool(lua_State *L, const cmdline *c) {
+  const char *node = c->top ? c->top : c->connect;
+  if (c->script < c->argc || (c->flags & OPT_EXEC)) {
+    lua_pushfstring(L, "%s takes no script and no -e", c->top ? "--top" : "--observer");
+    return report(L, LUA_ERRRUN) == LUA_OK;
+  }
+  if (!c->node_name) {
+    cmdline named = *c;
+    char name[64];
+    snprintf(name, sizeof name, "%s_%ld@127.0.0.1", c->top ? "top" : "observer", (long)getpid());
+    named.node_name = name;
+    if (start_node(L, &named) != LUA_OK) return 0;
+  }
+  if (node) {
+    lua_getglobal(L, "erlangen");
+    lua_getfield(L, -1, "connect");
+    lua_remove(L, -2);
+    lua_pushstring(L, node);
+    if (report(L, docall(L, 1, 2)) != LUA_OK) return 0;
+    if (!lua_toboolean(L, -2)) {
+      lua_pushfstring(L, "cannot connect to %s: %s", node, luaL_optstring(L, -1, "?"));
+      return report(L, LUA_ERRRUN) == LUA_OK;
+    }
+    lua_pop(L, 2);
+  }
+  lua_getglobal(L, "require");
+  lua_pushstring(L, c->top ? "erlangen.top" : "erlangen.observer_web");
+  if (report(L, docall(L, 1, 1)) != LUA_OK) return 0;
+  lua_getfield(L, -1, "main");
+  lua_remove(L, -2);
+  lua_createtable(L, 0, 3);
+  if (c->top) {
+    lua_pushstring(L, c->top);
+    lua_setfield(L, -2, "node");
+    if (c->interval) {
+      if (!push_seconds(L, "--interval", c->interval)) return 0;
+      lua_setfield(L, -2, "interval");
+    }
+  }
+  else {
+    lua_pushstring(L, c->observer);
+    lua_setfield(L, -2, "listen");
+    lua_pushboolean(L, c->allow_kill);
+    lua_setfield(L, -2, "allow_kill");
+  }
+  return report(L, docall(L, 1, 0)) == LUA_OK;
 }
 
 static int run_luainit(lua_State *L) {
@@ -1424,6 +1514,11 @@ static int run_main(lua_State *L) {
   create_arg_table(L, c);
   if (!(c->flags & OPT_NOENV) && run_luainit(L) != LUA_OK) return 0;
   if (!run_options(L, c)) return 0;
+  if (c->observer || c->top) {
+    if (!run_tool(L, c)) return 0;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (c->script < c->argc && run_script(L, c) != LUA_OK) return 0;
   if (c->flags & OPT_INTERACT)
     repl(L);
@@ -1501,6 +1596,17 @@ int main(int argc, char **argv) {
   parse_cmdline(&c);
   if (c.flags & OPT_BAD) {
     print_usage(c.argv[c.script], c.flags & OPT_NOARG);
+    return EXIT_FAILURE;
+  }
+  if (c.help) {
+    print_help(stdout);
+    return EXIT_SUCCESS;
+  }
+  if ((c.observer && c.top) || (c.connect && !c.observer) || (c.interval && !c.top)
+      || (c.allow_kill && !c.observer)) {
+    message(c.observer && c.top ? "--observer and --top cannot be used together"
+            : c.connect ? "--connect goes with --observer (--top NODE connects to NODE)"
+            : c.interval ? "--interval goes with --top" : "--allow-kill goes with --observer");
     return EXIT_FAILURE;
   }
   if (c.flags & OPT_NOENV) ignore_environment();

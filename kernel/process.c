@@ -11,6 +11,7 @@
 #include "process.h"
 #include "registry.h"
 #include "remote.h"
+#include "trace.h"
 #include "sig.h"
 #include "state.h"
 
@@ -504,6 +505,7 @@ static const char *spawn_locked_in(proc *parent, const proc_opts *o, proc_entry 
   p->mem_limit = o->max_memory;
   p->trap_exit = o->trap_exit;
   if (parent) p->parent = parent->pid;
+  trace_inherit(p);
   table_insert(p);
   if (o->name) {
     int rc = reg_register(o->name, p);
@@ -579,6 +581,10 @@ void proc_exit(proc *p, const unsigned char *reason, size_t len) {
   pthread_mutex_lock(&p->lock);
   if (p->status != PROC_ALIVE) { pthread_mutex_unlock(&p->lock); return; }
   p->status = PROC_EXITING;
+  pthread_mutex_unlock(&p->lock);
+  trace_exit(p, reason, len);   /* before its links' signals: the tracer hears the end first */
+  trace_forget(p);
+  pthread_mutex_lock(&p->lock);
   proc_vec links = p->links, monitors = p->monitors, watchers = p->monitored_by;
   memset(&p->links, 0, sizeof p->links);
   memset(&p->monitors, 0, sizeof p->monitors);

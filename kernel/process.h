@@ -48,10 +48,12 @@ typedef struct proc_vec {      /* a small growable array of T */
 ** off the owner's lines. */
 typedef struct proc {
   /* Line 0: what the owner's API calls read (cur(), send, receive). */
-  _Alignas(64) int attached;       /* immutable: a host thread, not a kernel thread */
-  _Atomic int doomed;              /* atomic, set after doom_reason: the process must die */
+  _Alignas(64) _Atomic int doomed; /* atomic, set after doom_reason: the process must die */
   _Atomic int interrupt;           /* atomic: erlangen_interrupt, raise "interrupted" once */
-  int in_receive;                  /* owner only: receive's protected step is running */
+  uint8_t attached;                /* immutable: a host thread, not a kernel thread */
+  uint8_t in_receive;              /* owner only: receive's protected step is running */
+  _Atomic uint8_t trace;           /* atomic: TRACE_* flags of the events traced (trace.h);
+                                   ** 0, the common case, costs send and receive one branch */
   size_t mem_limit;                /* immutable; 0: unlimited */
   const void *dest_ud;             /* owner only: the block of the pid last sent to (only
                                    ** ever prefetched, never read through) */

@@ -22,6 +22,7 @@
 #include "registry.h"
 #include "state.h"
 #include "term.h"
+#include "trace.h"
 
 static const char sentinel_key = 's';      /* registry: stops the kernel when a stock lua closes */
 
@@ -141,6 +142,40 @@ static void **malloc_box(lua_State *L) {
   return box;
 }
 
+/* ---- tracing ---- */
+
+/* Sends {"trace", self, event, v1 [, v2]} to self's tracer (trace.h): the
+** values at stack indexes a and b (0: none). A value that cannot be sent
+** is replaced by its tostring. Never waits, never raises but for memory. */
+static void trace_event(lua_State *L, proc *self, const char *event, int a, int b) {
+  a = a ? lua_absindex(L, a) : 0;
+  b = b ? lua_absindex(L, b) : 0;
+  lua_createtable(L, 5, 0);
+  lua_pushliteral(L, "trace");
+  lua_rawseti(L, -2, 1);
+  term_push(L, TERM_PID, self->pid);
+  lua_rawseti(L, -2, 2);
+  lua_pushstring(L, event);
+  lua_rawseti(L, -2, 3);
+  if (a) { lua_pushvalue(L, a); lua_rawseti(L, -2, 4); }
+  if (b) { lua_pushvalue(L, b); lua_rawseti(L, -2, 5); }
+  codec_limits lim = kern_limits(1);
+  codec_buf buf = {0};
+  for (int i = 4; codec_encode(L, -1, 1, "msg", &lim, &buf) != 0; i++) {
+    lua_pop(L, 1);   /* the codec's message */
+    if (i > 5) break;
+    lua_rawgeti(L, -1, i);
+    luaL_tolstring(L, -1, NULL);
+    lua_rawseti(L, -3, i);
+    lua_pop(L, 1);
+  }
+  if (buf.data) trace_deliver(self, buf.data, buf.len);
+  codec_buf_free(&buf);
+  lua_pop(L, 1);
+}
+
+#define TRACED(self, ev) (__builtin_expect(atomic_load_explicit(&(self)->trace, memory_order_relaxed) & (ev), 0))
+
 /* ---- spawning ---- */
 
 static void check_entry(lua_State *L, int arg) {
@@ -186,6 +221,7 @@ static int do_spawn_paths(lua_State *L, int fn, const proc_opts *opts, int inher
     return luaL_error(L, "spawn: %s", err);
   }
   term_push(L, TERM_PID, pid);
+  if (TRACED(self, TRACE_SPAWN)) trace_event(L, self, "spawn", -1, 0);
   if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
   return 1;
 }
@@ -245,6 +281,7 @@ static int spawn_remote(lua_State *L, uint32_t idx, const proc_opts *o, double t
   cur(L);
   if (rc != 0) return luaL_error(L, "spawn_opt: on %s: %s", node_name(idx), err);
   term_push(L, TERM_PID, pid);
+  if (TRACED(self, TRACE_SPAWN)) trace_event(L, self, "spawn", -1, 0);
   if (o->monitor) { term_push(L, TERM_REF, ref); return 2; }
   return 1;
 }
@@ -397,7 +434,13 @@ static int send_remote(lua_State *L, term_id id, enum term_kind kind) {
          : kind == TERM_REF ? dist_send_alias(id, b.data, b.len, deadline)
          : dist_send(id, b.data, b.len, deadline);
   codec_buf_free(&b);
-  if (rc == DIST_OK) { count_one(&proc_self()->sent); lua_pushboolean(L, 1); return 1; }
+  if (rc == DIST_OK) {
+    proc *self = proc_self();
+    count_one(&self->sent);
+    if (TRACED(self, TRACE_SEND)) trace_event(L, self, "send", 2, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (rc == DIST_TOOBIG) return luaL_error(L, "send to another node: message larger than a node link carries");
   lua_pushboolean(L, 0);
   if (rc == DIST_FULL) lua_pushliteral(L, "full");
@@ -446,7 +489,12 @@ static int l_send(lua_State *L) {
   if (b->cap > SCRATCH_KEEP) codec_buf_free(b);  /* do not hold on to a huge buffer */
   int rc = m ? mbox_put(&p->mb, m, timeout, cancelled, self) : MBOX_FULL;
   proc_dest_done(self, p);
-  if (rc == MBOX_OK) { count_one(&self->sent); lua_pushboolean(L, 1); return 1; }
+  if (rc == MBOX_OK) {
+    count_one(&self->sent);
+    if (TRACED(self, TRACE_SEND)) trace_event(L, self, "send", 2, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (rc == MBOX_CANCELLED) cur(L);
   lua_pushboolean(L, 0);
   if (rc == MBOX_CLOSED) lua_pushliteral(L, "noproc");
@@ -595,6 +643,7 @@ static int receive_protected(lua_State *L, proc *self, mbox_msg *m, int owned) {
   if (st != LUA_OK) return lua_error(L);
   if (!lua_toboolean(L, -3)) { lua_pop(L, 1); return dropped(L); }
   lua_pop(L, 1);
+  if (TRACED(self, TRACE_RECEIVE)) trace_event(L, self, "receive", -1, 0);
   return 1;
 }
 
@@ -632,6 +681,7 @@ static int l_receive(lua_State *L) {
         int n = codec_decode(L, q.m.data, q.m.len, &lim);
         if (n == 1) {
           if (atomic_load(&self->doomed)) cur(L);
+          if (TRACED(self, TRACE_RECEIVE)) trace_event(L, self, "receive", -1, 0);
           return 1;
         }
         lua_pop(L, n < 0 ? 1 : n);
@@ -666,6 +716,7 @@ static int l_receive(lua_State *L) {
           mbox_msg_free(m);
           count_one(&self->received);
           lua_pop(L, 1);
+          if (TRACED(self, TRACE_RECEIVE)) trace_event(L, self, "receive", -1, 0);
           return 1;
         }
         lua_settop(L, top);
@@ -727,6 +778,7 @@ static int l_link(lua_State *L) {
   proc *self = cur(L);
   term_id pid = term_check(L, 1, TERM_PID);
   int rc = sig_link(self, pid);
+  if (TRACED(self, TRACE_LINK)) trace_event(L, self, "link", 1, 0);
   if (rc == SIG_OK) { lua_pushboolean(L, 1); return 1; }
   if (rc == SIG_NOMEM) return luaL_error(L, "link: out of memory");
   pthread_mutex_lock(&self->lock);
@@ -748,6 +800,7 @@ static int l_link(lua_State *L) {
 static int l_unlink(lua_State *L) {
   proc *self = cur(L);
   sig_unlink(self, term_check(L, 1, TERM_PID));
+  if (TRACED(self, TRACE_LINK)) trace_event(L, self, "unlink", 1, 0);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1157,6 +1210,55 @@ static int l_processes(lua_State *L) {
   return ask_node(L, idx, DIST_Q_PROCESSES, 0, remote_timeout(L, 2), "processes");
 }
 
+/* ---- tracing: erlangen.trace ---- */
+
+static unsigned check_trace_flags(lua_State *L, int arg) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  static const struct { const char *name; unsigned bit; } names[] = {
+    {"send", TRACE_SEND}, {"receive", TRACE_RECEIVE}, {"spawn", TRACE_SPAWN}, {"exit", TRACE_EXIT},
+    {"link", TRACE_LINK},
+  };
+  unsigned events = 0;
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    size_t i = 0;
+    while (k && i < sizeof names / sizeof names[0] && strcmp(k, names[i].name)) i++;
+    if (!k || i == sizeof names / sizeof names[0])
+      luaL_error(L, "trace: unknown event '%s' (send, receive, spawn, exit, link)", k ? k : luaL_typename(L, -2));
+    if (lua_toboolean(L, -1)) events |= names[i].bit;
+    lua_pop(L, 1);
+  }
+  return events;
+}
+
+/* trace(target, flags, tracer) / trace(target, false) */
+static int l_trace(lua_State *L) {
+  cur(L);
+  int all = lua_type(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, 1), "all") == 0;
+  term_id target = {0, 0, 0}, tracer = {0, 0, 0};
+  if (!all) target = check_local_pid(L, 1);
+  unsigned events = 0;
+  if (!(lua_isboolean(L, 2) && !lua_toboolean(L, 2))) {
+    events = check_trace_flags(L, 2);
+    tracer = check_local_pid(L, 3);
+    proc *t = proc_get(tracer);
+    int alive = t && proc_alive(t);
+    if (t) proc_release(t);
+    if (!alive) return luaL_error(L, "trace: the tracer %s is not alive", luaL_tolstring(L, 3, NULL));
+    if (!all && term_eq(target, tracer) && events) return luaL_argerror(L, 3, "a process cannot trace itself");
+  }
+  if (all) trace_set_all(events, tracer);
+  else if (trace_set(target, events, tracer) != 0) {
+    proc *p = proc_get(target);
+    int alive = p && proc_alive(p);
+    if (p) proc_release(p);
+    return luaL_error(L, alive ? "trace: out of memory" : "trace: %s is not alive", luaL_tolstring(L, 1, NULL));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- distribution ---- */
 
 static const char *opt_string(lua_State *L, int t, const char *k) {
@@ -1383,6 +1485,7 @@ static const luaL_Reg funcs[] = {
   {"register", l_register}, {"unregister", l_unregister}, {"whereis", l_whereis},
   {"registered", l_registered},
   {"processes", l_processes}, {"is_alive", l_is_alive}, {"info", l_info}, {"snapshot", l_snapshot},
+  {"trace", l_trace},
   {"configure", l_configure}, {"encode", l_encode}, {"decode", l_decode},
   {NULL, NULL}
 };

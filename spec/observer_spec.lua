@@ -478,6 +478,8 @@ describe("observer options", function()
       error_of(function() observer.print{ascii = "yes"} end))
     assert.matches("observer.svg: option 'dot' must be a non%-empty string, got an empty string",
       error_of(function() observer.svg{dot = ""} end))
+    assert.matches("observer.tree: option 'ids' must be a boolean, got number",
+      error_of(function() observer.tree{ids = 1} end))
   end)
 
   it("rejects a path that is not a string", function()
@@ -587,6 +589,16 @@ describe("observer with a supervisor's children on other nodes", function()
     local rb = find_node(tree, p.rb)
     assert.are.same({sup}, rb.links)
     assert.is_number(rb.mailbox, "the child's fields come from its own node")
+    supervisor.stop(sup)
+  end)
+
+  it("gives each child its id with ids, here and on other nodes, and no id without", function()
+    local sup, _, _, p = two_node_tree()
+    local tree = assert(observer.tree{root = sup, ids = true})
+    local ids = {}
+    for _, c in ipairs(tree[1].children) do ids[#ids + 1] = {c.pid, c.id} end
+    assert.are.same({{p.l, "l"}, {p.rb, "rb"}, {p.rc, "rc"}}, ids)
+    assert.is_nil(assert(observer.tree{root = sup})[1].children[1].id)
     supervisor.stop(sup)
   end)
 

@@ -67,9 +67,12 @@ describe("the platform", function()
       must(p, "link", self())
       must(p, "send", self(), "hello")
       H.recv(function(m) return m == "hello" end, "the puppet's hello")
-      local info = erlangen.info(p)
+      local info
+      assert.is_true(D.poll(function()   -- back in its receive after the send
+        info = erlangen.info(p)
+        return info.status == "waiting"
+      end), "the puppet's status stays " .. tostring(info and info.status))
       assert.are.equal(b.name, info.node)
-      assert.are.equal("waiting", info.status)
       assert.is_true(H.contains(info.links, self()), "links " .. H.show(info.links))
       assert.is_true(info.sent >= 3 and info.received >= 2, H.show(info))
       assert.are.equal("number", type(info.cpu))
@@ -93,13 +96,17 @@ describe("the platform", function()
       local b = start_child()
       local p = puppet(b)
       local found
-      for _, info in ipairs(erlangen.snapshot(b.name)) do
-        assert.are.equal(b.name, info.node)
-        assert.are.equal(b.name, erlangen.node(info.pid))
-        if info.pid == p then found = info end
-      end
-      assert.is_truthy(found, "the puppet is not in b's snapshot")
-      assert.are.equal("waiting", found.status)
+      local waiting = D.poll(function()   -- until the new puppet waits in its receive
+        found = nil
+        for _, info in ipairs(erlangen.snapshot(b.name)) do
+          assert.are.equal(b.name, info.node)
+          assert.are.equal(b.name, erlangen.node(info.pid))
+          if info.pid == p then found = info end
+        end
+        assert.is_truthy(found, "the puppet is not in b's snapshot")
+        return found.status == "waiting"
+      end)
+      assert.is_true(waiting, "the puppet's status stays " .. tostring(found and found.status))
       local mine
       for _, info in ipairs(erlangen.snapshot()) do if info.pid == self() then mine = info end end
       assert.are.equal(erlangen.node(), mine.node)

@@ -8,7 +8,7 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 packages="lua5.4 liblua5.4-dev libsodium-dev libreadline-dev pkg-config meson ninja-build gcc
-          lua-busted lua-socket bsdutils clang libclang-rt-14-dev graphviz"
+          lua-busted lua-socket lua-cjson bsdutils clang libclang-rt-14-dev graphviz"
 if [ "${1:-}" = "--test" ]; then
   packages="$packages luarocks debhelper build-essential man-db groff-base"
   shift

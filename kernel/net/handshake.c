@@ -301,10 +301,17 @@ int hs_initiate(uint32_t idx, double deadline, int *refused, char *err, size_t e
 
 /* ---- accepting: admission and the responder's side ---- */
 
+/* The key admission and reports count by: an IPv4 address (also when it
+** comes mapped into IPv6), or an IPv6 address's /64, which one host
+** usually holds whole, so its many addresses count as one. */
 static void addr_key(const struct sockaddr_storage *sa, unsigned char key[16]) {
   memset(key, 0, 16);
   if (sa->ss_family == AF_INET) memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-  else if (sa->ss_family == AF_INET6) memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+  else if (sa->ss_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a)) memcpy(key, a->s6_addr + 12, 4);
+    else { key[15] = 6; memcpy(key, a->s6_addr, 8); }   /* the mark keeps it apart from IPv4 keys */
+  }
 }
 
 /* Reports a failed handshake, at most once per REPORT_GAP per address

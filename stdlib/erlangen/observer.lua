@@ -12,7 +12,10 @@
 -- A root on another node is snapshot there, by a process spawned on it; so
 -- is a supervisor's child on another node, which is grafted under its
 -- supervisor (the only message the observer sends a process is a supervisor's
--- which_children, and only to one linked to another node).
+-- which_children: to one linked to another node, or to every one with ids).
+--
+-- observer.serve starts the web observer (observer_web.lua); trace_agent and
+-- node_links are what it spawns on other nodes.
 
 local erlangen = require "erlangen"
 local gen = require "erlangen.gen"
@@ -23,7 +26,7 @@ local observer = {}
 
 -- The options each public function accepts.
 local ACCEPTS = {
-  tree = {root = true},
+  tree = {root = true, ids = true},
   text = {root = true, ascii = true},
   print = {root = true, ascii = true},
   dot = {root = true},
@@ -54,9 +57,11 @@ local function check_opts(fname, opts, argn, level)
     error(string.format("observer.%s: option 'root' must be a pid, a name or {name, node}, got %s",
       fname, erlangen.type(root)), level)
   end
-  if opts.ascii ~= nil and type(opts.ascii) ~= "boolean" then
-    error(string.format("observer.%s: option 'ascii' must be a boolean, got %s",
-      fname, type(opts.ascii)), level)
+  for _, flag in ipairs({"ascii", "ids"}) do
+    if opts[flag] ~= nil and type(opts[flag]) ~= "boolean" then
+      error(string.format("observer.%s: option '%s' must be a boolean, got %s",
+        fname, flag, type(opts[flag])), level)
+    end
   end
   if opts.dot ~= nil and (type(opts.dot) ~= "string" or opts.dot == "") then
     error(string.format("observer.%s: option 'dot' must be a non-empty string, got %s",
@@ -140,8 +145,13 @@ end
 
 local remote_forest
 
+-- An erlangen.supervisor: the only processes the observer ever sends a request.
+local function is_erlangen_supervisor(node)
+  return node.label == "supervisor" and node.trap_exit
+end
+
 local function asks_children(node)
-  if node.label ~= "supervisor" or not node.trap_exit then return false end
+  if not is_erlangen_supervisor(node) then return false end
   for _, pid in ipairs(node.links) do
     if erlangen.node(pid) ~= node.node then return true end
   end
@@ -155,19 +165,24 @@ local function left(deadline) return math.max(0, deadline - erlangen.now()) end
 -- children on other nodes, asking each node once and by `deadline`. A child
 -- whose node did not answer is a node with only pid, node, status (the
 -- reason: "noconnection") and empty links and children; one that ended
--- meanwhile is left out. Returns the set of grafted pids.
-local function graft(trees, deadline)
+-- meanwhile is left out. With `ids`, every supervisor is asked, and each
+-- child it names gets the field `id`. Returns the set of grafted pids.
+local function graft(trees, deadline, ids)
   local supervisor = require "erlangen.supervisor"
-  local wanted, nodes_asked = {}, {}   -- node name -> { {sup = tree node, pid = child} }
+  local wanted, nodes_asked = {}, {}   -- node name -> { {sup = tree node, pid = child, id = id} }
   local function visit(node)
     for _, child in ipairs(node.children) do visit(child) end
-    if not asks_children(node) then return end
+    if not (asks_children(node) or (ids and is_erlangen_supervisor(node))) then return end
     local ok, list = pcall(supervisor.which_children, node.pid, left(deadline))
     if not ok then return end    -- it ended or did not answer: its links still show
+    local here = {}
+    for _, child in ipairs(node.children) do here[child.pid] = child end
     for _, c in ipairs(list) do
       if c.pid and c.node ~= node.node then
         if not wanted[c.node] then wanted[c.node] = {}; nodes_asked[#nodes_asked + 1] = c.node end
-        table.insert(wanted[c.node], {sup = node, pid = c.pid})
+        table.insert(wanted[c.node], {sup = node, pid = c.pid, id = ids and c.id or nil})
+      elseif c.pid and here[c.pid] and ids then
+        here[c.pid].id = c.id
       end
     end
   end
@@ -181,13 +196,14 @@ local function graft(trees, deadline)
   for _, name in ipairs(nodes_asked) do
     local asks, pids = wanted[name], {}
     for i, a in ipairs(asks) do pids[i] = a.pid end
-    local got, why = remote_forest(name, pids, deadline)
+    local got, why = remote_forest(name, pids, deadline, ids)
     for i, a in ipairs(asks) do
       local tree = got and got[i]
       if not got then
         tree = {pid = a.pid, node = name, status = why, links = {}, children = {}}
       end
       if tree then
+        tree.id = a.id
         mark(tree)
         local kids = a.sup.children
         kids[#kids + 1] = tree
@@ -201,7 +217,7 @@ end
 -- The subtrees of `roots` (pids or names of this node), children on other
 -- nodes grafted by `deadline`, as a list holding for each root its node or
 -- false when it is not a live process.
-local function local_forests(roots, deadline)
+local function local_forests(roots, deadline, ids)
   local _, nodes = snapshot()
   local trees, found = {}, {}
   for i, root in ipairs(roots) do
@@ -209,16 +225,16 @@ local function local_forests(roots, deadline)
     trees[i] = pid and nodes[pid] or false
     if trees[i] then found[#found + 1] = trees[i] end
   end
-  graft(found, deadline)
+  graft(found, deadline, ids)
   return trees
 end
 
 -- The body of a remote spawn that builds the subtrees of `roots` on its own
 -- node (erlangen.info is local only) within `budget` seconds and sends
--- {reply_to, trees} back (trees as local_forests gives them).
-function observer.remote_forest(reply_to, roots, budget)
+-- {reply_to, trees} back (trees as local_forests gives them; `ids` as graft's).
+function observer.remote_forest(reply_to, roots, budget, ids)
   local deadline = erlangen.now() + budget
-  local trees = local_forests(roots, deadline)
+  local trees = local_forests(roots, deadline, ids)
   erlangen.send(reply_to, {reply_to, trees}, left(deadline) + 1)
 end
 
@@ -226,12 +242,12 @@ end
 -- it), or nil, "noconnection" when the node cannot be reached or does not
 -- answer by `deadline`, nil, "noproc" when the builder ended unanswered. The node gets half the time left for its own grafts,
 -- so that its answer can arrive in time.
-function remote_forest(node, roots, deadline)
+function remote_forest(node, roots, deadline, ids)
   local wait = left(deadline)
   if wait <= 0 then return nil, "noconnection" end
   local alias = erlangen.alias()
   local ok, pid, mref = pcall(erlangen.spawn_opt, {node = node, monitor = true, timeout = wait},
-                              "erlangen.observer.remote_forest", alias, roots, wait / 2)
+                              "erlangen.observer.remote_forest", alias, roots, wait / 2, ids)
   if not ok then erlangen.unalias(alias); return nil, "noconnection" end
   local m = erlangen.receive(function(x)
     return type(x) == "table" and (x[1] == alias or (x[1] == "DOWN" and x[2] == mref))
@@ -253,7 +269,7 @@ local function forest(opts)
   local deadline = erlangen.now() + REMOTE_TIMEOUT
   if root == nil then
     local roots = snapshot()
-    local grafted = graft(roots, deadline)
+    local grafted = graft(roots, deadline, opts.ids)
     local kept = {}     -- a root grafted under a supervisor elsewhere is shown there only
     for _, r in ipairs(roots) do
       if not grafted[r.pid] then kept[#kept + 1] = r end
@@ -263,9 +279,9 @@ local function forest(opts)
   local node = gen.node_of(root)
   local trees, why
   if node == erlangen.node() then
-    trees = local_forests({root}, deadline)
+    trees = local_forests({root}, deadline, opts.ids)
   else
-    trees, why = remote_forest(node, {type(root) == "table" and root[1] or root}, deadline)
+    trees, why = remote_forest(node, {type(root) == "table" and root[1] or root}, deadline, opts.ids)
     if not trees then return nil, why end
   end
   if not trees[1] then return nil, "noproc" end
@@ -557,6 +573,91 @@ function observer.write_svg(path, opts)
   local s, err = svg(o)
   if not s then return nil, err end
   return write_file(path, s)
+end
+
+-- The web observer --------------------------------------------------------------
+
+-- observer.serve{listen =, allow_kill =, token =} -> url, supervisor | nil, reason
+-- (stdlib/erlangen/observer_web.lua; doc/observer.md, "The web observer").
+function observer.serve(opts)
+  return require("erlangen.observer_web").serve(opts, 2)
+end
+
+-- The body of a remote spawn that tells `reply_to` the nodes its node has a
+-- link to: {reply_to, node, nodes}. For the cluster graph (erlangen.nodes is local).
+function observer.node_links(reply_to)
+  erlangen.send(reply_to, {reply_to, erlangen.node(), erlangen.nodes()}, 1)
+end
+
+local FLOW_EDGES = 1000     -- distinct edges an agent keeps per interval; more are counted only
+
+-- A pid as text that means the same on every node: "<node.serial>", also
+-- for a pid of this node (which tostring shows as "<0.serial>").
+local function node_pid_text(pid)
+  local s = tostring(pid)
+  if erlangen.is_pid(pid) and erlangen.node(pid) == erlangen.node() then
+    return (s:gsub("^<0%.", "<" .. erlangen.node():gsub("%%", "%%%%") .. "."))
+  end
+  return s
+end
+
+-- A trace destination as text: a pid as node_pid_text gives it, an alias as
+-- tostring does, a name as it is, {name, node} as "name on node".
+local function show_dest(to)
+  if type(to) == "table" and type(to[1]) == "string" then
+    return to[1] .. " on " .. tostring(to[2])
+  end
+  return node_pid_text(to)
+end
+
+-- The body of the flow page's agent on each node (spawned there by the web
+-- observer; it exists wherever the stdlib does): traces the sends of every
+-- process of its node and tells `collector` every `interval` seconds
+-- {"flow", node, edges, more}, edges being { {from, to, n} } (from and to as
+-- node_pid_text and show_dest give them) and `more` the sends left out past FLOW_EDGES. Its own sends are not
+-- counted, so it never feeds itself. It stops tracing and ends when the
+-- collector ends (its monitor's DOWN, "noconnection" included). Without
+-- erlangen.trace on its node it sends {"flow", node, nil, 0, "no trace"} and ends.
+function observer.trace_agent(collector, interval)
+  local me, here = erlangen.self(), erlangen.node()
+  local mref = erlangen.monitor(collector)
+  if type(erlangen.trace) ~= "function" then
+    erlangen.send(collector, {"flow", here, nil, 0, "no trace"}, 1)
+    return
+  end
+  local ok, err = pcall(erlangen.trace, "all", {send = true}, me)
+  if not ok then
+    erlangen.send(collector, {"flow", here, nil, 0, tostring(err)}, 1)
+    return
+  end
+  local edges, count, more = {}, 0, 0
+  local flush_at = erlangen.now() + interval
+  while true do
+    local m = erlangen.receive(math.max(0, flush_at - erlangen.now()))
+    if type(m) == "table" and m[1] == "DOWN" and m[2] == mref then
+      pcall(erlangen.trace, "all", false)
+      return
+    elseif type(m) == "table" and m[1] == "trace" and m[3] == "send" and m[2] ~= me then
+      local key = node_pid_text(m[2]) .. "\0" .. show_dest(m[5])
+      local e = edges[key]
+      if e then e[3] = e[3] + 1
+      elseif count < FLOW_EDGES then
+        count = count + 1
+        edges[key] = {node_pid_text(m[2]), show_dest(m[5]), 1}
+      else
+        more = more + 1
+      end
+    end
+    if erlangen.now() >= flush_at then
+      if count > 0 or more > 0 then
+        local list = {}
+        for _, e in pairs(edges) do list[#list + 1] = e end
+        erlangen.send(collector, {"flow", here, list, more})   -- dropped when its mailbox is full
+      end
+      edges, count, more = {}, 0, 0
+      flush_at = erlangen.now() + interval
+    end
+  end
 end
 
 return observer

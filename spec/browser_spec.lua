@@ -1,7 +1,8 @@
 -- The web observer's pages in headless Chromium (#browser): each page opens
--- and marks itself ready, the process table sorts, the supervision tree
--- shows a restarted child's new pid, button.kill is there only with
--- allow_kill, and each page is saved as a screenshot under build/.
+-- and marks itself ready, the process table sorts and filters, the
+-- supervision tree shows a restarted child's new pid, button.kill is there
+-- (and kills) only with allow_kill, and each page is saved as a screenshot
+-- under build/.
 --
 -- The busted process is one node of a three-node cluster (two child nodes
 -- from spec/dist_helpers.lua), with a supervisor that has a child here and
@@ -164,7 +165,7 @@ end
 -- (ending in "/") of an observer of world w; site.why, if set, says why
 -- the site cannot run. Screenshots are named observer-<prefix><page>.png.
 local function cases(site)
-  local w, url, why
+  local w, url, kill_url, why   -- kill_url: the second observer's, with allow_kill
 
   setup(function()
     why = browser_missing() or site.why
@@ -205,10 +206,12 @@ local function cases(site)
     end)
   end
 
-  for _, column in ipairs({"mailbox", "memory", "cpu"}) do
+  local COLUMNS = {"mailbox", "memory", "cpu"}
+  for k, column in ipairs(COLUMNS) do
     it("sorts the process table by " .. column .. " on a click on its header", function()
       if why then return pending(why) end
       open(url .. "processes")
+      sorted_by(COLUMNS[k % #COLUMNS + 1])   -- away from the order the page may start in
       local rows = sorted_by(column)
       assert.is_true(#rows >= 4, "rows in table#processes: " .. show_rows(rows))
       assert.is_true(in_order(rows), "rows not in " .. column .. " order: " .. show_rows(rows))
@@ -223,6 +226,17 @@ local function cases(site)
       assert.are.same({}, page_errors())
     end)
   end
+
+  it("shows only the matching rows once input#filter holds a pid", function()
+    if why then return pending(why) end
+    open(url .. "processes")
+    local pid = tostring(w.stuffed)
+    B.call("fill", "input#filter", pid)
+    local rows = 'table#processes tr[data-pid]:visible'
+    assert.are.equal(1, count(rows), "visible rows with the filter " .. pid)
+    assert.are.equal(1, count(string.format('table#processes tr[data-pid="%s"]:visible', pid)),
+      "the visible row is " .. pid)
+  end)
 
   for _, id in ipairs({"l", "r"}) do
     it("shows the new pid of supervised child " .. id .. " in the tree within " .. TREE_UPDATE
@@ -252,10 +266,20 @@ local function cases(site)
 
   it("shows button.kill on a second observer started with allow_kill", function()
     if why then return pending(why) end
-    local kill_url = site.start(w, true)
+    kill_url = site.start(w, true)
     open(kill_url .. "process?pid=" .. urlencode(w.stuffed))
     assert.is_true(count("button.kill") > 0, "no button.kill on the process page with allow_kill")
     B.call("shot", string.format("%s/observer-%sprocess-allow-kill.png", SHOTS, site.prefix))
+  end)
+
+  it("kills the process when its button.kill is clicked, with allow_kill", function()
+    if why then return pending(why) end
+    local victim = H.idle()
+    local ref = erlangen.monitor(victim)
+    open(kill_url .. "process?pid=" .. urlencode(victim))
+    B.call("click", "button.kill")
+    H.await_down(ref, "the end of " .. tostring(victim) .. " after a click on button.kill")
+    assert.are.same({}, page_errors())
   end)
 end
 

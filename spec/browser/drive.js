@@ -9,9 +9,11 @@
 // fields (a field never holds a tab or a newline):
 //   open URL                 load URL, wait for body[data-ready="1"]   → ok
 //   shot PATH                screenshot of the whole page into PATH    → ok
-//   count SELECTOR           the number of matching elements           → ok N
+//   count SELECTOR           the number of matching elements (playwright
+//                            selectors: CSS, and :visible)              → ok N
 //   attrs SELECTOR NAME      attribute NAME of each match, in order    → ok V...
 //   click SELECTOR           click the first match                     → ok
+//   fill SELECTOR TEXT       type TEXT into the first match (an input)  → ok
 //   sort COLUMN              click table#processes th[data-sort=COLUMN]; once the column is in
 //                            order (or after WAIT) the values of its cells in tr[data-pid]
 //                            rows, each as "pid|number|text" (number NaN if the
@@ -98,6 +100,7 @@ async function main() {
       return page.$$eval(sel, (els, n) => els.map((e) => e.getAttribute(n) ?? ""), name);
     },
     async click(sel) { await page.locator(sel).first().click({ timeout: WAIT }); return []; },
+    async fill(sel, text) { await page.locator(sel).first().fill(text, { timeout: WAIT }); return []; },
     async sort(col) {
       await page.locator(`table#processes th[data-sort="${col}"]`).click({ timeout: WAIT });
       try {

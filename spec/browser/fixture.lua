@@ -10,7 +10,8 @@
 -- tr[data-pid], input#filter, svg#tree with [data-pid], button.kill,
 -- body[data-ready="1"]); their data is read from erlangen when a page is
 -- asked for, and /tree polls /api/tree so that a restart shows up live.
--- It is a test fixture: no keep-alive, no escaping beyond HTML's, no kill.
+-- POST /api/kill?pid= kills (with allow_kill). It is a test fixture: no
+-- keep-alive, no escaping beyond HTML's and URLs'.
 local erlangen = require "erlangen"
 local socket = require "socket"
 local supervisor = require "erlangen.supervisor"
@@ -72,14 +73,26 @@ local function processes_page(opts)
     .. '<th data-sort="cpu">cpu</th></tr></thead><tbody>' .. table.concat(rows) .. "</tbody></table>", SORT)
 end
 
+local KILL = [[
+document.querySelectorAll('button.kill').forEach((b) => b.addEventListener('click', () => {
+  fetch('/api/kill?pid=' + encodeURIComponent(b.dataset.pid), {method: 'POST'});
+}));]]
+
+-- The info of the process whose tostring is `text`, or nil.
+local function find(opts, text)
+  for _, i in ipairs(all_processes(opts)) do
+    if tostring(i.pid) == text then return i end
+  end
+end
+
 local function process_page(opts, query)
   local want = unescape(query:match("pid=([^&]*)") or "")
-  for _, i in ipairs(all_processes(opts)) do
-    if tostring(i.pid) == want then
-      return page("process " .. want, string.format(
-        "<dl><dt>pid</dt><dd>%s</dd><dt>node</dt><dd>%s</dd><dt>mailbox</dt><dd>%d</dd><dt>links</dt><dd>%d</dd></dl>%s",
-        esc(want), esc(i.node), i.mailbox, #i.links, opts.allow_kill and '<button class="kill">kill</button>' or ""))
-    end
+  local i = find(opts, want)
+  if i then
+    return page("process " .. want, string.format(
+      "<dl><dt>pid</dt><dd>%s</dd><dt>node</dt><dd>%s</dd><dt>mailbox</dt><dd>%d</dd><dt>links</dt><dd>%d</dd></dl>%s",
+      esc(want), esc(i.node), i.mailbox, #i.links,
+      opts.allow_kill and '<button class="kill" data-pid="' .. esc(want) .. '">kill</button>' or ""), KILL)
   end
   return page("process " .. want, "<p>no such process</p>")
 end
@@ -134,10 +147,16 @@ local function answer(c, opts)
   local line = c:receive("*l")
   if not line then return end
   repeat local h = c:receive("*l") until not h or h == ""
-  local target = line:match("^GET (%S+) HTTP/1%.%d$")
+  local method, target = line:match("^(%u+) (%S+) HTTP/1%.%d$")
   local path, query = (target or ""):match("^([^?]*)%??(.*)$")
   local status, ctype, body = "200 OK", "text/html; charset=utf-8", nil
-  if path == "/api/tree" then
+  if method == "POST" and path == "/api/kill" and opts.allow_kill then
+    local i = find(opts, unescape(query:match("pid=([^&]*)") or ""))
+    if i then erlangen.exit(i.pid, "kill") end
+    ctype, body = "text/plain", i and "killed\n" or "no such process\n"
+  elseif method ~= "GET" then
+    status, ctype, body = "405 Method Not Allowed", "text/plain", "GET only\n"
+  elseif path == "/api/tree" then
     ctype, body = "text/plain; charset=utf-8", tree_lines(opts)
   elseif ROUTES[path] then
     local ok, html = pcall(ROUTES[path], opts, query)

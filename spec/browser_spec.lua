@@ -167,6 +167,12 @@ end
 local function cases(site)
   local w, url, kill_url, why   -- kill_url: the second observer's, with allow_kill
 
+  -- The second observer's URL, started on first use.
+  local function with_kill()
+    kill_url = kill_url or site.start(w, true)
+    return kill_url
+  end
+
   setup(function()
     why = browser_missing() or site.why
     if why then return end
@@ -266,8 +272,7 @@ local function cases(site)
 
   it("shows button.kill on a second observer started with allow_kill", function()
     if why then return pending(why) end
-    kill_url = site.start(w, true)
-    open(kill_url .. "process?pid=" .. urlencode(w.stuffed))
+    open(with_kill() .. "process?pid=" .. urlencode(w.stuffed))
     assert.is_true(count("button.kill") > 0, "no button.kill on the process page with allow_kill")
     B.call("shot", string.format("%s/observer-%sprocess-allow-kill.png", SHOTS, site.prefix))
   end)
@@ -276,7 +281,7 @@ local function cases(site)
     if why then return pending(why) end
     local victim = H.idle()
     local ref = erlangen.monitor(victim)
-    open(kill_url .. "process?pid=" .. urlencode(victim))
+    open(with_kill() .. "process?pid=" .. urlencode(victim))
     B.call("click", "button.kill")
     H.await_down(ref, "the end of " .. tostring(victim) .. " after a click on button.kill")
     assert.are.same({}, page_errors())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/test.sh [--tsan]
-# Installs what is missing, builds, and runs every test twice: the plain
+# Installs what is missing (tools/setup.sh --test, tools/browser_setup.sh),
+# builds, and runs every test twice: the plain
 # build (busted under the stock lua5.4, plus the C tests) and an
 # AddressSanitizer+UndefinedBehaviorSanitizer build (busted inside its
 # erlangen interpreter), then runs each libFuzzer target for 10 s. Ends with
@@ -35,6 +36,7 @@ if [ "${1:-}" = "--tsan" ]; then
     suite tsan build-tsan --via-erlangen --exclude-tags=big,install
 else
   bash tools/setup.sh --test build || { echo "0 passed, 1 failed"; exit 1; }
+  bash tools/browser_setup.sh || { echo "0 passed, 1 failed"; exit 1; }   # chromium, playwright-core
   bash tools/setup.sh build-asan -Db_sanitize=address,undefined -Db_lundef=false \
     || { echo "0 passed, 1 failed"; exit 1; }
   suite plain build

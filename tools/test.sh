@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # tools/test.sh [--tsan]
 # Installs what is missing (tools/setup.sh --test, tools/browser_setup.sh),
-# builds, and runs every test twice: the plain
-# build (busted under the stock lua5.4, plus the C tests) and an
-# AddressSanitizer+UndefinedBehaviorSanitizer build (busted inside its
-# erlangen interpreter), then runs each libFuzzer target for 10 s. Ends with
-# one line "N passed, N failed" over all of it; exits non-zero on any failure.
-# The #install specs (meson install, luarocks make, the .deb; several builds)
-# and the #big ones (the 20-node DHT demo, whose timeouts a sanitizer's
-# slowdown on 2 cores would trip) run once, in the plain suite. Progress shows as it goes: one line per C
-# test and per spec file (spec/run).
+# builds, and runs every test twice: the plain build (busted under the stock
+# lua5.4, plus the C tests) and an AddressSanitizer+UndefinedBehaviorSanitizer
+# build (busted inside its erlangen interpreter), then runs each libFuzzer
+# target for 10 s. Ends with one line "N passed, N failed" over all of it;
+# exits non-zero on any failure. The #install specs (meson install, luarocks
+# make, the .deb; several builds) and the #big ones (the 20-node DHT demo,
+# whose timeouts a sanitizer's slowdown on 2 cores would trip) run once, in
+# the plain suite. Progress shows as it goes: one line per C test and per
+# spec file (spec/run).
 # --tsan instead runs the specs against a ThreadSanitizer build.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)

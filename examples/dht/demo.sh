@@ -40,6 +40,7 @@ driver=               # the OS pid of the running step
 cleanup() {
   if [ -n "$driver" ]; then kill -9 "$driver" 2>/dev/null || true; fi
   if [ -n "${observer:-}" ]; then kill -9 "$observer" 2>/dev/null || true; wait "$observer" 2>/dev/null || true; fi
+  if [ -n "${mapper:-}" ]; then kill -9 "$mapper" 2>/dev/null || true; wait "$mapper" 2>/dev/null || true; fi
   for i in "${!pid[@]}"; do kill -9 "${pid[$i]}" 2>/dev/null || true; done
   for i in "${!pid[@]}"; do wait "${pid[$i]}" 2>/dev/null || true; done
   if [ -n "${DHT_LOGS:-}" ]; then mkdir -p "$DHT_LOGS" && cp "$work"/*.log "$DHT_LOGS"/ 2>/dev/null || true; fi
@@ -50,6 +51,22 @@ trap 'echo "demo.sh: interrupted" >&2; exit 130' INT TERM
 
 head -c 32 /dev/urandom > "$work/cluster.key"
 chmod 600 "$work/cluster.key"
+# With --observe the nodes register with a port mapper of the demo's own
+# (on a free port, gone at the end), so that the observer, which learns the
+# nodes by name from each other, can reach them.
+mapper=
+if [ -n "$observe" ]; then
+  "$bin" --port-mapper --port 0 >"$work/mapper.port" 2>"$work/mapper.log" </dev/null &
+  mapper=$!
+  tries=0
+  while ! grep -q . "$work/mapper.port" 2>/dev/null; do
+    if ! kill -0 "$mapper" 2>/dev/null || [ $tries -ge 100 ]; then
+      echo "demo.sh: the port mapper did not start:" >&2; cat "$work/mapper.log" >&2; exit 1
+    fi
+    tries=$((tries + 1)); sleep 0.1
+  done
+  export ERLANGEN_PORT_MAPPER_PORT=$(head -n 1 "$work/mapper.port") DHT_PORT_MAPPER=1
+fi
 mkfifo -m 600 "$work/stdin"
 exec 3<>"$work/stdin"   # the nodes' standard input: it ends when this shell does
 run=$$-$RANDOM

@@ -29,8 +29,11 @@ if not name or not key_file then fail("usage: node.lua NAME@HOST KEY_FILE [SEED]
 if seed == "" or seed == "-" then seed = nil end
 local host = name:match("@([^@:]+)$")
 if not host then fail("the name must be NAME@HOST, got " .. name) end
+-- With DHT_PORT_MAPPER=1 (demo.sh --observe, which runs a port mapper of
+-- its own) the node registers, so an observer can reach it by name alone.
 local ok, full, port = pcall(erlangen.start_node, {name = name, listen = host .. ":0",
-                                                  key_file = key_file, port_mapper = false})
+                                                  key_file = key_file,
+                                                  port_mapper = os.getenv("DHT_PORT_MAPPER") == "1"})
 if not ok then fail(tostring(full)) end
 local addr = full .. ":" .. port
 

@@ -182,6 +182,36 @@ describe("observer.tree", function()
     assert.is_nil(find_node(roots, middle))
   end)
 
+  it("draws the on-demand logger as a root, not under the supervisor whose child logged first", function()
+    local supervisor = require "erlangen.supervisor"
+    local logger = erlangen.whereis("erlangen.log")
+    if logger then erlangen.exit(logger, "kill"); H.eventually(function() return not erlangen.whereis("erlangen.log") end, "the old logger's end") end
+    local sup = assert(supervisor.start{children = {{id = "w", start = {"sup_child.start_link", false, "w",
+                                                                         {log = "first record"}}}}})
+    H.eventually(function() return erlangen.whereis("erlangen.log") end, "the logger's start")
+    local roots = observer.tree()
+    local node, parent = find_node(roots, erlangen.whereis("erlangen.log"))
+    assert.is_not_nil(node, "the logger is in the tree")
+    assert.is_nil(parent, "the logger is drawn under " .. tostring(parent and parent.pid))
+    supervisor.stop(sup)
+  end)
+
+  it("draws a parentless process a supervisor linked in (adopted) under that supervisor", function()
+    local orphan = erlangen.spawn_opt({parent = false}, function() erlangen.receive(function(m) return m == "stop" end) end)
+    local sup = erlangen.spawn(function(child)
+      erlangen.set_label("supervisor")
+      erlangen.trap_exit(true)
+      erlangen.link(child)
+      erlangen.receive(function(m) return m == "stop" end)
+    end, orphan)
+    H.eventually(function() local i = erlangen.info(sup); return i and #i.links == 1 end, "the link")
+    local node, parent = find_node(observer.tree(), orphan)
+    assert.is_not_nil(node)
+    assert.are.equal(sup, parent and parent.pid)
+    erlangen.send(sup, "stop")
+    erlangen.send(orphan, "stop")
+  end)
+
   it("returns only the subtree of opts.root, given as a pid, a name or {name, node}", function()
     local pids = kv_pids(start(KV))
     local by_pid = observer.tree{root = pids.inner}

@@ -103,6 +103,27 @@ end
 
 local function by_node_pid(a, b) return by_pid(a.pid, b.pid) end
 
+-- The supervisor that adopted `node`, a process spawned with no parent (a
+-- node-wide service such as erlangen.log's logger, which a supervisor may
+-- link in as its child): the one erlangen supervisor of this node it is
+-- linked to, unless that supervisor descends from it. nil for none.
+local function adopter(node, nodes)
+  local found
+  for _, pid in ipairs(node.links) do
+    local s = nodes[pid]
+    if s and s.label == "supervisor" and s.trap_exit then
+      if found then return nil end   -- two: no telling which
+      found = s
+    end
+  end
+  local up = found
+  while up do
+    if up == node then return nil end
+    up = up.parent and nodes[up.parent]
+  end
+  return found
+end
+
 -- Builds every live process's node and links each to its parent's node.
 -- Returns the roots (in pid order) and the nodes by pid. A parent is always
 -- spawned before its child, so following parents never loops.
@@ -125,7 +146,8 @@ local function snapshot()
   table.sort(list, by_node_pid)
   local roots = {}
   for _, node in ipairs(list) do
-    local parent = node.parent and nodes[node.parent]
+    local parent
+    if node.parent then parent = nodes[node.parent] else parent = adopter(node, nodes) end
     if parent then
       parent.children[#parent.children + 1] = node
     else

@@ -440,8 +440,10 @@ describe("examples/dht/demo.sh", function()
     os.execute("rm -rf " .. D.q(tmp))
     assert(hop, "no flow edge between two DHT nodes; the demo said:\n" .. table.concat(lines, "\n") .. stderr)
     assert.are.equal(0, status, stderr)
+    -- The demo ran its three steps (their figures are the other demo cases'
+    -- concern: here repair may report it had not finished, under a sanitizer).
     local steps = 0
-    for _, line in ipairs(lines) do if figures(line) then steps = steps + 1 end end
+    for _, line in ipairs(lines) do if line:match("^%d%. .-: readable %d+/%d+, wrong 0") then steps = steps + 1 end end
     assert.are.equal(3, steps, table.concat(lines, "\n"))
   end)
 

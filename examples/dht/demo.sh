@@ -51,6 +51,21 @@ trap 'echo "demo.sh: interrupted" >&2; exit 130' INT TERM
 
 head -c 32 /dev/urandom > "$work/cluster.key"
 chmod 600 "$work/cluster.key"
+# Waits (polls of 0.1 s, at most TRIES) until FILE has a line matching
+# PATTERN; exits naming WHAT, with LOG's tail, if process PID ends first.
+await_output() {  # await_output FILE PATTERN PID TRIES WHAT LOG
+  local tries=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    if ! kill -0 "$3" 2>/dev/null || [ $tries -ge "$4" ]; then
+      echo "demo.sh: $5 did not start:" >&2
+      tail -n 20 "$6" >&2
+      exit 1
+    fi
+    tries=$((tries + 1))
+    sleep 0.1
+  done
+}
+
 # With --observe the nodes register with a port mapper of the demo's own
 # (on a free port, gone at the end), so that the observer, which learns the
 # nodes by name from each other, can reach them.
@@ -58,13 +73,7 @@ mapper=
 if [ -n "$observe" ]; then
   "$bin" --port-mapper --port 0 >"$work/mapper.port" 2>"$work/mapper.log" </dev/null &
   mapper=$!
-  tries=0
-  while ! grep -q . "$work/mapper.port" 2>/dev/null; do
-    if ! kill -0 "$mapper" 2>/dev/null || [ $tries -ge 100 ]; then
-      echo "demo.sh: the port mapper did not start:" >&2; cat "$work/mapper.log" >&2; exit 1
-    fi
-    tries=$((tries + 1)); sleep 0.1
-  done
+  await_output "$work/mapper.port" . "$mapper" 100 "the port mapper" "$work/mapper.log"
   export ERLANGEN_PORT_MAPPER_PORT=$(head -n 1 "$work/mapper.port") DHT_PORT_MAPPER=1
 fi
 mkfifo -m 600 "$work/stdin"
@@ -79,16 +88,8 @@ start_node() {
   pid[$i]=$!
 }
 await_node() {
-  local i=$1 tries=0
-  while ! grep -q . "$work/dht$i.addr" 2>/dev/null; do
-    if ! kill -0 "${pid[$i]}" 2>/dev/null || [ $tries -ge 300 ]; then
-      echo "demo.sh: node dht$i did not start:" >&2
-      tail -n 20 "$work/dht$i.log" >&2
-      exit 1
-    fi
-    tries=$((tries + 1))
-    sleep 0.1
-  done
+  local i=$1
+  await_output "$work/dht$i.addr" . "${pid[$i]}" 300 "node dht$i" "$work/dht$i.log"
   addr[$i]=$(head -n 1 "$work/dht$i.addr")
 }
 live() { for i in "${!addr[@]}"; do echo "${addr[$i]}"; done; }
@@ -112,16 +113,7 @@ start_observer() {
   "$bin" --observer "127.0.0.1:${DHT_OBSERVER_PORT:-0}" --connect "${addr[1]}" --key "$work/cluster.key" \
     <&3 >"$work/observer.out" 2>"$work/observer.log" 3>&- &
   observer=$!
-  local tries=0
-  while ! grep -q '^observer: ' "$work/observer.out" 2>/dev/null; do
-    if ! kill -0 "$observer" 2>/dev/null || [ $tries -ge 300 ]; then
-      echo "demo.sh: the observer did not start:" >&2
-      tail -n 20 "$work/observer.log" >&2
-      exit 1
-    fi
-    tries=$((tries + 1))
-    sleep 0.1
-  done
+  await_output "$work/observer.out" '^observer: ' "$observer" 300 "the observer" "$work/observer.log"
   grep '^observer: ' "$work/observer.out"
 }
 pause() { if [ -n "$observe" ]; then sleep "${DHT_OBSERVE_WAIT:-10}"; fi; }
